@@ -1,0 +1,34 @@
+# Every target that needs the virtualenv depends on `install`, so a fresh
+# clone needs nothing but `make run` or `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint fmt clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+run: install
+	$(PY) -m chatsvc serve
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check chatsvc tests
+	$(VENV)/bin/ruff format --check chatsvc tests
+	$(VENV)/bin/mypy chatsvc
+
+fmt: install
+	$(VENV)/bin/ruff format chatsvc tests
+	$(VENV)/bin/ruff check --fix chatsvc tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,57 @@
+"""The application factory: the one place that wires state, middlewares, routes and Socket.IO."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from chatsvc.auth import TokenService
+from chatsvc.config import Config
+from chatsvc.db import Database
+from chatsvc.errors import error_middleware
+from chatsvc.http import chatrooms, history, users
+from chatsvc.http.middleware import auth_middleware, cors_middleware
+from chatsvc.realtime import create_socket_server
+from chatsvc.state import STATE, AppState
+from chatsvc.store.settings import get_or_create_setting
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Config) -> web.Application:
+    """Build the aiohttp application with its Socket.IO server attached."""
+    app = web.Application(
+        # CORS outermost, so error responses carry its headers too.
+        middlewares=[cors_middleware, error_middleware, auth_middleware],
+        client_max_size=config.max_http_body,
+    )
+    state = AppState(config=config, db=Database(config.db_path, synchronous=config.sqlite_synchronous))
+    app[STATE] = state
+    app.cleanup_ctx.append(_database_ctx)
+    for module in (users, chatrooms, history):
+        app.add_routes(module.routes)
+    state.sio = create_socket_server(state)
+    state.sio.attach(app)
+    app.on_shutdown.append(_close_sockets)
+    return app
+
+
+async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    await state.db.open()
+    secret = state.config.jwt_secret
+    if secret is None:
+        # Generated once and kept, so tokens survive a restart with no configuration.
+        async with state.db.transaction() as conn:
+            secret = await get_or_create_setting(conn, "jwt_secret", secrets.token_urlsafe(48))
+    state.tokens = TokenService(secret, state.config.token_ttl_seconds)
+    log.info("database ready at %s", state.config.db_path)
+    yield
+    await state.db.close()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    await app[STATE].sio.shutdown()

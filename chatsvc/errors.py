@@ -1,0 +1,88 @@
+"""Error classes and the only code that turns an error into JSON.
+
+Every error leaves chatsvc as ``{"statusCode", "message", "error"}``: HTTP
+responses through :func:`error_middleware`, socket acknowledgements through
+:meth:`ChatError.body`.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from chatsvc.jsonutil import json_response
+
+log = logging.getLogger(__name__)
+
+
+class ChatError(Exception):
+    """An error with an HTTP status, safe to show to the client."""
+
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict[str, Any]:
+        """The error as the client sees it."""
+        return error_body(self.status, self.message)
+
+
+class BadRequest(ChatError):
+    status = 400
+
+
+class Unauthorized(ChatError):
+    status = 401
+
+
+class Forbidden(ChatError):
+    status = 403
+
+
+class NotFound(ChatError):
+    status = 404
+
+
+class PayloadTooLarge(ChatError):
+    status = 413
+
+
+class TooManyRequests(ChatError):
+    status = 429
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """The canonical error shape, as the original NestJS backend produced it."""
+    return {"statusCode": status, "message": message, "error": HTTPStatus(status).phrase}
+
+
+def error_response(status: int, message: str) -> web.Response:
+    """An HTTP response carrying the canonical error body."""
+    return json_response(error_body(status, message), status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Turn every exception a handler raises into the canonical JSON error."""
+    try:
+        return await handler(request)
+    except ChatError as exc:
+        return error_response(exc.status, exc.message)
+    except web.HTTPException as exc:
+        # aiohttp's own: unknown route, wrong method, body too large...
+        if exc.status < 400:
+            raise
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        response = error_response(exc.status, message)
+        for header in ("Allow", "Retry-After"):
+            if header in exc.headers:
+                response.headers[header] = exc.headers[header]
+        return response
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "Internal server error")

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per resource, and the middlewares they share."""

@@ -1,0 +1,31 @@
+"""/chat-history: pages of a room's messages, for members only."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from chatsvc.errors import Forbidden
+from chatsvc.http.middleware import caller
+from chatsvc.jsonutil import json_response
+from chatsvc.state import STATE
+from chatsvc.store.messages import list_history
+from chatsvc.store.rooms import is_member
+from chatsvc.validation import query_int, required_query_int
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/chat-history/list")
+async def list_chat_history(request: web.Request) -> web.Response:
+    """Messages of a room in ascending id order: the newest page, or one beside a cursor."""
+    config = request.app[STATE].config
+    room_id = required_query_int(request, "chatroomId")
+    limit = query_int(request, "limit", maximum=config.history_max_limit, required=False)
+    before_id = query_int(request, "beforeId", required=False)
+    after_id = query_int(request, "afterId", minimum=0, required=False)
+    reader = request.app[STATE].db.reader
+    if not await is_member(reader, caller(request).id, room_id):
+        raise Forbidden("You are not a member of this chatroom")
+    messages = await list_history(
+        reader, room_id, limit=limit or config.history_default_limit, before_id=before_id, after_id=after_id)
+    return json_response(messages)

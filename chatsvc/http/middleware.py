@@ -1,0 +1,98 @@
+"""Cross-cutting HTTP behaviour: CORS on every response, and login by default.
+
+Routes need a logged-in user unless their handler is marked :func:`public`.
+The Socket.IO endpoint is left alone: python-socketio answers its own CORS
+and authenticates in its connect handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from chatsvc.auth import bearer_token
+from chatsvc.errors import Unauthorized
+from chatsvc.state import STATE, Caller
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+SOCKETIO_PREFIX = "/socket.io"
+CALLER_KEY = "chatsvc_caller"
+ALLOWED_HEADERS = "Authorization, Content-Type, X-Api-Key, X-Request-Id"
+ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+PREFLIGHT_MAX_AGE = "86400"
+
+
+def public(handler: Handler) -> Handler:
+    """Mark a route as needing no login: any Authorization header is ignored."""
+    handler.chatsvc_public = True  # type: ignore[attr-defined]
+    return handler
+
+
+def caller(request: web.Request) -> Caller:
+    """The authenticated caller of a route that needs a login."""
+    found: Caller = request[CALLER_KEY]
+    return found
+
+
+def _is_socketio(request: web.Request) -> bool:
+    return request.path == SOCKETIO_PREFIX or request.path.startswith(SOCKETIO_PREFIX + "/")
+
+
+def _allowed_origin(origins: tuple[str, ...], origin: str | None) -> str | None:
+    if "*" in origins:
+        return "*"
+    if origin is not None and origin in origins:
+        return origin
+    return None
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer preflights before anything else and put CORS headers on every response, errors included."""
+    if _is_socketio(request):
+        return await handler(request)
+    origins = request.app[STATE].config.cors_origins
+    allowed = _allowed_origin(origins, request.headers.get("Origin"))
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        response: web.StreamResponse = web.Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
+        response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
+        response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
+    else:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            # Redirects and other non-error exceptions pass the error middleware.
+            response = exc
+    if allowed is not None:
+        response.headers["Access-Control-Allow-Origin"] = allowed
+        response.headers["Access-Control-Expose-Headers"] = "token"
+        if allowed != "*":
+            response.headers["Vary"] = "Origin"
+    if isinstance(response, web.HTTPException):
+        raise response
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Require a valid token unless the route is public, and hand back a refreshed one."""
+    route_handler: Any = request.match_info.handler
+    if (
+        _is_socketio(request)
+        or getattr(route_handler, "chatsvc_public", False)
+        or request.match_info.http_exception is not None
+    ):
+        return await handler(request)
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None:
+        raise Unauthorized("Login required: send Authorization: Bearer <token>")
+    state = request.app[STATE]
+    found = await state.authenticate(token)
+    request[CALLER_KEY] = found
+    response = await handler(request)
+    response.headers["token"] = state.issue_token(found.user, found.token_version)
+    return response

@@ -1,0 +1,60 @@
+"""The application state shared by HTTP handlers and socket events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from chatsvc.auth import Identity, TokenService, verify_password
+from chatsvc.config import Config
+from chatsvc.db import Database
+from chatsvc.errors import Unauthorized
+from chatsvc.store.users import find_user_by_id
+
+if TYPE_CHECKING:
+    import socketio
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated user: the public profile, and the token generation it came with."""
+
+    user: dict[str, Any]
+    token_version: int
+
+    @property
+    def id(self) -> int:
+        """The user's id."""
+        return int(self.user["id"])
+
+
+@dataclass
+class AppState:
+    """Everything a request or socket event needs, owned by one application."""
+
+    config: Config
+    db: Database
+    # Set on startup: the signing secret may live in the database.
+    tokens: TokenService = field(init=False)
+    sio: socketio.AsyncServer = field(init=False)
+
+    async def authenticate(self, token: str) -> Caller:
+        """The user a token belongs to; Unauthorized if the token or its user is no longer valid."""
+        identity: Identity = self.tokens.verify(token)
+        user = await find_user_by_id(self.db.reader, identity.user_id)
+        if user is None or user.pop("tokenVersion") != identity.token_version:
+            raise Unauthorized("Token is no longer valid, please log in again")
+        return Caller(user, identity.token_version)
+
+    def issue_token(self, user: dict[str, Any], token_version: int) -> str:
+        """A fresh token for a user profile."""
+        return self.tokens.issue(user["id"], user["username"], token_version)
+
+    async def check_password(self, password: str, encoded: str | None) -> bool:
+        """Verify a password against a stored hash, off the event loop."""
+        return await verify_password(password, encoded, n=self.config.scrypt_n)
+
+
+STATE = web.AppKey("chatsvc_state", AppState)

@@ -1,0 +1,94 @@
+"""Chat history: storing messages and reading pages of a room."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiosqlite
+
+from chatsvc.store import fetch_all, fetch_one
+
+TEXT, IMAGE, FILE = 0, 1, 2
+MESSAGE_TYPES = {"text": TEXT, "image": IMAGE, "file": FILE}
+
+# A message joined with its sender's public profile, flat; nest_sender() shapes it.
+MESSAGE_WITH_SENDER = """
+    h.id, h.content, h.type, h.chatroom_id AS chatroomId, h.sender_id AS senderId,
+    h.client_msg_id AS clientMsgId, h.create_time AS createTime, h.update_time AS updateTime,
+    u.username AS s_username, u.nick_name AS s_nickName, u.email AS s_email,
+    u.head_pic AS s_headPic, u.create_time AS s_createTime
+"""
+
+
+def nest_sender(row: dict[str, Any]) -> dict[str, Any]:
+    """Move the ``s_`` columns of a MESSAGE_WITH_SENDER row into ``sender``."""
+    sender = {"id": row["senderId"]}
+    for key in ("username", "nickName", "email", "headPic", "createTime"):
+        sender[key] = row.pop("s_" + key)
+    row["sender"] = sender
+    return row
+
+
+async def insert_message(
+    conn: aiosqlite.Connection,
+    *,
+    chatroom_id: int,
+    sender_id: int,
+    type: int,
+    content: str,
+    client_msg_id: str | None = None,
+) -> dict[str, Any]:
+    """Store a message and return it with its sender; inside a write transaction."""
+    cursor = await conn.execute(
+        "INSERT INTO chat_history (content, type, chatroom_id, sender_id, client_msg_id) VALUES (?, ?, ?, ?, ?)",
+        (content, type, chatroom_id, sender_id, client_msg_id),
+    )
+    message = await find_message(conn, int(cursor.lastrowid or 0))
+    assert message is not None
+    return message
+
+
+async def find_message(conn: aiosqlite.Connection, message_id: int) -> dict[str, Any] | None:
+    """One message with its sender, or None."""
+    row = await fetch_one(
+        conn,
+        f"SELECT {MESSAGE_WITH_SENDER} FROM chat_history AS h JOIN user AS u ON u.id = h.sender_id WHERE h.id = ?",
+        (message_id,),
+    )
+    return nest_sender(row) if row is not None else None
+
+
+async def list_history(
+    conn: aiosqlite.Connection,
+    chatroom_id: int,
+    *,
+    limit: int,
+    before_id: int | None = None,
+    after_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """A page of a room's messages with senders, in ascending id order.
+
+    With ``after_id``: the oldest ``limit`` messages after it (catching up).
+    Otherwise the newest ``limit`` messages, before ``before_id`` if given.
+    Either way one indexed range scan on (chatroom_id, id).
+    """
+    # Conditions are added only when present: "(:x IS NULL OR id < :x)" would
+    # hide the range from the planner and scan the room from its newest end.
+    conditions = ["h.chatroom_id = :room"]
+    if before_id is not None:
+        conditions.append("h.id < :before")
+    if after_id is not None:
+        conditions.append("h.id > :after")
+    order = "ASC" if after_id is not None else "DESC"
+    rows = await fetch_all(
+        conn,
+        f"""
+        SELECT {MESSAGE_WITH_SENDER} FROM chat_history AS h JOIN user AS u ON u.id = h.sender_id
+        WHERE {" AND ".join(conditions)}
+        ORDER BY h.id {order} LIMIT :limit
+        """,
+        {"room": chatroom_id, "limit": limit, "before": before_id, "after": after_id},
+    )
+    if order == "DESC":
+        rows.reverse()
+    return [nest_sender(row) for row in rows]

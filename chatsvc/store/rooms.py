@@ -1,0 +1,130 @@
+"""Chat rooms and their members."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from chatsvc.store import fetch_all, fetch_one, fetch_value
+
+ONE_TO_ONE = 0
+GROUP = 1
+
+
+def pair_key(user_a: int, user_b: int) -> str:
+    """The key that identifies the one-to-one room of two users, whatever their order."""
+    low, high = sorted((user_a, user_b))
+    return f"{low}:{high}"
+
+
+async def find_one_to_one_room(conn: aiosqlite.Connection, user_a: int, user_b: int) -> int | None:
+    """The id of the one-to-one room both users are members of, or None."""
+    room_id: int | None = await fetch_value(
+        conn,
+        """
+        SELECT c.id
+        FROM user_chatroom AS a
+        JOIN user_chatroom AS b ON b.chatroom_id = a.chatroom_id AND b.user_id = :b
+        JOIN chatroom AS c ON c.id = a.chatroom_id AND c.type = 0
+        WHERE a.user_id = :a
+        ORDER BY c.id
+        LIMIT 1
+        """,
+        {"a": user_a, "b": user_b},
+    )
+    return room_id
+
+
+async def create_one_to_one_room(conn: aiosqlite.Connection, user_a: int, user_b: int, name: str) -> int:
+    """Create the one-to-one room of two users, or return the existing one.
+
+    Must run inside a write transaction: the insert and the membership rows
+    land together, and the unique pair key settles a race to one room.
+    """
+    key = pair_key(user_a, user_b)
+    created = await fetch_value(
+        conn,
+        """
+        INSERT INTO chatroom (name, type, pair_key) VALUES (?, 0, ?)
+        ON CONFLICT (pair_key) WHERE pair_key IS NOT NULL DO NOTHING
+        RETURNING id
+        """,
+        (name, key),
+    )
+    if created is None:
+        existing: int = await fetch_value(conn, "SELECT id FROM chatroom WHERE pair_key = ?", (key,))
+        return existing
+    await conn.execute(
+        "INSERT INTO user_chatroom (user_id, chatroom_id) VALUES (?, ?), (?, ?)",
+        (user_a, created, user_b, created),
+    )
+    return int(created)
+
+
+async def create_group_room(conn: aiosqlite.Connection, name: str, owner_id: int) -> int:
+    """Create a group room with its first member; inside a write transaction."""
+    room_id: int = await fetch_value(
+        conn, "INSERT INTO chatroom (name, type) VALUES (?, 1) RETURNING id", (name,)
+    )
+    await conn.execute("INSERT INTO user_chatroom (user_id, chatroom_id) VALUES (?, ?)", (owner_id, room_id))
+    return room_id
+
+
+async def find_room(conn: aiosqlite.Connection, room_id: int) -> dict[str, Any] | None:
+    """A room's own row (id, name, type as bool, times), or None."""
+    room = await fetch_one(
+        conn,
+        """
+        SELECT id, name, type, create_time AS createTime, update_time AS updateTime
+        FROM chatroom WHERE id = ?
+        """,
+        (room_id,),
+    )
+    if room is not None:
+        room["type"] = room["type"] == GROUP
+    return room
+
+
+async def is_member(conn: aiosqlite.Connection, user_id: int, room_id: int) -> bool:
+    """Whether the user is a member of the room."""
+    found = await fetch_value(
+        conn, "SELECT 1 FROM user_chatroom WHERE user_id = ? AND chatroom_id = ?", (user_id, room_id)
+    )
+    return found is not None
+
+
+async def list_rooms_of_user(conn: aiosqlite.Connection, user_id: int, name_filter: str = "") -> list[dict[str, Any]]:
+    """The user's rooms with member ids, one-to-one rooms named after the other member.
+
+    One statement: names and member lists come from correlated subqueries
+    served by the membership indexes, not from a query per room.
+    """
+    rows = await fetch_all(
+        conn,
+        """
+        SELECT * FROM (
+            SELECT
+                c.id,
+                CASE WHEN c.type = 0 THEN coalesce((
+                    SELECT u.nick_name FROM user_chatroom AS o JOIN user AS u ON u.id = o.user_id
+                    WHERE o.chatroom_id = c.id AND o.user_id != :me LIMIT 1
+                ), c.name) ELSE c.name END AS name,
+                c.type,
+                c.create_time AS createTime,
+                (SELECT json_group_array(user_id) FROM user_chatroom WHERE chatroom_id = c.id) AS userIds
+            FROM user_chatroom AS m
+            JOIN chatroom AS c ON c.id = m.chatroom_id
+            WHERE m.user_id = :me
+        )
+        WHERE :name = '' OR instr(lower(name), lower(:name)) > 0
+        ORDER BY id
+        """,
+        {"me": user_id, "name": name_filter},
+    )
+    for row in rows:
+        row["type"] = row["type"] == GROUP
+        row["userIds"] = orjson.loads(row["userIds"])
+        row["userCount"] = len(row["userIds"])
+    return rows

@@ -1,0 +1,14 @@
+"""Service-wide values kept in the database."""
+
+from __future__ import annotations
+
+import aiosqlite
+
+from chatsvc.store import fetch_value
+
+
+async def get_or_create_setting(conn: aiosqlite.Connection, key: str, default: str) -> str:
+    """The stored value of ``key``; stores ``default`` first if there is none."""
+    await conn.execute("INSERT INTO setting (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, default))
+    value: str = await fetch_value(conn, "SELECT value FROM setting WHERE key = ?", (key,))
+    return value

@@ -1,0 +1,125 @@
+"""Input checks shared by HTTP routes and socket events.
+
+Each check returns the clean value or raises BadRequest with a message that
+names the field, so every route and event refuses bad input the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from chatsvc.errors import BadRequest
+
+MAX_ID = 2**63 - 1
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_DIGITS_RE = re.compile(r"^[+-]?[0-9]{1,19}$")
+
+
+def object_payload(data: Any, what: str = "payload") -> Mapping[str, Any]:
+    """The payload itself if it is a JSON object."""
+    if not isinstance(data, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    return data
+
+
+async def json_body(request: web.Request) -> Mapping[str, Any]:
+    """The request body parsed as a JSON object."""
+    try:
+        data = await request.json()
+    except ValueError:
+        raise BadRequest("Request body must be valid JSON") from None
+    except UnicodeDecodeError:
+        raise BadRequest("Request body must be UTF-8 encoded JSON") from None
+    return object_payload(data, "Request body")
+
+
+def _check_range(value: int, name: str, minimum: int, maximum: int) -> int:
+    if value < minimum or value > maximum:
+        raise BadRequest(f"{name} must be an integer between {minimum} and {maximum}")
+    return value
+
+
+def int_field(
+    data: Mapping[str, Any], name: str, *, minimum: int = 1, maximum: int = MAX_ID, required: bool = True
+) -> int | None:
+    """A JSON integer (not a string, float or boolean) from a payload."""
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f"{name} is required")
+        return None
+    if type(value) is not int:
+        raise BadRequest(f"{name} must be an integer")
+    return _check_range(value, name, minimum, maximum)
+
+
+def parse_int(
+    raw: str | None, name: str, *, minimum: int = 1, maximum: int = MAX_ID, required: bool = True
+) -> int | None:
+    """An integer from a query string or path segment."""
+    if raw is None or raw.strip() == "":
+        if required:
+            raise BadRequest(f"{name} is required")
+        return None
+    if not _DIGITS_RE.match(raw.strip()):
+        raise BadRequest(f"{name} must be an integer")
+    return _check_range(int(raw), name, minimum, maximum)
+
+
+def query_int(
+    request: web.Request, name: str, *, minimum: int = 1, maximum: int = MAX_ID, required: bool = True
+) -> int | None:
+    """An integer query parameter."""
+    return parse_int(request.query.get(name), name, minimum=minimum, maximum=maximum, required=required)
+
+
+def required_query_int(request: web.Request, name: str, *, minimum: int = 1) -> int:
+    """An integer query parameter that must be present."""
+    value = query_int(request, name, minimum=minimum)
+    assert value is not None
+    return value
+
+
+def path_int(request: web.Request, name: str = "id") -> int:
+    """An integer from the route path."""
+    value = parse_int(request.match_info.get(name), name)
+    assert value is not None
+    return value
+
+
+def text(value: Any, name: str, *, max_length: int, required: bool = True, allow_blank: bool = False) -> str:
+    """A string of at most ``max_length`` characters that SQLite can store as UTF-8."""
+    if value is None:
+        if required:
+            raise BadRequest(f"{name} is required")
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    if not allow_blank and not value.strip():
+        raise BadRequest(f"{name} must not be empty")
+    if len(value) > max_length:
+        raise BadRequest(f"{name} must be at most {max_length} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{name} contains invalid unicode (lone surrogates)") from None
+    return value
+
+
+def text_field(
+    data: Mapping[str, Any], name: str, *, max_length: int, required: bool = True, allow_blank: bool = False
+) -> str:
+    """A string field of a payload; see :func:`text`."""
+    return text(data.get(name), name, max_length=max_length, required=required, allow_blank=allow_blank)
+
+
+def email(value: Any, name: str = "email") -> str:
+    """A well-formed email address."""
+    address = text(value, name, max_length=254)
+    if not EMAIL_RE.match(address):
+        raise BadRequest(f"{name} is not a valid email address")
+    return address

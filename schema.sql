@@ -1,0 +1,92 @@
+-- chatsvc schema: the only DDL. Applied on every start, so every statement is
+-- idempotent. Times are ISO 8601 UTC strings with milliseconds, produced by
+-- SQLite itself, so rows are returned without conversion.
+
+CREATE TABLE IF NOT EXISTS setting (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS user (
+    id            INTEGER PRIMARY KEY,
+    username      TEXT    NOT NULL UNIQUE,
+    password_hash TEXT    NOT NULL,
+    nick_name     TEXT    NOT NULL,
+    email         TEXT    NOT NULL,
+    head_pic      TEXT    NOT NULL DEFAULT '',
+    -- Bumped on every password change; tokens carry it, so older tokens die.
+    token_version INTEGER NOT NULL DEFAULT 0,
+    create_time   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    update_time   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+
+CREATE TABLE IF NOT EXISTS chatroom (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT    NOT NULL,
+    type        INTEGER NOT NULL CHECK (type IN (0, 1)),  -- 0 one-to-one, 1 group
+    -- "<smaller user id>:<larger user id>" for one-to-one rooms, NULL for
+    -- groups: the unique index makes find-or-create safe under races.
+    pair_key    TEXT,
+    create_time TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    update_time TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE UNIQUE INDEX IF NOT EXISTS chatroom_pair_key ON chatroom (pair_key) WHERE pair_key IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS user_chatroom (
+    user_id     INTEGER NOT NULL REFERENCES user (id),
+    chatroom_id INTEGER NOT NULL REFERENCES chatroom (id),
+    PRIMARY KEY (user_id, chatroom_id)
+) WITHOUT ROWID;
+-- Members of a room; the primary key already serves rooms of a user.
+CREATE INDEX IF NOT EXISTS user_chatroom_by_room ON user_chatroom (chatroom_id, user_id);
+
+CREATE TABLE IF NOT EXISTS chat_history (
+    id            INTEGER PRIMARY KEY,
+    content       TEXT    NOT NULL,
+    type          INTEGER NOT NULL CHECK (type IN (0, 1, 2)),  -- 0 text, 1 image, 2 file
+    chatroom_id   INTEGER NOT NULL REFERENCES chatroom (id),
+    sender_id     INTEGER NOT NULL REFERENCES user (id),
+    client_msg_id TEXT,
+    create_time   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    update_time   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+-- History pages: newest first within a room, and cursors on id.
+CREATE INDEX IF NOT EXISTS chat_history_by_room ON chat_history (chatroom_id, id);
+-- Idempotent sends: one stored message per (sender, client message id).
+CREATE UNIQUE INDEX IF NOT EXISTS chat_history_client_msg
+    ON chat_history (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS friendship (
+    user_id   INTEGER NOT NULL REFERENCES user (id),
+    friend_id INTEGER NOT NULL REFERENCES user (id),
+    PRIMARY KEY (user_id, friend_id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS friend_request (
+    id           INTEGER PRIMARY KEY,
+    from_user_id INTEGER NOT NULL REFERENCES user (id),
+    to_user_id   INTEGER NOT NULL REFERENCES user (id),
+    reason       TEXT    NOT NULL DEFAULT '',
+    status       INTEGER NOT NULL DEFAULT 0 CHECK (status IN (0, 1, 2)),  -- 0 pending, 1 agreed, 2 rejected
+    create_time  TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    update_time  TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS friend_request_to ON friend_request (to_user_id, status);
+CREATE INDEX IF NOT EXISTS friend_request_from ON friend_request (from_user_id, status);
+
+CREATE TABLE IF NOT EXISTS favorite (
+    id              INTEGER PRIMARY KEY,
+    user_id         INTEGER NOT NULL REFERENCES user (id),
+    chat_history_id INTEGER NOT NULL REFERENCES chat_history (id),
+    create_time     TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    UNIQUE (user_id, chat_history_id)
+);
+
+CREATE TABLE IF NOT EXISTS captcha (
+    purpose    TEXT NOT NULL,  -- register | update_password | update_user
+    address    TEXT NOT NULL,
+    code       TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (purpose, address)
+) WITHOUT ROWID;
