@@ -30,7 +30,9 @@ async def create_one_to_one(request: web.Request) -> web.Response:
         raise BadRequest("User not found")
     async with state.db.transaction() as conn:
         # The stored name is only a fallback: lists name the room after the other member.
-        room_id = await create_one_to_one_room(conn, me.id, friend_id, name=f"{me.user['nickName']} & {friend['nickName']}")
+        room_id = await create_one_to_one_room(
+            conn, me.id, friend_id, name=f"{me.user['nickName']} & {friend['nickName']}"
+        )
     return json_response(room_id)
 
 

@@ -27,5 +27,6 @@ async def list_chat_history(request: web.Request) -> web.Response:
     if not await is_member(reader, caller(request).id, room_id):
         raise Forbidden("You are not a member of this chatroom")
     messages = await list_history(
-        reader, room_id, limit=limit or config.history_default_limit, before_id=before_id, after_id=after_id)
+        reader, room_id, limit=limit or config.history_default_limit, before_id=before_id, after_id=after_id
+    )
     return json_response(messages)

@@ -19,7 +19,7 @@ from chatsvc.state import STATE, Caller
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SOCKETIO_PREFIX = "/socket.io"
-CALLER_KEY = "chatsvc_caller"
+CALLER_KEY = web.RequestKey("chatsvc_caller", Caller)
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Api-Key, X-Request-Id"
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 PREFLIGHT_MAX_AGE = "86400"
@@ -33,8 +33,7 @@ def public(handler: Handler) -> Handler:
 
 def caller(request: web.Request) -> Caller:
     """The authenticated caller of a route that needs a login."""
-    found: Caller = request[CALLER_KEY]
-    return found
+    return request[CALLER_KEY]
 
 
 def _is_socketio(request: web.Request) -> bool:

@@ -65,9 +65,7 @@ async def create_one_to_one_room(conn: aiosqlite.Connection, user_a: int, user_b
 
 async def create_group_room(conn: aiosqlite.Connection, name: str, owner_id: int) -> int:
     """Create a group room with its first member; inside a write transaction."""
-    room_id: int = await fetch_value(
-        conn, "INSERT INTO chatroom (name, type) VALUES (?, 1) RETURNING id", (name,)
-    )
+    room_id: int = await fetch_value(conn, "INSERT INTO chatroom (name, type) VALUES (?, 1) RETURNING id", (name,))
     await conn.execute("INSERT INTO user_chatroom (user_id, chatroom_id) VALUES (?, ?)", (owner_id, room_id))
     return room_id
 

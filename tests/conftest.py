@@ -1,0 +1,59 @@
+"""The real application on a real loopback port over a temporary SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from chatsvc.app import create_app
+from chatsvc.config import Config
+from tests.helpers import Api, SocketClient, connect_socket
+
+# The cheapest scrypt cost: hashing stays real, tests stay fast.
+TEST_SCRYPT_N = 16
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    """Settings for one test: its own database, a cheap password hash."""
+    return Config(host="127.0.0.1", port=0, db_path=tmp_path / "data" / "chat.db", scrypt_n=TEST_SCRYPT_N)
+
+
+@pytest.fixture
+async def server(config: Config) -> AsyncIterator[TestServer]:
+    """The chatsvc app built by the real factory, listening on 127.0.0.1."""
+    test_server = TestServer(create_app(config), host="127.0.0.1")
+    await test_server.start_server()
+    yield test_server
+    await test_server.close()
+
+
+@pytest.fixture
+def base_url(server: TestServer) -> str:
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def api(base_url: str) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(base_url, session)
+
+
+@pytest.fixture
+async def sockets(base_url: str) -> AsyncIterator[Callable[..., Awaitable[SocketClient]]]:
+    """A factory of connected Socket.IO clients, all disconnected after the test."""
+    opened: list[SocketClient] = []
+
+    async def open_socket(token: str | None = None, **kwargs: object) -> SocketClient:
+        client = await connect_socket(base_url, token, **kwargs)  # type: ignore[arg-type]
+        opened.append(client)
+        return client
+
+    yield open_socket
+    for client in opened:
+        if client.sio.connected:
+            await client.disconnect()

@@ -1,0 +1,176 @@
+"""Real clients for tests: an HTTP API client and a Socket.IO client that records events."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import socketio
+
+EVENT_TIMEOUT = 5.0
+_names = itertools.count(1)
+
+
+def assert_error(status: int, body: Any, expected: int) -> None:
+    """The canonical error shape with the expected status."""
+    assert status == expected, body
+    assert isinstance(body, dict) and set(body) == {"statusCode", "message", "error"}, body
+    assert body["statusCode"] == expected
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["error"], str) and body["error"]
+
+
+def assert_ack_error(ack: Any, expected: int) -> None:
+    """A socket acknowledgement that carries the canonical error body."""
+    assert isinstance(ack, dict) and ack.get("statusCode") == expected, ack
+    assert ack.get("message") and ack.get("error"), ack
+
+
+@dataclass
+class User:
+    """A registered, logged-in user of the server under test."""
+
+    id: int
+    username: str
+    nick_name: str
+    token: str
+    profile: dict[str, Any]
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any
+    headers: Any
+
+
+class Api:
+    """An HTTP client bound to one server, with shortcuts for the common calls."""
+
+    def __init__(self, base_url: str, session: aiohttp.ClientSession) -> None:
+        self.base_url = base_url
+        self.session = session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        async with self.session.request(
+            method, self.base_url + path, params=params, json=json, data=data, headers=all_headers
+        ) as resp:
+            text = await resp.text()
+            try:
+                body = await resp.json(content_type=None)
+            except ValueError:
+                body = text
+            return Response(resp.status, body, resp.headers)
+
+    async def get(self, path: str, token: str | None = None, **params: Any) -> Response:
+        return await self.request("GET", path, token=token, params={k: str(v) for k, v in params.items()})
+
+    async def post(self, path: str, json: Any = None, token: str | None = None) -> Response:
+        return await self.request("POST", path, token=token, json=json)
+
+    async def register(self, username: str | None = None, password: str = "secret123", **extra: Any) -> dict[str, Any]:
+        username = username or f"user{next(_names)}"
+        body = {
+            "username": username,
+            "password": password,
+            "nickName": f"Nick {username}",
+            "email": f"{username}@example.com",
+        }
+        body.update(extra)
+        resp = await self.post("/user/register", body)
+        assert resp.status == 201, resp.body
+        return resp.body
+
+    async def login(self, username: str, password: str = "secret123") -> User:
+        resp = await self.post("/user/login", {"username": username, "password": password})
+        assert resp.status == 201, resp.body
+        profile = resp.body["user"]
+        return User(profile["id"], profile["username"], profile["nickName"], resp.body["token"], profile)
+
+    async def new_user(self, username: str | None = None) -> User:
+        profile = await self.register(username)
+        return await self.login(profile["username"])
+
+    async def one_to_one(self, user: User, friend: User) -> int:
+        resp = await self.get("/chatroom/create-one-to-one", user.token, friendId=friend.id)
+        assert resp.status == 200, resp.body
+        return resp.body
+
+
+@dataclass
+class SocketClient:
+    """A python-socketio AsyncClient that queues every ``message`` and ``exception`` it receives."""
+
+    sio: socketio.AsyncClient
+    messages: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    exceptions: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+
+    async def call(self, event: str, data: Any, timeout: float = EVENT_TIMEOUT) -> Any:
+        """Emit with an acknowledgement and return it."""
+        return await self.sio.call(event, data, timeout=timeout)
+
+    async def emit(self, event: str, data: Any) -> None:
+        """Emit without an acknowledgement."""
+        await self.sio.emit(event, data)
+
+    async def next_message(
+        self, predicate: Callable[[dict[str, Any]], bool] = lambda m: True, timeout: float = EVENT_TIMEOUT
+    ) -> dict[str, Any]:
+        """The next ``message`` event matching the predicate; others before it are dropped."""
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.messages.get()
+                if predicate(event):
+                    return event
+
+    async def next_chat(self, timeout: float = EVENT_TIMEOUT) -> dict[str, Any]:
+        """The next broadcast chat message (skipping join notices)."""
+        return await self.next_message(lambda m: m.get("type") == "sendMessage", timeout)
+
+    async def join(self, user: User, chatroom_id: int) -> Any:
+        """joinRoom with an ack, then wait for our own join notice so later broadcasts are ours."""
+        ack = await self.call("joinRoom", {"chatroomId": chatroom_id, "userId": user.id})
+        assert ack == {"chatroomId": chatroom_id}, ack
+        await self.next_message(lambda m: m == {"type": "joinRoom", "userId": user.id})
+        return ack
+
+    async def disconnect(self) -> None:
+        await self.sio.disconnect()
+
+
+async def connect_socket(
+    base_url: str,
+    token: str | None = None,
+    *,
+    transports: list[str] | None = None,
+    auth: Any = None,
+    headers: dict[str, str] | None = None,
+) -> SocketClient:
+    """Connect a real Socket.IO client; raises socketio.exceptions.ConnectionError if refused."""
+    sio = socketio.AsyncClient(reconnection=False)
+    client = SocketClient(sio)
+    sio.on("message", client.messages.put_nowait)
+    sio.on("exception", client.exceptions.put_nowait)
+    if auth is None and token is not None:
+        auth = {"token": token}
+    await sio.connect(
+        base_url, auth=auth, headers=headers or {}, transports=transports or ["websocket"], wait_timeout=EVENT_TIMEOUT
+    )
+    return client
