@@ -13,6 +13,9 @@ from chatsvc import __version__
 from chatsvc.app import create_app
 from chatsvc.config import Config
 
+# Seconds open HTTP requests get to finish after SIGTERM; sockets are closed before that.
+SHUTDOWN_TIMEOUT = 3.0
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"chatsvc: {exc}", file=sys.stderr)
         return 2
-    web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+    web.run_app(create_app(config), host=config.host, port=config.port, print=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     return 0
 
 

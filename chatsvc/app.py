@@ -17,6 +17,7 @@ from chatsvc.http.middleware import auth_middleware, cors_middleware
 from chatsvc.realtime import create_socket_server
 from chatsvc.state import STATE, AppState
 from chatsvc.store.settings import get_or_create_setting
+from chatsvc.writer import MessageWriter
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ def create_app(config: Config) -> web.Application:
         client_max_size=config.max_http_body,
     )
     state = AppState(config=config, db=Database(config.db_path, synchronous=config.sqlite_synchronous))
+    state.writer = MessageWriter(state.db, max_batch=config.write_batch_max)
     app[STATE] = state
     app.cleanup_ctx.append(_database_ctx)
     for module in (users, chatrooms, history):
@@ -48,10 +50,14 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
         async with state.db.transaction() as conn:
             secret = await get_or_create_setting(conn, "jwt_secret", secrets.token_urlsafe(48))
     state.tokens = TokenService(secret, state.config.token_ttl_seconds)
+    state.writer.start()
     log.info("database ready at %s", state.config.db_path)
     yield
+    await state.writer.close()
     await state.db.close()
 
 
 async def _close_sockets(app: web.Application) -> None:
-    await app[STATE].sio.shutdown()
+    state = app[STATE]
+    await state.realtime.close()
+    await state.sio.shutdown()

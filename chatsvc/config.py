@@ -31,6 +31,13 @@ class Config:
     max_http_body: int = 1024 * 1024
     max_socket_payload: int = 64 * 1024
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    # Per-connection token bucket for sendMessage: messages/s (0 = off) and burst.
+    rate_limit: float = 20.0
+    rate_burst: int = 40
+    max_connections_per_user: int = 20
+    recovery_limit: int = 500
+    # Most messages committed in one transaction; see chatsvc/writer.py.
+    write_batch_max: int = 512
     smtp_url: str | None = None
     mail_from: str = "chatsvc@localhost"
 
@@ -68,6 +75,14 @@ class Config:
             if sync not in ("FULL", "NORMAL"):
                 raise ValueError("CHATSVC_SQLITE_SYNCHRONOUS must be FULL or NORMAL")
             values["sqlite_synchronous"] = sync
+        if "CHATSVC_RATE_LIMIT" in env:
+            values["rate_limit"] = _float(env, "CHATSVC_RATE_LIMIT")
+        if "CHATSVC_RATE_BURST" in env:
+            values["rate_burst"] = _int(env, "CHATSVC_RATE_BURST", minimum=1)
+        if "CHATSVC_MAX_CONNECTIONS_PER_USER" in env:
+            values["max_connections_per_user"] = _int(env, "CHATSVC_MAX_CONNECTIONS_PER_USER", minimum=1)
+        if "CHATSVC_RECOVERY_LIMIT" in env:
+            values["recovery_limit"] = _int(env, "CHATSVC_RECOVERY_LIMIT", minimum=0)
         if env.get("CHATSVC_SMTP_URL"):
             values["smtp_url"] = env["CHATSVC_SMTP_URL"]
         if "CHATSVC_MAIL_FROM" in env:
@@ -91,4 +106,15 @@ def _int(env: Mapping[str, str], name: str, *, minimum: int, maximum: int | None
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum or (maximum is not None and value > maximum):
         raise ValueError(f"{name} is out of range: {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str) -> float:
+    raw = env[name]
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0")
     return value

@@ -1,8 +1,9 @@
 """The Socket.IO side: connect with a token, joinRoom, sendMessage, leaveRoom.
 
-A message goes in through ``on_sendMessage``: validated, checked against the
-room's membership, stored in one transaction, then broadcast to the room as
-``message`` and acknowledged to the sender with the stored row.
+A message goes in through ``on_sendMessage`` (validated, rate limited,
+checked against the room's membership), is stored by the MessageWriter in
+chatsvc/writer.py, which broadcasts it to the room as ``message`` once it is
+durable, and is acknowledged to the sender with the stored row.
 """
 
 from __future__ import annotations
@@ -10,20 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 import socketio
 
 from chatsvc.auth import bearer_token
-from chatsvc.errors import BadRequest, ChatError, Forbidden, Unauthorized
+from chatsvc.errors import BadRequest, ChatError, Forbidden, TooManyRequests, Unauthorized
 from chatsvc.state import AppState
-from chatsvc.store.messages import MESSAGE_TYPES, insert_message
+from chatsvc.store.messages import MESSAGE_TYPES, list_history
 from chatsvc.store.rooms import is_member
 from chatsvc.validation import int_field, object_payload, text_field
+from chatsvc.writer import Draft, WriterClosed
 
 log = logging.getLogger(__name__)
+
+CLIENT_MSG_ID_MAX = 64
 
 # Whether the event being handled came with an acknowledgement callback.
 # python-socketio does not tell handlers, so the server sets it per event.
@@ -31,13 +37,39 @@ _ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack_reque
 
 
 class ChatSocketServer(socketio.AsyncServer):
-    """An AsyncServer that lets handlers know whether the client wants an ack."""
+    """An AsyncServer that tells handlers whether the client wants an ack, and counts events in flight."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def _handle_event_internal(  # type: ignore[no-untyped-def]
         self, server, sid, eio_sid, data, namespace, id
     ):
         _ack_requested.set(id is not None)
-        return await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            # The ack is sent inside this call, so "idle" means every ack went out.
+            return await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no event is being handled; False if the timeout passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+class ServiceUnavailable(ChatError):
+    status = 503
 
 
 def room_name(chatroom_id: int) -> str:
@@ -61,37 +93,92 @@ def _token_from_handshake(environ: Mapping[str, Any], auth: Any) -> str | None:
     return query.get("token", [None])[0] or None
 
 
+class TokenBucket:
+    """Allows ``rate`` events per second on average, ``burst`` at once; rate 0 allows everything."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.updated = time.monotonic()
+
+    def take(self) -> bool:
+        """Spend one token if there is one."""
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+@dataclass
+class SocketSession:
+    """What the server knows of one connected socket."""
+
+    # None for a trusted-client socket that sent no token.
+    user_id: int | None
+    bucket: TokenBucket
+
+
 class ChatNamespace(socketio.AsyncNamespace):
     """Handlers of the default namespace; event names are the protocol's."""
 
     def __init__(self, state: AppState) -> None:
         super().__init__("/")
         self.state = state
-        # sid -> user id, or None for a trusted-client socket that sent no token.
-        self._users: dict[str, int | None] = {}
-        # Serialises store-then-broadcast so members see messages in id order.
-        self._send_lock = asyncio.Lock()
+        self._sessions: dict[str, SocketSession] = {}
+        self._sids_of_user: dict[int, set[str]] = {}
 
     # -- connection -------------------------------------------------------
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         """Authenticate the handshake or refuse it with a clear message."""
+        config = self.state.config
         token = _token_from_handshake(environ, auth)
+        user_id: int | None = None
         if token is None:
-            if self.state.config.socket_auth == "trust-client":
-                self._users[sid] = None
-                return
-            raise socketio.exceptions.ConnectionRefusedError("Authentication required: connect with auth {token}")
-        try:
-            found = await self.state.authenticate(token)
-        except Unauthorized as exc:
-            raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
-        self._users[sid] = found.id
-        await self.enter_room(sid, user_room(found.id))
+            if config.socket_auth != "trust-client":
+                raise socketio.exceptions.ConnectionRefusedError("Authentication required: connect with auth {token}")
+        else:
+            try:
+                user_id = (await self.state.authenticate(token)).id
+            except Unauthorized as exc:
+                raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
+            sids = self._sids_of_user.setdefault(user_id, set())
+            if len(sids) >= config.max_connections_per_user:
+                raise socketio.exceptions.ConnectionRefusedError(
+                    f"Too many connections for this user (at most {config.max_connections_per_user})"
+                )
+            sids.add(sid)
+            await self.enter_room(sid, user_room(user_id))
+        self._sessions[sid] = SocketSession(user_id, TokenBucket(config.rate_limit, config.rate_burst))
 
     async def on_disconnect(self, sid: str, reason: str | None = None) -> None:
         """Forget the socket."""
-        self._users.pop(sid, None)
+        session = self._sessions.pop(sid, None)
+        if session is not None and session.user_id is not None:
+            sids = self._sids_of_user.get(session.user_id)
+            if sids is not None:
+                sids.discard(sid)
+                if not sids:
+                    del self._sids_of_user[session.user_id]
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """On shutdown: store and ack what was accepted, then tell every socket and disconnect it."""
+        await self.state.writer.close()
+        if not await self.server.wait_idle(timeout):
+            log.warning("shutting down with socket events still in flight")
+        for sid in list(self._sessions):
+            await self.emit("serverShutdown", {"message": "The server is shutting down; reconnect shortly"}, to=sid)
+            await self.server.disconnect(sid)
+        # Socket.IO's disconnect leaves the Engine.IO transport open; close it so
+        # the HTTP server has no long-lived request left to wait for.
+        if self.server.eio.sockets:  # engineio's disconnect-all fails when there are none
+            await self.server.eio.disconnect()
 
     # -- events -----------------------------------------------------------
 
@@ -113,6 +200,8 @@ class ChatNamespace(socketio.AsyncNamespace):
             return await work
         except ChatError as exc:
             error = exc
+        except WriterClosed as exc:
+            error = ServiceUnavailable(str(exc))
         except Exception:
             log.exception("unhandled error in socket event from %s", sid)
             error = ChatError("Internal server error")
@@ -121,17 +210,21 @@ class ChatNamespace(socketio.AsyncNamespace):
         await self.emit("exception", {"status": "error", "message": error.message}, to=sid)
         return None
 
-    def _acting_user(self, sid: str, claimed: int | None) -> int:
-        """The user an event acts as: the token's, which a claimed id must match."""
-        if sid not in self._users:
+    def _session(self, sid: str) -> SocketSession:
+        session = self._sessions.get(sid)
+        if session is None:
             raise Unauthorized("Not connected")
-        user_id = self._users[sid]
+        return session
+
+    def _acting_user(self, sid: str, claimed: int | None, field: str) -> int:
+        """The user an event acts as: the token's, which a claimed id must match."""
+        user_id = self._session(sid).user_id
         if user_id is None:  # trust-client mode: the payload names the user
             if claimed is None:
-                raise BadRequest("userId is required")
+                raise BadRequest(f"{field} is required")
             return claimed
         if claimed is not None and claimed != user_id:
-            raise Forbidden("The user in the payload is not the logged-in user")
+            raise Forbidden(f"{field} is not the logged-in user")
         return user_id
 
     async def _require_member(self, user_id: int, chatroom_id: int) -> None:
@@ -142,22 +235,41 @@ class ChatNamespace(socketio.AsyncNamespace):
         payload = object_payload(data)
         chatroom_id = int_field(payload, "chatroomId")
         assert chatroom_id is not None
-        user_id = self._acting_user(sid, int_field(payload, "userId", required=False))
+        user_id = self._acting_user(sid, int_field(payload, "userId", required=False), "userId")
+        last_id = int_field(payload, "lastMessageId", minimum=0, required=False)
         await self._require_member(user_id, chatroom_id)
-        await self.enter_room(sid, room_name(chatroom_id))
-        await self.emit("message", {"type": "joinRoom", "userId": user_id}, room=room_name(chatroom_id))
-        return {"chatroomId": chatroom_id}
+        if last_id is None:
+            await self.enter_room(sid, room_name(chatroom_id))
+            await self.emit("message", {"type": "joinRoom", "userId": user_id}, room=room_name(chatroom_id))
+            return {"chatroomId": chatroom_id}
+
+        async def join_and_catch_up() -> dict[str, Any]:
+            # Runs between write batches: every message up to the newest id is
+            # either in this catch-up or will be broadcast after the socket joined.
+            await self.enter_room(sid, room_name(chatroom_id))
+            await self.emit("message", {"type": "joinRoom", "userId": user_id}, room=room_name(chatroom_id))
+            limit = self.state.config.recovery_limit
+            missed = await list_history(self.state.db.reader, chatroom_id, limit=limit + 1, after_id=last_id)
+            if len(missed) > limit:
+                return {"chatroomId": chatroom_id, "recovered": False}
+            for message in missed:
+                await self.emit(
+                    "message", {"type": "sendMessage", "userId": message["senderId"], "message": message}, to=sid
+                )
+            return {"chatroomId": chatroom_id, "recovered": True, "count": len(missed)}
+
+        return await self.state.writer.run_between_batches(join_and_catch_up)
 
     async def _leave_room(self, sid: str, data: Any) -> dict[str, Any]:
         payload = object_payload(data)
         chatroom_id = int_field(payload, "chatroomId")
         assert chatroom_id is not None
-        if sid not in self._users:
-            raise Unauthorized("Not connected")
+        self._session(sid)
         await self.leave_room(sid, room_name(chatroom_id))
         return {"chatroomId": chatroom_id}
 
     async def _send_message(self, sid: str, data: Any) -> dict[str, Any]:
+        session = self._session(sid)
         payload = object_payload(data)
         chatroom_id = int_field(payload, "chatroomId")
         assert chatroom_id is not None
@@ -166,19 +278,26 @@ class ChatNamespace(socketio.AsyncNamespace):
         if kind not in MESSAGE_TYPES:
             raise BadRequest("message.type must be one of: text, image, file")
         content = text_field(message, "content", max_length=self.state.config.message_max_length)
-        user_id = self._acting_user(sid, int_field(payload, "sendUserId", required=False))
+        client_msg_id = payload.get("clientMsgId")
+        if client_msg_id is not None:
+            client_msg_id = text_field(payload, "clientMsgId", max_length=CLIENT_MSG_ID_MAX)
+        user_id = self._acting_user(sid, int_field(payload, "sendUserId", required=False), "sendUserId")
+        if not session.bucket.take():
+            raise TooManyRequests("Sending too fast: slow down")
         await self._require_member(user_id, chatroom_id)
-        async with self._send_lock:
-            async with self.state.db.transaction() as conn:
-                stored = await insert_message(
-                    conn, chatroom_id=chatroom_id, sender_id=user_id, type=MESSAGE_TYPES[kind], content=content
-                )
+        stored, _ = await self.state.writer.submit(
+            Draft(chatroom_id, user_id, MESSAGE_TYPES[kind], content, client_msg_id)
+        )
+        return stored
+
+    async def publish(self, messages: list[dict[str, Any]]) -> None:
+        """Broadcast stored messages to their rooms, in the order given (ascending id)."""
+        for message in messages:
             await self.emit(
                 "message",
-                {"type": "sendMessage", "userId": user_id, "message": stored},
-                room=room_name(chatroom_id),
+                {"type": "sendMessage", "userId": message["senderId"], "message": message},
+                room=room_name(message["chatroomId"]),
             )
-        return stored
 
 
 def create_socket_server(state: AppState) -> ChatSocketServer:
@@ -191,5 +310,8 @@ def create_socket_server(state: AppState) -> ChatSocketServer:
         logger=False,
         engineio_logger=False,
     )
-    sio.register_namespace(ChatNamespace(state))
+    namespace = ChatNamespace(state)
+    sio.register_namespace(namespace)
+    state.writer.publish = namespace.publish
+    state.realtime = namespace
     return sio

@@ -12,9 +12,12 @@ from chatsvc.config import Config
 from chatsvc.db import Database
 from chatsvc.errors import Unauthorized
 from chatsvc.store.users import find_user_by_id
+from chatsvc.writer import MessageWriter
 
 if TYPE_CHECKING:
     import socketio
+
+    from chatsvc.realtime import ChatNamespace
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,9 @@ class AppState:
     db: Database
     # Set on startup: the signing secret may live in the database.
     tokens: TokenService = field(init=False)
+    writer: MessageWriter = field(init=False)
     sio: socketio.AsyncServer = field(init=False)
+    realtime: ChatNamespace = field(init=False)
 
     async def authenticate(self, token: str) -> Caller:
         """The user a token belongs to; Unauthorized if the token or its user is no longer valid."""

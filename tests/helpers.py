@@ -168,9 +168,20 @@ async def connect_socket(
     client = SocketClient(sio)
     sio.on("message", client.messages.put_nowait)
     sio.on("exception", client.exceptions.put_nowait)
+    refusals: list[Any] = []
+    sio.on("connect_error", refusals.append)
     if auth is None and token is not None:
         auth = {"token": token}
-    await sio.connect(
-        base_url, auth=auth, headers=headers or {}, transports=transports or ["websocket"], wait_timeout=EVENT_TIMEOUT
-    )
+    try:
+        await sio.connect(
+            base_url,
+            auth=auth,
+            headers=headers or {},
+            transports=transports or ["websocket"],
+            wait_timeout=EVENT_TIMEOUT,
+        )
+    except socketio.exceptions.ConnectionError as exc:
+        # The client's own message is generic; the server's reason comes in connect_error.
+        reason = refusals[0].get("message") if refusals and isinstance(refusals[0], dict) else refusals
+        raise socketio.exceptions.ConnectionError(f"{exc}: {reason}") from exc
     return client

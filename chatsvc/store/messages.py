@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiosqlite
+import orjson
 
 from chatsvc.store import fetch_all, fetch_one
 
@@ -92,3 +93,52 @@ async def list_history(
     if order == "DESC":
         rows.reverse()
     return [nest_sender(row) for row in rows]
+
+
+# SQLite allows 32766 bound variables per statement; five per row.
+_ROWS_PER_INSERT = 1000
+
+
+async def insert_messages(conn: aiosqlite.Connection, drafts: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """Store ``(content, type, chatroom_id, sender_id, client_msg_id)`` rows in order; inside a write transaction.
+
+    One multi-row INSERT per thousand messages. Rows inserted by one statement
+    take ascending ids in VALUES order, so sorting the returned rows by id
+    lines them up with the drafts. Senders are not joined: see nest_sender.
+    """
+    stored: list[dict[str, Any]] = []
+    for start in range(0, len(drafts), _ROWS_PER_INSERT):
+        chunk = drafts[start : start + _ROWS_PER_INSERT]
+        values = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
+        rows = await fetch_all(
+            conn,
+            f"""
+            INSERT INTO chat_history (content, type, chatroom_id, sender_id, client_msg_id) VALUES {values}
+            RETURNING id, content, type, chatroom_id AS chatroomId, sender_id AS senderId,
+                      client_msg_id AS clientMsgId, create_time AS createTime, update_time AS updateTime
+            """,
+            [value for draft in chunk for value in draft],
+        )
+        rows.sort(key=lambda row: row["id"])
+        stored.extend(rows)
+    return stored
+
+
+async def find_messages_by_client_ids(
+    conn: aiosqlite.Connection, keys: list[tuple[int, str]]
+) -> dict[tuple[int, str], dict[str, Any]]:
+    """Messages already stored under ``(sender_id, client_msg_id)`` keys, with senders, by key."""
+    if not keys:
+        return {}
+    rows = await fetch_all(
+        conn,
+        f"""
+        SELECT {MESSAGE_WITH_SENDER}
+        FROM json_each(?) AS k
+        JOIN chat_history AS h
+          ON h.sender_id = json_extract(k.value, '$[0]') AND h.client_msg_id = json_extract(k.value, '$[1]')
+        JOIN user AS u ON u.id = h.sender_id
+        """,
+        (orjson.dumps(keys).decode(),),
+    )
+    return {(row["senderId"], row["clientMsgId"]): nest_sender(row) for row in rows}

@@ -1,0 +1,51 @@
+"""Per-connection send rate and connections per user."""
+
+from __future__ import annotations
+
+import pytest
+import socketio
+
+from chatsvc.config import Config
+from tests.conftest import TEST_SCRYPT_N
+from tests.helpers import Api, assert_ack_error
+
+
+@pytest.fixture
+def config(tmp_path) -> Config:
+    # A bucket that does not refill within a test: burst 3, then refused.
+    return Config(
+        host="127.0.0.1",
+        port=0,
+        db_path=tmp_path / "chat.db",
+        scrypt_n=TEST_SCRYPT_N,
+        rate_limit=0.001,
+        rate_burst=3,
+        max_connections_per_user=2,
+    )
+
+
+async def test_limits_send_rate_over_burst_gets_429_ack_and_socket_stays(api: Api, sockets) -> None:
+    alice = await api.new_user()
+    bob = await api.new_user()
+    room = await api.one_to_one(alice, bob)
+    a = await sockets(alice.token)
+    payload = {"sendUserId": alice.id, "chatroomId": room, "message": {"type": "text", "content": "x"}}
+    for _ in range(3):
+        assert "id" in await a.call("sendMessage", payload)
+    assert_ack_error(await a.call("sendMessage", payload), 429)
+    assert a.sio.connected
+    # Another connection has its own bucket.
+    other = await sockets(alice.token)
+    assert "id" in await other.call("sendMessage", payload)
+    history = await api.get("/chat-history/list", alice.token, chatroomId=room)
+    assert len(history.body) == 4
+
+
+async def test_limits_connections_per_user_are_capped(api: Api, sockets) -> None:
+    alice = await api.new_user()
+    first = await sockets(alice.token)
+    await sockets(alice.token)
+    with pytest.raises(socketio.exceptions.ConnectionError, match="Too many connections"):
+        await sockets(alice.token)
+    await first.disconnect()
+    await sockets(alice.token)
