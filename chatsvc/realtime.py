@@ -21,6 +21,8 @@ import socketio
 
 from chatsvc.auth import bearer_token
 from chatsvc.errors import BadRequest, ChatError, Forbidden, TooManyRequests, Unauthorized
+from chatsvc.fanout import LeanManager
+from chatsvc.jsonutil import SocketJSON
 from chatsvc.state import AppState
 from chatsvc.store.messages import MESSAGE_TYPES, list_history
 from chatsvc.store.rooms import is_member
@@ -304,6 +306,8 @@ def create_socket_server(state: AppState) -> ChatSocketServer:
     """The Socket.IO server of one application, with the chat namespace registered."""
     origins = state.config.cors_origins
     sio = ChatSocketServer(
+        client_manager=LeanManager(),
+        json=SocketJSON,
         async_mode="aiohttp",
         cors_allowed_origins="*" if "*" in origins else list(origins),
         max_http_buffer_size=state.config.max_socket_payload,

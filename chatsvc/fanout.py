@@ -1,0 +1,71 @@
+"""Lean fan-out: encode a broadcast once and queue it on each recipient's Engine.IO socket.
+
+python-socketio's stock ``AsyncManager.emit`` encodes once too, but then
+creates one task per recipient and waits for them all; on a room of a hundred
+members that is most of the cost of a message. Engine.IO socket send queues
+are unbounded asyncio queues drained by each socket's own writer (WebSocket
+or long-polling), so putting the packet there directly keeps every transport
+working and needs no task at all.
+
+The class is a mixin over any AsyncManager, so the Redis-backed manager can
+use it too: its pub/sub listener delivers locally through ``super().emit``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import socketio
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
+
+
+class LeanEmitMixin:
+    """Overrides ``emit`` for the common case: no callback, text packet."""
+
+    server: Any
+    rooms: dict[str, Any]
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str,
+        room: Any = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Queue one encoded packet on every recipient socket."""
+        if callback is not None:
+            await super().emit(  # type: ignore[misc]
+                event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, to=to, **kwargs
+            )
+            return
+        room = to or room
+        if namespace not in self.rooms:
+            return
+        if isinstance(data, tuple):
+            args = list(data)
+        elif data is not None:
+            args = [data]
+        else:
+            args = []
+        encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args]).encode()
+        if isinstance(encoded, list):  # binary attachments: leave them to the stock path
+            await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, **kwargs)  # type: ignore[misc]
+            return
+        packet = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+        sockets = self.server.eio.sockets
+        for sid, eio_sid in self.get_participants(namespace, room):  # type: ignore[attr-defined]
+            if sid in skip:
+                continue
+            socket = sockets.get(eio_sid)
+            if socket is not None and not socket.closed:
+                socket.queue.put_nowait(packet)
+
+
+class LeanManager(LeanEmitMixin, socketio.AsyncManager):
+    """The in-process client manager with lean fan-out."""
