@@ -30,7 +30,7 @@ def create_app(config: Config) -> web.Application:
         client_max_size=config.max_http_body,
     )
     state = AppState(config=config, db=Database(config.db_path, synchronous=config.sqlite_synchronous))
-    state.writer = MessageWriter(state.db, max_batch=config.write_batch_max)
+    state.writer = MessageWriter(state.db, state.profiles, max_batch=config.write_batch_max)
     app[STATE] = state
     app.cleanup_ctx.append(_database_ctx)
     for module in (users, chatrooms, history):

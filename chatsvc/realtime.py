@@ -25,7 +25,6 @@ from chatsvc.fanout import LeanManager
 from chatsvc.jsonutil import SocketJSON
 from chatsvc.state import AppState
 from chatsvc.store.messages import MESSAGE_TYPES, list_history
-from chatsvc.store.rooms import is_member
 from chatsvc.validation import int_field, object_payload, text_field
 from chatsvc.writer import Draft, WriterClosed
 
@@ -230,7 +229,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         return user_id
 
     async def _require_member(self, user_id: int, chatroom_id: int) -> None:
-        if not await is_member(self.state.db.reader, user_id, chatroom_id):
+        if not await self.state.members.is_member(self.state.db.reader, user_id, chatroom_id):
             raise Forbidden("You are not a member of this chatroom")
 
     async def _join_room(self, sid: str, data: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from chatsvc.auth import Identity, TokenService, verify_password
+from chatsvc.cache import MembershipCache, ProfileCache
 from chatsvc.config import Config
 from chatsvc.db import Database
 from chatsvc.errors import Unauthorized
@@ -41,6 +42,8 @@ class AppState:
     db: Database
     # Set on startup: the signing secret may live in the database.
     tokens: TokenService = field(init=False)
+    members: MembershipCache = field(default_factory=MembershipCache)
+    profiles: ProfileCache = field(default_factory=ProfileCache)
     writer: MessageWriter = field(init=False)
     sio: socketio.AsyncServer = field(init=False)
     realtime: ChatNamespace = field(init=False)

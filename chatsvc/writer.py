@@ -1,8 +1,9 @@
 """The message write path: group commit, then broadcast in id order.
 
 One task owns chat message inserts. It takes every message that arrived
-while the previous batch was being written, stores them in one transaction,
-and only after the commit has reached the disk publishes them (in ascending
+while the previous batch was being written, stores them with one INSERT
+statement (its own transaction, so one disk sync for the whole batch), and
+only after the commit has reached the disk publishes them (in ascending
 id order) and resolves each sender's future, which sends the ack. Work that
 must not interleave with broadcasts, such as a recovering join, runs between
 batches through :meth:`MessageWriter.run_between_batches`.
@@ -16,9 +17,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from chatsvc.cache import ProfileCache
 from chatsvc.db import Database
-from chatsvc.store.messages import find_messages_by_client_ids, insert_messages
-from chatsvc.store.users import list_users_by_ids
+from chatsvc.store.messages import MAX_ROWS_PER_INSERT, find_messages_by_client_ids, insert_messages
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ class Draft:
         """The values in insert_messages' column order."""
         return (self.content, self.type, self.chatroom_id, self.sender_id, self.client_msg_id)
 
+    def key(self) -> tuple[int, str] | None:
+        """What makes a retry the same message: sender and client message id, if given."""
+        return None if self.client_msg_id is None else (self.sender_id, self.client_msg_id)
+
 
 @dataclass
 class _Submitted:
@@ -60,9 +65,10 @@ class _Barrier:
 class MessageWriter:
     """Stores chat messages in batches and publishes each batch after it is durable."""
 
-    def __init__(self, db: Database, *, max_batch: int = 512) -> None:
+    def __init__(self, db: Database, profiles: ProfileCache, *, max_batch: int = 512) -> None:
         self._db = db
-        self._max_batch = max_batch
+        self._profiles = profiles
+        self._max_batch = min(max_batch, MAX_ROWS_PER_INSERT)
         self._queue: asyncio.Queue[_Submitted | _Barrier | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -152,34 +158,45 @@ class MessageWriter:
                 item.future.set_result(result)
 
     async def _store(self, batch: list[_Submitted]) -> tuple[list[tuple[dict[str, Any], bool]], list[dict[str, Any]]]:
-        """One transaction for the batch: skip known client ids, insert the rest, attach senders."""
-        keys = [(i.draft.sender_id, i.draft.client_msg_id) for i in batch if i.draft.client_msg_id is not None]
-        async with self._db.transaction() as conn:
-            existing = await find_messages_by_client_ids(conn, keys)  # type: ignore[arg-type]
-            to_insert: list[Draft] = []
-            seen: set[tuple[int, str]] = set(existing)
-            for item in batch:
-                key = (item.draft.sender_id, item.draft.client_msg_id)
-                if item.draft.client_msg_id is not None:
-                    if key in seen:
-                        continue
-                    seen.add(key)  # type: ignore[arg-type]
-                to_insert.append(item.draft)
-            stored = await insert_messages(conn, [draft.row() for draft in to_insert])
-            senders = await list_users_by_ids(conn, sorted({m["senderId"] for m in stored}))
-        profiles = {profile["id"]: profile for profile in senders}
-        for message in stored:
-            message["sender"] = profiles[message["senderId"]]
-        new_iter = iter(stored)
-        by_key: dict[tuple[int, str | None], dict[str, Any]] = dict(existing)  # type: ignore[arg-type]
+        """One INSERT statement for the batch (its own transaction); returns each item's result and the new rows."""
+        # A retry may sit in the same batch as its original: only the first is written.
+        first_of_key: dict[tuple[int, str], _Submitted] = {}
+        to_insert: list[_Submitted] = []
+        for item in batch:
+            key = item.draft.key()
+            if key is not None:
+                if key in first_of_key:
+                    continue
+                first_of_key[key] = item
+            to_insert.append(item)
+        async with self._db.single_statement() as conn:
+            rows = await insert_messages(conn, [item.draft.row() for item in to_insert])
+        # Rows come back in draft order; a draft with no row hit a stored client id.
+        stored_by_item: dict[int, dict[str, Any]] = {}
+        conflicts: list[tuple[int, str]] = []
+        pending_rows = iter(rows)
+        row = next(pending_rows, None)
+        for item in to_insert:
+            draft = item.draft
+            if row is not None and row["senderId"] == draft.sender_id and row["clientMsgId"] == draft.client_msg_id:
+                stored_by_item[id(item)] = row
+                row = next(pending_rows, None)
+            else:
+                key = draft.key()
+                assert key is not None, "a draft without client id is always inserted"
+                conflicts.append(key)
+        profiles = await self._profiles.profiles(self._db.reader, {row["senderId"] for row in rows})
+        for row in rows:
+            row["sender"] = profiles[row["senderId"]]
+        earlier = await find_messages_by_client_ids(self._db.reader, conflicts)
         results: list[tuple[dict[str, Any], bool]] = []
         for item in batch:
-            key = (item.draft.sender_id, item.draft.client_msg_id)
-            if item.draft.client_msg_id is not None and key in by_key:
-                results.append((by_key[key], False))
-                continue
-            message = next(new_iter)
-            if item.draft.client_msg_id is not None:
-                by_key[key] = message
-            results.append((message, True))
-        return results, stored
+            key = item.draft.key()
+            if id(item) in stored_by_item:
+                results.append((stored_by_item[id(item)], True))
+            elif key in earlier:
+                results.append((earlier[key], False))
+            else:  # a repeat inside this batch of a message stored just now
+                assert key is not None
+                results.append((stored_by_item[id(first_of_key[key])], False))
+        return results, rows

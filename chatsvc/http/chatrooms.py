@@ -33,6 +33,7 @@ async def create_one_to_one(request: web.Request) -> web.Response:
         room_id = await create_one_to_one_room(
             conn, me.id, friend_id, name=f"{me.user['nickName']} & {friend['nickName']}"
         )
+    state.members.forget(room_id)
     return json_response(room_id)
 
 

@@ -96,32 +96,33 @@ async def list_history(
 
 
 # SQLite allows 32766 bound variables per statement; five per row.
-_ROWS_PER_INSERT = 1000
+MAX_ROWS_PER_INSERT = 1000
 
 
 async def insert_messages(conn: aiosqlite.Connection, drafts: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    """Store ``(content, type, chatroom_id, sender_id, client_msg_id)`` rows in order; inside a write transaction.
+    """Store ``(content, type, chatroom_id, sender_id, client_msg_id)`` rows with one statement.
 
-    One multi-row INSERT per thousand messages. Rows inserted by one statement
-    take ascending ids in VALUES order, so sorting the returned rows by id
-    lines them up with the drafts. Senders are not joined: see nest_sender.
+    At most MAX_ROWS_PER_INSERT rows. Run in autocommit mode the statement is
+    its own transaction, durable when this returns. A row whose
+    ``(sender_id, client_msg_id)`` is already stored is skipped, so fewer rows
+    may come back. Rows inserted by one statement take ascending ids in VALUES
+    order, so the returned rows, sorted by id, follow the drafts' order.
+    Senders are not attached.
     """
-    stored: list[dict[str, Any]] = []
-    for start in range(0, len(drafts), _ROWS_PER_INSERT):
-        chunk = drafts[start : start + _ROWS_PER_INSERT]
-        values = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
-        rows = await fetch_all(
-            conn,
-            f"""
-            INSERT INTO chat_history (content, type, chatroom_id, sender_id, client_msg_id) VALUES {values}
-            RETURNING id, content, type, chatroom_id AS chatroomId, sender_id AS senderId,
-                      client_msg_id AS clientMsgId, create_time AS createTime, update_time AS updateTime
-            """,
-            [value for draft in chunk for value in draft],
-        )
-        rows.sort(key=lambda row: row["id"])
-        stored.extend(rows)
-    return stored
+    assert len(drafts) <= MAX_ROWS_PER_INSERT
+    values = ", ".join(["(?, ?, ?, ?, ?)"] * len(drafts))
+    rows = await fetch_all(
+        conn,
+        f"""
+        INSERT INTO chat_history (content, type, chatroom_id, sender_id, client_msg_id) VALUES {values}
+        ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING
+        RETURNING id, content, type, chatroom_id AS chatroomId, sender_id AS senderId,
+                  client_msg_id AS clientMsgId, create_time AS createTime, update_time AS updateTime
+        """,
+        [value for draft in drafts for value in draft],
+    )
+    rows.sort(key=lambda row: row["id"])
+    return rows
 
 
 async def find_messages_by_client_ids(

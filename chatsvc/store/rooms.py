@@ -93,6 +93,14 @@ async def is_member(conn: aiosqlite.Connection, user_id: int, room_id: int) -> b
     return found is not None
 
 
+async def list_member_ids(conn: aiosqlite.Connection, chatroom_id: int) -> list[int]:
+    """Ids of the room's members."""
+    rows = await conn.execute_fetchall(
+        "SELECT user_id FROM user_chatroom WHERE chatroom_id = ? ORDER BY user_id", (chatroom_id,)
+    )
+    return [row[0] for row in rows]
+
+
 async def list_rooms_of_user(conn: aiosqlite.Connection, user_id: int, name_filter: str = "") -> list[dict[str, Any]]:
     """The user's rooms with member ids, one-to-one rooms named after the other member.
 

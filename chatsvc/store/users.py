@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiosqlite
+import orjson
 
 from chatsvc.store import fetch_all, fetch_one
 
@@ -54,5 +55,5 @@ async def list_users_by_ids(conn: aiosqlite.Connection, user_ids: list[int]) -> 
     return await fetch_all(
         conn,
         f"SELECT {PROFILE_COLUMNS} FROM user WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
-        (str(list(user_ids)),),
+        (orjson.dumps(list(user_ids)).decode(),),
     )

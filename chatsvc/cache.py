@@ -1,0 +1,77 @@
+"""In-memory caches of what rarely changes but every message needs.
+
+A message needs its room's members (may this user send here?) and its
+sender's public profile (the broadcast carries it). Both change seldom, so
+they are loaded once and kept until a change invalidates them: every code
+path that changes a membership or a profile calls ``forget``. Correctness
+first: an entry is dropped the moment the change commits, and the next
+reader loads the new truth from the database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiosqlite
+
+from chatsvc.store.rooms import list_member_ids
+from chatsvc.store.users import list_users_by_ids
+
+
+class MembershipCache:
+    """Member ids per room."""
+
+    def __init__(self, max_rooms: int = 100_000) -> None:
+        self._members: dict[int, frozenset[int]] = {}
+        self._max_rooms = max_rooms
+
+    async def members(self, conn: aiosqlite.Connection, chatroom_id: int) -> frozenset[int]:
+        """The room's member ids (empty for a room that does not exist)."""
+        found = self._members.get(chatroom_id)
+        if found is None:
+            found = frozenset(await list_member_ids(conn, chatroom_id))
+            if not found:
+                # Not kept: the id may be taken by a room created a moment later.
+                return found
+            if len(self._members) >= self._max_rooms:
+                self._members.clear()  # crude bound; a miss only costs one indexed query
+            self._members[chatroom_id] = found
+        return found
+
+    async def is_member(self, conn: aiosqlite.Connection, user_id: int, chatroom_id: int) -> bool:
+        """Whether the user is a member of the room."""
+        return user_id in await self.members(conn, chatroom_id)
+
+    def forget(self, chatroom_id: int) -> None:
+        """Drop a room after its membership changed."""
+        self._members.pop(chatroom_id, None)
+
+    def clear(self) -> None:
+        """Drop everything (e.g. after a change made by another process)."""
+        self._members.clear()
+
+
+class ProfileCache:
+    """Public profiles of users, as messages show their sender."""
+
+    def __init__(self, max_users: int = 100_000) -> None:
+        self._profiles: dict[int, dict[str, Any]] = {}
+        self._max_users = max_users
+
+    async def profiles(self, conn: aiosqlite.Connection, user_ids: set[int]) -> dict[int, dict[str, Any]]:
+        """Profiles of the given users by id, loading the missing ones with one query."""
+        missing = [user_id for user_id in user_ids if user_id not in self._profiles]
+        if missing:
+            if len(self._profiles) + len(missing) > self._max_users:
+                self._profiles.clear()
+            for profile in await list_users_by_ids(conn, missing):
+                self._profiles[profile["id"]] = profile
+        return {user_id: self._profiles[user_id] for user_id in user_ids if user_id in self._profiles}
+
+    def forget(self, user_id: int) -> None:
+        """Drop a user after their profile changed."""
+        self._profiles.pop(user_id, None)
+
+    def clear(self) -> None:
+        """Drop everything."""
+        self._profiles.clear()
