@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import socketio
 
 from chatsvc.config import Config
 from tests.conftest import TEST_SCRYPT_N
-from tests.helpers import Api, assert_ack_error
+from tests.helpers import Api, assert_ack_error, assert_error
 
 
 @pytest.fixture
@@ -49,3 +51,32 @@ async def test_limits_connections_per_user_are_capped(api: Api, sockets) -> None
         await sockets(alice.token)
     await first.disconnect()
     await sockets(alice.token)
+
+
+async def test_limits_http_body_over_the_limit_is_413_json(api: Api) -> None:
+    resp = await api.request(
+        "POST",
+        "/user/register",
+        data=b'{"username": "' + b"x" * (1024 * 1024 + 10) + b'"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert_error(resp.status, resp.body, 413)
+
+
+async def test_limits_socket_packet_over_the_limit_closes_the_transport_and_stores_nothing(
+    api: Api, sockets, config: Config
+) -> None:
+    alice = await api.new_user()
+    bob = await api.new_user()
+    room = await api.one_to_one(alice, bob)
+    a = await sockets(alice.token)
+    gone = asyncio.Event()
+    a.sio.on("disconnect", lambda *_: gone.set())
+    huge = "x" * (config.max_socket_payload + 1)
+    await a.emit(
+        "sendMessage", {"sendUserId": alice.id, "chatroomId": room, "message": {"type": "text", "content": huge}}
+    )
+    async with asyncio.timeout(5):
+        await gone.wait()
+    history = await api.get("/chat-history/list", alice.token, chatroomId=room)
+    assert history.body == []
