@@ -1,26 +1,61 @@
-"""/user: registration, login and the caller's profile."""
+"""/user: registration, login, the caller's profile, and verification codes.
+
+A code proves that the person asking controls a mailbox. It is issued for a
+purpose (register, update_password, update_user) and an address, lives a few
+minutes, is used once, and is burnt by one wrong guess, so guessing is no
+faster than the one-per-minute issuing limit. Addresses are compared in lower
+case, so case variants share one code and one rate limit.
+"""
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import aiosqlite
 from aiohttp import web
 
 from chatsvc.auth import hash_password
-from chatsvc.errors import BadRequest
+from chatsvc.errors import BadRequest, NotFound, TooManyRequests
 from chatsvc.http.middleware import caller, public
 from chatsvc.jsonutil import json_response
-from chatsvc.state import STATE
-from chatsvc.store.users import find_user_by_username, insert_user
-from chatsvc.validation import email, json_body, text_field
+from chatsvc.mail import MailUnavailable, send_code
+from chatsvc.state import STATE, AppState
+from chatsvc.store import captchas
+from chatsvc.store.users import find_user_by_username, insert_user, reset_password, update_user_profile
+from chatsvc.validation import email, json_body, text, text_field
 
 routes = web.RouteTableDef()
 
 USERNAME_MAX = 50
 NICKNAME_MAX = 50
+HEAD_PIC_MAX = 1000
 PASSWORD_MIN = 6
 PASSWORD_MAX = 128
+CAPTCHA_MAX = 32
+# At most one code per purpose and address in this many seconds.
+CAPTCHA_INTERVAL_SECONDS = 60
+
+CODE_SENT = "Verification code sent"
+CODE_EXPIRED = "Verification code has expired or was never requested; request a new one"
+CODE_WRONG = "Verification code is incorrect; request a new one"
+
+
+@dataclass(frozen=True)
+class CodePurpose:
+    """What a code is for: its stored name, the mail's subject, and how long it lives."""
+
+    name: str
+    subject: str
+    ttl_minutes: int
+
+
+REGISTER_CODE = CodePurpose(captchas.REGISTER, "Your chatsvc registration code", 5)
+UPDATE_PASSWORD_CODE = CodePurpose(captchas.UPDATE_PASSWORD, "Your chatsvc password reset code", 10)
+UPDATE_USER_CODE = CodePurpose(captchas.UPDATE_USER, "Your chatsvc profile change code", 10)
 
 
 def password_field(body: Mapping[str, Any], name: str = "password") -> str:
@@ -31,23 +66,84 @@ def password_field(body: Mapping[str, Any], name: str = "password") -> str:
     return password
 
 
+def captcha_field(body: Mapping[str, Any]) -> str:
+    """The verification code a client typed, without surrounding blanks."""
+    return text_field(body, "captcha", max_length=CAPTCHA_MAX).strip()
+
+
+async def issue_code(state: AppState, purpose: CodePurpose, address: str) -> None:
+    """Store a fresh code for the address and send it; TooManyRequests if one went out within the minute."""
+    code = f"{secrets.randbelow(10**6):06d}"
+    key = address.lower()
+    async with state.db.transaction() as conn:
+        await captchas.purge_expired_captchas(conn)
+        stored = await captchas.store_captcha(
+            conn,
+            purpose.name,
+            key,
+            code,
+            ttl_seconds=purpose.ttl_minutes * 60,
+            interval_seconds=CAPTCHA_INTERVAL_SECONDS,
+        )
+    if stored is None:
+        raise TooManyRequests("A code was sent to this address less than a minute ago; please wait before asking again")
+    try:
+        await send_code(state.config, address, purpose.subject, code, purpose.ttl_minutes)
+    except MailUnavailable:
+        # Undelivered: let the client ask again at once instead of waiting out the rate limit.
+        async with state.db.transaction() as conn:
+            await captchas.delete_captcha(conn, purpose.name, key, code)
+        raise
+
+
+async def consume_code(conn: aiosqlite.Connection, purpose: CodePurpose, address: str, code: str) -> str | None:
+    """Use up the address's code if ``code`` matches it: None, or why it was refused.
+
+    Runs inside the caller's write transaction, so the code is gone exactly
+    when the change it authorises commits. A wrong guess burns the code; the
+    caller must then leave the transaction normally for the burn to stick.
+    """
+    key = address.lower()
+    found = await captchas.find_captcha(conn, purpose.name, key)
+    if found is None or not found["code"] or not found["live"]:
+        return CODE_EXPIRED
+    # Constant time, on bytes: compare_digest refuses non-ASCII str.
+    if not hmac.compare_digest(found["code"].encode(), code.encode()):
+        await captchas.burn_captcha(conn, purpose.name, key)
+        return CODE_WRONG
+    await captchas.delete_captcha(conn, purpose.name, key)
+    return None
+
+
 @routes.post("/user/register")
 @public
 async def register(request: web.Request) -> web.Response:
-    """Create an account; answers the new user's public profile."""
+    """Create an account; answers the new user's public profile.
+
+    With SMTP configured, a register code sent to the email is required;
+    without it, codes only go to the log and the captcha field is ignored.
+    """
     state = request.app[STATE]
     body = await json_body(request)
     username = text_field(body, "username", max_length=USERNAME_MAX)
     nick_name = text_field(body, "nickName", max_length=NICKNAME_MAX)
     address = email(body.get("email"))
     password = password_field(body)
+    code = captcha_field(body) if state.config.smtp_url is not None else None
     password_hash = await hash_password(password, n=state.config.scrypt_n)
+    problem, user = None, None
     async with state.db.transaction() as conn:
-        user = await insert_user(
-            conn, username=username, password_hash=password_hash, nick_name=nick_name, email=address
-        )
-    if user is None:
-        raise BadRequest("Username already exists")
+        if code is not None:
+            problem = await consume_code(conn, REGISTER_CODE, address, code)
+        if problem is None:
+            user = await insert_user(
+                conn, username=username, password_hash=password_hash, nick_name=nick_name, email=address
+            )
+            if user is None:
+                # Raised inside the transaction: the rollback leaves the code usable.
+                raise BadRequest("Username already exists")
+    if problem is not None:
+        raise BadRequest(problem)
     return json_response(user, status=201)
 
 
@@ -72,3 +168,84 @@ async def login(request: web.Request) -> web.Response:
 async def user_info(request: web.Request) -> web.Response:
     """The caller's own profile."""
     return json_response(caller(request).user)
+
+
+@routes.get("/user/register-captcha")
+@public
+async def register_captcha(request: web.Request) -> web.Response:
+    """Send a registration code (valid 5 minutes) to ``address``."""
+    address = email(request.query.get("address"), "address")
+    await issue_code(request.app[STATE], REGISTER_CODE, address)
+    return json_response(CODE_SENT)
+
+
+@routes.get("/user/update_password/captcha")
+@public
+async def update_password_captcha(request: web.Request) -> web.Response:
+    """Send a password reset code (valid 10 minutes) to ``address``."""
+    address = email(request.query.get("address"), "address")
+    await issue_code(request.app[STATE], UPDATE_PASSWORD_CODE, address)
+    return json_response(CODE_SENT)
+
+
+@routes.get("/user/update/captcha")
+async def update_user_captcha(request: web.Request) -> web.Response:
+    """Send a profile change code (valid 10 minutes) to the caller's current email."""
+    await issue_code(request.app[STATE], UPDATE_USER_CODE, caller(request).user["email"])
+    return json_response(CODE_SENT)
+
+
+@routes.post("/user/update")
+async def update_user(request: web.Request) -> web.Response:
+    """Change the caller's nickName, headPic and email; answers the new profile.
+
+    The code must be the one sent to the caller's current email, not to the
+    ``email`` of the body: a stolen token alone cannot move the account to a
+    mailbox the thief controls.
+    """
+    state = request.app[STATE]
+    me = caller(request)
+    body = await json_body(request)
+    nick_name = None
+    if body.get("nickName") is not None:
+        nick_name = text(body["nickName"], "nickName", max_length=NICKNAME_MAX)
+    head_pic = None
+    if body.get("headPic") is not None:
+        head_pic = text(body["headPic"], "headPic", max_length=HEAD_PIC_MAX, allow_blank=True)
+    new_address = email(body.get("email"))
+    code = captcha_field(body)
+    profile = None
+    async with state.db.transaction() as conn:
+        problem = await consume_code(conn, UPDATE_USER_CODE, me.user["email"], code)
+        if problem is None:
+            profile = await update_user_profile(conn, me.id, nick_name=nick_name, head_pic=head_pic, email=new_address)
+    if problem is not None:
+        raise BadRequest(problem)
+    if profile is None:
+        raise NotFound("User not found")
+    # Messages carry their sender's profile from this cache.
+    state.profiles.forget(me.id)
+    return json_response(profile, status=201)
+
+
+@routes.post("/user/update_password")
+@public
+async def update_password(request: web.Request) -> web.Response:
+    """Set a new password with a code sent to the account's email (forgot password); ends older tokens."""
+    state = request.app[STATE]
+    body = await json_body(request)
+    username = text_field(body, "username", max_length=USERNAME_MAX)
+    address = email(body.get("email"))
+    password = password_field(body)
+    code = captcha_field(body)
+    password_hash = await hash_password(password, n=state.config.scrypt_n)
+    async with state.db.transaction() as conn:
+        problem = await consume_code(conn, UPDATE_PASSWORD_CODE, address, code)
+        if problem is None:
+            changed = await reset_password(conn, username=username, email=address, password_hash=password_hash)
+            if changed is None:
+                # One message for an unknown user and a wrong email; the rollback keeps the code.
+                raise BadRequest("No account has this username and email")
+    if problem is not None:
+        raise BadRequest(problem)
+    return json_response("Password updated", status=201)

@@ -57,3 +57,43 @@ async def list_users_by_ids(conn: aiosqlite.Connection, user_ids: list[int]) -> 
         f"SELECT {PROFILE_COLUMNS} FROM user WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
         (orjson.dumps(list(user_ids)).decode(),),
     )
+
+
+async def update_user_profile(
+    conn: aiosqlite.Connection, user_id: int, *, nick_name: str | None, head_pic: str | None, email: str
+) -> dict[str, Any] | None:
+    """Change a user's email and, where given, nickName and headPic; the new profile, or None if no such user."""
+    return await fetch_one(
+        conn,
+        f"""
+        UPDATE user SET
+            nick_name = coalesce(:nick_name, nick_name),
+            head_pic = coalesce(:head_pic, head_pic),
+            email = :email,
+            update_time = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+        WHERE id = :id
+        RETURNING {PROFILE_COLUMNS}
+        """,
+        {"id": user_id, "nick_name": nick_name, "head_pic": head_pic, "email": email},
+    )
+
+
+async def reset_password(
+    conn: aiosqlite.Connection, *, username: str, email: str, password_hash: str
+) -> dict[str, Any] | None:
+    """Set the password of the user with that username and email (any case), ending its tokens; None if no match.
+
+    Bumping token_version makes every token issued before the change invalid.
+    """
+    return await fetch_one(
+        conn,
+        """
+        UPDATE user SET
+            password_hash = :password_hash,
+            token_version = token_version + 1,
+            update_time = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+        WHERE username = :username AND email = :email COLLATE NOCASE
+        RETURNING id, token_version AS tokenVersion
+        """,
+        {"username": username, "email": email, "password_hash": password_hash},
+    )
