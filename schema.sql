@@ -90,3 +90,5 @@ CREATE TABLE IF NOT EXISTS captcha (
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     PRIMARY KEY (purpose, address)
 ) WITHOUT ROWID;
+-- Purging expired codes on each new request.
+CREATE INDEX IF NOT EXISTS captcha_by_expiry ON captcha (expires_at);
