@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -58,6 +58,12 @@ class Database:
             if conn is not None:
                 await conn.close()
         self._reader = self._writer = None
+
+    async def set_trace(self, callback: Callable[[str], object] | None) -> None:
+        """Call ``callback`` with every SQL statement either connection runs (None turns it off)."""
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                await conn.set_trace_callback(callback)
 
     @property
     def reader(self) -> aiosqlite.Connection:

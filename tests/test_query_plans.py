@@ -1,0 +1,78 @@
+"""Every SQL statement the service runs is served by an index: no table scan.
+
+The app runs with SQL tracing on while real clients use every route and
+event; each distinct statement is then explained on a separate connection
+and no step of its plan may be a SCAN of a stored table.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+from aiohttp.test_utils import TestServer
+
+from chatsvc.config import Config
+from chatsvc.state import STATE
+from tests.helpers import Api
+
+NOT_QUERIES = re.compile(r"^\s*(PRAGMA|BEGIN|COMMIT|ROLLBACK|CREATE|--)", re.IGNORECASE)
+TABLE_SCAN = re.compile(r"\bSCAN ([A-Za-z_]\w*)")
+# Virtual tables and VALUES lists are not stored tables.
+VIRTUAL = {"k", "json_each", "CONSTANT"}
+
+
+async def exercise_every_route(api: Api, sockets) -> None:
+    """Drive the HTTP routes and socket events a client uses, with real clients."""
+    alice = await api.new_user("alice")
+    bob = await api.new_user("bob")
+    await api.get("/user/info", alice.token)
+    room = await api.one_to_one(alice, bob)
+    await api.get("/chatroom/findChatroom", alice.token, userId1=alice.id, userId2=bob.id)
+    await api.get("/chatroom/list", alice.token)
+    await api.get("/chatroom/list", alice.token, name="bo")
+    a = await sockets(alice.token)
+    await a.join(alice, room)
+    for i in range(3):
+        await a.call(
+            "sendMessage",
+            {
+                "sendUserId": alice.id,
+                "chatroomId": room,
+                "clientMsgId": f"c{i}",
+                "message": {"type": "text", "content": "x"},
+            },
+        )
+    await a.call(
+        "sendMessage",
+        {"sendUserId": alice.id, "chatroomId": room, "clientMsgId": "c0", "message": {"type": "text", "content": "x"}},
+    )
+    b = await sockets(bob.token)
+    await b.call("joinRoom", {"chatroomId": room, "userId": bob.id, "lastMessageId": 1})
+    for params in ({}, {"beforeId": 3}, {"afterId": 1}, {"afterId": 1, "beforeId": 3}, {"limit": 2}):
+        await api.get("/chat-history/list", alice.token, chatroomId=room, **params)
+
+
+def plan_scans(db_path, statements: set[str]) -> dict[str, list[str]]:
+    """Statements whose query plan scans a stored table, with the offending plan steps."""
+    offenders: dict[str, list[str]] = {}
+    with sqlite3.connect(db_path) as conn:
+        for sql in statements:
+            steps = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+            scans = [s for s in steps if (m := TABLE_SCAN.search(s)) and m.group(1) not in VIRTUAL]
+            if scans:
+                offenders[sql] = scans
+    return offenders
+
+
+async def test_query_plans_use_indexes_for_every_statement(
+    server: TestServer, config: Config, api: Api, sockets
+) -> None:
+    statements: set[str] = set()
+    db = server.app[STATE].db
+    await db.set_trace(statements.add)
+    await exercise_every_route(api, sockets)
+    await db.set_trace(None)
+    queries = {s for s in statements if not NOT_QUERIES.match(s)}
+    assert len(queries) >= 8, queries
+    assert plan_scans(config.db_path, queries) == {}
