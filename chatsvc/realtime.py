@@ -26,7 +26,7 @@ from chatsvc.jsonutil import SocketJSON
 from chatsvc.state import AppState
 from chatsvc.store.messages import MESSAGE_TYPES, list_history
 from chatsvc.validation import int_field, object_payload, text_field
-from chatsvc.writer import Draft, WriterClosed
+from chatsvc.writer import Draft
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,6 @@ class ChatSocketServer(socketio.AsyncServer):
         except TimeoutError:
             return False
         return True
-
-
-class ServiceUnavailable(ChatError):
-    status = 503
 
 
 def room_name(chatroom_id: int) -> str:
@@ -201,8 +197,6 @@ class ChatNamespace(socketio.AsyncNamespace):
             return await work
         except ChatError as exc:
             error = exc
-        except WriterClosed as exc:
-            error = ServiceUnavailable(str(exc))
         except Exception:
             log.exception("unhandled error in socket event from %s", sid)
             error = ChatError("Internal server error")
@@ -239,6 +233,10 @@ class ChatNamespace(socketio.AsyncNamespace):
         user_id = self._acting_user(sid, int_field(payload, "userId", required=False), "userId")
         last_id = int_field(payload, "lastMessageId", minimum=0, required=False)
         await self._require_member(user_id, chatroom_id)
+        if self._session(sid).user_id is None:
+            # A trusted-client socket is known by user from its first join on, so
+            # a later quit can take it out of the room like any other socket.
+            await self.enter_room(sid, user_room(user_id))
         if last_id is None:
             await self.enter_room(sid, room_name(chatroom_id))
             await self.emit("message", {"type": "joinRoom", "userId": user_id}, room=room_name(chatroom_id))
@@ -299,6 +297,19 @@ class ChatNamespace(socketio.AsyncNamespace):
                 {"type": "sendMessage", "userId": message["senderId"], "message": message},
                 room=room_name(message["chatroomId"]),
             )
+
+    async def member_joined(self, user_id: int, chatroom_id: int) -> None:
+        """Tell a room that a user was made a member (their sockets still join it with ``joinRoom``)."""
+        await self.emit("message", {"type": "joinRoom", "userId": user_id}, room=room_name(chatroom_id))
+
+    async def member_left(self, user_id: int, chatroom_id: int) -> None:
+        """Take every socket of a user who is no longer a member out of the room, then tell the room."""
+        room = room_name(chatroom_id)
+        # Only sockets that connected with a token are in the user's room; in
+        # trust-client mode a socket's user is known per event, not per socket.
+        for sid, _ in list(self.server.manager.get_participants(self.namespace, user_room(user_id))):
+            await self.leave_room(sid, room)
+        await self.emit("message", {"type": "quitRoom", "userId": user_id}, room=room)
 
 
 def create_socket_server(state: AppState) -> ChatSocketServer:

@@ -1,16 +1,30 @@
-"""/chatroom: one-to-one rooms and the caller's room list."""
+"""/chatroom: one-to-one rooms, groups and their members, and the caller's room list."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import aiosqlite
 from aiohttp import web
 
-from chatsvc.errors import BadRequest, Forbidden
+from chatsvc.errors import BadRequest, Forbidden, NotFound
 from chatsvc.http.middleware import caller
+from chatsvc.http.users import USERNAME_MAX
 from chatsvc.jsonutil import json_response
 from chatsvc.state import STATE
-from chatsvc.store.rooms import create_one_to_one_room, find_one_to_one_room, list_rooms_of_user
-from chatsvc.store.users import find_user_by_id
-from chatsvc.validation import required_query_int, text
+from chatsvc.store.rooms import (
+    add_member,
+    create_group_room,
+    create_one_to_one_room,
+    find_one_to_one_room,
+    find_room,
+    is_member,
+    list_member_profiles,
+    list_rooms_of_user,
+    remove_member,
+)
+from chatsvc.store.users import find_user_by_id, find_user_by_username
+from chatsvc.validation import MAX_ID, parse_int, required_query_int, text
 
 routes = web.RouteTableDef()
 
@@ -57,3 +71,106 @@ async def list_chatrooms(request: web.Request) -> web.Response:
     name = text(request.query.get("name"), "name", max_length=ROOM_NAME_MAX, required=False, allow_blank=True)
     rooms = await list_rooms_of_user(request.app[STATE].db.reader, caller(request).id, name.strip())
     return json_response(rooms)
+
+
+def _room_id(raw: str | None, name: str) -> int:
+    """A room id from the request: any integer; one that names no room (such as -1) is not refused here."""
+    value = parse_int(raw, name, minimum=-MAX_ID)
+    assert value is not None
+    return value
+
+
+async def _group_of_member(conn: aiosqlite.Connection, room_id: int, user_id: int) -> dict[str, Any]:
+    """The group room ``room_id``, checked in this order: it exists, the user is a member, it is a group."""
+    room = await find_room(conn, room_id)
+    if room is None:
+        raise NotFound("Chatroom not found")
+    if not await is_member(conn, user_id, room_id):
+        raise Forbidden("You are not a member of this chatroom")
+    if not room["type"]:
+        raise BadRequest("This is a one-to-one chatroom: members can only change in a group")
+    return room
+
+
+@routes.get("/chatroom/create-group")
+async def create_group(request: web.Request) -> web.Response:
+    """Create a group room named ``name`` with the caller as its first member; its id."""
+    me = caller(request)
+    name = text(request.query.get("name"), "name", max_length=ROOM_NAME_MAX).strip()
+    state = request.app[STATE]
+    async with state.db.transaction() as conn:
+        room_id = await create_group_room(conn, name, me.id)
+    state.members.forget(room_id)
+    return json_response(room_id)
+
+
+@routes.get("/chatroom/members")
+async def list_members(request: web.Request) -> web.Response:
+    """The public profiles of a room's members; ``[]`` for an id that names no room."""
+    me = caller(request)
+    room_id = _room_id(request.query.get("chatroomId"), "chatroomId")
+    reader = request.app[STATE].db.reader
+    members = await list_member_profiles(reader, room_id)
+    if any(member["id"] == me.id for member in members):
+        return json_response(members)
+    # The original answered [] for a missing room, and its frontend relies on it (chatroomId=-1).
+    if await find_room(reader, room_id) is None:
+        return json_response([])
+    raise Forbidden("You are not a member of this chatroom")
+
+
+@routes.get("/chatroom/info/{id}")
+async def room_info(request: web.Request) -> web.Response:
+    """A room with its members' profiles."""
+    me = caller(request)
+    room_id = _room_id(request.match_info.get("id"), "id")
+    reader = request.app[STATE].db.reader
+    room = await find_room(reader, room_id)
+    if room is None:
+        raise NotFound("Chatroom not found")
+    users = await list_member_profiles(reader, room_id)
+    if not any(user["id"] == me.id for user in users):
+        raise Forbidden("You are not a member of this chatroom")
+    return json_response({**room, "users": users})
+
+
+@routes.get("/chatroom/join/{id}")
+async def join_group(request: web.Request) -> web.Response:
+    """Add the user named ``joinUsername`` to a group the caller is in; the room id."""
+    me = caller(request)
+    room_id = _room_id(request.match_info.get("id"), "id")
+    username = text(request.query.get("joinUsername"), "joinUsername", max_length=USERNAME_MAX)
+    state = request.app[STATE]
+    async with state.db.transaction() as conn:
+        await _group_of_member(conn, room_id, me.id)
+        user = await find_user_by_username(conn, username)
+        if user is None:
+            raise BadRequest("User not found")
+        added = await add_member(conn, room_id, user["id"])
+    state.members.forget(room_id)
+    if added:
+        await state.realtime.member_joined(user["id"], room_id)
+    return json_response(room_id)
+
+
+@routes.get("/chatroom/quit/{id}")
+async def quit_group(request: web.Request) -> web.Response:
+    """Remove member ``quitUserId`` (the caller or, as in the original, any other member) from a group; the room id."""
+    me = caller(request)
+    room_id = _room_id(request.match_info.get("id"), "id")
+    quit_user_id = required_query_int(request, "quitUserId")
+    state = request.app[STATE]
+
+    async def remove() -> None:
+        # Between write batches: every message stored before the removal has
+        # been broadcast, and every one stored after it is broadcast to a room
+        # the user's sockets have already left.
+        async with state.db.transaction() as conn:
+            await _group_of_member(conn, room_id, me.id)
+            if not await remove_member(conn, room_id, quit_user_id):
+                raise BadRequest("That user is not a member of this group")
+        state.members.forget(room_id)
+        await state.realtime.member_left(quit_user_id, room_id)
+
+    await state.writer.run_between_batches(remove)
+    return json_response(room_id)

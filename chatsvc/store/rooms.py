@@ -8,6 +8,7 @@ import aiosqlite
 import orjson
 
 from chatsvc.store import fetch_all, fetch_one, fetch_value
+from chatsvc.store.users import PROFILE_COLUMNS
 
 ONE_TO_ONE = 0
 GROUP = 1
@@ -134,3 +135,42 @@ async def list_rooms_of_user(conn: aiosqlite.Connection, user_id: int, name_filt
         row["userIds"] = orjson.loads(row["userIds"])
         row["userCount"] = len(row["userIds"])
     return rows
+
+
+async def list_member_profiles(conn: aiosqlite.Connection, chatroom_id: int) -> list[dict[str, Any]]:
+    """Public profiles of the room's members in id order (empty for a room that does not exist)."""
+    return await fetch_all(
+        conn,
+        f"""
+        SELECT {PROFILE_COLUMNS}
+        FROM user_chatroom AS m
+        JOIN user ON user.id = m.user_id
+        WHERE m.chatroom_id = ?
+        ORDER BY m.user_id
+        """,
+        (chatroom_id,),
+    )
+
+
+async def add_member(conn: aiosqlite.Connection, chatroom_id: int, user_id: int) -> bool:
+    """Make the user a member of the room; False if they already were."""
+    added = await fetch_value(
+        conn,
+        """
+        INSERT INTO user_chatroom (user_id, chatroom_id) VALUES (?, ?)
+        ON CONFLICT (user_id, chatroom_id) DO NOTHING
+        RETURNING 1
+        """,
+        (user_id, chatroom_id),
+    )
+    return added is not None
+
+
+async def remove_member(conn: aiosqlite.Connection, chatroom_id: int, user_id: int) -> bool:
+    """End the user's membership of the room; False if they were not a member."""
+    removed = await fetch_value(
+        conn,
+        "DELETE FROM user_chatroom WHERE user_id = ? AND chatroom_id = ? RETURNING 1",
+        (user_id, chatroom_id),
+    )
+    return removed is not None
