@@ -24,14 +24,19 @@ class MembershipCache:
     def __init__(self, max_rooms: int = 100_000) -> None:
         self._members: dict[int, frozenset[int]] = {}
         self._max_rooms = max_rooms
+        # Bumped by every forget(): a load that overlapped a change is not kept,
+        # since it may have read the membership from before the change.
+        self._generation = 0
 
     async def members(self, conn: aiosqlite.Connection, chatroom_id: int) -> frozenset[int]:
         """The room's member ids (empty for a room that does not exist)."""
         found = self._members.get(chatroom_id)
         if found is None:
+            generation = self._generation
             found = frozenset(await list_member_ids(conn, chatroom_id))
-            if not found:
-                # Not kept: the id may be taken by a room created a moment later.
+            if not found or generation != self._generation:
+                # Not kept: an empty id may be taken by a room created a moment
+                # later, and an overlapping change may have made this stale.
                 return found
             if len(self._members) >= self._max_rooms:
                 self._members.clear()  # crude bound; a miss only costs one indexed query
@@ -44,10 +49,12 @@ class MembershipCache:
 
     def forget(self, chatroom_id: int) -> None:
         """Drop a room after its membership changed."""
+        self._generation += 1
         self._members.pop(chatroom_id, None)
 
     def clear(self) -> None:
         """Drop everything (e.g. after a change made by another process)."""
+        self._generation += 1
         self._members.clear()
 
 
@@ -57,21 +64,30 @@ class ProfileCache:
     def __init__(self, max_users: int = 100_000) -> None:
         self._profiles: dict[int, dict[str, Any]] = {}
         self._max_users = max_users
+        self._generation = 0  # as in MembershipCache
 
     async def profiles(self, conn: aiosqlite.Connection, user_ids: set[int]) -> dict[int, dict[str, Any]]:
         """Profiles of the given users by id, loading the missing ones with one query."""
-        missing = [user_id for user_id in user_ids if user_id not in self._profiles]
+        found = {user_id: self._profiles[user_id] for user_id in user_ids if user_id in self._profiles}
+        missing = [user_id for user_id in user_ids if user_id not in found]
         if missing:
-            if len(self._profiles) + len(missing) > self._max_users:
+            generation = self._generation
+            loaded = await list_users_by_ids(conn, missing)
+            keep = generation == self._generation
+            if keep and len(self._profiles) + len(loaded) > self._max_users:
                 self._profiles.clear()
-            for profile in await list_users_by_ids(conn, missing):
-                self._profiles[profile["id"]] = profile
-        return {user_id: self._profiles[user_id] for user_id in user_ids if user_id in self._profiles}
+            for profile in loaded:
+                found[profile["id"]] = profile
+                if keep:
+                    self._profiles[profile["id"]] = profile
+        return found
 
     def forget(self, user_id: int) -> None:
         """Drop a user after their profile changed."""
+        self._generation += 1
         self._profiles.pop(user_id, None)
 
     def clear(self) -> None:
         """Drop everything."""
+        self._generation += 1
         self._profiles.clear()

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -59,11 +60,11 @@ class Database:
                 await conn.close()
         self._reader = self._writer = None
 
-    async def set_trace(self, callback: Callable[[str], object] | None) -> None:
+    async def set_trace(self, callback: Callable[[str], Any] | None) -> None:
         """Call ``callback`` with every SQL statement either connection runs (None turns it off)."""
         for conn in (self._writer, self._reader):
             if conn is not None:
-                await conn.set_trace_callback(callback)
+                await conn.set_trace_callback(callback)  # type: ignore[arg-type]  # None turns it off
 
     @property
     def reader(self) -> aiosqlite.Connection:

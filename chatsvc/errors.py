@@ -56,6 +56,10 @@ class TooManyRequests(ChatError):
     status = 429
 
 
+class ServiceUnavailable(ChatError):
+    status = 503
+
+
 def error_body(status: int, message: str) -> dict[str, Any]:
     """The canonical error shape, as the original NestJS backend produced it."""
     return {"statusCode": status, "message": message, "error": HTTPStatus(status).phrase}

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from chatsvc.cache import ProfileCache
 from chatsvc.db import Database
+from chatsvc.errors import ServiceUnavailable
 from chatsvc.store.messages import MAX_ROWS_PER_INSERT, find_messages_by_client_ids, insert_messages
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ T = TypeVar("T")
 Publish = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
-class WriterClosed(Exception):
+class WriterClosed(ServiceUnavailable):
     """The writer no longer accepts messages: the service is shutting down."""
 
 
