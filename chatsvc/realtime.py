@@ -298,6 +298,11 @@ class ChatNamespace(socketio.AsyncNamespace):
                 room=room_name(message["chatroomId"]),
             )
 
+    async def disconnect_user(self, user_id: int) -> None:
+        """Disconnect every socket of a user, e.g. after their password changed."""
+        for sid, _ in list(self.server.manager.get_participants(self.namespace, user_room(user_id))):
+            await self.server.disconnect(sid)
+
     async def member_joined(self, user_id: int, chatroom_id: int) -> None:
         """Tell a room that a user was made a member (their sockets still join it with ``joinRoom``)."""
         await self.emit("message", {"type": "joinRoom", "userId": user_id}, room=room_name(chatroom_id))

@@ -7,11 +7,13 @@ delivery by mail).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
 
 import pytest
+import socketio
 
 from tests.helpers import Api, User, assert_error
 
@@ -166,11 +168,19 @@ async def test_update_user_requires_login(api: Api, codes) -> None:
 
 async def test_update_password_resets_and_ends_old_tokens(api: Api, sockets, codes) -> None:
     gina = await api.new_user("gina")
+    open_socket = await sockets(gina.token)
+    gone = asyncio.Event()
+    open_socket.sio.on("disconnect", lambda *_: gone.set())
     code = await request_password_code(api, "gina@example.com", codes)
     body = {"username": "gina", "email": "gina@example.com", "password": "new-secret", "captcha": code}
     # Public: a stale token in the header does not matter.
     resp = await api.request("POST", "/user/update_password", json=body, token="stale")
     assert resp.status == 201 and resp.body == "Password updated", resp.body
+    # A socket opened with the old credentials is closed too.
+    async with asyncio.timeout(5):
+        await gone.wait()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await sockets(gina.token)
 
     for path in ("/user/info", "/chatroom/list"):
         old = await api.get(path, gina.token)

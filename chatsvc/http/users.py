@@ -248,4 +248,6 @@ async def update_password(request: web.Request) -> web.Response:
                 raise BadRequest("No account has this username and email")
     if problem is not None:
         raise BadRequest(problem)
+    # Sockets opened with the old password's tokens go too, not just later requests.
+    await state.realtime.disconnect_user(changed["id"])
     return json_response("Password updated", status=201)
