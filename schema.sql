@@ -81,6 +81,8 @@ CREATE TABLE IF NOT EXISTS favorite (
     create_time     TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     UNIQUE (user_id, chat_history_id)
 );
+-- A user's favorites newest first, without sorting.
+CREATE INDEX IF NOT EXISTS favorite_by_user ON favorite (user_id, id);
 
 CREATE TABLE IF NOT EXISTS captcha (
     purpose    TEXT NOT NULL,  -- register | update_password | update_user

@@ -12,7 +12,7 @@ from chatsvc.auth import TokenService
 from chatsvc.config import Config
 from chatsvc.db import Database
 from chatsvc.errors import error_middleware
-from chatsvc.http import chatrooms, history, users
+from chatsvc.http import chatrooms, favorites, friends, history, users
 from chatsvc.http.middleware import auth_middleware, cors_middleware
 from chatsvc.realtime import create_socket_server
 from chatsvc.state import STATE, AppState
@@ -33,7 +33,7 @@ def create_app(config: Config) -> web.Application:
     state.writer = MessageWriter(state.db, state.profiles, max_batch=config.write_batch_max)
     app[STATE] = state
     app.cleanup_ctx.append(_database_ctx)
-    for module in (users, chatrooms, history):
+    for module in (users, chatrooms, history, friends, favorites):
         app.add_routes(module.routes)
     state.sio = create_socket_server(state)
     state.sio.attach(app)

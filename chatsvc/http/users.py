@@ -241,13 +241,14 @@ async def update_password(request: web.Request) -> web.Response:
     password_hash = await hash_password(password, n=state.config.scrypt_n)
     async with state.db.transaction() as conn:
         problem = await consume_code(conn, UPDATE_PASSWORD_CODE, address, code)
+        changed = None
         if problem is None:
             changed = await reset_password(conn, username=username, email=address, password_hash=password_hash)
             if changed is None:
                 # One message for an unknown user and a wrong email; the rollback keeps the code.
                 raise BadRequest("No account has this username and email")
-    if problem is not None:
-        raise BadRequest(problem)
+    if problem is not None or changed is None:
+        raise BadRequest(problem or "No account has this username and email")
     # Sockets opened with the old password's tokens go too, not just later requests.
     await state.realtime.disconnect_user(changed["id"])
     return json_response("Password updated", status=201)
