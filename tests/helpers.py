@@ -140,6 +140,13 @@ class SocketClient:
                 if predicate(event):
                     return event
 
+    def drain(self) -> list[dict[str, Any]]:
+        """Every ``message`` event received and not yet read, without waiting."""
+        events = []
+        while not self.messages.empty():
+            events.append(self.messages.get_nowait())
+        return events
+
     async def next_chat(self, timeout: float = EVENT_TIMEOUT) -> dict[str, Any]:
         """The next broadcast chat message (skipping join notices)."""
         return await self.next_message(lambda m: m.get("type") == "sendMessage", timeout)
