@@ -1,0 +1,117 @@
+"""The authorization matrix: anonymous callers and logged-in outsiders are refused everywhere, and change nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import socketio
+
+from chatsvc.config import Config
+from tests.helpers import Api, User, assert_ack_error, assert_error
+
+TABLES = ("user", "chatroom", "user_chatroom", "chat_history", "friendship", "friend_request", "favorite", "setting")
+
+
+def snapshot(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    with sqlite3.connect(db_path) as conn:
+        return {table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall() for table in TABLES}
+
+
+@pytest.fixture
+async def world(api: Api, sockets) -> dict[str, Any]:
+    """Two members with a one-to-one room, a group and a message each, a favorite, and an outsider."""
+    ann, ben, out = await api.new_user("ann"), await api.new_user("ben"), await api.new_user("out")
+    pair = await api.one_to_one(ann, ben)
+    group = (await api.get("/chatroom/create-group", ann.token, name="g")).body
+    await api.get(f"/chatroom/join/{group}", ann.token, joinUsername="ben")
+    a = await sockets(ann.token)
+    send = {"sendUserId": ann.id, "message": {"type": "text", "content": "secret"}}
+    message = await a.call("sendMessage", {**send, "chatroomId": pair})
+    await a.call("sendMessage", {**send, "chatroomId": group})
+    favorite = (await api.get("/favorite/add", ann.token, chatHistoryId=message["id"])).body
+    await api.post("/friendship/add", {"username": "ben", "reason": "r"}, ann.token)
+    return {"ann": ann, "ben": ben, "out": out, "pair": pair, "group": group, "message": message, "favorite": favorite}
+
+
+def room_routes(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], int]]:
+    """(method, path, params or body, status for a logged-in outsider) of every route touching a room's data."""
+    ann: User = w["ann"]
+    return [
+        ("GET", "/chat-history/list", {"chatroomId": w["pair"]}, 403),
+        ("GET", "/chat-history/list", {"chatroomId": w["group"], "afterId": 0}, 403),
+        ("GET", "/chatroom/findChatroom", {"userId1": ann.id, "userId2": w["ben"].id}, 403),
+        ("GET", "/chatroom/members", {"chatroomId": w["group"]}, 403),
+        ("GET", "/chatroom/members", {"chatroomId": w["pair"]}, 403),
+        ("GET", f"/chatroom/info/{w['group']}", {}, 403),
+        ("GET", f"/chatroom/info/{w['pair']}", {}, 403),
+        ("GET", f"/chatroom/join/{w['group']}", {"joinUsername": "out"}, 403),
+        ("GET", f"/chatroom/quit/{w['group']}", {"quitUserId": w["ben"].id}, 403),
+        ("GET", "/favorite/add", {"chatHistoryId": w["message"]["id"]}, 403),
+        ("GET", "/favorite/del", {"id": w["favorite"]["id"]}, 404),
+    ]
+
+
+LOGIN_ONLY_ROUTES = [
+    ("GET", "/user/info", {}),
+    ("GET", "/user/update/captcha", {}),
+    ("POST", "/user/update", {"email": "x@example.com", "captcha": "000000"}),
+    ("GET", "/chatroom/list", {}),
+    ("GET", "/chatroom/create-group", {"name": "g"}),
+    ("GET", "/chatroom/create-one-to-one", {"friendId": 1}),
+    ("GET", "/friendship/list", {}),
+    ("GET", "/friendship/request_list", {}),
+    ("POST", "/friendship/add", {"username": "ann", "reason": "r"}),
+    ("GET", "/friendship/agree/1", {}),
+    ("GET", "/friendship/reject/1", {}),
+    ("GET", "/friendship/remove/1", {}),
+    ("GET", "/favorite/list", {}),
+]
+
+
+async def call(api: Api, method: str, path: str, args: dict[str, Any], token: str | None):
+    if method == "GET":
+        return await api.request("GET", path, token=token, params={k: str(v) for k, v in args.items()})
+    return await api.request("POST", path, token=token, json=args)
+
+
+async def test_authorization_anonymous_and_bad_tokens_are_refused_and_change_nothing(
+    api: Api, world, config: Config
+) -> None:
+    before = snapshot(config.db_path)
+    routes = [(m, p, a) for m, p, a, _ in room_routes(world)] + LOGIN_ONLY_ROUTES
+    for method, path, args in routes:
+        for token in (None, "not-a-token", world["ann"].token + "x"):
+            resp = await call(api, method, path, args, token)
+            assert_error(resp.status, resp.body, 401)
+    assert snapshot(config.db_path) == before
+
+
+async def test_authorization_outsiders_are_refused_and_change_nothing(api: Api, world, config: Config) -> None:
+    before = snapshot(config.db_path)
+    for method, path, args, status in room_routes(world):
+        resp = await call(api, method, path, args, world["out"].token)
+        assert_error(resp.status, resp.body, status)
+        assert "secret" not in str(resp.body)
+    assert snapshot(config.db_path) == before
+
+
+async def test_authorization_socket_outsiders_cannot_join_send_or_recover(
+    api: Api, sockets, world, config: Config
+) -> None:
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await sockets(None)
+    before = snapshot(config.db_path)
+    out: User = world["out"]
+    client = await sockets(out.token)
+    for room in (world["pair"], world["group"]):
+        assert_ack_error(await client.call("joinRoom", {"chatroomId": room, "userId": out.id}), 403)
+        assert_ack_error(await client.call("joinRoom", {"chatroomId": room, "userId": out.id, "lastMessageId": 0}), 403)
+        send = {"sendUserId": out.id, "chatroomId": room, "message": {"type": "text", "content": "hi"}}
+        assert_ack_error(await client.call("sendMessage", send), 403)
+        # Claiming to be a member does not help.
+        assert_ack_error(await client.call("sendMessage", {**send, "sendUserId": world["ann"].id}), 403)
+    assert client.drain() == []
+    assert snapshot(config.db_path) == before
