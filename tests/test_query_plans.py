@@ -51,6 +51,22 @@ async def exercise_every_route(api: Api, sockets) -> None:
     await b.call("joinRoom", {"chatroomId": room, "userId": bob.id, "lastMessageId": 1})
     for params in ({}, {"beforeId": 3}, {"afterId": 1}, {"afterId": 1, "beforeId": 3}, {"limit": 2}):
         await api.get("/chat-history/list", alice.token, chatroomId=room, **params)
+    # Groups, friends, favorites.
+    carol = await api.new_user("carol")
+    group = (await api.get("/chatroom/create-group", alice.token, name="g")).body
+    await api.get(f"/chatroom/join/{group}", alice.token, joinUsername="carol")
+    await api.get("/chatroom/members", alice.token, chatroomId=group)
+    await api.get(f"/chatroom/info/{group}", alice.token)
+    await api.get(f"/chatroom/quit/{group}", alice.token, quitUserId=carol.id)
+    await api.post("/friendship/add", {"username": "carol", "reason": "hi"}, alice.token)
+    await api.get("/friendship/request_list", carol.token)
+    await api.get(f"/friendship/agree/{alice.id}", carol.token)
+    await api.get("/friendship/list", alice.token, name="car")
+    await api.get(f"/friendship/remove/{carol.id}", alice.token)
+    favorite = (await api.get("/favorite/add", alice.token, chatHistoryId=1)).body
+    await api.get("/favorite/list", alice.token)
+    await api.get("/favorite/del", alice.token, id=favorite["id"])
+    await api.get("/user/register-captcha", address="new@example.com")
 
 
 def plan_scans(db_path, statements: set[str]) -> dict[str, list[str]]:
