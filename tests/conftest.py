@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -17,10 +18,15 @@ from tests.helpers import Api, SocketClient, connect_socket
 TEST_SCRYPT_N = 16
 
 
+def make_config(tmp_path: Path, **overrides: Any) -> Config:
+    """Settings for one test: its own database, a cheap password hash, loopback; plus overrides."""
+    return Config(host="127.0.0.1", port=0, db_path=tmp_path / "data" / "chat.db", scrypt_n=TEST_SCRYPT_N, **overrides)
+
+
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    """Settings for one test: its own database, a cheap password hash."""
-    return Config(host="127.0.0.1", port=0, db_path=tmp_path / "data" / "chat.db", scrypt_n=TEST_SCRYPT_N)
+    """The default test settings; a test module overrides this fixture to change some."""
+    return make_config(tmp_path)
 
 
 @pytest.fixture

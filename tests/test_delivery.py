@@ -8,6 +8,7 @@ import sqlite3
 import pytest
 
 from chatsvc.config import Config
+from tests.conftest import make_config
 from tests.helpers import Api, SocketClient, User, assert_ack_error
 
 
@@ -147,18 +148,7 @@ async def test_delivery_recovery_over_the_limit_tells_the_client_to_read_history
 
 @pytest.fixture
 def config(tmp_path) -> Config:
-    from tests.conftest import TEST_SCRYPT_N
-
-    return Config(
-        host="127.0.0.1",
-        port=0,
-        db_path=tmp_path / "chat.db",
-        scrypt_n=TEST_SCRYPT_N,
-        rate_limit=1000,
-        rate_burst=1000,
-        recovery_limit=20,
-        max_connections_per_user=3,
-    )
+    return make_config(tmp_path, rate_limit=1000, rate_burst=1000, recovery_limit=20, max_connections_per_user=3)
 
 
 async def test_delivery_ack_means_the_row_is_committed(config: Config, api: Api, sockets, pair) -> None:

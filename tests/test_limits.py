@@ -8,22 +8,14 @@ import pytest
 import socketio
 
 from chatsvc.config import Config
-from tests.conftest import TEST_SCRYPT_N
+from tests.conftest import make_config
 from tests.helpers import Api, assert_ack_error, assert_error
 
 
 @pytest.fixture
 def config(tmp_path) -> Config:
     # A bucket that does not refill within a test: burst 3, then refused.
-    return Config(
-        host="127.0.0.1",
-        port=0,
-        db_path=tmp_path / "chat.db",
-        scrypt_n=TEST_SCRYPT_N,
-        rate_limit=0.001,
-        rate_burst=3,
-        max_connections_per_user=2,
-    )
+    return make_config(tmp_path, rate_limit=0.001, rate_burst=3, max_connections_per_user=2)
 
 
 async def test_limits_send_rate_over_burst_gets_429_ack_and_socket_stays(api: Api, sockets) -> None:
