@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 import socketio
 
 from tests.helpers import Api, SocketClient, User, connect_socket
@@ -70,9 +72,23 @@ def stored_client_ids(db_path: Path) -> list[str]:
         return [row[0] for row in conn.execute("SELECT client_msg_id FROM chat_history")]
 
 
-async def run_senders_then(stop, tmp_path: Path) -> tuple[list[str], list[object], ServerProcess]:
+@pytest.fixture
+def spawn() -> Iterator[Callable[[Path], ServerProcess]]:
+    """A factory of server processes; any still running after the test is killed."""
+    started: list[ServerProcess] = []
+
+    def make(db_path: Path) -> ServerProcess:
+        started.append(ServerProcess(db_path))
+        return started[-1]
+
+    yield make
+    for process in started:
+        process.kill()
+
+
+async def run_senders_then(stop, spawn, tmp_path: Path) -> tuple[list[str], list[object], ServerProcess]:
     """Start a server, send from every user at full speed, call ``stop`` mid-stream; acked ids and notices."""
-    server = ServerProcess(tmp_path / "chat.db")
+    server = spawn(tmp_path / "chat.db")
     await server.start()
     users, rooms = await setup_room(server.url)
     clients = [await connect_socket(server.url, u.token) for u in users]
@@ -95,14 +111,14 @@ async def run_senders_then(stop, tmp_path: Path) -> tuple[list[str], list[object
     return acked, notices, server
 
 
-async def test_crash_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
+async def test_crash_sigkill_loses_no_acknowledged_message(tmp_path: Path, spawn) -> None:
     async def kill(server: ServerProcess) -> None:
         server.kill()
         await server.wait(10)
 
-    acked, _, server = await run_senders_then(kill, tmp_path)
+    acked, _, server = await run_senders_then(kill, spawn, tmp_path)
     # Restart on the same database: it opens, recovers the WAL and serves.
-    restarted = ServerProcess(server.db_path)
+    restarted = spawn(server.db_path)
     await restarted.start()
     restarted.terminate()
     assert await restarted.wait(10) == 0
@@ -111,12 +127,12 @@ async def test_crash_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> No
     assert set(acked) <= set(stored), "an acknowledged message was lost"
 
 
-async def test_shutdown_sigterm_acks_accepted_writes_tells_sockets_and_exits_zero(tmp_path: Path) -> None:
+async def test_shutdown_sigterm_acks_accepted_writes_tells_sockets_and_exits_zero(tmp_path: Path, spawn) -> None:
     async def terminate(server: ServerProcess) -> None:
         server.terminate()
         assert await server.wait(10) == 0
 
-    acked, notices, server = await run_senders_then(terminate, tmp_path)
+    acked, notices, server = await run_senders_then(terminate, spawn, tmp_path)
     assert len(notices) == SENDERS, "every connected socket is told the server is going away"
     stored = stored_client_ids(server.db_path)
     assert len(stored) == len(set(stored))
