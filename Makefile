@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint fmt clean
+.PHONY: install run test bench bench-quick lint fmt clean
 
 install: $(STAMP)
 
@@ -20,6 +20,13 @@ run: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Every workload at full scale (under 10 minutes); the JSON report goes to bench-results/.
+bench: install
+	$(PY) -m bench
+
+bench-quick: install
+	$(PY) -m bench --quick
 
 lint: install
 	$(VENV)/bin/ruff check chatsvc tests

@@ -1,0 +1,1 @@
+"""The chatsvc benchmark: ``python -m bench`` (``make bench``); see bench/README.md."""

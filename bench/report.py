@@ -1,0 +1,248 @@
+"""Figures from raw samples, the table printed on stdout, and the targets of issue 5."""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Iterable
+from typing import Any
+
+SOCKET_WORKLOADS = "ABCD"
+SATURATED_PCT = 90.0
+
+
+def percentiles_ms(samples_ns: array[int]) -> dict[str, float | None]:
+    """p50, p90, p99 and max of nanosecond samples, in milliseconds (nearest rank)."""
+    if not samples_ns:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    ordered = sorted(samples_ns)
+    count = len(ordered)
+
+    def rank(p: float) -> float:
+        return ordered[max(0, math.ceil(p * count) - 1)] / 1e6
+
+    return {"p50": rank(0.50), "p90": rank(0.90), "p99": rank(0.99), "max": ordered[-1] / 1e6}
+
+
+def merge_samples(chunks: Iterable[bytes]) -> array[int]:
+    """Concatenate the int64 sample arrays the workers sent."""
+    merged = array("q")
+    for chunk in chunks:
+        merged.frombytes(chunk)
+    return merged
+
+
+# The figure each socket workload's target is about, for picking the median of repeated runs.
+KEY_FIGURE = {"A": "sends_per_s", "B": "deliveries_per_s", "C": "sends_per_s", "D": "p99"}
+
+
+def median_run(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per server, the repetition whose key figure is the median (the lower middle one for an even count)."""
+    field = KEY_FIGURE[name]
+
+    def key(result: dict[str, Any]) -> float:
+        value = result["latency_ms"]["p99"] if field == "p99" else result[field]
+        return float(value or 0.0)
+
+    chosen: dict[str, Any] = {}
+    for server in runs[0]:
+        ordered = sorted((run[server] for run in runs), key=key)
+        chosen[server] = ordered[(len(ordered) - 1) // 2]
+    return chosen
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.rjust(w) if i > 1 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def socket_table(results: dict[str, Any]) -> str:
+    """Workloads A–D, one row per server."""
+    header = [
+        "load", "server", "sockets", "sends/s", "deliv/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
+        "ack p99", "missing", "dup", "srv CPU%", "srv RSS MB", "gen CPU%",
+    ]  # fmt: skip
+    rows = []
+    for name in SOCKET_WORKLOADS:
+        for server, r in results.get(name, {}).items():
+            lat = r["latency_ms"]
+            rows.append(
+                [
+                    name,
+                    server,
+                    str(r["sockets"]),
+                    _num(r["sends_per_s"], 0),
+                    _num(r["deliveries_per_s"], 0),
+                    _num(lat["p50"]),
+                    _num(lat["p90"]),
+                    _num(lat["p99"]),
+                    _num(lat["max"]),
+                    _num(r["ack_latency_ms"]["p99"]),
+                    str(r["missing"]),
+                    str(r["duplicates"]),
+                    _num(r["server_cpu_pct"], 0),
+                    _num(r["server_rss_mb"], 0),
+                    _num(r["loadgen_cpu_pct"], 0) + ("!" if r["loadgen_saturated"] else ""),
+                ]
+            )
+    return _table(rows, header) if rows else ""
+
+
+def http_table(results: dict[str, Any]) -> str:
+    """Workloads H and R: one row per request kind, latency at the HTTP client."""
+    header = ["load", "request", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "srv CPU%"]
+    rows = []
+    for name in "HR":
+        for kind, r in results.get(name, {}).get("requests", {}).items():
+            lat = r["latency_ms"]
+            rows.append(
+                [
+                    name,
+                    kind,
+                    str(r["requests"]),
+                    _num(r["per_s"], 0),
+                    _num(lat["p50"]),
+                    _num(lat["p90"]),
+                    _num(lat["p99"]),
+                    _num(lat["max"]),
+                    str(r["errors"]),
+                    _num(r["server_cpu_pct"], 0),
+                ]
+            )
+    return _table(rows, header) if rows else ""
+
+
+def idle_summary(result: dict[str, Any]) -> str:
+    """Workload I in one paragraph."""
+    return (
+        f"I  {result['sockets']:,} idle sockets (connected in {result['connect_s']:.1f} s): "
+        f"server RSS {result['rss_before_mb']:.0f} MB -> {result['rss_after_mb']:.0f} MB, "
+        f"{result['rss_per_connection_kb']:.1f} KB per connection; "
+        f"idle CPU {result['idle_cpu_pct']:.1f}% of a core over {result['idle_window_s']:.0f} s; "
+        f"load generator CPU {result['loadgen_cpu_pct']:.1f}%"
+    )
+
+
+def _ratio(results: dict[str, Any], name: str, field: str) -> float | None:
+    pair = results.get(name, {})
+    if "chatsvc" not in pair or "baseline" not in pair or not pair["baseline"][field]:
+        return None
+    return float(pair["chatsvc"][field] / pair["baseline"][field])
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 5 that this run measured: the figure, the bound and whether it is met."""
+    checks: list[dict[str, Any]] = []
+
+    def add(label: str, value: float | None, op: str, bound: float, unit: str = "") -> None:
+        if value is None:
+            return
+        met = value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
+        checks.append({"target": label, "value": value, "op": op, "bound": bound, "unit": unit, "met": met})
+
+    add("A sends/s chatsvc/baseline", _ratio(results, "A", "sends_per_s"), ">=", 1.2, "x")
+    add("B deliveries/s chatsvc/baseline", _ratio(results, "B", "deliveries_per_s"), ">=", 2.0, "x")
+    add("C sends/s chatsvc/baseline", _ratio(results, "C", "sends_per_s"), ">=", 1.2, "x")
+    if "chatsvc" in results.get("D", {}):
+        add("D p99 send->delivery", results["D"]["chatsvc"]["latency_ms"]["p99"], "<=", 5.0, " ms")
+    requests = results.get("H", {}).get("requests", {})
+    if "newest" in requests:
+        add("H newest page p50", requests["newest"]["latency_ms"]["p50"], "<=", 2.0, " ms")
+    if "random" in requests:
+        add("H random-depth page p99", requests["random"]["latency_ms"]["p99"], "<=", 10.0, " ms")
+    for kind, r in results.get("R", {}).get("requests", {}).items():
+        add(f"R {kind} p50", r["latency_ms"]["p50"], "<=", 2.0, " ms")
+    if "I" in results:
+        add("I RSS per idle connection", results["I"]["rss_per_connection_kb"], "<=", 100.0, " KB")
+        add("I idle server CPU", results["I"]["idle_cpu_pct"], "<", 10.0, "% of a core")
+    lost = [
+        (f"{name} {server}", r["missing"], r["duplicates"])
+        for name in SOCKET_WORKLOADS
+        for server, r in results.get(name, {}).items()
+    ]
+    if lost:
+        add("missing + duplicate deliveries (all of A-D)", float(sum(m + d for _, m, d in lost)), "<=", 0.0)
+    return checks
+
+
+def targets_text(checks: list[dict[str, Any]]) -> str:
+    """The targets as lines: figure, bound, met or not."""
+    lines = []
+    width = max((len(c["target"]) for c in checks), default=0)
+    for c in checks:
+        value = f"{c['value']:.2f}{c['unit']}"
+        bound = f"{c['op']} {c['bound']:g}{c['unit']}"
+        lines.append(
+            f"  {c['target'].ljust(width)}  {value:>14}  target {bound:<18} {'met' if c['met'] else 'NOT MET'}"
+        )
+    return "\n".join(lines)
+
+
+def render(report: dict[str, Any]) -> str:
+    """The whole report as printed on stdout."""
+    results = report["results"]
+    meta = report["meta"]
+    parts = [
+        f"chatsvc benchmark — {meta['cpu_model']}, {meta['cpu_count']} cores; server on cores {meta['server_cores']}, "
+        f"load generator on {meta['loadgen_cores']} ({meta['workers']} worker process(es))",
+        "server env: "
+        + " ".join(f"{k}={v}" for k, v in meta["server_env"].items())
+        + "  (SCRYPT_N=16: cheap password hashing, only to create the users quickly)",
+        f"baseline: plain python-socketio AsyncServer on aiohttp, {meta['baseline_loop']} event loop, broadcast only",
+        "",
+    ]
+    table = socket_table(results)
+    if table:
+        parts += [
+            "Socket workloads (latency = send -> delivery at every receiver; sends/s = acked; "
+            "'!' = load generator saturated):",
+            table,
+            "",
+        ]
+    ratios = []
+    for name in SOCKET_WORKLOADS:
+        sends, deliveries = _ratio(results, name, "sends_per_s"), _ratio(results, name, "deliveries_per_s")
+        if sends is not None and deliveries is not None:
+            ratios.append(f"  {name}: sends/s {sends:.2f}x, deliveries/s {deliveries:.2f}x")
+    if ratios:
+        parts += ["chatsvc/baseline ratios:", *ratios, ""]
+    saturated = [
+        f"{name}/{server}"
+        for name in SOCKET_WORKLOADS
+        for server, r in results.get(name, {}).items()
+        if r["loadgen_saturated"]
+    ]
+    if saturated:
+        parts += [
+            f"WARNING: the load generator was saturated in {', '.join(saturated)}: those figures are lower bounds; "
+            "rerun with more --workers on more cores.",
+            "",
+        ]
+    table = http_table(results)
+    if table:
+        parts += ["HTTP workloads (sequential requests, latency at the client):", table]
+        for name in "HR":
+            if name in results:
+                parts.append(f"  {name}: {results[name]['scale']}")
+        parts.append("")
+    if "I" in results:
+        parts += [idle_summary(results["I"]), ""]
+    if report["targets"]:
+        parts += ["Targets (issue 5):", targets_text(report["targets"]), ""]
+    parts.append(f"total time {meta['total_s']:.0f} s")
+    return "\n".join(parts)

@@ -1,0 +1,147 @@
+"""The servers under test as child processes, and what /proc says about them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, all its threads included."""
+    with open(f"/proc/{pid}/stat") as f:
+        # The command name may hold spaces; the fields after it are fixed.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process."""
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE_SIZE
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The highest resident set size the process has had (VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class CpuMark:
+    """CPU times of some processes at one moment."""
+
+    wall: float
+    cpu: dict[int, float]
+
+    @classmethod
+    def take(cls, pids: list[int]) -> CpuMark:
+        """Read the CPU time of each process now."""
+        return cls(time.monotonic(), {pid: cpu_seconds(pid) for pid in pids})
+
+    def percent_since(self, earlier: CpuMark) -> dict[int, float]:
+        """Per process: CPU used between the two marks, as % of one core."""
+        elapsed = max(self.wall - earlier.wall, 1e-9)
+        return {pid: 100.0 * (self.cpu[pid] - earlier.cpu.get(pid, 0.0)) / elapsed for pid in self.cpu}
+
+
+def _preexec(cores: list[int] | None) -> Callable[[], None]:
+    def setup() -> None:
+        if cores:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, cores)
+        # Enough descriptors for every idle socket of workload I.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    return setup
+
+
+class ServerProcess:
+    """A server under test: started with its command line, stopped with SIGTERM."""
+
+    def __init__(self, name: str, args: list[str], port: int, env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.args = args
+        self.port = port
+        self.env = env
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(self, cores: list[int] | None) -> None:
+        """Start the process and wait until it answers HTTP."""
+        log = self.log_path.open("ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                *self.args,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                # Between fork and exec the child only sets its affinity and file limit: two system calls.
+                preexec_fn=_preexec(cores),
+            )
+        finally:
+            log.close()
+        async with asyncio.timeout(READY_TIMEOUT_S), aiohttp.ClientSession() as session:
+            while True:
+                if self.proc.returncode is not None:
+                    raise RuntimeError(f"{self.name} exited during start-up; see {self.log_path}")
+                try:
+                    async with session.get(self.url + "/") as resp:
+                        await resp.read()
+                        return
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

@@ -1,0 +1,63 @@
+"""The benchmark tool (``make bench``) at a tiny scale, and its delivery bookkeeping."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.loadgen import Received, parse_stamp
+from chatsvc.jsonutil import SocketJSON
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_small_run_reports_every_delivery(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    # A few seconds: workload A against chatsvc and the baseline, and H on a small history.
+    command = [
+        sys.executable, "-m", "bench", "--only", "A,H", "--duration", "1", "--warmup", "0.3",
+        "--a-rooms", "2", "--a-members", "3", "--history-rows", "1000", "--http-duration", "0.3",
+        "--json", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for server in ("chatsvc", "baseline"):
+        result = report["results"]["A"][server]
+        assert result["sockets"] == 6 and result["senders"] == 2
+        assert result["messages_sent"] > 0 and result["sends_per_s"] > 0, result
+        # Each message reaches its room's three members.
+        assert result["deliveries_per_s"] > result["sends_per_s"], result
+        assert result["missing"] == 0 and result["duplicates"] == 0 and result["out_of_order"] == 0, result
+        assert result["send_errors"] == 0 and result["stalls"] == 0, result
+        assert result["latency_ms"]["p99"] is not None
+    for kind in ("newest", "random"):
+        page = report["results"]["H"]["requests"][kind]
+        assert page["requests"] > 0 and page["errors"] == 0, page
+    assert {check["target"] for check in report["targets"]} >= {
+        "A sends/s chatsvc/baseline",
+        "H newest page p50",
+        "H random-depth page p99",
+    }
+    assert "chatsvc/baseline ratios" in proc.stdout and "Targets" in proc.stdout
+
+
+def test_loadgen_stamp_is_found_in_a_broadcast_frame() -> None:
+    message = {"id": 7, "content": "t=123456789;s=4;n=17", "type": 0, "sender": {"nickName": 'a "quoted" name'}}
+    frame = "42" + SocketJSON.dumps(["message", {"type": "sendMessage", "userId": 3, "message": message}])
+    assert parse_stamp(frame) == (123456789, 4, 17)
+    assert parse_stamp('42["message",{"type":"joinRoom","userId":3}]') is None
+
+
+def test_loadgen_received_counts_missing_duplicate_and_late_messages() -> None:
+    received = Received()
+    for seq in (0, 1, 3, 3, 5):  # 2 and 4 skipped, 3 twice
+        received.record(sender=9, seq=seq)
+    received.record(sender=9, seq=2)  # late: fills a gap, not a duplicate
+    assert received.duplicates == 1 and received.out_of_order == 1
+    # Sender 9 sent 0..7; 4, 6 and 7 never came. Sender 8 sent 2, none came.
+    assert received.missing([8, 9], {9: (8, []), 8: (2, [])}) == 5
+    # A message the server refused (error ack) is not expected to arrive.
+    assert received.missing([9], {9: (8, [4, 7])}) == 1
