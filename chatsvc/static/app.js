@@ -1,0 +1,657 @@
+// The demo chat page: plain DOM, the HTTP API with fetch, live messages over sio.js.
+// User text only ever reaches the page through textContent or checked URLs.
+
+"use strict";
+
+const PAGE_SIZE = 50;
+const TOKEN_KEY = "chatsvc.token";
+const REFRESH_MS = 30000;
+const MESSAGE_TYPES = { 0: "text", 1: "image", 2: "file" };
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  token: localStorage.getItem(TOKEN_KEY),
+  me: null,
+  rooms: [],
+  room: null, // the open room
+  loaded: false, // whether the open room's newest page has arrived
+  messages: new Map(), // id -> message of the open room
+  nodes: new Map(), // id -> rendered <li>, so re-rendering keeps images loaded
+  hasOlder: false,
+  outbox: [], // messages not yet acknowledged: { chatroomId, clientMsgId, message, sending }
+  registering: false,
+  refreshTimer: null,
+};
+let socket = null;
+
+// -- helpers ---------------------------------------------------------------
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function button(label, onClick, className) {
+  const node = el("button", className, label);
+  node.type = "button";
+  node.addEventListener("click", onClick);
+  return node;
+}
+
+const errorTimers = new Map();
+
+function showError(id, message) {
+  const node = $(id);
+  node.textContent = message || "";
+  clearTimeout(errorTimers.get(id));
+  if (message) errorTimers.set(id, setTimeout(() => (node.textContent = ""), 8000));
+}
+
+function randomId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function formatTime(iso) {
+  const when = new Date(iso);
+  const today = new Date().toDateString() === when.toDateString();
+  return today
+    ? when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
+    : when.toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+}
+
+// A URL that is safe to put in src/href: http(s), or a data: image for <img>; otherwise null.
+function safeUrl(text, allowDataImage) {
+  let url;
+  try {
+    url = new URL(text, location.href);
+  } catch {
+    return null;
+  }
+  if (url.protocol === "http:" || url.protocol === "https:") return url.href;
+  if (allowDataImage && url.protocol === "data:" && /^data:image\/(png|gif|jpeg|webp);/i.test(text)) return text;
+  return null;
+}
+
+// -- HTTP ------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function setToken(token) {
+  state.token = token;
+  if (token) localStorage.setItem(TOKEN_KEY, token);
+  else localStorage.removeItem(TOKEN_KEY);
+}
+
+async function api(method, path, params, body) {
+  const query = params ? "?" + new URLSearchParams(params) : "";
+  const headers = {};
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const resp = await fetch(path + query, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const fresh = resp.headers.get("token");
+  if (fresh) setToken(fresh);
+  const text = await resp.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = text;
+  }
+  if (!resp.ok) {
+    if (resp.status === 401 && state.me) logout("Your session has ended, please log in again.");
+    throw new ApiError(resp.status, (data && data.message) || `${resp.status} ${resp.statusText}`);
+  }
+  return data;
+}
+
+// -- log in, register, log out --------------------------------------------
+
+function setRegistering(on) {
+  state.registering = on;
+  $("auth-form").classList.toggle("registering", on);
+  $("tab-login").classList.toggle("active", !on);
+  $("tab-register").classList.toggle("active", on);
+  $("auth-submit").textContent = on ? "Register" : "Log in";
+  $("auth-form").email.required = on;
+  $("auth-form").password.autocomplete = on ? "new-password" : "current-password";
+  showError("auth-error", "");
+}
+
+async function submitAuth(event) {
+  event.preventDefault();
+  const form = event.target;
+  const username = form.username.value.trim();
+  const password = form.password.value;
+  $("auth-submit").disabled = true;
+  try {
+    if (state.registering) {
+      const body = { username, password, nickName: form.nickName.value.trim() || username, email: form.email.value };
+      if (form.captcha.value.trim()) body.captcha = form.captcha.value.trim();
+      await api("POST", "/user/register", null, body);
+    }
+    const { user, token } = await api("POST", "/user/login", null, { username, password });
+    setToken(token);
+    form.password.value = "";
+    enter(user);
+  } catch (err) {
+    showError("auth-error", err.message);
+  } finally {
+    $("auth-submit").disabled = false;
+  }
+}
+
+async function sendCode() {
+  try {
+    await api("GET", "/user/register-captcha", { address: $("auth-form").email.value });
+    showError("auth-error", "Code sent: check your mail.");
+  } catch (err) {
+    showError("auth-error", err.message);
+  }
+}
+
+function logout(message) {
+  if (socket) socket.close();
+  socket = null;
+  clearInterval(state.refreshTimer);
+  setToken(null);
+  Object.assign(state, { me: null, rooms: [], room: null, loaded: false, outbox: [] });
+  state.messages.clear();
+  state.nodes.clear();
+  history.replaceState(null, "", location.pathname);
+  $("main").hidden = true;
+  $("auth").hidden = false;
+  showError("auth-error", message || "");
+}
+
+function enter(user) {
+  state.me = user;
+  $("auth").hidden = true;
+  $("main").hidden = false;
+  $("me-name").textContent = `${user.nickName} (@${user.username})`;
+  connectSocket();
+  refreshSide();
+  state.refreshTimer = setInterval(refreshSide, REFRESH_MS);
+}
+
+// -- the live connection -------------------------------------------------
+
+function connectSocket() {
+  socket = new SocketClient({ auth: () => ({ token: state.token }) });
+  socket.on("status", (status) => {
+    const conn = $("conn");
+    conn.dataset.state = status;
+    conn.textContent = status === "connecting" ? "connecting…" : status;
+  });
+  socket.on("connect", () => {
+    if (state.room && state.loaded) joinRoom(state.room);
+    for (const item of state.outbox) deliver(item);
+  });
+  socket.on("connect_error", async (err) => {
+    // A dead token means logging in again (api() does that on 401); anything else is retried.
+    try {
+      await api("GET", "/user/info");
+      showError("chat-error", err.message);
+    } catch {}
+  });
+  socket.on("message", onSocketMessage);
+  socket.on("exception", (err) => showError("chat-error", err.message));
+  socket.connect();
+}
+
+function onSocketMessage(event) {
+  if (event.type === "sendMessage") {
+    addMessages([event.message]);
+  } else if (event.type === "quitRoom" || event.type === "joinRoom") {
+    const room = state.room;
+    const known = room && room.userIds.includes(event.userId);
+    // Every reconnecting socket announces itself; only a change of membership matters here.
+    if (room && (event.type === "joinRoom") !== known) {
+      if (event.type === "quitRoom" && event.userId === state.me.id) showError("side-error", "You left this group.");
+      refreshRooms().then(showMembers);
+    }
+  }
+}
+
+// Join the open room, catching up from the newest message we have.
+async function joinRoom(room) {
+  const newest = Math.max(0, ...state.messages.keys());
+  let ack;
+  try {
+    ack = await socket.call("joinRoom", { chatroomId: room.id, userId: state.me.id, lastMessageId: newest });
+  } catch {
+    return; // disconnected: the next connect joins again
+  }
+  if (state.room !== room) return;
+  if (ack && ack.statusCode) showError("chat-error", ack.message);
+  else if (ack && ack.recovered === false) await loadNewest(room, true);
+}
+
+// -- rooms ---------------------------------------------------------------
+
+async function refreshSide() {
+  await Promise.all([refreshRooms(), refreshFriends()]);
+}
+
+// Lists are refreshed by timers and by actions at once: only the latest answer is shown.
+const asked = { rooms: 0, friends: 0, members: 0 };
+
+async function refreshRooms() {
+  const mine = ++asked.rooms;
+  let rooms;
+  try {
+    rooms = await api("GET", "/chatroom/list");
+  } catch (err) {
+    showError("side-error", err.message);
+    return [];
+  }
+  if (mine !== asked.rooms || !state.me) return rooms;
+  state.rooms = rooms;
+  const current = state.room && state.rooms.find((room) => room.id === state.room.id);
+  if (current) {
+    Object.assign(state.room, current); // keep its identity: loads in flight compare against it
+    showRoomHead();
+  } else if (state.room) {
+    closeRoom();
+  }
+  renderRooms();
+  const wanted = Number(new URLSearchParams(location.hash.slice(1)).get("room"));
+  if (!state.room && wanted) {
+    const room = state.rooms.find((r) => r.id === wanted);
+    if (room) openRoom(room);
+  }
+  return rooms;
+}
+
+function renderRooms() {
+  const items = state.rooms.map((room) => {
+    const li = el("li");
+    const open = button(room.name, () => openRoom(room), "room-link");
+    open.dataset.roomId = room.id;
+    if (state.room && state.room.id === room.id) open.classList.add("active");
+    open.append(el("small", "muted", room.type ? ` group · ${room.userCount}` : ""));
+    li.append(open);
+    return li;
+  });
+  $("rooms").replaceChildren(...items);
+  if (!items.length) $("rooms").append(el("li", "muted", "No rooms yet."));
+}
+
+async function openRoom(room) {
+  if (state.room && state.room.id === room.id) return;
+  if (state.room && socket && socket.connected) socket.emit("leaveRoom", { chatroomId: state.room.id });
+  state.room = room;
+  state.loaded = false;
+  state.hasOlder = false;
+  state.messages.clear();
+  state.nodes.clear();
+  history.replaceState(null, "", `#room=${room.id}`);
+  $("empty").hidden = true;
+  $("room").hidden = false;
+  showError("chat-error", "");
+  showRoomHead();
+  renderRooms();
+  renderMessages({ toBottom: true });
+  showMembers();
+  await loadNewest(room, false);
+  if (state.room === room && socket && socket.connected) await joinRoom(room);
+  $("send-form").content.focus();
+}
+
+function closeRoom() {
+  state.room = null;
+  state.messages.clear();
+  state.nodes.clear();
+  history.replaceState(null, "", location.pathname);
+  $("room").hidden = true;
+  $("empty").hidden = false;
+}
+
+function showRoomHead() {
+  $("room-name").textContent = state.room.name;
+  $("member-form").hidden = !state.room.type;
+}
+
+async function showMembers() {
+  const room = state.room;
+  if (!room) return;
+  const mine = ++asked.members;
+  if (!room.type) {
+    $("room-members").textContent = "one-to-one chat";
+    return;
+  }
+  try {
+    const members = await api("GET", "/chatroom/members", { chatroomId: room.id });
+    if (state.room === room && mine === asked.members) {
+      const count = `${members.length} member${members.length === 1 ? "" : "s"}`;
+      $("room-members").textContent = `${count}: ${members.map((m) => m.nickName).join(", ")}`;
+    }
+  } catch (err) {
+    showError("chat-error", err.message);
+  }
+}
+
+// Run a one-field form: its input is cleared at once, so the next entry can be typed, and restored on failure.
+async function submitField(event, errorId, action) {
+  event.preventDefault();
+  const input = event.target.querySelector("input");
+  const value = input.value.trim();
+  input.value = "";
+  try {
+    await action(value);
+  } catch (err) {
+    if (!input.value) input.value = value;
+    showError(errorId, err.message);
+  }
+}
+
+function createGroup(event) {
+  return submitField(event, "side-error", async (name) => {
+    const id = await api("GET", "/chatroom/create-group", { name });
+    const rooms = await refreshRooms();
+    const room = rooms.find((r) => r.id === id);
+    if (room) openRoom(room);
+  });
+}
+
+function addMember(event) {
+  return submitField(event, "chat-error", async (joinUsername) => {
+    await api("GET", `/chatroom/join/${state.room.id}`, { joinUsername });
+    await refreshRooms();
+    await showMembers();
+  });
+}
+
+async function leaveGroup() {
+  if (!confirm(`Leave ${state.room.name}?`)) return;
+  try {
+    await api("GET", `/chatroom/quit/${state.room.id}`, { quitUserId: state.me.id });
+    closeRoom();
+    await refreshRooms();
+  } catch (err) {
+    showError("chat-error", err.message);
+  }
+}
+
+// -- messages --------------------------------------------------------------
+
+// Load the newest page; with reset, drop what we had (except anything newer that arrived meanwhile).
+async function loadNewest(room, reset) {
+  let page;
+  try {
+    page = await api("GET", "/chat-history/list", { chatroomId: room.id, limit: PAGE_SIZE });
+  } catch (err) {
+    showError("chat-error", err.message);
+    return;
+  }
+  if (state.room !== room) return;
+  if (reset) {
+    const newest = page.length ? page[page.length - 1].id : 0;
+    for (const id of [...state.messages.keys()]) if (id <= newest) state.messages.delete(id);
+  }
+  state.loaded = true;
+  state.hasOlder = page.length === PAGE_SIZE;
+  addMessages(page, { toBottom: true });
+}
+
+async function loadOlder() {
+  const room = state.room;
+  const oldest = Math.min(...state.messages.keys());
+  let page;
+  try {
+    page = await api("GET", "/chat-history/list", { chatroomId: room.id, limit: PAGE_SIZE, beforeId: oldest });
+  } catch (err) {
+    showError("chat-error", err.message);
+    return;
+  }
+  if (state.room !== room) return;
+  state.hasOlder = page.length === PAGE_SIZE;
+  addMessages(page, { keepPosition: true });
+}
+
+function addMessages(messages, options = {}) {
+  let changed = false;
+  for (const message of messages) {
+    if (!state.room || message.chatroomId !== state.room.id || state.messages.has(message.id)) continue;
+    state.messages.set(message.id, message);
+    changed = true;
+  }
+  if (changed || options.toBottom || options.keepPosition) renderMessages(options);
+}
+
+function renderMessages({ toBottom = false, keepPosition = false } = {}) {
+  const box = $("messages");
+  const fromBottom = box.scrollHeight - box.scrollTop;
+  const atBottom = fromBottom - box.clientHeight < 60;
+  const ids = [...state.messages.keys()].sort((a, b) => a - b);
+  const items = ids.map((id) => {
+    if (!state.nodes.has(id)) state.nodes.set(id, messageNode(state.messages.get(id)));
+    return state.nodes.get(id);
+  });
+  // A message can be broadcast back before its ack arrives: show it once, as stored.
+  const stored = new Set(ids.map((id) => state.messages.get(id).clientMsgId).filter(Boolean));
+  for (const item of state.outbox) {
+    if (state.room && item.chatroomId === state.room.id && !stored.has(item.clientMsgId)) {
+      items.push(pendingNode(item));
+    }
+  }
+  $("message-list").replaceChildren(...items);
+  $("older").hidden = !state.hasOlder;
+  if (keepPosition) box.scrollTop = box.scrollHeight - fromBottom;
+  else if (toBottom || atBottom) box.scrollTop = box.scrollHeight;
+}
+
+function messageNode(message) {
+  const li = el("li", "msg");
+  li.dataset.id = message.id;
+  if (message.senderId === state.me.id) li.classList.add("mine");
+  const sender = message.sender || {};
+  const meta = el("div", "meta");
+  const when = el("time", "when", formatTime(message.createTime));
+  when.dateTime = message.createTime;
+  when.title = new Date(message.createTime).toLocaleString();
+  meta.append(el("span", "who", sender.nickName || sender.username || `user ${message.senderId}`), when);
+  li.append(meta, messageBody(MESSAGE_TYPES[message.type], message.content));
+  return li;
+}
+
+function pendingNode(item) {
+  const li = el("li", "msg mine pending");
+  const meta = el("div", "meta");
+  meta.append(el("span", "who", state.me.nickName), el("span", "when", "sending…"));
+  li.append(meta, messageBody(item.message.type, item.message.content));
+  return li;
+}
+
+function messageBody(type, content) {
+  if (type === "image") {
+    const url = safeUrl(content, true);
+    if (url) {
+      const img = el("img", "image");
+      img.src = url;
+      img.alt = "image";
+      img.loading = "lazy";
+      return img;
+    }
+  } else if (type === "file") {
+    const url = safeUrl(content, false);
+    if (url) {
+      const name = decodeURIComponent(new URL(url).pathname.split("/").pop() || "") || url;
+      const link = el("a", "file", name);
+      link.href = url;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+      return link;
+    }
+  }
+  return el("p", "text", content);
+}
+
+async function submitMessage(event) {
+  event.preventDefault();
+  const form = event.target;
+  const content = form.content.value;
+  if (!content.trim() || !state.room) return;
+  const item = {
+    chatroomId: state.room.id,
+    clientMsgId: randomId(),
+    message: { type: form.type.value, content },
+    sending: false,
+  };
+  state.outbox.push(item);
+  form.content.value = "";
+  renderMessages({ toBottom: true });
+  deliver(item);
+}
+
+// Send one outbox message; if the connection drops first, the next connect sends it again
+// with the same clientMsgId, which the server stores at most once.
+async function deliver(item) {
+  if (item.sending || !socket || !socket.connected) return;
+  item.sending = true;
+  let ack;
+  try {
+    ack = await socket.call("sendMessage", {
+      sendUserId: state.me.id,
+      chatroomId: item.chatroomId,
+      clientMsgId: item.clientMsgId,
+      message: item.message,
+    });
+  } catch {
+    item.sending = false;
+    return;
+  }
+  state.outbox = state.outbox.filter((other) => other !== item);
+  if (ack && ack.statusCode) {
+    showError("chat-error", ack.message);
+    renderMessages();
+  } else {
+    addMessages([ack], { toBottom: true });
+  }
+}
+
+// -- friends -----------------------------------------------------------------
+
+async function refreshFriends() {
+  const mine = ++asked.friends;
+  let friends, requests;
+  try {
+    [friends, requests] = await Promise.all([
+      api("GET", "/friendship/list"),
+      api("GET", "/friendship/request_list"),
+    ]);
+  } catch (err) {
+    if (err.status === 404) {
+      $("friend-form").hidden = true;
+      showError("side-error", "This server has no friend list.");
+    } else {
+      showError("side-error", err.message);
+    }
+    return;
+  }
+  if (mine !== asked.friends || !state.me) return;
+  const pending = requests.toMe.filter((r) => r.status === 0);
+  const waiting = requests.fromMe.filter((r) => r.status === 0);
+  $("requests").replaceChildren(
+    ...pending.map((request) => {
+      const who = request.fromUser;
+      const li = el("li", "request");
+      const text = el("span", "", `${who.nickName} (@${who.username}) asks to be friends`);
+      if (request.reason) text.append(el("q", "", request.reason));
+      li.append(
+        text,
+        button("Agree", () => answerRequest("agree", who.id)),
+        button("Reject", () => answerRequest("reject", who.id), "link"),
+      );
+      return li;
+    }),
+    ...waiting.map((request) => el("li", "muted", `Waiting for @${request.toUser.username} to agree`)),
+  );
+  $("friends").replaceChildren(
+    ...friends.map((friend) => {
+      const li = el("li", "friend");
+      li.dataset.username = friend.username;
+      li.append(el("span", "", `${friend.nickName} (@${friend.username})`), button("Chat", () => chatWith(friend)));
+      return li;
+    }),
+  );
+  if (!friends.length && !pending.length && !waiting.length) {
+    $("friends").append(el("li", "muted", "No friends yet: add someone by username to chat one-to-one."));
+  }
+}
+
+function addFriend(event) {
+  return submitField(event, "side-error", async (username) => {
+    await api("POST", "/friendship/add", null, { username, reason: "" });
+    await refreshFriends();
+  });
+}
+
+function chatWithUsername(event) {
+  return submitField(event, "side-error", async (username) => {
+    const user = await api("GET", "/user/find", { username });
+    await chatWith(user);
+  });
+}
+
+async function answerRequest(verb, userId) {
+  try {
+    await api("GET", `/friendship/${verb}/${userId}`);
+    await refreshFriends();
+  } catch (err) {
+    showError("side-error", err.message);
+  }
+}
+
+async function chatWith(friend) {
+  try {
+    const id = await api("GET", "/chatroom/create-one-to-one", { friendId: friend.id });
+    const rooms = await refreshRooms();
+    const room = rooms.find((r) => r.id === id);
+    if (room) openRoom(room);
+  } catch (err) {
+    showError("side-error", err.message);
+  }
+}
+
+// -- start -----------------------------------------------------------------
+
+async function start() {
+  $("tab-login").addEventListener("click", () => setRegistering(false));
+  $("tab-register").addEventListener("click", () => setRegistering(true));
+  $("auth-form").addEventListener("submit", submitAuth);
+  $("send-code").addEventListener("click", sendCode);
+  $("logout").addEventListener("click", () => logout());
+  $("refresh").addEventListener("click", refreshSide);
+  $("group-form").addEventListener("submit", createGroup);
+  $("member-form").addEventListener("submit", addMember);
+  $("leave-group").addEventListener("click", leaveGroup);
+  $("friend-form").addEventListener("submit", addFriend);
+  $("chat-form").addEventListener("submit", chatWithUsername);
+  $("send-form").addEventListener("submit", submitMessage);
+  $("older").addEventListener("click", loadOlder);
+  if (state.token) {
+    try {
+      enter(await api("GET", "/user/info"));
+      return;
+    } catch (err) {
+      if (err.status === 401) setToken(null);
+      else showError("auth-error", `Cannot reach the server: ${err.message}`);
+    }
+  }
+  $("auth").hidden = false;
+}
+
+start();

@@ -1,0 +1,314 @@
+"""The demo page in real headless Chromium: log in, chat live between two browsers, reload, page, reconnect.
+
+Driven by Playwright for Python with the system's Chromium (Debian's ``chromium``;
+``.ci/run`` installs it). Without a browser the tests skip, except under CI=true,
+where they fail saying what is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import struct
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from chatsvc.config import Config
+from tests.conftest import make_config
+from tests.helpers import Api, User
+
+try:
+    from playwright.async_api import Browser, BrowserContext, Page, WebSocketRoute, async_playwright, expect
+except ImportError:  # reported by the browser fixture, like a missing Chromium
+    async_playwright = None  # type: ignore[assignment]
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+CHROMIUM_NAMES = ("chromium", "chromium-browser")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PASSWORD = "secret123"
+# Reconnecting waits out a growing back-off, so give it longer than a plain assertion.
+RECONNECT_TIMEOUT_MS = 20_000
+SOCKET_URL = re.compile(r"/socket\.io/")
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"browser test cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    """As the shared fixture, without the send rate limit: one test stores 60 messages at once."""
+    return make_config(tmp_path, rate_limit=0)
+
+
+@pytest.fixture
+async def browser(server: TestServer) -> AsyncIterator[Browser]:
+    """Headless Chromium from the system, driven by Playwright; closed before the server stops."""
+    if async_playwright is None:
+        _missing("Playwright for Python is not installed (pip install playwright, or the test extras)")
+    executable = next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+    if executable is None:
+        _missing("no chromium executable on PATH (Debian: apt-get install chromium)")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield launched
+        await launched.close()
+
+
+def png_data_url(width: int, height: int, rgb: tuple[int, int, int]) -> str:
+    """A solid-colour PNG as a data: URL, small enough for a message."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(rgb) * width
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(row * height, 9))
+        + chunk(b"IEND", b"")
+    )
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+async def log_in(
+    browser: Browser, base_url: str, user: User, prepare: Callable[[Page], Awaitable[None]] | None = None
+) -> tuple[BrowserContext, Page]:
+    """A fresh browser context logged in through the page's form, with its socket online."""
+    context = await browser.new_context(viewport={"width": 1100, "height": 720})
+    page = await context.new_page()
+    if prepare is not None:
+        await prepare(page)
+    await page.goto(base_url + "/")
+    form = page.locator("#auth-form")
+    await form.locator("[name=username]").fill(user.username)
+    await form.locator("[name=password]").fill(PASSWORD)
+    await page.locator("#auth-submit").click()
+    await expect(page.locator("#me-name")).to_have_text(f"{user.nick_name} (@{user.username})")
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "online")
+    return context, page
+
+
+def collect_errors(errors: list[str]) -> Callable[[Page], Awaitable[None]]:
+    """A page set-up that records its uncaught exceptions and console errors (CSP violations among them)."""
+
+    async def prepare(page: Page) -> None:
+        page.on("pageerror", lambda exc: errors.append(f"exception: {exc}"))
+        page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
+
+    return prepare
+
+
+async def open_room(page: Page, room_id: int, name: str) -> None:
+    await page.locator(f'#rooms [data-room-id="{room_id}"]').click()
+    await expect(page.locator("#room-name")).to_have_text(name)
+
+
+async def send(page: Page, content: str, kind: str = "text") -> None:
+    form = page.locator("#send-form")
+    await form.locator("[name=type]").select_option(kind)
+    await form.locator("[name=content]").fill(content)
+    await form.locator("[name=content]").press("Enter")
+
+
+def messages(page: Page) -> Any:
+    return page.locator("#message-list .msg:not(.pending)")
+
+
+async def test_browser_two_users_chat_live_and_history_survives_reload(
+    browser: Browser, api: Api, base_url: str
+) -> None:
+    alice = await api.new_user("alice")
+    bob = await api.new_user("bob")
+    room = await api.one_to_one(alice, bob)
+    errors: list[str] = []
+    _, page_a = await log_in(browser, base_url, alice, collect_errors(errors))
+    _, page_b = await log_in(browser, base_url, bob, collect_errors(errors))
+    # Alice starts the chat by Bob's username; one-to-one rooms are named after the other person.
+    await page_a.locator("#chat-form [name=username]").fill("bob")
+    await page_a.locator("#chat-form [name=username]").press("Enter")
+    await expect(page_a.locator("#room-name")).to_have_text(bob.nick_name)
+    await open_room(page_b, room, alice.nick_name)
+
+    await send(page_a, "Hello Bob, this arrives live")
+    live = messages(page_b).filter(has_text="Hello Bob, this arrives live")
+    await expect(live).to_have_count(1)
+    await expect(live.locator(".who")).to_have_text(alice.nick_name)
+    await expect(live.locator("time")).to_have_attribute("datetime", re.compile(r"^\d{4}-.+Z$"))
+    await expect(page_a.locator(".msg.mine")).to_have_count(1)
+
+    hostile = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> <b>bold?</b>'
+    await send(page_b, hostile)
+    await expect(messages(page_a).last.locator(".text")).to_have_text(hostile)
+    assert await page_a.evaluate("window.__pwned") is None
+    assert await page_a.locator("#message-list script, #message-list b, #message-list img").count() == 0
+
+    picture = png_data_url(96, 64, (47, 111, 223))
+    await send(page_a, picture, "image")
+    image = messages(page_b).last.locator("img.image")
+    await expect(image).to_have_attribute("src", picture)
+    assert await image.evaluate("img => img.decode().then(() => img.naturalWidth)") == 96
+    await send(page_b, "https://example.com/files/report.pdf", "file")
+    link = messages(page_a).last.locator("a.file")
+    await expect(link).to_have_attribute("href", "https://example.com/files/report.pdf")
+    await expect(link).to_contain_text("report.pdf")
+    await send(page_b, "javascript:window.__pwned = 3", "file")
+    await expect(messages(page_a).last.locator(".text")).to_have_text("javascript:window.__pwned = 3")
+    assert await page_a.locator('#message-list a[href^="javascript"]').count() == 0
+    await send(page_a, "See you after the reload")
+    await expect(messages(page_b)).to_have_count(6)
+
+    # A reload keeps the login (token in localStorage) and the open room (in the URL), and lists the history.
+    await page_a.reload()
+    await expect(page_a.locator("#room-name")).to_have_text(bob.nick_name)
+    await expect(messages(page_a)).to_have_count(6)
+    await expect(messages(page_a).locator(".text, .image, .file")).to_have_text(
+        [
+            "Hello Bob, this arrives live",
+            hostile,
+            "",
+            "report.pdf",
+            "javascript:window.__pwned = 3",
+            "See you after the reload",
+        ]
+    )
+    await expect(messages(page_a).first.locator(".who")).to_have_text(alice.nick_name)
+    await expect(page_a.locator("#conn")).to_have_attribute("data-state", "online")
+    await send(page_b, "And live again after it")
+    await expect(messages(page_a).last.locator(".text")).to_have_text("And live again after it")
+    assert await page_a.evaluate("window.__pwned") is None
+    assert errors == []
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page_a.screenshot(path=ARTIFACTS / "chat.png")
+
+
+async def test_browser_load_older_pages_back_through_history(
+    browser: Browser, api: Api, base_url: str, sockets
+) -> None:
+    alice = await api.new_user("alice")
+    bob = await api.new_user("bob")
+    room = await api.one_to_one(alice, bob)
+    client = await sockets(bob.token)
+    for n in range(1, 61):
+        ack = await client.call("sendMessage", {"chatroomId": room, "message": {"type": "text", "content": f"old {n}"}})
+        assert ack["content"] == f"old {n}", ack
+    _, page = await log_in(browser, base_url, alice)
+    await open_room(page, room, bob.nick_name)
+
+    await expect(messages(page)).to_have_count(50)
+    await expect(messages(page).first.locator(".text")).to_have_text("old 11")
+    await expect(messages(page).last.locator(".text")).to_have_text("old 60")
+    await page.locator("#older").click()
+    await expect(messages(page)).to_have_count(60)
+    await expect(messages(page).first.locator(".text")).to_have_text("old 1")
+    await expect(page.locator("#older")).to_be_hidden()
+
+
+async def test_browser_reconnect_catches_up_on_missed_messages(
+    browser: Browser, api: Api, base_url: str, sockets
+) -> None:
+    alice = await api.new_user("alice")
+    bob = await api.new_user("bob")
+    room = await api.one_to_one(alice, bob)
+    # Alice's socket goes through a relay the test controls: it can cut the line and refuse reconnects.
+    relays: list[tuple[WebSocketRoute, WebSocketRoute]] = []
+    line_up = True
+
+    def relay(ws: WebSocketRoute) -> Any:
+        if not line_up:
+            return ws.close()
+        relays.append((ws, ws.connect_to_server()))
+        return None
+
+    _, page = await log_in(browser, base_url, alice, lambda page: page.route_web_socket(SOCKET_URL, relay))
+    await open_room(page, room, bob.nick_name)
+    bob_socket = await sockets(bob.token)
+    await bob_socket.join(bob, room)
+    await bob_socket.call("sendMessage", {"chatroomId": room, "message": {"type": "text", "content": "before"}})
+    await expect(messages(page)).to_have_count(1)
+
+    line_up = False
+    for to_page, to_server in relays:
+        await to_server.close()
+        await to_page.close()
+    await expect(page.locator("#conn")).not_to_have_attribute("data-state", "online")
+    for text in ("missed 1", "missed 2"):
+        await bob_socket.call("sendMessage", {"chatroomId": room, "message": {"type": "text", "content": text}})
+    await expect(messages(page)).to_have_count(1)
+
+    line_up = True
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "online", timeout=RECONNECT_TIMEOUT_MS)
+    await expect(messages(page).locator(".text")).to_have_text(["before", "missed 1", "missed 2"])
+    await send(page, "back again")
+    await expect(messages(page).locator(".text")).to_have_text(["before", "missed 1", "missed 2", "back again"])
+    await bob_socket.next_message(lambda m: m.get("message", {}).get("content") == "back again")
+
+
+async def test_browser_register_befriend_by_username_chat_and_build_a_group(
+    browser: Browser, api: Api, base_url: str
+) -> None:
+    dave = await api.new_user("dave")
+    erin = await api.new_user("erin")
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(base_url + "/")
+    await page.locator("#tab-register").click()
+    form = page.locator("#auth-form")
+    await form.locator("[name=username]").fill("carol")
+    await form.locator("[name=nickName]").fill("Carol C.")
+    await form.locator("[name=email]").fill("carol@example.com")
+    await form.locator("[name=password]").fill(PASSWORD)
+    await page.locator("#auth-submit").click()
+    await expect(page.locator("#me-name")).to_have_text("Carol C. (@carol)")
+
+    await page.locator("#friend-form [name=username]").fill("dave")
+    await page.locator("#friend-form [name=username]").press("Enter")
+    await expect(page.locator("#requests")).to_contain_text("Waiting for @dave")
+
+    _, page_d = await log_in(browser, base_url, dave)
+    request = page_d.locator("#requests .request")
+    await expect(request).to_contain_text("Carol C. (@carol) asks to be friends")
+    await request.get_by_role("button", name="Agree").click()
+    friend = page_d.locator('#friends [data-username="carol"]')
+    await friend.get_by_role("button", name="Chat").click()
+    await expect(page_d.locator("#room-name")).to_have_text("Carol C.")
+    await send(page_d, "Thanks for the request!")
+
+    await page.locator("#refresh").click()
+    await page.locator('#friends [data-username="dave"]').get_by_role("button", name="Chat").click()
+    await expect(page.locator("#room-name")).to_have_text(dave.nick_name)
+    await expect(messages(page).locator(".text")).to_have_text(["Thanks for the request!"])
+
+    await page.locator("#group-form [name=name]").fill("Weekend plans")
+    await page.locator("#group-form [name=name]").press("Enter")
+    await expect(page.locator("#room-name")).to_have_text("Weekend plans")
+    await expect(page.locator("#room-members")).to_have_text("1 member: Carol C.")
+    await page.locator("#member-form [name=username]").fill("dave")
+    await page.locator("#member-form [name=username]").press("Enter")
+    await expect(page.locator("#room-members")).to_have_text(f"2 members: {dave.nick_name}, Carol C.")
+    await page.locator("#member-form [name=username]").fill("erin")
+    await page.locator("#member-form [name=username]").press("Enter")
+    await expect(page.locator("#room-members")).to_have_text(f"3 members: {dave.nick_name}, {erin.nick_name}, Carol C.")
+    await send(page, "Group is ready")
+    await expect(messages(page).locator(".text")).to_have_text(["Group is ready"])
+    rooms = (await api.get("/chatroom/list", erin.token)).body
+    assert [(r["name"], r["userCount"]) for r in rooms] == [("Weekend plans", 3)]
