@@ -1,0 +1,194 @@
+"""Changes made by trusted callers, not by a logged-in user: the sidecar API, the CLI and chatsvc.testing.
+
+Each function is one write transaction on the database and raises the usual
+errors (BadRequest, NotFound). Callers that serve live clients drop cache
+entries and tell sockets afterwards; see chatsvc/http/sidecar.py.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Literal
+
+from chatsvc.auth import hash_password
+from chatsvc.db import Database
+from chatsvc.errors import BadRequest, NotFound
+from chatsvc.store.admin import add_members, find_setting, list_users_by_usernames, remove_members
+from chatsvc.store.rooms import (
+    create_group_room,
+    create_one_to_one_room,
+    find_one_to_one_room,
+    find_room,
+    list_member_profiles,
+)
+from chatsvc.store.settings import get_or_create_setting
+from chatsvc.store.users import find_user_by_username, insert_user, update_user_profile
+
+RoomKind = Literal["group", "one-to-one"]
+
+# Not a scrypt hash, so no password ever matches it: the host application owns these users' identity.
+UNUSABLE_PASSWORD = "!"
+SYSTEM_USERNAME = "system"
+SYSTEM_NICKNAME = "System"
+SYSTEM_USER_SETTING = "system_user_id"
+JWT_SECRET_SETTING = "jwt_secret"
+
+
+def public_profile(user: dict[str, Any]) -> dict[str, Any]:
+    """A user row without its password hash and token version."""
+    return {key: value for key, value in user.items() if key not in ("passwordHash", "tokenVersion")}
+
+
+async def signing_secret(db: Database, configured: str | None) -> str:
+    """The token signing secret: the configured one, else the one kept in the database (created if missing)."""
+    if configured is not None:
+        return configured
+    async with db.transaction() as conn:
+        return await get_or_create_setting(conn, JWT_SECRET_SETTING, secrets.token_urlsafe(48))
+
+
+async def create_password_user(
+    db: Database, *, username: str, password: str, nick_name: str, email: str, scrypt_n: int
+) -> dict[str, Any]:
+    """Create a user who logs in with a password; BadRequest if the username is taken."""
+    password_hash = await hash_password(password, n=scrypt_n)
+    async with db.transaction() as conn:
+        user = await insert_user(conn, username=username, password_hash=password_hash, nick_name=nick_name, email=email)
+    if user is None:
+        raise BadRequest("Username already exists")
+    return user
+
+
+async def upsert_managed_user(
+    db: Database, *, username: str, nick_name: str | None, email: str | None, head_pic: str | None
+) -> tuple[dict[str, Any], bool]:
+    """Create a user without a password, or update the given fields of an existing one; (profile, created).
+
+    A user created here never logs in with a password: the host mints tokens.
+    An existing user keeps their password, if they had one.
+    """
+    async with db.transaction() as conn:
+        created = await insert_user(
+            conn,
+            username=username,
+            password_hash=UNUSABLE_PASSWORD,
+            nick_name=nick_name or username,
+            email=email or "",
+            head_pic=head_pic or "",
+        )
+        if created is not None:
+            return created, True
+        existing = await find_user_by_username(conn, username)
+        assert existing is not None, "the insert conflicted on this username"
+        if nick_name is None and email is None and head_pic is None:
+            return public_profile(existing), False
+        updated = await update_user_profile(
+            conn,
+            existing["id"],
+            nick_name=nick_name,
+            head_pic=head_pic,
+            email=existing["email"] if email is None else email,
+        )
+    assert updated is not None
+    return updated, False
+
+
+async def users_by_username(db: Database, usernames: list[str]) -> dict[str, dict[str, Any]]:
+    """The users with these usernames, by username (with token version); BadRequest naming any unknown one."""
+    found = {user["username"]: user for user in await list_users_by_usernames(db.reader, usernames)}
+    unknown = [name for name in usernames if name not in found]
+    if unknown:
+        raise BadRequest("Unknown user: " + ", ".join(unknown))
+    return found
+
+
+async def room_with_members(db: Database, room_id: int) -> dict[str, Any]:
+    """A room with its members' profiles, as ``/chatroom/info`` shows it; NotFound if there is none."""
+    room = await find_room(db.reader, room_id)
+    if room is None:
+        raise NotFound("Chatroom not found")
+    return {**room, "users": await list_member_profiles(db.reader, room_id)}
+
+
+async def create_room(
+    db: Database, kind: RoomKind, members: list[dict[str, Any]], name: str | None = None
+) -> tuple[int, bool]:
+    """Create a room with these members; (room id, created).
+
+    A one-to-one room needs exactly two members, and the existing room of the
+    pair is returned instead of a second one. A group needs a name and at
+    least one member.
+    """
+    ids = list(dict.fromkeys(int(member["id"]) for member in members))
+    if kind == "one-to-one":
+        if len(ids) != 2:
+            raise BadRequest("A one-to-one room has exactly two different members")
+        first, second = members[0], next(m for m in members if m["id"] != members[0]["id"])
+        async with db.transaction() as conn:
+            existing = await find_one_to_one_room(conn, ids[0], ids[1])
+            if existing is not None:
+                return existing, False
+            room_id = await create_one_to_one_room(
+                conn, ids[0], ids[1], name=name or f"{first['nickName']} & {second['nickName']}"
+            )
+        return room_id, True
+    if not name:
+        raise BadRequest("A group needs a name")
+    if not ids:
+        raise BadRequest("A group needs at least one member")
+    async with db.transaction() as conn:
+        room_id = await create_group_room(conn, name, ids[0])
+        await add_members(conn, room_id, ids[1:])
+    return room_id, True
+
+
+async def _group(db: Database, room_id: int) -> None:
+    room = await find_room(db.reader, room_id)
+    if room is None:
+        raise NotFound("Chatroom not found")
+    if not room["type"]:
+        raise BadRequest("This is a one-to-one chatroom: members can only change in a group")
+
+
+async def add_room_members(db: Database, room_id: int, user_ids: list[int]) -> list[int]:
+    """Add users to a group; the ids that were not members before."""
+    await _group(db, room_id)
+    async with db.transaction() as conn:
+        return await add_members(conn, room_id, user_ids)
+
+
+async def remove_room_members(db: Database, room_id: int, user_ids: list[int]) -> list[int]:
+    """Remove users from a group; the ids that were members."""
+    await _group(db, room_id)
+    async with db.transaction() as conn:
+        return await remove_members(conn, room_id, user_ids)
+
+
+async def system_user_id(db: Database) -> int:
+    """The id of the user system messages are sent as, created on first use.
+
+    It is named ``system`` unless an account already has that name, in which
+    case it gets a suffixed name: an account someone registered as "system"
+    must never speak for the service. Its id is kept as a setting.
+    """
+    stored = await find_setting(db.reader, SYSTEM_USER_SETTING)
+    if stored is not None:
+        return int(stored)
+    async with db.transaction() as conn:
+        stored = await find_setting(conn, SYSTEM_USER_SETTING)
+        if stored is not None:
+            return int(stored)
+        user = await insert_user(
+            conn, username=SYSTEM_USERNAME, password_hash=UNUSABLE_PASSWORD, nick_name=SYSTEM_NICKNAME, email=""
+        )
+        if user is None:
+            user = await insert_user(
+                conn,
+                username=f"{SYSTEM_USERNAME}-{secrets.token_hex(4)}",
+                password_hash=UNUSABLE_PASSWORD,
+                nick_name=SYSTEM_NICKNAME,
+                email="",
+            )
+        assert user is not None
+        await get_or_create_setting(conn, SYSTEM_USER_SETTING, str(user["id"]))
+    return int(user["id"])

@@ -1,0 +1,60 @@
+"""Routes for operators and tools: health probes, Prometheus metrics, the OpenAPI description."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from chatsvc.errors import ServiceUnavailable
+from chatsvc.http.middleware import public
+from chatsvc.jsonutil import json_response
+from chatsvc.metrics import METRICS
+from chatsvc.openapi import openapi_spec
+from chatsvc.state import STATE
+from chatsvc.store.admin import ping_database
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+# A readiness probe must answer quickly even when the database does not.
+READY_TIMEOUT_SECONDS = 2.0
+
+
+@routes.get("/healthz")
+@public
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process serves HTTP."""
+    return json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+@public
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the database answers a query; 503 otherwise."""
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+            ready = await ping_database(request.app[STATE].db.reader)
+    except Exception as exc:  # a closed or broken database is "not ready", never a 500
+        log.warning("readiness check failed: %r", exc)
+        ready = False
+    if not ready:
+        raise ServiceUnavailable("The database is not answering")
+    return json_response({"status": "ok"})
+
+
+@routes.get("/metrics")
+@public
+async def metrics(request: web.Request) -> web.Response:
+    """Every metric in the Prometheus text format."""
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@routes.get("/openapi.json")
+@public
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3 description of every HTTP route."""
+    return json_response(openapi_spec())

@@ -1,0 +1,218 @@
+"""/sidecar/v1: the server-to-server API of a host application that owns its users' identity.
+
+Off unless ``CHATSVC_API_KEY`` is set (the routes then answer 404), and
+authenticated by that key in ``X-Api-Key``, never by a user's token. Users
+are named by username, the key the host chooses for them. Every change goes
+through the same paths as the user-facing routes: messages through the
+writer (stored durably, then broadcast), membership changes with cache
+invalidation and ``joinRoom`` / ``quitRoom`` events. See docs/sidecar.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from chatsvc import admin
+from chatsvc.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from chatsvc.http.chatrooms import ROOM_NAME_MAX
+from chatsvc.http.middleware import Handler, public
+from chatsvc.http.users import HEAD_PIC_MAX, NICKNAME_MAX, USERNAME_MAX
+from chatsvc.jsonutil import json_response
+from chatsvc.realtime import CLIENT_MSG_ID_MAX
+from chatsvc.state import STATE, AppState
+from chatsvc.store.messages import MESSAGE_TYPES
+from chatsvc.store.rooms import find_room
+from chatsvc.validation import email, json_body, path_int, text, text_field
+from chatsvc.writer import Draft
+
+routes = web.RouteTableDef()
+
+PREFIX = "/sidecar/v1"
+API_KEY_HEADER = "X-Api-Key"
+# Most usernames one call may name: in a JSON body, and in a query string (which must stay under 8 KiB).
+MAX_USERNAMES = 1000
+MAX_QUERY_USERNAMES = 10
+ROOM_KINDS = ("group", "one-to-one")
+
+
+def _same_key(given: str, expected: str) -> bool:
+    # Constant time, on bytes: compare_digest refuses non-ASCII str.
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
+
+
+def api_key_required(handler: Handler) -> Handler:
+    """Serve the route only when an API key is configured and the request carries it; no user token is read."""
+
+    @functools.wraps(handler)
+    async def checked(request: web.Request) -> web.StreamResponse:
+        expected = request.app[STATE].config.api_key
+        if expected is None:
+            # As if the route did not exist: the sidecar API is off.
+            raise NotFound("Not Found")
+        given = request.headers.get(API_KEY_HEADER)
+        if given is None or not _same_key(given, expected):
+            raise Unauthorized(f"A valid {API_KEY_HEADER} header is required")
+        return await handler(request)
+
+    return public(checked)
+
+
+def _username(value: Any, name: str = "username") -> str:
+    return text(value, name, max_length=USERNAME_MAX)
+
+
+def _usernames(body: Mapping[str, Any], name: str, limit: int = MAX_USERNAMES) -> list[str]:
+    """A non-empty list of usernames, without repeats, in the order given."""
+    values = body.get(name)
+    if not isinstance(values, list) or not values:
+        raise BadRequest(f"{name} must be a non-empty array of usernames")
+    if len(values) > limit:
+        raise BadRequest(f"{name} may name at most {limit} users")
+    return list(dict.fromkeys(_username(value, f"{name}[]") for value in values))
+
+
+def _optional_text(body: Mapping[str, Any], name: str, max_length: int) -> str | None:
+    if body.get(name) is None:
+        return None
+    return text(body[name], name, max_length=max_length, allow_blank=True)
+
+
+def _room_id(request: web.Request) -> int:
+    return path_int(request, "id")
+
+
+async def _member_ids(state: AppState, usernames: list[str]) -> list[int]:
+    found = await admin.users_by_username(state.db, usernames)
+    return [found[name]["id"] for name in usernames]
+
+
+@routes.post(PREFIX + "/users")
+@api_key_required
+async def upsert_user(request: web.Request) -> web.Response:
+    """Create a user without a password, or update nickName/email/headPic of an existing one."""
+    state = request.app[STATE]
+    body = await json_body(request)
+    username = _username(body.get("username"))
+    nick_name = None
+    if body.get("nickName") is not None:
+        nick_name = text(body["nickName"], "nickName", max_length=NICKNAME_MAX)
+    address = None
+    if body.get("email") is not None:
+        # An empty string clears it; anything else must be an address.
+        address = "" if body["email"] == "" else email(body["email"])
+    head_pic = _optional_text(body, "headPic", HEAD_PIC_MAX)
+    user, created = await admin.upsert_managed_user(
+        state.db, username=username, nick_name=nick_name, email=address, head_pic=head_pic
+    )
+    # Messages carry their sender's profile from this cache.
+    state.profiles.forget(user["id"])
+    return json_response({"user": user, "created": created}, status=201 if created else 200)
+
+
+@routes.post(PREFIX + "/tokens")
+@api_key_required
+async def mint_token(request: web.Request) -> web.Response:
+    """A token for a user, as ``/user/login`` would give, for the host to hand to its client."""
+    state = request.app[STATE]
+    body = await json_body(request)
+    username = _username(body.get("username"))
+    user = (await admin.users_by_username(state.db, [username]))[username]
+    token_version = user.pop("tokenVersion")
+    token = state.issue_token(user, token_version)
+    return json_response({"token": token, "expiresIn": state.config.token_ttl_seconds, "user": user}, status=201)
+
+
+@routes.post(PREFIX + "/rooms")
+@api_key_required
+async def create_room(request: web.Request) -> web.Response:
+    """Create a group with members, or find-or-create the one-to-one room of two users."""
+    state = request.app[STATE]
+    body = await json_body(request)
+    kind = body.get("type")
+    if kind not in ROOM_KINDS:
+        raise BadRequest("type must be one of: group, one-to-one")
+    name = None
+    if body.get("name") is not None:
+        name = text(body["name"], "name", max_length=ROOM_NAME_MAX).strip()
+    usernames = _usernames(body, "members")
+    found = await admin.users_by_username(state.db, usernames)
+    room_id, created = await admin.create_room(state.db, kind, [found[n] for n in usernames], name)
+    state.members.forget(room_id)
+    room = await admin.room_with_members(state.db, room_id)
+    return json_response({"room": room, "created": created}, status=201 if created else 200)
+
+
+@routes.post(PREFIX + "/rooms/{id}/members")
+@api_key_required
+async def add_members(request: web.Request) -> web.Response:
+    """Add users to a group; the room hears ``joinRoom`` for each new member."""
+    state = request.app[STATE]
+    room_id = _room_id(request)
+    body = await json_body(request)
+    user_ids = await _member_ids(state, _usernames(body, "members"))
+    added = await admin.add_room_members(state.db, room_id, user_ids)
+    state.members.forget(room_id)
+    for user_id in added:
+        await state.realtime.member_joined(user_id, room_id)
+    room = await admin.room_with_members(state.db, room_id)
+    return json_response({"room": room, "added": added})
+
+
+@routes.delete(PREFIX + "/rooms/{id}/members")
+@api_key_required
+async def remove_members(request: web.Request) -> web.Response:
+    """Remove users (``?username=`` repeated) from a group; their sockets leave it and it hears ``quitRoom``."""
+    state = request.app[STATE]
+    room_id = _room_id(request)
+    usernames = _usernames({"username": request.query.getall("username", [])}, "username", MAX_QUERY_USERNAMES)
+    user_ids = await _member_ids(state, usernames)
+
+    async def remove() -> list[int]:
+        # Between write batches, as /chatroom/quit: nothing stored after the
+        # removal is broadcast to the removed users' sockets.
+        removed = await admin.remove_room_members(state.db, room_id, user_ids)
+        state.members.forget(room_id)
+        for user_id in removed:
+            await state.realtime.member_left(user_id, room_id)
+        return removed
+
+    removed = await state.writer.run_between_batches(remove)
+    room = await admin.room_with_members(state.db, room_id)
+    return json_response({"room": room, "removed": removed})
+
+
+@routes.post(PREFIX + "/rooms/{id}/messages")
+@api_key_required
+async def post_message(request: web.Request) -> web.Response:
+    """Store a message from a member, or a system message, and broadcast it to the room like any other."""
+    state = request.app[STATE]
+    room_id = _room_id(request)
+    body = await json_body(request)
+    kind = body.get("type", "text")
+    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
+        raise BadRequest("type must be one of: text, image, file")
+    content = text_field(body, "content", max_length=state.config.message_max_length)
+    client_msg_id = None
+    if body.get("clientMsgId") is not None:
+        client_msg_id = text_field(body, "clientMsgId", max_length=CLIENT_MSG_ID_MAX)
+    system = body.get("system", False)
+    if not isinstance(system, bool):
+        raise BadRequest("system must be a boolean")
+    if system == (body.get("username") is not None):
+        raise BadRequest("Give either username (a member sends it) or system: true (the service sends it)")
+    if await find_room(state.db.reader, room_id) is None:
+        raise NotFound("Chatroom not found")
+    if system:
+        sender_id = await admin.system_user_id(state.db)
+    else:
+        username = _username(body["username"])
+        sender_id = (await admin.users_by_username(state.db, [username]))[username]["id"]
+        if not await state.members.is_member(state.db.reader, sender_id, room_id):
+            raise Forbidden("That user is not a member of this chatroom")
+    stored, new = await state.writer.submit(Draft(room_id, sender_id, MESSAGE_TYPES[kind], content, client_msg_id))
+    return json_response(stored, status=201 if new else 200)

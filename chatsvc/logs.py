@@ -1,0 +1,101 @@
+"""Logging: plain text or JSON lines, request ids, and the lines for socket connections.
+
+Every HTTP request and every Socket.IO connect and disconnect writes one line
+carrying a request id. The id comes from the client's ``X-Request-Id`` header
+when it sends a sensible one, or is generated; the response echoes it, and a
+socket's lines carry the id of the HTTP request that opened it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import sys
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID_KEY = web.RequestKey("chatsvc_request_id", str)
+# A client's id is kept only if it is short and plain, so it cannot forge log lines.
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+access_log = logging.getLogger("chatsvc.access")
+socket_log = logging.getLogger("chatsvc.socket")
+
+# Attributes every LogRecord has; anything else was passed with ``extra=`` and goes into JSON lines.
+_STANDARD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+def request_id_for(header: str | None) -> str:
+    """The client's request id if it is acceptable, otherwise a new one."""
+    if header is not None and _CLIENT_REQUEST_ID.match(header):
+        return header
+    return secrets.token_hex(8)
+
+
+def request_id_of_environ(environ: dict[str, Any] | None) -> str | None:
+    """The request id of the HTTP request that opened a Socket.IO connection, if known."""
+    request = (environ or {}).get("aiohttp.request")
+    if isinstance(request, web.BaseRequest):
+        return request.get(REQUEST_ID_KEY)
+    return None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and every ``extra`` field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as a JSON line."""
+        entry: dict[str, Any] = {
+            "time": _iso_time(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def _iso_time(created: float) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{seconds}.{int(created % 1 * 1000):03d}Z"
+
+
+def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
+    """Send every log record to stderr, as text lines or JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def log_socket_event(
+    event: str, sid: str, user_id: int | None, environ: dict[str, Any] | None, reason: str | None = None
+) -> None:
+    """One line for a Socket.IO connect or disconnect."""
+    request_id = request_id_of_environ(environ)
+    socket_log.info(
+        "socket %s sid=%s user=%s%s rid=%s",
+        event,
+        sid,
+        user_id,
+        f" reason={reason}" if reason else "",
+        request_id,
+        extra={"event": event, "sid": sid, "user_id": user_id, "reason": reason, "request_id": request_id},
+    )

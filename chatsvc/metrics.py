@@ -1,0 +1,129 @@
+"""Prometheus metrics of one application, in its own registry (tests build many apps in one process).
+
+The send path pays almost nothing: the writer and the fan-out only add to
+plain integers, which a collector reads when ``/metrics`` is scraped; gauges
+of sockets and rooms are counted at scrape time from the Socket.IO manager.
+Only HTTP requests and acknowledged sends are observed as they happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from chatsvc.state import AppState
+
+# Most requests and acks take well under a millisecond to tens of milliseconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Label of requests that matched no route, so unknown paths cannot grow the label set.
+UNMATCHED_ROUTE = "(unmatched)"
+SEND_EVENT = "sendMessage"
+
+
+class Metrics:
+    """The metrics of one chatsvc application."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.http_requests = Counter(
+            "chatsvc_http_requests",
+            "HTTP requests answered, by method, route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.http_duration = Histogram(
+            "chatsvc_http_request_duration_seconds",
+            "Time from receiving an HTTP request to its response, by method and route template",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.send_ack = Histogram(
+            "chatsvc_send_ack_seconds",
+            "sendMessage: time from receiving the event to sending its acknowledgement (stored durably)",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def bind(self, state: AppState) -> None:
+        """Also report what the application's writer and Socket.IO server count."""
+        self.registry.register(_StateCollector(state))
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered HTTP request."""
+        method = method if method in KNOWN_METHODS else "OTHER"
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_duration.labels(method, route).observe(seconds)
+
+    def observe_socket_event(self, event: str, seconds: float) -> None:
+        """Record how long a socket event took up to its ack; only sends are kept."""
+        if event == SEND_EVENT:
+            self.send_ack.observe(seconds)
+
+    def render(self) -> bytes:
+        """Every metric in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    """Reads counters kept as plain integers by the writer and the fan-out, and counts sockets and rooms."""
+
+    def __init__(self, state: AppState) -> None:
+        self._state = state
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: names are only known from collect()."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The current values."""
+        state = self._state
+        sockets, rooms, memberships = _socket_counts(state)
+        yield GaugeMetricFamily("chatsvc_connected_sockets", "Socket.IO connections open on this instance", sockets)
+        yield GaugeMetricFamily(
+            "chatsvc_joined_rooms", "Chat rooms with at least one socket of this instance in them", rooms
+        )
+        yield GaugeMetricFamily(
+            "chatsvc_room_sockets", "Sockets in chat rooms on this instance, counted once per room joined", memberships
+        )
+        writer = state.writer
+        yield CounterMetricFamily(
+            "chatsvc_messages_stored",
+            "Chat messages stored (retries of a stored message not counted)",
+            writer.messages_stored,
+        )
+        yield CounterMetricFamily(
+            "chatsvc_db_write_batches",
+            "Message batches committed by the writer, one transaction each",
+            writer.batches_written,
+        )
+        manager = state.sio.manager
+        yield CounterMetricFamily(
+            "chatsvc_deliveries",
+            "Socket.IO event packets queued to sockets of this instance (a broadcast counts once per recipient)",
+            getattr(manager, "deliveries", 0),
+        )
+
+
+def _socket_counts(state: AppState) -> tuple[int, int, int]:
+    """Connected sockets, chat rooms with sockets, and socket-in-room memberships, on this instance."""
+    rooms = state.sio.manager.rooms.get("/", {})
+    sockets = len(rooms.get(None, ()))
+    chat_rooms = 0
+    memberships = 0
+    for name, members in list(rooms.items()):
+        # Chat rooms are named by their numeric id; "user:<id>" rooms hold a user's sockets.
+        if isinstance(name, str) and name.isdigit():
+            chat_rooms += 1
+            memberships += len(members)
+    return sockets, chat_rooms, memberships
+
+
+METRICS = web.AppKey("chatsvc_metrics", Metrics)
