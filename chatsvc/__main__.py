@@ -1,18 +1,19 @@
-"""Command line: ``python -m chatsvc serve [--host H] [--port P] [--db PATH]``."""
+"""Command line: ``chatsvc serve [--host H] [--port P] [--db PATH]``, ``init-db``, ``user add``, ``token``, ``demo``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
-from chatsvc import __version__
+from chatsvc import __version__, cli
 from chatsvc.app import create_app
 from chatsvc.config import Config
+from chatsvc.demo import demo_banner, prepare_demo
+from chatsvc.logs import configure_logging
 
 # Seconds open HTTP requests get to finish after SIGTERM; sockets are closed before that.
 SHUTDOWN_TIMEOUT = 3.0
@@ -27,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (CHATSVC_HOST, default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port to listen on (CHATSVC_PORT, default 3005)")
     serve.add_argument("--db", type=Path, help="SQLite file (CHATSVC_DB, default ./data/chatsvc.db)")
+    demo = commands.add_parser("demo", help="add demo users, rooms and messages if missing, then serve")
+    demo.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: the password is public)"
+    )
+    demo.add_argument("--port", type=int, help="port to listen on (CHATSVC_PORT, default 3005)")
+    demo.add_argument("--db", type=Path, help="SQLite file (CHATSVC_DB, default ./data/chatsvc.db)")
+    cli.add_commands(commands)
     return parser
 
 
@@ -42,14 +50,27 @@ def _use_uvloop() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = Config.from_env(host=args.host, port=args.port, db_path=args.db)
+        config = Config.from_env(host=getattr(args, "host", None), port=getattr(args, "port", None), db_path=args.db)
     except ValueError as exc:
         print(f"chatsvc: {exc}", file=sys.stderr)
         return 2
+    configure_logging(config.log_format, config.log_level)
+    if args.command in cli.COMMANDS:
+        return cli.run_command(args, config)
     _use_uvloop()
-    web.run_app(create_app(config), host=config.host, port=config.port, print=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    if args.command == "demo":
+        seeded = asyncio.run(prepare_demo(config))
+        print(demo_banner(config, seeded), flush=True)
+    # access_log=None: chatsvc/http/observe.py writes the one line per request.
+    web.run_app(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        print=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        access_log=None,
+    )
     return 0
 
 

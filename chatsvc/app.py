@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from chatsvc.auth import TokenService
+from chatsvc.cluster import cluster_ctx
 from chatsvc.config import Config
 from chatsvc.db import Database
 from chatsvc.errors import error_middleware
-from chatsvc.http import chatrooms, favorites, friends, history, users
+from chatsvc.http import chatrooms, demo, favorites, friends, history, ops, sidecar, users
 from chatsvc.http.middleware import auth_middleware, cors_middleware
+from chatsvc.http.observe import observe_middleware
+from chatsvc.metrics import METRICS, Metrics
 from chatsvc.realtime import create_socket_server
 from chatsvc.state import STATE, AppState
 from chatsvc.store.settings import get_or_create_setting
@@ -25,18 +28,25 @@ log = logging.getLogger(__name__)
 def create_app(config: Config) -> web.Application:
     """Build the aiohttp application with its Socket.IO server attached."""
     app = web.Application(
-        # CORS outermost, so error responses carry its headers too.
-        middlewares=[cors_middleware, error_middleware, auth_middleware],
+        # Observation outermost, so it logs and counts the final response; then CORS,
+        # so error responses carry its headers too.
+        middlewares=[observe_middleware, cors_middleware, error_middleware, auth_middleware],
         client_max_size=config.max_http_body,
     )
     state = AppState(config=config, db=Database(config.db_path, synchronous=config.sqlite_synchronous))
     state.writer = MessageWriter(state.db, state.profiles, max_batch=config.write_batch_max)
     app[STATE] = state
+    # The cluster (Redis, CHATSVC_REDIS_URL) outlives the database: the writer publishes through it until it stops.
+    app.cleanup_ctx.append(cluster_ctx)
     app.cleanup_ctx.append(_database_ctx)
-    for module in (users, chatrooms, history, friends, favorites):
+    for module in (users, chatrooms, history, friends, favorites, demo, sidecar, ops):
         app.add_routes(module.routes)
     state.sio = create_socket_server(state)
     state.sio.attach(app)
+    metrics = Metrics()
+    metrics.bind(state)
+    state.sio.event_observer = metrics.observe_socket_event
+    app[METRICS] = metrics
     app.on_shutdown.append(_close_sockets)
     return app
 

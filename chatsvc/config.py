@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 SocketAuthMode = Literal["token", "trust-client"]
+LogFormat = Literal["text", "json"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,13 @@ class Config:
     write_batch_max: int = 512
     smtp_url: str | None = None
     mail_from: str = "chatsvc@localhost"
+    # None: one instance, in-process fan-out. Set: several instances share rooms through Redis (chatsvc/cluster.py).
+    redis_url: str | None = None
+    redis_channel: str = "chatsvc"
+    # None: the sidecar API (chatsvc/http/sidecar.py) is off and its routes answer 404.
+    api_key: str | None = None
+    log_format: LogFormat = "text"
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -87,6 +95,24 @@ class Config:
             values["smtp_url"] = env["CHATSVC_SMTP_URL"]
         if "CHATSVC_MAIL_FROM" in env:
             values["mail_from"] = env["CHATSVC_MAIL_FROM"]
+        if env.get("CHATSVC_API_KEY"):
+            values["api_key"] = env["CHATSVC_API_KEY"]
+        if "CHATSVC_LOG_FORMAT" in env:
+            log_format = env["CHATSVC_LOG_FORMAT"].lower()
+            if log_format not in ("text", "json"):
+                raise ValueError("CHATSVC_LOG_FORMAT must be 'text' or 'json'")
+            values["log_format"] = log_format
+        if "CHATSVC_LOG_LEVEL" in env:
+            level = env["CHATSVC_LOG_LEVEL"].upper()
+            if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                raise ValueError("CHATSVC_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+            values["log_level"] = level
+        if env.get("CHATSVC_REDIS_URL"):
+            if not env["CHATSVC_REDIS_URL"].startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError("CHATSVC_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+            values["redis_url"] = env["CHATSVC_REDIS_URL"]
+        if env.get("CHATSVC_REDIS_CHANNEL"):
+            values["redis_channel"] = env["CHATSVC_REDIS_CHANNEL"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         config = cls(**values)
         if config.scrypt_n & (config.scrypt_n - 1):

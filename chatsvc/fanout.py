@@ -19,12 +19,33 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
+from chatsvc.jsonutil import SocketJSON
+
+
+class ChatPacket(sio_packet.Packet):
+    """Socket.IO packets encoded with orjson, and a cheap binary check.
+
+    The stock check walks every value of every payload looking for bytes;
+    chatsvc never sends binary, so only top-level arguments are looked at.
+    """
+
+    json = SocketJSON
+
+    @classmethod
+    def data_is_binary(cls, data: Any) -> bool:
+        """Whether a top-level argument is bytes (nested bytes are not supported)."""
+        if isinstance(data, bytes | bytearray):
+            return True
+        return isinstance(data, list) and any(isinstance(item, bytes | bytearray) for item in data)
+
 
 class LeanEmitMixin:
     """Overrides ``emit`` for the common case: no callback, text packet."""
 
     server: Any
     rooms: dict[str, Any]
+    # Packets queued on recipients' sockets; read by chatsvc/metrics.py when scraped.
+    deliveries: int = 0
 
     async def emit(
         self,
@@ -59,12 +80,15 @@ class LeanEmitMixin:
         packet = eio_packet.Packet(eio_packet.MESSAGE, encoded)
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
         sockets = self.server.eio.sockets
+        sent = 0
         for sid, eio_sid in self.get_participants(namespace, room):  # type: ignore[attr-defined]
             if sid in skip:
                 continue
             socket = sockets.get(eio_sid)
             if socket is not None and not socket.closed:
                 socket.queue.put_nowait(packet)
+                sent += 1
+        self.deliveries += sent
 
 
 class LeanManager(LeanEmitMixin, socketio.AsyncManager):

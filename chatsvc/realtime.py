@@ -12,17 +12,19 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 import socketio
+from engineio import packet as eio_packet
 
 from chatsvc.auth import bearer_token
+from chatsvc.cluster import Cluster
 from chatsvc.errors import BadRequest, ChatError, Forbidden, TooManyRequests, Unauthorized
-from chatsvc.fanout import LeanManager
-from chatsvc.jsonutil import SocketJSON
+from chatsvc.fanout import ChatPacket, LeanManager
+from chatsvc.logs import log_socket_event
 from chatsvc.state import AppState
 from chatsvc.store.messages import MESSAGE_TYPES, list_history
 from chatsvc.validation import int_field, object_payload, text_field
@@ -31,6 +33,8 @@ from chatsvc.writer import Draft
 log = logging.getLogger(__name__)
 
 CLIENT_MSG_ID_MAX = 64
+# Seconds live transports get on shutdown to send their CLOSE packet.
+TRANSPORT_FLUSH_SECONDS = 2.0
 
 # Whether the event being handled came with an acknowledgement callback.
 # python-socketio does not tell handlers, so the server sets it per event.
@@ -45,6 +49,8 @@ class ChatSocketServer(socketio.AsyncServer):
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # Called with (event name, seconds to the ack) after each event; chatsvc/metrics.py keeps sends.
+        self.event_observer: Callable[[str, float], None] | None = None
 
     async def _handle_event_internal(  # type: ignore[no-untyped-def]
         self, server, sid, eio_sid, data, namespace, id
@@ -52,6 +58,7 @@ class ChatSocketServer(socketio.AsyncServer):
         _ack_requested.set(id is not None)
         self._in_flight += 1
         self._idle.clear()
+        started = time.perf_counter()
         try:
             # The ack is sent inside this call, so "idle" means every ack went out.
             return await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
@@ -59,6 +66,33 @@ class ChatSocketServer(socketio.AsyncServer):
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
+            if self.event_observer is not None and data:
+                self.event_observer(data[0], time.perf_counter() - started)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        # A long-polling client saying goodbye may have a GET waiting for packets.
+        # Answer it now, as the JavaScript Engine.IO server does; python-engineio
+        # leaves it open until the next ping (25 s), and its client waits for it.
+        transport = self.eio.sockets.get(eio_sid)
+        if transport is not None and not transport.upgraded and reason == self.eio.reason.CLIENT_DISCONNECT:
+            transport.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+        await super()._handle_eio_disconnect(eio_sid, reason)
+
+    async def close_transports(self, flush_timeout: float) -> None:
+        """Close every Engine.IO connection, giving live ones up to ``flush_timeout`` to send the CLOSE packet.
+
+        engineio's own disconnect-all waits for each queue to drain, which never
+        happens for a long-polling client that went away without saying so.
+        """
+        transports = list(self.eio.sockets.values())
+        for transport in transports:
+            await transport.close(wait=False)
+        flushes = [asyncio.ensure_future(transport.queue.join()) for transport in transports]
+        if flushes:
+            _, stuck = await asyncio.wait(flushes, timeout=flush_timeout)
+            for flush in stuck:
+                flush.cancel()
+        self.eio.sockets.clear()
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no event is being handled; False if the timeout passed first."""
@@ -129,6 +163,8 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.state = state
         self._sessions: dict[str, SocketSession] = {}
         self._sids_of_user: dict[int, set[str]] = {}
+        # Set when several instances share rooms through Redis (CHATSVC_REDIS_URL).
+        self.cluster: Cluster | None = None
 
     # -- connection -------------------------------------------------------
 
@@ -153,10 +189,13 @@ class ChatNamespace(socketio.AsyncNamespace):
             sids.add(sid)
             await self.enter_room(sid, user_room(user_id))
         self._sessions[sid] = SocketSession(user_id, TokenBucket(config.rate_limit, config.rate_burst))
+        log_socket_event("connect", sid, user_id, environ)
 
     async def on_disconnect(self, sid: str, reason: str | None = None) -> None:
         """Forget the socket."""
         session = self._sessions.pop(sid, None)
+        if session is not None:
+            log_socket_event("disconnect", sid, session.user_id, self.server.get_environ(sid), reason)
         if session is not None and session.user_id is not None:
             sids = self._sids_of_user.get(session.user_id)
             if sids is not None:
@@ -174,8 +213,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             await self.server.disconnect(sid)
         # Socket.IO's disconnect leaves the Engine.IO transport open; close it so
         # the HTTP server has no long-lived request left to wait for.
-        if self.server.eio.sockets:  # engineio's disconnect-all fails when there are none
-            await self.server.eio.disconnect()
+        await self.server.close_transports(min(timeout, TRANSPORT_FLUSH_SECONDS))
 
     # -- events -----------------------------------------------------------
 
@@ -257,7 +295,37 @@ class ChatNamespace(socketio.AsyncNamespace):
                 )
             return {"chatroomId": chatroom_id, "recovered": True, "count": len(missed)}
 
+        if self.cluster is not None:
+            return await self.state.writer.run_between_batches(
+                lambda: self._catch_up_in_stream(sid, user_id, chatroom_id, last_id)
+            )
         return await self.state.writer.run_between_batches(join_and_catch_up)
+
+    async def _catch_up_in_stream(self, sid: str, user_id: int, chatroom_id: int, last_id: int) -> dict[str, Any]:
+        """A recovering join with several instances, whose live messages come through Redis a moment later."""
+        assert self.cluster is not None
+        room = room_name(chatroom_id)
+        notice = {"type": "joinRoom", "userId": user_id}
+        limit = self.state.config.recovery_limit
+        # Under the order lock no instance is storing a message, so this read holds every
+        # message published before the marker below and none published after it.
+        missed = await list_history(self.state.db.reader, chatroom_id, limit=limit + 1, after_id=last_id)
+        recovered = len(missed) <= limit
+
+        async def enter_and_catch_up() -> None:
+            # At the marker: older broadcasts passed before the socket entered, newer ones follow the catch-up.
+            await self.enter_room(sid, room)
+            await self.emit("message", notice, to=sid)
+            for message in missed if recovered else ():
+                await self.emit(
+                    "message", {"type": "sendMessage", "userId": message["senderId"], "message": message}, to=sid
+                )
+
+        await self.cluster.fanout.run_in_stream(enter_and_catch_up)
+        await self.emit("message", notice, room=room, skip_sid=sid)
+        if not recovered:
+            return {"chatroomId": chatroom_id, "recovered": False}
+        return {"chatroomId": chatroom_id, "recovered": True, "count": len(missed)}
 
     async def _leave_room(self, sid: str, data: Any) -> dict[str, Any]:
         payload = object_payload(data)
@@ -274,7 +342,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         assert chatroom_id is not None
         message = object_payload(payload.get("message"), "message")
         kind = message.get("type")
-        if kind not in MESSAGE_TYPES:
+        if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
             raise BadRequest("message.type must be one of: text, image, file")
         content = text_field(message, "content", max_length=self.state.config.message_max_length)
         client_msg_id = payload.get("clientMsgId")
@@ -291,6 +359,21 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def publish(self, messages: list[dict[str, Any]]) -> None:
         """Broadcast stored messages to their rooms, in the order given (ascending id)."""
+        if self.cluster is not None:
+            # One Redis round trip for the batch, inside the order lock.
+            await self.cluster.fanout.emit_many(
+                self.namespace,
+                [
+                    (
+                        "message",
+                        {"type": "sendMessage", "userId": message["senderId"], "message": message},
+                        room_name(message["chatroomId"]),
+                        None,
+                    )
+                    for message in messages
+                ],
+            )
+            return
         for message in messages:
             await self.emit(
                 "message",
@@ -299,30 +382,57 @@ class ChatNamespace(socketio.AsyncNamespace):
             )
 
     async def disconnect_user(self, user_id: int) -> None:
-        """Disconnect every socket of a user, e.g. after their password changed."""
+        """Disconnect every socket of a user, e.g. after their password changed (on every instance)."""
+        if self.cluster is not None:
+            await self.cluster.fanout.broadcast_control("disconnect_user", {"userId": user_id}, wait=True)
+        else:
+            await self.disconnect_local_sockets(user_id)
+
+    async def disconnect_local_sockets(self, user_id: int) -> None:
+        """Disconnect the user's sockets connected to this instance."""
         for sid, _ in list(self.server.manager.get_participants(self.namespace, user_room(user_id))):
             await self.server.disconnect(sid)
 
     async def member_joined(self, user_id: int, chatroom_id: int) -> None:
         """Tell a room that a user was made a member (their sockets still join it with ``joinRoom``)."""
+        if self.cluster is not None:
+            # Every instance drops the room's cached members before the caller answers:
+            # the new member may send through any of them at once.
+            await self.cluster.fanout.broadcast_control("members_changed", {"chatroomId": chatroom_id}, wait=True)
         await self.emit("message", {"type": "joinRoom", "userId": user_id}, room=room_name(chatroom_id))
 
     async def member_left(self, user_id: int, chatroom_id: int) -> None:
         """Take every socket of a user who is no longer a member out of the room, then tell the room."""
         room = room_name(chatroom_id)
+        if self.cluster is not None:
+            # In the stream, so every instance has done it before any later message; and before the caller answers.
+            await self.cluster.fanout.broadcast_control(
+                "member_left", {"userId": user_id, "chatroomId": chatroom_id}, wait=True
+            )
+        else:
+            await self.remove_local_sockets(user_id, chatroom_id)
+        await self.emit("message", {"type": "quitRoom", "userId": user_id}, room=room)
+
+    async def remove_local_sockets(self, user_id: int, chatroom_id: int) -> None:
+        """Take the user's sockets connected to this instance out of the room."""
+        room = room_name(chatroom_id)
         # Only sockets that connected with a token are in the user's room; in
         # trust-client mode a socket's user is known per event, not per socket.
         for sid, _ in list(self.server.manager.get_participants(self.namespace, user_room(user_id))):
             await self.leave_room(sid, room)
-        await self.emit("message", {"type": "quitRoom", "userId": user_id}, room=room)
 
 
 def create_socket_server(state: AppState) -> ChatSocketServer:
     """The Socket.IO server of one application, with the chat namespace registered."""
-    origins = state.config.cors_origins
+    config = state.config
+    origins = config.cors_origins
+    cluster = Cluster(config.redis_url, config.redis_channel, config.db_path) if config.redis_url else None
     sio = ChatSocketServer(
-        client_manager=LeanManager(),
-        json=SocketJSON,
+        client_manager=cluster.fanout if cluster is not None else LeanManager(),
+        # orjson packets without a global change to python-socketio's Packet class.
+        serializer=ChatPacket,
+        # Engine.IO already runs each incoming message in its own task.
+        async_handlers=False,
         async_mode="aiohttp",
         cors_allowed_origins="*" if "*" in origins else list(origins),
         max_http_buffer_size=state.config.max_socket_payload,
@@ -333,4 +443,6 @@ def create_socket_server(state: AppState) -> ChatSocketServer:
     sio.register_namespace(namespace)
     state.writer.publish = namespace.publish
     state.realtime = namespace
+    if cluster is not None:
+        cluster.bind(state, namespace)
     return sio

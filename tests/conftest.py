@@ -8,14 +8,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from chatsvc.app import create_app
 from chatsvc.config import Config
+from chatsvc.testing import TEST_SCRYPT_N, ChatsvcServer, run_chatsvc
 from tests.helpers import Api, SocketClient, connect_socket
-
-# The cheapest scrypt cost: hashing stays real, tests stay fast.
-TEST_SCRYPT_N = 16
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:
@@ -30,16 +26,14 @@ def config(tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-async def server(config: Config) -> AsyncIterator[TestServer]:
-    """The chatsvc app built by the real factory, listening on 127.0.0.1."""
-    test_server = TestServer(create_app(config), host="127.0.0.1")
-    await test_server.start_server()
-    yield test_server
-    await test_server.close()
+async def server(config: Config) -> AsyncIterator[ChatsvcServer]:
+    """The chatsvc app built by the real factory, listening on 127.0.0.1 (chatsvc.testing, as other projects use it)."""
+    async with run_chatsvc(config) as running:
+        yield running
 
 
 @pytest.fixture
-def base_url(server: TestServer) -> str:
+def base_url(server: ChatsvcServer) -> str:
     return str(server.make_url("")).rstrip("/")
 
 

@@ -68,7 +68,8 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
             response = exc
     if allowed is not None:
         response.headers["Access-Control-Allow-Origin"] = allowed
-        response.headers["Access-Control-Expose-Headers"] = "token"
+        # X-Request-Id too, so a browser client can quote it in a bug report (see docs/operations.md).
+        response.headers["Access-Control-Expose-Headers"] = "token, X-Request-Id"
         if allowed != "*":
             response.headers["Vary"] = "Origin"
     if isinstance(response, web.HTTPException):

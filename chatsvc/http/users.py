@@ -164,6 +164,16 @@ async def login(request: web.Request) -> web.Response:
     return json_response({"user": found, "token": state.issue_token(found, token_version)}, status=201)
 
 
+@routes.get("/user/find")
+async def find_user(request: web.Request) -> web.Response:
+    """A user's public profile by username, so a chat can be started with them."""
+    username = text(request.query.get("username"), "username", max_length=USERNAME_MAX)
+    found = await find_user_by_username(request.app[STATE].db.reader, username.strip())
+    if found is None:
+        raise NotFound("User not found")
+    return json_response({key: found[key] for key in ("id", "username", "nickName", "email", "headPic", "createTime")})
+
+
 @routes.get("/user/info")
 async def user_info(request: web.Request) -> web.Response:
     """The caller's own profile."""
