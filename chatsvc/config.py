@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -54,65 +54,10 @@ class Config:
         """Build a Config from CHATSVC_* variables, then apply explicit overrides (CLI flags)."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        if "CHATSVC_HOST" in env:
-            values["host"] = env["CHATSVC_HOST"]
-        if "CHATSVC_PORT" in env:
-            values["port"] = _int(env, "CHATSVC_PORT", minimum=0, maximum=65535)
-        if "CHATSVC_DB" in env:
-            values["db_path"] = Path(env["CHATSVC_DB"])
-        if env.get("CHATSVC_JWT_SECRET"):
-            values["jwt_secret"] = env["CHATSVC_JWT_SECRET"]
-        if "CHATSVC_TOKEN_TTL" in env:
-            values["token_ttl_seconds"] = _int(env, "CHATSVC_TOKEN_TTL", minimum=1)
-        if "CHATSVC_CORS_ORIGINS" in env:
-            origins = tuple(o.strip() for o in env["CHATSVC_CORS_ORIGINS"].split(",") if o.strip())
-            values["cors_origins"] = origins or ("*",)
-        if "CHATSVC_SOCKET_AUTH" in env:
-            mode = env["CHATSVC_SOCKET_AUTH"]
-            if mode not in ("token", "trust-client"):
-                raise ValueError("CHATSVC_SOCKET_AUTH must be 'token' or 'trust-client'")
-            values["socket_auth"] = mode
-        if "CHATSVC_SCRYPT_N" in env:
-            values["scrypt_n"] = _int(env, "CHATSVC_SCRYPT_N", minimum=2)
-        if "CHATSVC_MAX_HTTP_BODY" in env:
-            values["max_http_body"] = _int(env, "CHATSVC_MAX_HTTP_BODY", minimum=1024)
-        if "CHATSVC_MAX_SOCKET_PAYLOAD" in env:
-            values["max_socket_payload"] = _int(env, "CHATSVC_MAX_SOCKET_PAYLOAD", minimum=1024)
-        if "CHATSVC_SQLITE_SYNCHRONOUS" in env:
-            sync = env["CHATSVC_SQLITE_SYNCHRONOUS"].upper()
-            if sync not in ("FULL", "NORMAL"):
-                raise ValueError("CHATSVC_SQLITE_SYNCHRONOUS must be FULL or NORMAL")
-            values["sqlite_synchronous"] = sync
-        if "CHATSVC_RATE_LIMIT" in env:
-            values["rate_limit"] = _float(env, "CHATSVC_RATE_LIMIT")
-        if "CHATSVC_RATE_BURST" in env:
-            values["rate_burst"] = _int(env, "CHATSVC_RATE_BURST", minimum=1)
-        if "CHATSVC_MAX_CONNECTIONS_PER_USER" in env:
-            values["max_connections_per_user"] = _int(env, "CHATSVC_MAX_CONNECTIONS_PER_USER", minimum=1)
-        if "CHATSVC_RECOVERY_LIMIT" in env:
-            values["recovery_limit"] = _int(env, "CHATSVC_RECOVERY_LIMIT", minimum=0)
-        if env.get("CHATSVC_SMTP_URL"):
-            values["smtp_url"] = env["CHATSVC_SMTP_URL"]
-        if "CHATSVC_MAIL_FROM" in env:
-            values["mail_from"] = env["CHATSVC_MAIL_FROM"]
-        if env.get("CHATSVC_API_KEY"):
-            values["api_key"] = env["CHATSVC_API_KEY"]
-        if "CHATSVC_LOG_FORMAT" in env:
-            log_format = env["CHATSVC_LOG_FORMAT"].lower()
-            if log_format not in ("text", "json"):
-                raise ValueError("CHATSVC_LOG_FORMAT must be 'text' or 'json'")
-            values["log_format"] = log_format
-        if "CHATSVC_LOG_LEVEL" in env:
-            level = env["CHATSVC_LOG_LEVEL"].upper()
-            if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-                raise ValueError("CHATSVC_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
-            values["log_level"] = level
-        if env.get("CHATSVC_REDIS_URL"):
-            if not env["CHATSVC_REDIS_URL"].startswith(("redis://", "rediss://", "unix://")):
-                raise ValueError("CHATSVC_REDIS_URL must be a redis://, rediss:// or unix:// URL")
-            values["redis_url"] = env["CHATSVC_REDIS_URL"]
-        if env.get("CHATSVC_REDIS_CHANNEL"):
-            values["redis_channel"] = env["CHATSVC_REDIS_CHANNEL"]
+        for variable, (field_name, parse) in ENVIRONMENT.items():
+            raw = env.get(variable)
+            if raw is not None and (raw != "" or field_name not in SKIP_WHEN_EMPTY):
+                values[field_name] = parse(variable, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         config = cls(**values)
         if config.scrypt_n & (config.scrypt_n - 1):
@@ -124,19 +69,31 @@ class Config:
         return replace(self, **changes)
 
 
-def _int(env: Mapping[str, str], name: str, *, minimum: int, maximum: int | None = None) -> int:
-    raw = env[name]
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        raise ValueError(f"{name} is out of range: {value}")
-    return value
+Parse = Callable[[str, str], Any]
 
 
-def _float(env: Mapping[str, str], name: str) -> float:
-    raw = env[name]
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _path(name: str, raw: str) -> Path:
+    return Path(raw)
+
+
+def _int(*, minimum: int, maximum: int | None = None) -> Parse:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise ValueError(f"{name} is out of range: {value}")
+        return value
+
+    return parse
+
+
+def _rate(name: str, raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
@@ -144,3 +101,52 @@ def _float(env: Mapping[str, str], name: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0")
     return value
+
+
+def _choice(*options: str, case: Callable[[str], str] = str) -> Parse:
+    def parse(name: str, raw: str) -> str:
+        value = case(raw)
+        if value not in options:
+            raise ValueError(f"{name} must be one of: {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in raw.split(",") if o.strip()) or ("*",)
+
+
+def _redis_url(name: str, raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{name} must be a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+# Every environment variable, the Config field it sets, and how its text is read.
+ENVIRONMENT: dict[str, tuple[str, Parse]] = {
+    "CHATSVC_HOST": ("host", _text),
+    "CHATSVC_PORT": ("port", _int(minimum=0, maximum=65535)),
+    "CHATSVC_DB": ("db_path", _path),
+    "CHATSVC_JWT_SECRET": ("jwt_secret", _text),
+    "CHATSVC_TOKEN_TTL": ("token_ttl_seconds", _int(minimum=1)),
+    "CHATSVC_CORS_ORIGINS": ("cors_origins", _origins),
+    "CHATSVC_SOCKET_AUTH": ("socket_auth", _choice("token", "trust-client")),
+    "CHATSVC_SCRYPT_N": ("scrypt_n", _int(minimum=2)),
+    "CHATSVC_MAX_HTTP_BODY": ("max_http_body", _int(minimum=1024)),
+    "CHATSVC_MAX_SOCKET_PAYLOAD": ("max_socket_payload", _int(minimum=1024)),
+    "CHATSVC_SQLITE_SYNCHRONOUS": ("sqlite_synchronous", _choice("FULL", "NORMAL", case=str.upper)),
+    "CHATSVC_RATE_LIMIT": ("rate_limit", _rate),
+    "CHATSVC_RATE_BURST": ("rate_burst", _int(minimum=1)),
+    "CHATSVC_MAX_CONNECTIONS_PER_USER": ("max_connections_per_user", _int(minimum=1)),
+    "CHATSVC_RECOVERY_LIMIT": ("recovery_limit", _int(minimum=0)),
+    "CHATSVC_SMTP_URL": ("smtp_url", _text),
+    "CHATSVC_MAIL_FROM": ("mail_from", _text),
+    "CHATSVC_API_KEY": ("api_key", _text),
+    "CHATSVC_LOG_FORMAT": ("log_format", _choice("text", "json", case=str.lower)),
+    "CHATSVC_LOG_LEVEL": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR", case=str.upper)),
+    "CHATSVC_REDIS_URL": ("redis_url", _redis_url),
+    "CHATSVC_REDIS_CHANNEL": ("redis_channel", _text),
+}
+# Settings whose variable, set but empty, means "not set" (a secret, a URL, a key).
+SKIP_WHEN_EMPTY = {"jwt_secret", "smtp_url", "api_key", "redis_url", "redis_channel"}
