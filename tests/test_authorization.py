@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import socketio
 
@@ -77,13 +79,23 @@ async def call(api: Api, method: str, path: str, args: dict[str, Any], token: st
     return await api.request("POST", path, token=token, json=args)
 
 
-async def test_authorization_anonymous_and_bad_tokens_are_refused_and_change_nothing(
+def expired_token(db_path: Path, user: User) -> str:
+    """A token of a real user, signed with the service's own secret, that expired a minute ago."""
+    with sqlite3.connect(db_path) as conn:
+        (secret,) = conn.execute("SELECT value FROM setting WHERE key = 'jwt_secret'").fetchone()
+    now = int(time.time())
+    claims = {"userId": user.id, "username": user.username, "tv": 0, "iat": now - 120, "exp": now - 60}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+async def test_authorization_anonymous_expired_and_badly_signed_tokens_are_refused_and_change_nothing(
     api: Api, world, config: Config
 ) -> None:
     before = snapshot(config.db_path)
     routes = [(m, p, a) for m, p, a, _ in room_routes(world)] + LOGIN_ONLY_ROUTES
+    bad_tokens = (None, "not-a-token", world["ann"].token + "x", expired_token(config.db_path, world["ann"]))
     for method, path, args in routes:
-        for token in (None, "not-a-token", world["ann"].token + "x"):
+        for token in bad_tokens:
             resp = await call(api, method, path, args, token)
             assert_error(resp.status, resp.body, 401)
     assert snapshot(config.db_path) == before
