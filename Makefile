@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test bench bench-quick soak lint fmt clean
+.PHONY: install run demo test bench bench-quick bench-cluster soak lint fmt clean
 
 install: $(STAMP)
 
@@ -25,9 +25,15 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-# Every workload at full scale (under 10 minutes); the JSON report goes to bench-results/.
+# Every workload at full scale, then workload A against 1 instance and against 2 instances behind Redis
+# with short windows (skipped if redis-server is missing); under 10 minutes. JSON reports go to bench-results/.
 bench: install
 	$(PY) -m bench
+	$(PY) -m bench --cluster 2 --only A --duration 5 --warmup 1 --skip-without-redis
+
+# Workload A against 1 instance and against 2 instances sharing rooms through Redis (needs redis-server).
+bench-cluster: install
+	$(PY) -m bench --cluster 2 --only A
 
 bench-quick: install
 	$(PY) -m bench --quick

@@ -51,13 +51,16 @@ class SocketSpec:
     send_room: int | None = None
     # Open loop: where in each send interval this sender sends (0 to 1), so senders take turns.
     phase: float = 0.0
+    # Which of the plan's servers this socket connects to (an index into Plan.base_urls, modulo its length).
+    server: int = 0
 
 
 @dataclass(frozen=True)
 class Plan:
     """What one worker does in one workload."""
 
-    base_url: str
+    # One URL per server: several when chatsvc runs as several instances (bench --cluster).
+    base_urls: tuple[str, ...]
     sockets: list[SocketSpec]
     mode: Mode
     rate_per_sender: float = 0.0
@@ -125,6 +128,8 @@ class Member:
     waiting: tuple[int, asyncio.Future[None]] | None = None
     sent: int = 0
     failed: list[int] = field(default_factory=list)
+    # Broadcasts of the workload received, warm-up included.
+    delivered: int = 0
 
 
 class Worker:
@@ -182,7 +187,8 @@ class Worker:
 
     async def _connect(self, member: Member) -> None:
         assert self.session is not None and self.plan is not None
-        sock = RawSocket(self.session, self.plan.base_url, lambda data: self._on_event(member, data))
+        urls = self.plan.base_urls
+        sock = RawSocket(self.session, urls[member.spec.server % len(urls)], lambda data: self._on_event(member, data))
         await sock.connect({"token": member.spec.token})
         member.sock = sock
         for room in member.spec.rooms:
@@ -218,8 +224,13 @@ class Worker:
             if missing == 0 or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.02)
+        assert self.plan is not None
+        by_server = [0] * len(self.plan.base_urls)
+        for m in self.members:
+            by_server[m.spec.server % len(by_server)] += m.delivered
         return {
             "sockets": len(receivers),
+            "deliveries_by_server": by_server,
             "deliveries": self.deliveries,
             "latencies": self.latencies.tobytes(),
             "acks": self.acks,
@@ -251,6 +262,7 @@ class Worker:
         if self.t_measure <= now < self.t_end:
             self.deliveries += 1
             self.latencies.append(now - sent_at)
+        member.delivered += 1
         member.received.record(sender, seq)
         waiting = member.waiting
         if waiting is not None and sender == member.spec.index and waiting[0] == seq and not waiting[1].done():

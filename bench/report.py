@@ -193,8 +193,96 @@ def targets_text(checks: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def saturation_warning(results: dict[str, Any]) -> list[str]:
+    """A warning paragraph if the load generator was saturated in any socket workload."""
+    saturated = [
+        f"{name}/{server}"
+        for name in SOCKET_WORKLOADS
+        for server, r in results.get(name, {}).items()
+        if r["loadgen_saturated"]
+    ]
+    if not saturated:
+        return []
+    return [
+        f"WARNING: the load generator was saturated in {', '.join(saturated)}: those figures are lower bounds; "
+        "rerun with more --workers on more cores.",
+        "",
+    ]
+
+
+def cluster_comparison(results: dict[str, Any], single: str, several: str) -> list[str]:
+    """Per workload: both throughputs, their ratio, latency and Redis's CPU, one line each."""
+    lines = []
+    for name in SOCKET_WORKLOADS:
+        pair = results.get(name, {})
+        if single not in pair or several not in pair:
+            continue
+        one, many = pair[single], pair[several]
+
+        def ratio(field: str, one: dict[str, Any] = one, many: dict[str, Any] = many) -> str:
+            return f"{many[field] / one[field]:.2f}x" if one[field] else "-"
+
+        lines.append(
+            f"  {name}: sends/s {_num(one['sends_per_s'], 0)} -> {_num(many['sends_per_s'], 0)} "
+            f"({ratio('sends_per_s')}), deliveries/s {_num(one['deliveries_per_s'], 0)} -> "
+            f"{_num(many['deliveries_per_s'], 0)} ({ratio('deliveries_per_s')}); "
+            f"p99 {_num(one['latency_ms']['p99'])} -> {_num(many['latency_ms']['p99'])} ms; "
+            f"missing {one['missing'] + many['missing']}, dup {one['duplicates'] + many['duplicates']}; "
+            f"Redis CPU {_num(many.get('redis_cpu_pct'), 0)}%"
+        )
+    return lines
+
+
+def render_cluster(report: dict[str, Any]) -> str:
+    """The report of ``--cluster N`` as printed on stdout."""
+    results, meta = report["results"], report["meta"]
+    cluster = meta["cluster"]
+    single, several = cluster["labels"]
+    n = cluster["instances"]
+    parts = [
+        f"chatsvc cluster benchmark — {meta['cpu_model']}, {meta['cpu_count']} cores: the same workload against "
+        f"1 instance (no Redis) and against {n} instances sharing rooms through Redis, on one database",
+        f"1 instance on cores {cluster['single_instance_cores']}; {n} instances on {cluster['instance_cores']}, "
+        f"Redis on {cluster['redis_cores']} ({cluster['redis_server'] or 'redis-server'}); "
+        f"load generator on {meta['loadgen_cores']} ({meta['workers']} worker process(es))",
+        "server env: " + " ".join(f"{k}={v}" for k, v in meta["server_env"].items()),
+        f"sockets of the {n}-instance run: {cluster['placement']}, so most deliveries cross Redis",
+        "",
+    ]
+    table = socket_table(results)
+    if table:
+        parts += [
+            "Socket workloads (sends/s = acked; srv CPU% and RSS summed over the instances, Redis not included):",
+            table,
+            "",
+        ]
+    comparison = cluster_comparison(results, single, several)
+    if comparison:
+        parts += [f"{several} / {single}:", *comparison, ""]
+    if cluster["shared_cores"]:
+        if cluster["redis_cores"]:
+            where = (
+                f"shared {len(cluster['redis_cores'])} core(s) of this {meta['cpu_count']}-core machine "
+                "(the load generator had the rest)"
+            )
+        else:
+            where = "were not pinned (they shared every core with the load generator)"
+        parts += [
+            f"NOTE: the {n} instances and Redis {where}: the {n}-instance figure cannot show scaling; "
+            "it shows what the Redis fan-out costs. With a core per instance it would show scaling.",
+            "",
+        ]
+    parts += saturation_warning(results)
+    if report["targets"]:
+        parts += ["Checks:", targets_text(report["targets"]), ""]
+    parts.append(f"total time {meta['total_s']:.0f} s")
+    return "\n".join(parts)
+
+
 def render(report: dict[str, Any]) -> str:
     """The whole report as printed on stdout."""
+    if "cluster" in report["meta"]:
+        return render_cluster(report)
     results = report["results"]
     meta = report["meta"]
     parts = [
@@ -221,18 +309,7 @@ def render(report: dict[str, Any]) -> str:
             ratios.append(f"  {name}: sends/s {sends:.2f}x, deliveries/s {deliveries:.2f}x")
     if ratios:
         parts += ["chatsvc/baseline ratios:", *ratios, ""]
-    saturated = [
-        f"{name}/{server}"
-        for name in SOCKET_WORKLOADS
-        for server, r in results.get(name, {}).items()
-        if r["loadgen_saturated"]
-    ]
-    if saturated:
-        parts += [
-            f"WARNING: the load generator was saturated in {', '.join(saturated)}: those figures are lower bounds; "
-            "rerun with more --workers on more cores.",
-            "",
-        ]
+    parts += saturation_warning(results)
     table = http_table(results)
     if table:
         parts += ["HTTP workloads (sequential requests, latency at the client):", table]

@@ -4,6 +4,8 @@ Workloads A–D run against chatsvc and then the baseline server, one after
 the other, so each pair of figures comes from the same minute of the same
 machine. H and R need bulk data: chatsvc is stopped, the data is written by
 SQL, and chatsvc is started again on the same file. I runs last.
+With ``--cluster N``, bench/cluster.py runs instead: the socket workloads
+against one instance and against N instances behind Redis.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench", description="Benchmark chatsvc against a plain Socket.IO server"
     )
-    p.add_argument("--only", default=WORKLOADS, help="workloads to run, e.g. A,B,H (default: all of ABCDHRI)")
+    p.add_argument(
+        "--only", help="workloads to run, e.g. A,B,H (default: all of ABCDHRI; with --cluster: A, and only A-D)"
+    )
     p.add_argument("--quick", action="store_true", help="small scale and short windows (about a minute)")
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per socket workload (15)")
     p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds before each window (3)")
@@ -90,8 +94,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", action="store_true", help="skip the baseline server")
     p.add_argument("--baseline-uvloop", action="store_true", help="run the baseline on uvloop too")
     p.add_argument("--no-pin", action="store_true", help="do not pin server and load generator to cores")
-    p.add_argument("--json", type=Path, help="where to write the JSON report (default bench-results/bench-<time>.json)")
+    p.add_argument(
+        "--json",
+        type=Path,
+        help="where to write the JSON report (default bench-results/bench-<time>.json, or cluster-<time>.json)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work folder (database, server logs)")
+    p.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: run the socket workloads against 1 instance and against N instances sharing rooms "
+        "through Redis (needs redis-server), and compare them",
+    )
+    p.add_argument(
+        "--skip-without-redis",
+        action="store_true",
+        help="with --cluster: if redis-server is not installed, say the mode was skipped and exit 0",
+    )
     return p
 
 
@@ -104,12 +125,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         for name, value in QUICK.items():
             if "--" + name.replace("_", "-") not in given:
                 setattr(args, name, value)
-    args.only = [w for w in WORKLOADS if w in args.only.upper()]
+    if args.cluster:
+        if args.cluster < 2:
+            parser.error("--cluster needs at least 2 instances")
+        only = (args.only or "A").upper()
+        if any(w in only for w in WORKLOADS if w not in report.SOCKET_WORKLOADS):
+            parser.error("--cluster runs socket workloads only (A-D)")
+    else:
+        only = (args.only or WORKLOADS).upper()
+    args.only = [w for w in WORKLOADS if w in only]
     if not args.only:
         parser.error("--only names no workload of " + WORKLOADS)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return args
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a socket workload runs against: one server, or several chatsvc instances and their Redis."""
+
+    label: str
+    servers: list[ServerProcess]
+    redis_pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -347,18 +385,19 @@ class Bench:
         return specs, mode, rate
 
     async def socket_workload(
-        self, name: str, server: ServerProcess, specs: list[SocketSpec], mode: Mode, rate: float
+        self, name: str, target: Target, specs: list[SocketSpec], mode: Mode, rate: float
     ) -> dict[str, Any]:
-        """Run one of A–D against one server and measure it."""
+        """Run one of A–D against one server (or several instances) and measure it."""
         assert self.pool is not None
         args, pool = self.args, self.pool
         senders = [s for s in specs if s.send_room is not None]
-        plans = [Plan(server.url, specs[w :: pool.size], mode, rate, args.pad) for w in range(pool.size)]
+        urls = tuple(server.url for server in target.servers)
+        plans = [Plan(urls, specs[w :: pool.size], mode, rate, args.pad) for w in range(pool.size)]
         ready = await pool.command("setup", [(plan,) for plan in plans])
         connected = sum(r["connected"] for r in ready)
         if connected < len(specs):
             errors = [e for r in ready for e in r["errors"]]
-            raise RuntimeError(f"{name}/{server.name}: only {connected} of {len(specs)} sockets connected: {errors}")
+            raise RuntimeError(f"{name}/{target.label}: only {connected} of {len(specs)} sockets connected: {errors}")
         t_begin = time.monotonic() + 0.2
         t_measure = t_begin + args.warmup
         t_end = t_measure + args.duration
@@ -366,13 +405,16 @@ class Bench:
         started = asyncio.ensure_future(
             pool.command_all("start", int(t_begin * ns), int(t_measure * ns), int(t_end * ns))
         )
-        pids = [server.pid, *pool.pids]
+        server_pids = [server.pid for server in target.servers]
+        redis_pids = [target.redis_pid] if target.redis_pid is not None else []
+        pids = [*server_pids, *redis_pids, *pool.pids]
         await _sleep_until(t_measure)
         first = CpuMark.take(pids)
-        rss_max = rss_bytes(server.pid)
+        # Several instances: their RSS sampled together and summed.
+        rss_max = sum(rss_bytes(pid) for pid in server_pids)
         while time.monotonic() < t_end:
             await asyncio.sleep(min(0.5, max(t_end - time.monotonic(), 0)))
-            rss_max = max(rss_max, rss_bytes(server.pid))
+            rss_max = max(rss_max, sum(rss_bytes(pid) for pid in server_pids))
         last = CpuMark.take(pids)
         stopped = await started
         finals: dict[int, tuple[int, list[int]]] = {}
@@ -404,15 +446,24 @@ class Bench:
             "send_errors": sum(s["ack_errors"] for s in stats),
             "first_error": next((s["first_error"] for s in stats if s["first_error"]), None),
             "stalls": sum(s["stalls"] for s in stats),
-            "server_cpu_pct": cpu[server.pid],
+            "instances": len(server_pids),
+            "server_cpu_pct": sum(cpu[pid] for pid in server_pids),
             "server_rss_mb": rss_max / 2**20,
             "loadgen_cpu_pct": sum(gen_cpu),
             "loadgen_worker_cpu_pct": gen_cpu,
             "loadgen_saturated": max(gen_cpu) >= report.SATURATED_PCT
             or sum(gen_cpu) >= report.SATURATED_PCT * min(gen_cores, pool.size),
         }
+        if len(server_pids) > 1:
+            result["server_cpu_pct_each"] = [cpu[pid] for pid in server_pids]
+            # Whole run, warm-up included: shows every instance served its share of the receivers.
+            result["deliveries_by_instance"] = [
+                sum(column) for column in zip(*(s["deliveries_by_server"] for s in stats), strict=True)
+            ]
+        if redis_pids:
+            result["redis_cpu_pct"] = cpu[redis_pids[0]]
         self.log(
-            f"{name}/{server.name}: {result['sends_per_s']:,.0f} sends/s, "
+            f"{name}/{target.label}: {result['sends_per_s']:,.0f} sends/s, "
             f"{result['deliveries_per_s']:,.0f} deliveries/s, "
             f"p99 {result['latency_ms']['p99'] or 0:.2f} ms, missing {result['missing']}, dup {result['duplicates']}, "
             f"server CPU {result['server_cpu_pct']:.0f}%, generator CPU {result['loadgen_cpu_pct']:.0f}%"
@@ -548,7 +599,7 @@ class Bench:
         rss_before = rss_bytes(server.pid)
         began = time.monotonic()
         ready = await pool.command(
-            "setup", [(Plan(server.url, specs[w :: pool.size], "idle"),) for w in range(pool.size)]
+            "setup", [(Plan((server.url,), specs[w :: pool.size], "idle"),) for w in range(pool.size)]
         )
         connect_s = time.monotonic() - began
         connected = sum(r["connected"] for r in ready)
@@ -598,9 +649,11 @@ class Bench:
                 for _ in range(args.repeat):
                     pair: dict[str, Any] = {}
                     assert self.chatsvc is not None
-                    pair["chatsvc"] = await self.socket_workload(name, self.chatsvc, specs, mode, rate)
+                    chatsvc = Target("chatsvc", [self.chatsvc])
+                    pair["chatsvc"] = await self.socket_workload(name, chatsvc, specs, mode, rate)
                     if self.baseline is not None:
-                        pair["baseline"] = await self.socket_workload(name, self.baseline, specs, mode, rate)
+                        baseline = Target("baseline", [self.baseline])
+                        pair["baseline"] = await self.socket_workload(name, baseline, specs, mode, rate)
                     runs.append(pair)
                 self.results[name] = report.median_run(name, runs)
                 if len(runs) > 1:
@@ -655,12 +708,12 @@ class Bench:
         }
 
 
-def _default_json_path() -> Path:
-    return Path("bench-results") / f"bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+def _default_json_path(kind: str) -> Path:
+    return Path("bench-results") / f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; print the table and write the JSON report."""
+    """Run the benchmark (or with --cluster, the comparison of 1 and N instances); print the table, write JSON."""
     args = parse_args(argv)
     try:
         import uvloop
@@ -668,9 +721,23 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
-    bench = Bench(args)
+    bench: Bench
+    if args.cluster:
+        # Imported here: bench.cluster builds on this module's Bench.
+        from bench.cluster import ClusterBench, find_redis_server
+
+        if find_redis_server() is None:
+            print(
+                f"cluster mode ({args.cluster} instances behind Redis) skipped: redis-server is not installed "
+                "(Debian: apt-get install redis-server)",
+                file=sys.stdout if args.skip_without_redis else sys.stderr,
+            )
+            return 0 if args.skip_without_redis else 2
+        bench = ClusterBench(args)
+    else:
+        bench = Bench(args)
     result = asyncio.run(bench.run())
-    path: Path = args.json or _default_json_path()
+    path: Path = args.json or _default_json_path("cluster" if args.cluster else "bench")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(report.render(result))

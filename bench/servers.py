@@ -1,4 +1,4 @@
-"""The servers under test as child processes, and what /proc says about them."""
+"""The servers under test (and Redis for --cluster) as child processes, and what /proc says about them."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from redis import asyncio as aioredis
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -132,6 +133,88 @@ class ServerProcess:
                         return
                 except aiohttp.ClientConnectionError:
                     await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` on a loopback port, without persistence, for chatsvc's Redis fan-out."""
+
+    def __init__(self, executable: str, port: int, workdir: Path, log_path: Path) -> None:
+        self.executable = executable
+        self.port = port
+        self.workdir = workdir
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        """The URL chatsvc's CHATSVC_REDIS_URL takes."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def version(self) -> str:
+        """``redis-server 7.0.15``, from what ``redis-server --version`` says."""
+        proc = await asyncio.create_subprocess_exec(
+            self.executable, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        out, _ = await proc.communicate()
+        words = out.decode(errors="replace").split()
+        return "redis-server " + next((w[2:] for w in words if w.startswith("v=")), "(unknown version)")
+
+    async def start(self, cores: list[int] | None) -> None:
+        """Start redis-server and wait until it answers PING."""
+        log = self.log_path.open("ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                self.executable,
+                *("--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+                *("--dir", str(self.workdir)),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=_preexec(cores),
+            )
+        finally:
+            log.close()
+        client = aioredis.Redis.from_url(self.url)
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                while True:
+                    if self.proc.returncode is not None:
+                        raise RuntimeError(f"redis-server exited during start-up; see {self.log_path}")
+                    try:
+                        await client.ping()
+                        return
+                    except aioredis.ConnectionError:
+                        await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+
+    async def subscribers(self, channel: str) -> int:
+        """How many clients listen to a pub/sub channel (``PUBSUB NUMSUB``): one per running chatsvc instance."""
+        client = aioredis.Redis.from_url(self.url)
+        try:
+            counts = await client.pubsub_numsub(channel)
+            return int(counts[0][1])
+        finally:
+            await client.aclose()
 
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL if it does not exit in time."""

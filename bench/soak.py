@@ -262,7 +262,7 @@ class Soak(Bench):
             rss_start = rss_bytes(server.pid)
 
             began = time.monotonic()
-            plans = [Plan(server.url, specs[w :: pool.size], "open", args.rate) for w in range(pool.size)]
+            plans = [Plan((server.url,), specs[w :: pool.size], "open", args.rate) for w in range(pool.size)]
             ready = await pool.command("setup", [(plan,) for plan in plans])
             connected = sum(r["connected"] for r in ready)
             setup_failures = sum(r["failures"] for r in ready)

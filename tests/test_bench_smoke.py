@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from bench.loadgen import Received, parse_stamp
 from chatsvc.jsonutil import SocketJSON
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_redis_server() -> None:
+    """Skip without redis-server, except in CI, where its absence is a failure."""
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed (Debian: apt-get install redis-server; .ci/run installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 def test_bench_small_run_reports_every_delivery(tmp_path: Path) -> None:
@@ -42,6 +55,48 @@ def test_bench_small_run_reports_every_delivery(tmp_path: Path) -> None:
         "H random-depth page p99",
     }
     assert "chatsvc/baseline ratios" in proc.stdout and "Targets" in proc.stdout
+
+
+def test_bench_cluster_mode_reports_one_and_two_instances_without_losses(tmp_path: Path) -> None:
+    require_redis_server()
+    out = tmp_path / "cluster.json"
+    # A few seconds: workload A against one instance, then against two sharing rooms through a real Redis.
+    command = [
+        sys.executable, "-m", "bench", "--cluster", "2", "--only", "A", "--duration", "1", "--warmup", "0.3",
+        "--a-rooms", "2", "--a-members", "3", "--json", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["meta"]["cluster"]["instances"] == 2
+    results = report["results"]["A"]
+    assert set(results) == {"1 instance", "2 instances"}
+    for label, instances in (("1 instance", 1), ("2 instances", 2)):
+        result = results[label]
+        assert result["instances"] == instances and result["sockets"] == 6 and result["senders"] == 2, result
+        assert result["messages_sent"] > 0 and result["sends_per_s"] > 0, result
+        assert result["deliveries_per_s"] > result["sends_per_s"], result
+        assert result["missing"] == 0 and result["duplicates"] == 0 and result["out_of_order"] == 0, result
+        assert result["send_errors"] == 0 and result["stalls"] == 0, result
+    several = results["2 instances"]
+    # Room 0's sender is on the first instance and one of its receivers on the second, and room 1 the other
+    # way round: with nothing missing, messages crossed Redis in both directions.
+    assert len(several["deliveries_by_instance"]) == 2 and min(several["deliveries_by_instance"]) > 0, several
+    assert several["redis_cpu_pct"] >= 0
+    assert "2 instances / 1 instance" in proc.stdout and "A: sends/s" in proc.stdout
+
+
+def test_bench_cluster_mode_without_redis_server_fails_or_is_skipped_on_request(tmp_path: Path) -> None:
+    # An empty PATH: no redis-server to find.
+    env = {**os.environ, "PATH": str(tmp_path)}
+    command = [sys.executable, "-m", "bench", "--cluster", "2", "--json", str(tmp_path / "none.json")]
+    failed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 2 and "redis-server is not installed" in failed.stderr, failed
+    skipped = subprocess.run(
+        [*command, "--skip-without-redis"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert skipped.returncode == 0 and "skipped" in skipped.stdout, skipped
+    assert not (tmp_path / "none.json").exists()
 
 
 def test_loadgen_stamp_is_found_in_a_broadcast_frame() -> None:
