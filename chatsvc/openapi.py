@@ -187,6 +187,30 @@ def _body(schema: Schema) -> Schema:
     return {"required": True, "content": {JSON: {"schema": schema}}}
 
 
+def _operation(
+    summary: str,
+    status: int,
+    schema: Schema,
+    *,
+    params: list[Schema] | None,
+    body: Schema | None,
+    errors: tuple[int, ...],
+    tag: str,
+    login: bool,
+) -> Schema:
+    operation: Schema = {"summary": summary, "tags": [tag]}
+    if login:
+        operation["responses"] = {str(status): _json(schema, "Success", refreshed_token=True), **_errors(*errors, 401)}
+    else:
+        operation["security"] = []
+        operation["responses"] = {str(status): _json(schema, "Success"), **_errors(*errors)}
+    if params:
+        operation["parameters"] = params
+    if body is not None:
+        operation["requestBody"] = _body(body)
+    return operation
+
+
 def _user_route(
     summary: str,
     status: int,
@@ -198,16 +222,7 @@ def _user_route(
     tag: str,
 ) -> Schema:
     """An operation that needs a logged-in user (Bearer token)."""
-    operation: Schema = {
-        "summary": summary,
-        "tags": [tag],
-        "responses": {str(status): _json(schema, "Success", refreshed_token=True), **_errors(*errors, 401)},
-    }
-    if params:
-        operation["parameters"] = params
-    if body is not None:
-        operation["requestBody"] = _body(body)
-    return operation
+    return _operation(summary, status, schema, params=params, body=body, errors=errors, tag=tag, login=True)
 
 
 def _public_route(
@@ -221,17 +236,7 @@ def _public_route(
     tag: str,
 ) -> Schema:
     """An operation that needs no login: any Authorization header is ignored."""
-    operation: Schema = {
-        "summary": summary,
-        "tags": [tag],
-        "security": [],
-        "responses": {str(status): _json(schema, "Success"), **_errors(*errors)},
-    }
-    if params:
-        operation["parameters"] = params
-    if body is not None:
-        operation["requestBody"] = _body(body)
-    return operation
+    return _operation(summary, status, schema, params=params, body=body, errors=errors, tag=tag, login=False)
 
 
 def _sidecar_route(
