@@ -24,13 +24,11 @@ from chatsvc.fanout import ChatPacket, LeanManager
 from chatsvc.logs import log_socket_event
 from chatsvc.socket_server import TRANSPORT_FLUSH_SECONDS, ChatSocketServer, ack_requested
 from chatsvc.state import AppState
-from chatsvc.store.messages import MESSAGE_TYPES, list_history
-from chatsvc.validation import int_field, object_payload, text_field
+from chatsvc.store.messages import list_history
+from chatsvc.validation import client_msg_id_field, int_field, message_type, object_payload, text_field
 from chatsvc.writer import Draft
 
 log = logging.getLogger(__name__)
-
-CLIENT_MSG_ID_MAX = 64
 
 
 def room_name(chatroom_id: int) -> str:
@@ -271,20 +269,14 @@ class ChatNamespace(socketio.AsyncNamespace):
         chatroom_id = int_field(payload, "chatroomId")
         assert chatroom_id is not None
         message = object_payload(payload.get("message"), "message")
-        kind = message.get("type")
-        if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
-            raise BadRequest("message.type must be one of: text, image, file")
+        kind = message_type(message.get("type"), "message.type")
         content = text_field(message, "content", max_length=self.state.config.message_max_length)
-        client_msg_id = payload.get("clientMsgId")
-        if client_msg_id is not None:
-            client_msg_id = text_field(payload, "clientMsgId", max_length=CLIENT_MSG_ID_MAX)
+        client_msg_id = client_msg_id_field(payload)
         user_id = self._acting_user(sid, int_field(payload, "sendUserId", required=False), "sendUserId")
         if not session.bucket.take():
             raise TooManyRequests("Sending too fast: slow down")
         await self._require_member(user_id, chatroom_id)
-        stored, _ = await self.state.writer.submit(
-            Draft(chatroom_id, user_id, MESSAGE_TYPES[kind], content, client_msg_id)
-        )
+        stored, _ = await self.state.writer.submit(Draft(chatroom_id, user_id, kind, content, client_msg_id))
         return stored
 
     async def publish(self, messages: list[dict[str, Any]]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from chatsvc.errors import BadRequest
+from chatsvc.store.messages import MESSAGE_TYPES
 
 MAX_ID = 2**63 - 1
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -123,3 +124,21 @@ def email(value: Any, name: str = "email") -> str:
     if not EMAIL_RE.match(address):
         raise BadRequest(f"{name} is not a valid email address")
     return address
+
+
+# A client's own id for a message, which makes a retried send idempotent.
+CLIENT_MSG_ID_MAX = 64
+
+
+def message_type(value: Any, name: str) -> int:
+    """A message type given by name ("text", "image", "file"), as stored (0, 1, 2)."""
+    if not isinstance(value, str) or value not in MESSAGE_TYPES:
+        raise BadRequest(f"{name} must be one of: text, image, file")
+    return MESSAGE_TYPES[value]
+
+
+def client_msg_id_field(data: Mapping[str, Any]) -> str | None:
+    """The optional ``clientMsgId`` of a send."""
+    if data.get("clientMsgId") is None:
+        return None
+    return text_field(data, "clientMsgId", max_length=CLIENT_MSG_ID_MAX)

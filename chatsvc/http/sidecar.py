@@ -23,11 +23,9 @@ from chatsvc.http.chatrooms import ROOM_NAME_MAX
 from chatsvc.http.middleware import Handler, public
 from chatsvc.http.users import HEAD_PIC_MAX, NICKNAME_MAX, USERNAME_MAX
 from chatsvc.jsonutil import json_response
-from chatsvc.realtime import CLIENT_MSG_ID_MAX
 from chatsvc.state import STATE, AppState
-from chatsvc.store.messages import MESSAGE_TYPES
 from chatsvc.store.rooms import find_room
-from chatsvc.validation import email, json_body, path_int, text, text_field
+from chatsvc.validation import client_msg_id_field, email, json_body, message_type, path_int, text, text_field
 from chatsvc.writer import Draft
 
 routes = web.RouteTableDef()
@@ -193,13 +191,9 @@ async def post_message(request: web.Request) -> web.Response:
     state = request.app[STATE]
     room_id = _room_id(request)
     body = await json_body(request)
-    kind = body.get("type", "text")
-    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
-        raise BadRequest("type must be one of: text, image, file")
+    kind = message_type(body.get("type", "text"), "type")
     content = text_field(body, "content", max_length=state.config.message_max_length)
-    client_msg_id = None
-    if body.get("clientMsgId") is not None:
-        client_msg_id = text_field(body, "clientMsgId", max_length=CLIENT_MSG_ID_MAX)
+    client_msg_id = client_msg_id_field(body)
     system = body.get("system", False)
     if not isinstance(system, bool):
         raise BadRequest("system must be a boolean")
@@ -214,5 +208,5 @@ async def post_message(request: web.Request) -> web.Response:
         sender_id = (await admin.users_by_username(state.db, [username]))[username]["id"]
         if not await state.members.is_member(state.db.reader, sender_id, room_id):
             raise Forbidden("That user is not a member of this chatroom")
-    stored, new = await state.writer.submit(Draft(room_id, sender_id, MESSAGE_TYPES[kind], content, client_msg_id))
+    stored, new = await state.writer.submit(Draft(room_id, sender_id, kind, content, client_msg_id))
     return json_response(stored, status=201 if new else 200)
