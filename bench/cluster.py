@@ -35,7 +35,7 @@ from bench import report
 from bench.loadgen import Mode, SocketSpec, WorkerPool
 from bench.rawsio import RawSocket
 from bench.run import Bench, BenchUser, Target
-from bench.servers import RedisServer, ServerProcess, free_port
+from bench.servers import ManagedProcess, RedisServer, ServerProcess, free_port
 
 REDIS_CHANNEL = "chatsvc-bench"
 # How long the instances may take to subscribe and pass their first message across Redis.
@@ -237,22 +237,12 @@ class ClusterBench(Bench):
                 if len(repeated) > 1:
                     self.repetitions[name] = repeated
         finally:
-            await self.http.close()
-            servers: list[ServerProcess | RedisServer | None] = [self.chatsvc, *self.instances, self.redis]
-            for server in servers:
-                if server is not None:
-                    await server.stop()
-            self.pool.close()
-            if args.keep:
-                self.log(f"work folder kept: {self.workdir}")
-            else:
-                shutil.rmtree(self.workdir, ignore_errors=True)
-        return {
-            "meta": self.meta(workers),
-            "results": self.results,
-            "targets": report.targets(self.results),
-            "repetitions": self.repetitions,
-        }
+            await self.tear_down()
+        return self.report(workers)
+
+    def servers(self) -> list[ManagedProcess | None]:
+        """The single instance, the cluster's instances and Redis."""
+        return [self.chatsvc, *self.instances, self.redis]
 
     def meta(self, workers: int) -> dict[str, Any]:
         """The main benchmark's meta, and how the instances were laid out."""

@@ -23,6 +23,7 @@ import os
 import resource
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Literal
@@ -363,13 +364,16 @@ def worker_main(conn: Connection, cores: list[int] | None) -> None:
 class WorkerPool:
     """The worker processes, driven from the coordinator's event loop."""
 
+    # The function each worker process runs; a subclass names its own.
+    worker_entry: Callable[[Connection, list[int] | None], None] = staticmethod(worker_main)
+
     def __init__(self, count: int, cores: list[int] | None) -> None:
         context = multiprocessing.get_context("spawn")
         self._conns: list[Connection] = []
         self._procs = []
         for _ in range(count):
             parent, child = context.Pipe()
-            proc = context.Process(target=worker_main, args=(child, cores), daemon=True)
+            proc = context.Process(target=self.worker_entry, args=(child, cores), daemon=True)
             proc.start()
             child.close()
             self._conns.append(parent)

@@ -35,7 +35,7 @@ import aiohttp
 from bench import report
 from bench.loadgen import Mode, Plan, SocketSpec, WorkerPool
 from bench.seed import HistoryRoom, Population, create_groups, seed_history, seed_population
-from bench.servers import CpuMark, ServerProcess, free_port, peak_rss_bytes, rss_bytes
+from bench.servers import CpuMark, ManagedProcess, ServerProcess, free_port, peak_rss_bytes, rss_bytes
 
 WORKLOADS = "ABCDHRI"
 PASSWORD = "bench-password"
@@ -669,15 +669,29 @@ class Bench:
             if "I" in args.only:
                 self.results["I"] = await self.idle_workload()
         finally:
+            await self.tear_down()
+        return self.report(workers)
+
+    def servers(self) -> list[ManagedProcess | None]:
+        """Every process this run may have started."""
+        return [self.chatsvc, self.baseline]
+
+    async def tear_down(self) -> None:
+        """Stop the servers and the load generator; remove the work folder unless --keep."""
+        if self.http is not None:
             await self.http.close()
-            for server in (self.chatsvc, self.baseline):
-                if server is not None:
-                    await server.stop()
+        for server in self.servers():
+            if server is not None:
+                await server.stop()
+        if self.pool is not None:
             self.pool.close()
-            if args.keep:
-                self.log(f"work folder kept: {self.workdir}")
-            else:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.args.keep:
+            self.log(f"work folder kept: {self.workdir}")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def report(self, workers: int) -> dict[str, Any]:
+        """The JSON report of the run."""
         return {
             "meta": self.meta(workers),
             "results": self.results,

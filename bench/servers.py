@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,36 +85,26 @@ def _preexec(cores: list[int] | None) -> Callable[[], None]:
     return setup
 
 
-class ServerProcess:
-    """A server under test: started with its command line, stopped with SIGTERM."""
+class ManagedProcess:
+    """A process the benchmark starts, logs to a file, waits for and stops."""
 
-    def __init__(self, name: str, args: list[str], port: int, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, name: str, log_path: Path) -> None:
         self.name = name
-        self.args = args
-        self.port = port
-        self.env = env
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
-    def url(self) -> str:
-        """The server's base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def pid(self) -> int:
-        """The server's process id."""
+        """The process id."""
         assert self.proc is not None
         return self.proc.pid
 
-    async def start(self, cores: list[int] | None) -> None:
-        """Start the process and wait until it answers HTTP."""
+    async def _spawn(self, argv: list[str], env: dict[str, str] | None, cores: list[int] | None) -> None:
         log = self.log_path.open("ab")
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                *self.args,
-                env=self.env,
+                *argv,
+                env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
@@ -123,15 +113,18 @@ class ServerProcess:
             )
         finally:
             log.close()
-        async with asyncio.timeout(READY_TIMEOUT_S), aiohttp.ClientSession() as session:
+
+    async def _until_ready(self, probe: Callable[[], Awaitable[None]], refused: type[Exception]) -> None:
+        """Call ``probe`` until it stops raising ``refused``; fail if the process exits first."""
+        assert self.proc is not None
+        async with asyncio.timeout(READY_TIMEOUT_S):
             while True:
                 if self.proc.returncode is not None:
                     raise RuntimeError(f"{self.name} exited during start-up; see {self.log_path}")
                 try:
-                    async with session.get(self.url + "/") as resp:
-                        await resp.read()
-                        return
-                except aiohttp.ClientConnectionError:
+                    await probe()
+                    return
+                except refused:
                     await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
@@ -148,26 +141,45 @@ class ServerProcess:
             await proc.wait()
 
 
-class RedisServer:
+class ServerProcess(ManagedProcess):
+    """A server under test: started with its command line, stopped with SIGTERM."""
+
+    def __init__(self, name: str, args: list[str], port: int, env: dict[str, str], log_path: Path) -> None:
+        super().__init__(name, log_path)
+        self.args = args
+        self.port = port
+        self.env = env
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, cores: list[int] | None) -> None:
+        """Start the process and wait until it answers HTTP."""
+        await self._spawn([sys.executable, *self.args], self.env, cores)
+        async with aiohttp.ClientSession() as session:
+
+            async def probe() -> None:
+                async with session.get(self.url + "/") as resp:
+                    await resp.read()
+
+            await self._until_ready(probe, aiohttp.ClientConnectionError)
+
+
+class RedisServer(ManagedProcess):
     """A throwaway ``redis-server`` on a loopback port, without persistence, for chatsvc's Redis fan-out."""
 
     def __init__(self, executable: str, port: int, workdir: Path, log_path: Path) -> None:
+        super().__init__("redis-server", log_path)
         self.executable = executable
         self.port = port
         self.workdir = workdir
-        self.log_path = log_path
-        self.proc: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
         """The URL chatsvc's CHATSVC_REDIS_URL takes."""
         return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def pid(self) -> int:
-        """The server's process id."""
-        assert self.proc is not None
-        return self.proc.pid
 
     async def version(self) -> str:
         """``redis-server 7.0.15``, from what ``redis-server --version`` says."""
@@ -180,30 +192,15 @@ class RedisServer:
 
     async def start(self, cores: list[int] | None) -> None:
         """Start redis-server and wait until it answers PING."""
-        log = self.log_path.open("ab")
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                self.executable,
-                *("--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-                *("--dir", str(self.workdir)),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_preexec(cores),
-            )
-        finally:
-            log.close()
+        argv = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        await self._spawn([*argv, "--dir", str(self.workdir)], None, cores)
         client = aioredis.Redis.from_url(self.url)
         try:
-            async with asyncio.timeout(READY_TIMEOUT_S):
-                while True:
-                    if self.proc.returncode is not None:
-                        raise RuntimeError(f"redis-server exited during start-up; see {self.log_path}")
-                    try:
-                        await client.ping()
-                        return
-                    except aioredis.ConnectionError:
-                        await asyncio.sleep(0.05)
+
+            async def probe() -> None:
+                await client.ping()
+
+            await self._until_ready(probe, aioredis.ConnectionError)
         finally:
             await client.aclose()
 
@@ -215,16 +212,3 @@ class RedisServer:
             return int(counts[0][1])
         finally:
             await client.aclose()
-
-    async def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it does not exit in time."""
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(STOP_TIMEOUT_S):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import multiprocessing
 import os
 import shutil
 import sys
@@ -195,17 +194,7 @@ def soak_worker_main(conn: Connection, cores: list[int] | None) -> None:
 class SoakPool(WorkerPool):
     """The worker pool of bench/loadgen.py, running SoakWorkers."""
 
-    def __init__(self, count: int, cores: list[int] | None) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conns: list[Connection] = []
-        self._procs = []
-        for _ in range(count):
-            parent, child = context.Pipe()
-            proc = context.Process(target=soak_worker_main, args=(child, cores), daemon=True)
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
+    worker_entry = staticmethod(soak_worker_main)
 
 
 def server_log_problems(path: Path) -> tuple[int, list[str]]:
