@@ -70,9 +70,9 @@ class ServerProcess:
         assert self.proc is not None and self.proc.stderr is not None
         return (await self.proc.stderr.read()).decode(errors="replace")
 
-    def terminate(self) -> None:
+    def terminate(self, signum: int = signal.SIGTERM) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signum)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:

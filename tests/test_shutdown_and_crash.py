@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -127,9 +128,12 @@ async def test_crash_sigkill_loses_no_acknowledged_message(tmp_path: Path, spawn
     assert set(acked) <= set(stored), "an acknowledged message was lost"
 
 
-async def test_shutdown_sigterm_acks_accepted_writes_tells_sockets_and_exits_zero(tmp_path: Path, spawn) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_shutdown_signal_acks_accepted_writes_tells_sockets_and_exits_zero(
+    tmp_path: Path, spawn, signum: int
+) -> None:
     async def terminate(server: ServerProcess) -> None:
-        server.terminate()
+        server.terminate(signum)
         assert await server.wait(10) == 0
 
     acked, notices, server = await run_senders_then(terminate, spawn, tmp_path)
