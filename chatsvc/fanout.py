@@ -20,6 +20,7 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from chatsvc.jsonutil import SocketJSON
+from chatsvc.transport import SharedPacket
 
 
 class ChatPacket(sio_packet.Packet):
@@ -77,7 +78,7 @@ class LeanEmitMixin:
         if isinstance(encoded, list):  # binary attachments: leave them to the stock path
             await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, **kwargs)  # type: ignore[misc]
             return
-        packet = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        packet = SharedPacket(eio_packet.MESSAGE, encoded)
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
         sockets = self.server.eio.sockets
         sent = 0

@@ -16,6 +16,8 @@ from typing import Any
 import socketio
 from engineio import packet as eio_packet
 
+from chatsvc.transport import install_lean_websocket
+
 # Seconds live transports get on shutdown to send their CLOSE packet.
 TRANSPORT_FLUSH_SECONDS = 2.0
 
@@ -34,6 +36,7 @@ class ChatSocketServer(socketio.AsyncServer):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        install_lean_websocket(self.eio)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()

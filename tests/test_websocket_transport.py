@@ -1,0 +1,183 @@
+"""chatsvc's Engine.IO WebSocket transport (chatsvc/transport.py): the upgrade, frame lengths, compression, bursts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from chatsvc.config import Config
+from tests.conftest import make_config
+from tests.helpers import EVENT_TIMEOUT, Api, User
+
+# Long enough for the 16-bit and the 64-bit WebSocket length forms, in a 4-byte character.
+LONG_MESSAGE_CHARS = 17_000
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return make_config(tmp_path, message_max_length=LONG_MESSAGE_CHARS, max_socket_payload=256 * 1024)
+
+
+@pytest.fixture
+async def pair(api: Api) -> tuple[User, User, int]:
+    alice = await api.new_user()
+    bob = await api.new_user()
+    return alice, bob, await api.one_to_one(alice, bob)
+
+
+def chat(user: User, room: int, content: str) -> dict[str, Any]:
+    return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
+
+
+class RawSocket:
+    """A Socket.IO client written out by hand over aiohttp's WebSocket, to choose what the library does not."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.next_ack = 0
+
+    async def frame(self) -> str:
+        """The next Engine.IO text frame, answering pings on the way."""
+        while True:
+            message = await self.ws.receive(timeout=EVENT_TIMEOUT)
+            assert message.type == aiohttp.WSMsgType.TEXT, message
+            if message.data == "2":
+                await self.ws.send_str("3")
+                continue
+            return str(message.data)
+
+    async def call(self, event: str, data: Any) -> Any:
+        """Emit with an ack id and return the ack, keeping events that arrive first in ``self.events``."""
+        ack_id = self.next_ack
+        self.next_ack += 1
+        await self.ws.send_str(f"42{ack_id}" + json.dumps([event, data]))
+        prefix = f"43{ack_id}"
+        while True:
+            frame = await self.frame()
+            if frame.startswith(prefix):
+                return json.loads(frame[len(prefix) :])[0]
+
+    async def event(self) -> list[Any]:
+        """The next Socket.IO event as [name, *args]."""
+        while True:
+            frame = await self.frame()
+            if frame.startswith("42"):
+                decoded: list[Any] = json.loads(frame[2:])
+                return decoded
+
+
+@pytest.fixture
+async def raw_socket(base_url: str) -> AsyncIterator[Any]:
+    """Opens RawSockets over WebSocket with a given permessage-deflate setting; closes them after the test."""
+    async with aiohttp.ClientSession() as session:
+
+        async def open_raw(user: User, compress: int = 0) -> RawSocket:
+            url = base_url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+            ws = await session.ws_connect(url, compress=compress)
+            raw = RawSocket(ws)
+            assert (await raw.frame()).startswith("0{")
+            await ws.send_str("40" + json.dumps({"token": user.token}))
+            assert (await raw.frame()).startswith("40{")
+            return raw
+
+        yield open_raw
+
+
+async def test_websocket_transport_upgrade_from_polling_keeps_the_session(sockets, pair) -> None:
+    alice, bob, room = pair
+    # python-engineio's client upgrades inside connect(): this runs the probe handshake on the server.
+    a = await sockets(alice.token, transports=["polling", "websocket"])
+    b = await sockets(bob.token, transports=["websocket"])
+    assert a.sio.transport() == "websocket"
+    await a.join(alice, room)
+    await b.join(bob, room)
+    sent = await a.call("sendMessage", chat(alice, room, "after the upgrade"))
+    for client in (a, b):
+        assert (await client.next_chat())["message"]["id"] == sent["id"]
+    reply = await b.call("sendMessage", chat(bob, room, "back"))
+    assert (await a.next_chat())["message"]["id"] == reply["id"]
+
+
+async def test_websocket_transport_upgrade_answers_the_open_poll(base_url: str, pair) -> None:
+    """The JavaScript client upgrades while a long-polling GET is still open: the upgrade must end that poll."""
+    alice, _, room = pair
+    polling = base_url + "/socket.io/?EIO=4&transport=polling"
+    sent = asyncio.Event()
+
+    async def on_request_sent(*_: Any) -> None:
+        sent.set()
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_request_headers_sent.append(on_request_sent)
+    async with aiohttp.ClientSession(trace_configs=[tracing]) as session:
+        async with session.get(polling) as resp:
+            handshake = await resp.text()
+        assert handshake.startswith("0{"), handshake
+        sid = json.loads(handshake[1:])["sid"]
+        async with session.post(f"{polling}&sid={sid}", data="40" + json.dumps({"token": alice.token})) as resp:
+            assert resp.status == 200
+        async with session.get(f"{polling}&sid={sid}") as resp:
+            assert (await resp.text()).startswith("40{")
+        sent.clear()
+        open_poll = asyncio.ensure_future(session.get(f"{polling}&sid={sid}"))
+        # Once the poll is on the wire the server reads it before the WebSocket's own connection.
+        await asyncio.wait_for(sent.wait(), EVENT_TIMEOUT)
+        ws_url = base_url.replace("http", "ws", 1) + f"/socket.io/?EIO=4&transport=websocket&sid={sid}"
+        async with session.ws_connect(ws_url) as ws:
+            await ws.send_str("2probe")
+            assert (await ws.receive(timeout=EVENT_TIMEOUT)).data == "3probe"
+            async with asyncio.timeout(EVENT_TIMEOUT):
+                async with await open_poll as resp:
+                    assert await resp.text() == "6"  # noop: the poll is over, switch to the WebSocket
+            await ws.send_str("5")
+            raw = RawSocket(ws)
+            assert await raw.call("joinRoom", {"chatroomId": room, "userId": alice.id}) == {"chatroomId": room}
+
+
+@pytest.mark.parametrize("length", [10, 1_000, LONG_MESSAGE_CHARS], ids=["7-bit", "16-bit", "64-bit"])
+async def test_websocket_transport_frames_every_payload_length(sockets, pair, length: int) -> None:
+    alice, bob, room = pair
+    a = await sockets(alice.token)
+    b = await sockets(bob.token)
+    await a.join(alice, room)
+    await b.join(bob, room)
+    content = "\U0001f600" * length  # four bytes each in UTF-8
+    await a.call("sendMessage", chat(alice, room, content))
+    assert (await b.next_chat())["message"]["content"] == content
+
+
+@pytest.mark.parametrize("offer_deflate", [False, True], ids=["plain", "deflate-offered"])
+async def test_websocket_transport_delivers_a_burst_in_order(raw_socket, sockets, pair, offer_deflate: bool) -> None:
+    alice, bob, room = pair
+    receiver = await raw_socket(bob, compress=15 if offer_deflate else 0)
+    assert receiver.ws.compress == 0  # permessage-deflate is never negotiated
+    assert await receiver.call("joinRoom", {"chatroomId": room, "userId": bob.id}) == {"chatroomId": room}
+    sender = await sockets(alice.token)
+    await sender.join(alice, room)
+    # Sent without waiting, so the writer finds many packets queued at once.
+    sends = [sender.call("sendMessage", chat(alice, room, f"burst {n} " + "x" * (n * 37))) for n in range(40)]
+    acks = await asyncio.gather(*sends)
+    expected = sorted(ack["id"] for ack in acks)
+    got: list[int] = []
+    while len(got) < len(expected):
+        name, body = await receiver.event()
+        if name == "message" and body.get("type") == "sendMessage":
+            got.append(body["message"]["id"])
+    assert got == expected
+
+
+async def test_websocket_transport_closes_a_connection_that_sends_no_engine_io(raw_socket, pair) -> None:
+    alice, bob, room = pair
+    broken = await raw_socket(alice)
+    await broken.ws.send_str("x")
+    closing = await broken.ws.receive(timeout=EVENT_TIMEOUT)
+    assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), closing
+    # Only that connection: a new one works.
+    again = await raw_socket(bob)
+    assert await again.call("joinRoom", {"chatroomId": room, "userId": bob.id}) == {"chatroomId": room}
