@@ -3,8 +3,8 @@
 One task owns chat message inserts. It takes every message that arrived
 while the previous batch was being written, stores them with one INSERT
 statement (its own transaction, so one disk sync for the whole batch), and
-only after the commit has reached the disk publishes them (in ascending
-id order) and resolves each sender's future, which sends the ack. Work that
+only after the commit has reached the disk resolves each sender's future,
+which sends the ack, and publishes them (in ascending id order). Work that
 must not interleave with broadcasts, such as a recovering join, runs between
 batches through :meth:`MessageWriter.run_between_batches`.
 """
@@ -154,28 +154,29 @@ class MessageWriter:
     async def _write_batch(self, batch: list[_Submitted]) -> None:
         try:
             async with self._in_order():
-                results = await self._store_and_publish(batch)
+                results, new_messages = await self._store(batch)
+                self.batches_written += 1
+                self.messages_stored += len(new_messages)
+                # Resolved before the broadcast is queued, but the senders' handlers only run once this
+                # task yields: each sender's ack and the broadcast then reach its socket's queue in the
+                # same loop turn and leave in one write.
+                for item, result in zip(batch, results, strict=True):
+                    if not item.future.done():
+                        item.future.set_result(result)
+                await self._publish(new_messages)
         except Exception as exc:
             log.exception("storing a batch of %d messages failed", len(batch))
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
-            return
-        for item, result in zip(batch, results, strict=True):
-            if not item.future.done():
-                item.future.set_result(result)
 
-    async def _store_and_publish(self, batch: list[_Submitted]) -> list[tuple[dict[str, Any], bool]]:
-        results, new_messages = await self._store(batch)
-        self.batches_written += 1
-        self.messages_stored += len(new_messages)
+    async def _publish(self, new_messages: list[dict[str, Any]]) -> None:
         if new_messages and self.publish is not None:
             try:
                 await self.publish(new_messages)
             except Exception:
                 # The messages are durable; a failed fan-out must not fail their acks.
                 log.exception("publishing %d messages failed", len(new_messages))
-        return results
 
     async def _store(self, batch: list[_Submitted]) -> tuple[list[tuple[dict[str, Any], bool]], list[dict[str, Any]]]:
         """One INSERT statement for the batch (its own transaction); returns each item's result and the new rows."""
