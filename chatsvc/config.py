@@ -36,6 +36,9 @@ class Config:
     rate_limit: float = 20.0
     rate_burst: int = 40
     max_connections_per_user: int = 20
+    # Engine.IO keep-alive: a ping every interval; a client that has not answered within the timeout is dropped.
+    ping_interval: int = 25
+    ping_timeout: int = 20
     recovery_limit: int = 500
     # Most messages committed in one transaction; see chatsvc/writer.py.
     write_batch_max: int = 512
@@ -140,6 +143,8 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_RATE_BURST": ("rate_burst", _int(minimum=1)),
     "CHATSVC_MAX_CONNECTIONS_PER_USER": ("max_connections_per_user", _int(minimum=1)),
     "CHATSVC_RECOVERY_LIMIT": ("recovery_limit", _int(minimum=0)),
+    "CHATSVC_PING_INTERVAL": ("ping_interval", _int(minimum=1)),
+    "CHATSVC_PING_TIMEOUT": ("ping_timeout", _int(minimum=1)),
     "CHATSVC_SMTP_URL": ("smtp_url", _text),
     "CHATSVC_MAIL_FROM": ("mail_from", _text),
     "CHATSVC_API_KEY": ("api_key", _text),

@@ -357,7 +357,9 @@ def create_socket_server(state: AppState) -> ChatSocketServer:
         async_handlers=False,
         async_mode="aiohttp",
         cors_allowed_origins="*" if "*" in origins else list(origins),
-        max_http_buffer_size=state.config.max_socket_payload,
+        max_http_buffer_size=config.max_socket_payload,
+        ping_interval=config.ping_interval,
+        ping_timeout=config.ping_timeout,
         logger=False,
         engineio_logger=False,
     )

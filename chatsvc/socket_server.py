@@ -16,7 +16,7 @@ from typing import Any
 import socketio
 from engineio import packet as eio_packet
 
-from chatsvc.transport import install_lean_websocket
+from chatsvc.transport import ChatEngineServer
 
 # Seconds live transports get on shutdown to send their CLOSE packet.
 TRANSPORT_FLUSH_SECONDS = 2.0
@@ -36,12 +36,14 @@ class ChatSocketServer(socketio.AsyncServer):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        install_lean_websocket(self.eio)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         # Called with (event name, seconds to the ack) after each event; chatsvc/metrics.py keeps sends.
         self.event_observer: Callable[[str, float], None] | None = None
+
+    def _engineio_server_class(self) -> type[ChatEngineServer]:
+        return ChatEngineServer
 
     async def _handle_event_internal(  # type: ignore[no-untyped-def]
         self, server, sid, eio_sid, data, namespace, id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import aiohttp
 import pytest
 
 from chatsvc.config import Config
+from chatsvc.testing import run_chatsvc
 from tests.conftest import make_config
 from tests.helpers import EVENT_TIMEOUT, Api, User
 
@@ -72,19 +74,27 @@ class RawSocket:
                 return decoded
 
 
+async def raw_connect(
+    session: aiohttp.ClientSession, base_url: str, user: User, compress: int = 0
+) -> aiohttp.ClientWebSocketResponse:
+    """A WebSocket past the Engine.IO handshake and the Socket.IO connect, as ``user``."""
+    url = base_url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+    ws = await session.ws_connect(url, compress=compress)
+    opened = await ws.receive(timeout=EVENT_TIMEOUT)
+    assert opened.type == aiohttp.WSMsgType.TEXT and opened.data.startswith("0{"), opened
+    await ws.send_str("40" + json.dumps({"token": user.token}))
+    connected = await ws.receive(timeout=EVENT_TIMEOUT)
+    assert connected.type == aiohttp.WSMsgType.TEXT and connected.data.startswith("40{"), connected
+    return ws
+
+
 @pytest.fixture
 async def raw_socket(base_url: str) -> AsyncIterator[Any]:
     """Opens RawSockets over WebSocket with a given permessage-deflate setting; closes them after the test."""
     async with aiohttp.ClientSession() as session:
 
         async def open_raw(user: User, compress: int = 0) -> RawSocket:
-            url = base_url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
-            ws = await session.ws_connect(url, compress=compress)
-            raw = RawSocket(ws)
-            assert (await raw.frame()).startswith("0{")
-            await ws.send_str("40" + json.dumps({"token": user.token}))
-            assert (await raw.frame()).startswith("40{")
-            return raw
+            return RawSocket(await raw_connect(session, base_url, user, compress))
 
         yield open_raw
 
@@ -181,3 +191,36 @@ async def test_websocket_transport_closes_a_connection_that_sends_no_engine_io(r
     # Only that connection: a new one works.
     again = await raw_socket(bob)
     assert await again.call("joinRoom", {"chatroomId": room, "userId": bob.id}) == {"chatroomId": room}
+
+
+async def test_websocket_transport_drops_a_client_that_stops_answering_pings(tmp_path: Path) -> None:
+    config = make_config(tmp_path, ping_interval=1, ping_timeout=1)
+    async with run_chatsvc(config) as running, aiohttp.ClientSession() as session:
+        base_url = str(running.make_url("")).rstrip("/")
+        api = Api(base_url, session)
+        alice, bob = await api.new_user(), await api.new_user()
+        room = await api.one_to_one(alice, bob)
+        silent = RawSocket(await raw_connect(session, base_url, bob))
+        lively = RawSocket(await raw_connect(session, base_url, alice))
+
+        async def answer_pings() -> None:
+            async for message in lively.ws:
+                if message.data == "2":
+                    await lively.ws.send_str("3")
+
+        answering = asyncio.ensure_future(answer_pings())
+        # The silent client reads but never answers: after a ping and its timeout the server closes it.
+        seen: list[Any] = []
+        async with asyncio.timeout(EVENT_TIMEOUT + 5):
+            message = await silent.ws.receive()
+            while message.type == aiohttp.WSMsgType.TEXT:
+                seen.append(message.data)
+                message = await silent.ws.receive()
+        assert "2" in seen, seen
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), message
+        # The client that answered every ping is still served.
+        answering.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await answering
+        assert await lively.call("joinRoom", {"chatroomId": room, "userId": alice.id}) == {"chatroomId": room}
+        await lively.ws.close()
