@@ -175,7 +175,7 @@ class ClusterBench(Bench):
             senders = []
             for index, instance in enumerate(self.instances):
                 for user, on_event in ((sender, lambda frame: None), (receiver, receive(index))):
-                    sock = RawSocket(self.http, instance.url, on_event)
+                    sock = RawSocket(instance.url, on_event)
                     sockets.append(sock)
                     await sock.connect({"token": user.token})
                     ack = await sock.call("joinRoom", json.dumps({"chatroomId": room, "userId": user.id}))

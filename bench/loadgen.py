@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Literal
 
-import aiohttp
-
 from bench.rawsio import RawSocket
 
 Mode = Literal["closed", "open", "idle"]
@@ -138,7 +136,6 @@ class Worker:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.session: aiohttp.ClientSession | None = None
         self.reset(None)
 
     def reset(self, plan: Plan | None) -> None:
@@ -171,7 +168,6 @@ class Worker:
     async def do_setup(self, plan: Plan) -> dict[str, Any]:
         """Connect every socket and join its rooms."""
         self.reset(plan)
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self.members = [Member(spec) for spec in plan.sockets]
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
         errors: list[str] = []
@@ -187,9 +183,9 @@ class Worker:
         return {"connected": sum(1 for m in self.members if m.sock is not None), "errors": errors[:5]}
 
     async def _connect(self, member: Member) -> None:
-        assert self.session is not None and self.plan is not None
+        assert self.plan is not None
         urls = self.plan.base_urls
-        sock = RawSocket(self.session, urls[member.spec.server % len(urls)], lambda data: self._on_event(member, data))
+        sock = RawSocket(urls[member.spec.server % len(urls)], lambda data: self._on_event(member, data))
         await sock.connect({"token": member.spec.token})
         member.sock = sock
         for room in member.spec.rooms:
@@ -247,8 +243,6 @@ class Worker:
     async def do_close(self) -> dict[str, Any]:
         """Disconnect every socket."""
         await asyncio.gather(*(m.sock.close() for m in self.members if m.sock is not None), return_exceptions=True)
-        if self.session is not None:
-            await self.session.close()
         self.members = []
         return {"closed": True}
 

@@ -1,4 +1,4 @@
-"""Engine.IO's WebSocket transport, with a writer that sends all queued packets in one write.
+"""Engine.IO as chatsvc runs it: a leaner WebSocket transport and keep-alive.
 
 python-engineio drains each socket's send queue in a writer task that wraps
 every wait in ``asyncio.wait_for`` (a task and a timer per wake-up) and writes
@@ -15,6 +15,9 @@ polling to WebSocket behave as in python-engineio, whose socket state
 updates the same way. permessage-deflate is not offered, as the JavaScript
 Engine.IO server does by default since version 4: chat packets are small, and
 compressing each one for each recipient costs more CPU than it saves bytes.
+
+``ChatEngineServer`` installs the transport and replaces python-engineio's
+keep-alive tasks with timers and one periodic sweep (see its docstring).
 """
 
 from __future__ import annotations
