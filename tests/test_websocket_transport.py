@@ -23,7 +23,8 @@ LONG_MESSAGE_CHARS = 17_000
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return make_config(tmp_path, message_max_length=LONG_MESSAGE_CHARS, max_socket_payload=256 * 1024)
+    # No send rate limit: the slow-reader test sends a thousand messages at once.
+    return make_config(tmp_path, message_max_length=LONG_MESSAGE_CHARS, max_socket_payload=256 * 1024, rate_limit=0)
 
 
 @pytest.fixture
@@ -224,3 +225,26 @@ async def test_websocket_transport_drops_a_client_that_stops_answering_pings(tmp
             await answering
         assert await lively.call("joinRoom", {"chatroomId": room, "userId": alice.id}) == {"chatroomId": room}
         await lively.ws.close()
+
+
+async def test_websocket_transport_slow_reader_holds_up_no_one_and_loses_nothing(raw_socket, sockets, pair) -> None:
+    alice, bob, room = pair
+    slow = await raw_socket(bob)
+    assert await slow.call("joinRoom", {"chatroomId": room, "userId": bob.id}) == {"chatroomId": room}
+    sender = await sockets(alice.token)
+    watcher = await sockets(alice.token)
+    await sender.join(alice, room)
+    await watcher.join(alice, room)
+    # The slow client stops reading (aiohttp stops reading the socket once 64 KiB wait unread): the
+    # server's output to it backs up far past its write buffer limit while the room goes on.
+    content = "\U0001f600" * LONG_MESSAGE_CHARS  # 68 KB a message, 10 MB in all
+    acks = [await sender.call("sendMessage", chat(alice, room, content)) for _ in range(150)]
+    expected = [ack["id"] for ack in acks]
+    seen = [(await watcher.next_chat())["message"]["id"] for _ in expected]
+    assert seen == expected
+    got: list[int] = []
+    while len(got) < len(expected):
+        name, body = await slow.event()
+        if name == "message" and body.get("type") == "sendMessage":
+            got.append(body["message"]["id"])
+    assert got == expected
