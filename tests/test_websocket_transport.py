@@ -195,7 +195,7 @@ async def test_websocket_transport_closes_a_connection_that_sends_no_engine_io(r
 
 
 async def test_websocket_transport_drops_a_client_that_stops_answering_pings(tmp_path: Path) -> None:
-    config = make_config(tmp_path, ping_interval=1, ping_timeout=1)
+    config = make_config(tmp_path, ping_interval=1, ping_timeout=2)
     async with run_chatsvc(config) as running, aiohttp.ClientSession() as session:
         base_url = str(running.make_url("")).rstrip("/")
         api = Api(base_url, session)
