@@ -244,7 +244,9 @@ class RawSocket:
     async def close(self) -> None:
         """Leave the namespace and close the connection."""
         protocol = self._protocol
-        if protocol is not None and protocol.transport is not None and not protocol.transport.is_closing():
+        if protocol is None:  # never connected
+            return
+        if protocol.transport is not None and not protocol.transport.is_closing():
             protocol.send_text("41")
             protocol.transport.write(client_frame(_CLOSE, struct.pack("!H", 1000)))
             protocol.transport.close()
