@@ -66,6 +66,15 @@ class RawSocket:
             if frame.startswith(prefix):
                 return json.loads(frame[len(prefix) :])[0]
 
+    async def chat_ids(self, count: int) -> list[int]:
+        """The ids of the next ``count`` chat messages broadcast to this socket, in arrival order."""
+        ids: list[int] = []
+        while len(ids) < count:
+            name, body = await self.event()
+            if name == "message" and body.get("type") == "sendMessage":
+                ids.append(body["message"]["id"])
+        return ids
+
     async def event(self) -> list[Any]:
         """The next Socket.IO event as [name, *args]."""
         while True:
@@ -175,12 +184,7 @@ async def test_websocket_transport_delivers_a_burst_in_order(raw_socket, sockets
     sends = [sender.call("sendMessage", chat(alice, room, f"burst {n} " + "x" * (n * 37))) for n in range(40)]
     acks = await asyncio.gather(*sends)
     expected = sorted(ack["id"] for ack in acks)
-    got: list[int] = []
-    while len(got) < len(expected):
-        name, body = await receiver.event()
-        if name == "message" and body.get("type") == "sendMessage":
-            got.append(body["message"]["id"])
-    assert got == expected
+    assert await receiver.chat_ids(len(expected)) == expected
 
 
 async def test_websocket_transport_closes_a_connection_that_sends_no_engine_io(raw_socket, pair) -> None:
@@ -242,9 +246,4 @@ async def test_websocket_transport_slow_reader_holds_up_no_one_and_loses_nothing
     expected = [ack["id"] for ack in acks]
     seen = [(await watcher.next_chat())["message"]["id"] for _ in expected]
     assert seen == expected
-    got: list[int] = []
-    while len(got) < len(expected):
-        name, body = await slow.event()
-        if name == "message" and body.get("type") == "sendMessage":
-            got.append(body["message"]["id"])
-    assert got == expected
+    assert await slow.chat_ids(len(expected)) == expected
