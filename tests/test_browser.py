@@ -8,7 +8,6 @@ where they fail saying what is missing.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import shutil
 import struct
@@ -22,7 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from chatsvc.config import Config
 from tests.conftest import make_config
-from tests.helpers import Api, User
+from tests.helpers import Api, User, tool_missing
 
 try:
     from playwright.async_api import Browser, BrowserContext, Page, WebSocketRoute, async_playwright, expect
@@ -47,12 +46,6 @@ RECONNECT_TIMEOUT_MS = 20_000
 SOCKET_URL = re.compile(r"/socket\.io/")
 
 
-def _missing(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"browser test cannot run in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     """As the shared fixture, without the send rate limit: one test stores 60 messages at once."""
@@ -63,10 +56,12 @@ def config(tmp_path: Path) -> Config:
 async def browser(server: TestServer) -> AsyncIterator[Browser]:
     """Headless Chromium from the system, driven by Playwright; closed before the server stops."""
     if async_playwright is None:
-        _missing("Playwright for Python is not installed (pip install playwright, or the test extras)")
+        tool_missing(
+            "browser test", "Playwright for Python is not installed (pip install playwright, or the test extras)"
+        )
     executable = next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
     if executable is None:
-        _missing("no chromium executable on PATH (Debian: apt-get install chromium)")
+        tool_missing("browser test", "no chromium executable on PATH (Debian: apt-get install chromium)")
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield launched
