@@ -65,7 +65,6 @@ def create_app() -> web.Application:
                 "id": user_id,
                 "username": f"bench{user_id}",
                 "nickName": f"Bench {user_id}",
-                "email": f"bench{user_id}@example.com",
                 "headPic": "",
                 "createTime": now,
             },

@@ -103,11 +103,11 @@ async def users_by_username(db: Database, usernames: list[str]) -> dict[str, dic
 
 
 async def room_with_members(db: Database, room_id: int) -> dict[str, Any]:
-    """A room with its members' profiles, as ``/chatroom/info`` shows it; NotFound if there is none."""
+    """A room with its members' profiles, emails included (for trusted callers); NotFound if there is none."""
     room = await find_room(db.reader, room_id)
     if room is None:
         raise NotFound("Chatroom not found")
-    return {**room, "users": await list_member_profiles(db.reader, room_id)}
+    return {**room, "users": await list_member_profiles(db.reader, room_id, seen_by=None)}
 
 
 async def create_room(

@@ -106,11 +106,11 @@ async def create_group(request: web.Request) -> web.Response:
 
 @routes.get("/chatroom/members")
 async def list_members(request: web.Request) -> web.Response:
-    """The public profiles of a room's members; ``[]`` for an id that names no room."""
+    """The profiles of a room's members (emails only of the caller and friends); ``[]`` for an id that names no room."""
     me = caller(request)
     room_id = _room_id(request.query.get("chatroomId"), "chatroomId")
     reader = request.app[STATE].db.reader
-    members = await list_member_profiles(reader, room_id)
+    members = await list_member_profiles(reader, room_id, seen_by=me.id)
     if any(member["id"] == me.id for member in members):
         return json_response(members)
     # The original answered [] for a missing room, and its frontend relies on it (chatroomId=-1).
@@ -121,14 +121,14 @@ async def list_members(request: web.Request) -> web.Response:
 
 @routes.get("/chatroom/info/{id}")
 async def room_info(request: web.Request) -> web.Response:
-    """A room with its members' profiles."""
+    """A room with its members' profiles (emails only of the caller and friends)."""
     me = caller(request)
     room_id = _room_id(request.match_info.get("id"), "id")
     reader = request.app[STATE].db.reader
     room = await find_room(reader, room_id)
     if room is None:
         raise NotFound("Chatroom not found")
-    users = await list_member_profiles(reader, room_id)
+    users = await list_member_profiles(reader, room_id, seen_by=me.id)
     if not any(user["id"] == me.id for user in users):
         raise Forbidden("You are not a member of this chatroom")
     return json_response({**room, "users": users})

@@ -25,7 +25,13 @@ from chatsvc.jsonutil import json_response
 from chatsvc.mail import MailUnavailable, send_code
 from chatsvc.state import STATE, AppState
 from chatsvc.store import captchas
-from chatsvc.store.users import find_user_by_username, insert_user, reset_password, update_user_profile
+from chatsvc.store.users import (
+    find_user_by_username,
+    find_user_seen_by,
+    insert_user,
+    reset_password,
+    update_user_profile,
+)
 from chatsvc.validation import email, json_body, text, text_field
 
 routes = web.RouteTableDef()
@@ -166,12 +172,12 @@ async def login(request: web.Request) -> web.Response:
 
 @routes.get("/user/find")
 async def find_user(request: web.Request) -> web.Response:
-    """A user's public profile by username, so a chat can be started with them."""
+    """A user's profile by username, to start a chat with them; the email only for the caller and friends."""
     username = text(request.query.get("username"), "username", max_length=USERNAME_MAX)
-    found = await find_user_by_username(request.app[STATE].db.reader, username.strip())
+    found = await find_user_seen_by(request.app[STATE].db.reader, username.strip(), caller(request).id)
     if found is None:
         raise NotFound("User not found")
-    return json_response({key: found[key] for key in ("id", "username", "nickName", "email", "headPic", "createTime")})
+    return json_response(found)
 
 
 @routes.get("/user/info")

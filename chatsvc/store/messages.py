@@ -12,19 +12,18 @@ from chatsvc.store import fetch_all, fetch_one
 TEXT, IMAGE, FILE = 0, 1, 2
 MESSAGE_TYPES = {"text": TEXT, "image": IMAGE, "file": FILE}
 
-# A message joined with its sender's public profile, flat; nest_sender() shapes it.
+# A message joined with its sender's public profile (no email), flat; nest_sender() shapes it.
 MESSAGE_WITH_SENDER = """
     h.id, h.content, h.type, h.chatroom_id AS chatroomId, h.sender_id AS senderId,
     h.client_msg_id AS clientMsgId, h.create_time AS createTime, h.update_time AS updateTime,
-    u.username AS s_username, u.nick_name AS s_nickName, u.email AS s_email,
-    u.head_pic AS s_headPic, u.create_time AS s_createTime
+    u.username AS s_username, u.nick_name AS s_nickName, u.head_pic AS s_headPic, u.create_time AS s_createTime
 """
 
 
 def nest_sender(row: dict[str, Any]) -> dict[str, Any]:
     """Move the ``s_`` columns of a MESSAGE_WITH_SENDER row into ``sender``."""
     sender = {"id": row["senderId"]}
-    for key in ("username", "nickName", "email", "headPic", "createTime"):
+    for key in ("username", "nickName", "headPic", "createTime"):
         sender[key] = row.pop("s_" + key)
     row["sender"] = sender
     return row
