@@ -58,6 +58,7 @@ def create_app() -> web.Application:
             "type": 0,
             "chatroomId": room,
             "senderId": user_id,
+            "system": False,
             "clientMsgId": None,
             "createTime": now,
             "updateTime": now,

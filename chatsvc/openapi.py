@@ -103,6 +103,7 @@ SCHEMAS: dict[str, Schema] = {
             "type": {"type": "integer", "enum": [0, 1, 2], "description": "0 text, 1 image, 2 file"},
             "chatroomId": {"type": "integer"},
             "senderId": {"type": "integer"},
+            "system": {"type": "boolean", "description": "true only for a system message (sent by the service)"},
             "clientMsgId": {"type": "string", "nullable": True},
             "createTime": TIME,
             "updateTime": TIME,

@@ -32,7 +32,7 @@ from chatsvc.store.users import (
     reset_password,
     update_user_profile,
 )
-from chatsvc.validation import email, json_body, text, text_field
+from chatsvc.validation import email, json_body, not_reserved, text, text_field
 
 routes = web.RouteTableDef()
 
@@ -131,8 +131,8 @@ async def register(request: web.Request) -> web.Response:
     """
     state = request.app[STATE]
     body = await json_body(request)
-    username = text_field(body, "username", max_length=USERNAME_MAX)
-    nick_name = text_field(body, "nickName", max_length=NICKNAME_MAX)
+    username = not_reserved(text_field(body, "username", max_length=USERNAME_MAX), "username")
+    nick_name = not_reserved(text_field(body, "nickName", max_length=NICKNAME_MAX), "nickName")
     address = email(body.get("email"))
     password = password_field(body)
     code = captcha_field(body) if state.config.smtp_url is not None else None
@@ -224,7 +224,7 @@ async def update_user(request: web.Request) -> web.Response:
     body = await json_body(request)
     nick_name = None
     if body.get("nickName") is not None:
-        nick_name = text(body["nickName"], "nickName", max_length=NICKNAME_MAX)
+        nick_name = not_reserved(text(body["nickName"], "nickName", max_length=NICKNAME_MAX), "nickName")
     head_pic = None
     if body.get("headPic") is not None:
         head_pic = text(body["headPic"], "headPic", max_length=HEAD_PIC_MAX, allow_blank=True)

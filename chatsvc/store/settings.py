@@ -6,6 +6,9 @@ import aiosqlite
 
 from chatsvc.store import fetch_value
 
+# The id of the user system messages are sent as (chatsvc/admin.py creates it on first use).
+SYSTEM_USER_SETTING = "system_user_id"
+
 
 async def get_or_create_setting(conn: aiosqlite.Connection, key: str, default: str) -> str:
     """The stored value of ``key``; stores ``default`` first if there is none."""
