@@ -21,7 +21,7 @@ from chatsvc.store.rooms import (
     find_room,
     list_member_profiles,
 )
-from chatsvc.store.settings import SYSTEM_USER_SETTING, get_or_create_setting
+from chatsvc.store.settings import SYSTEM_USER_SETTING, find_system_user_id, get_or_create_setting
 from chatsvc.store.users import find_user_by_username, insert_user, update_user_profile
 from chatsvc.validation import not_reserved
 
@@ -74,7 +74,7 @@ async def upsert_managed_user(
     not_reserved(username, "username")
     if nick_name is not None:
         not_reserved(nick_name, "nickName")
-    system_id = await _system_user_id_if_any(db)
+    system_id = await find_system_user_id(db.reader)
     async with db.transaction() as conn:
         created = await insert_user(
             conn,
@@ -113,7 +113,7 @@ async def users_by_username(db: Database, usernames: list[str]) -> dict[str, dic
     unknown = [name for name in usernames if name not in found]
     if unknown:
         raise BadRequest("Unknown user: " + ", ".join(unknown))
-    system_id = await _system_user_id_if_any(db)
+    system_id = await find_system_user_id(db.reader)
     if any(user["id"] == system_id for user in found.values()):
         raise BadRequest(SYSTEM_USER_REFUSED)
     return found
@@ -179,11 +179,6 @@ async def remove_room_members(db: Database, room_id: int, user_ids: list[int]) -
     await _group(db, room_id)
     async with db.transaction() as conn:
         return await remove_members(conn, room_id, user_ids)
-
-
-async def _system_user_id_if_any(db: Database) -> int | None:
-    stored = await find_setting(db.reader, SYSTEM_USER_SETTING)
-    return int(stored) if stored is not None else None
 
 
 async def system_user_id(db: Database) -> int:

@@ -362,7 +362,7 @@ async def test_sidecar_system_messages_and_only_they_carry_the_system_flag(
 
 
 async def test_sidecar_refuses_the_system_users_names_and_the_system_user(api: Api) -> None:
-    await managed_user(api, "ada")
+    ada = await managed_user(api, "ada")
     for body, field in (
         ({"username": "System"}, "username"),
         ({"username": " system "}, "username"),
@@ -373,8 +373,15 @@ async def test_sidecar_refuses_the_system_users_names_and_the_system_user(api: A
         assert resp.body["message"] == f"{field} is reserved: it would pass for the system user"
     group = (await sidecar(api, "POST", "/rooms", {"type": "group", "name": "News", "members": ["ada"]})).body["room"]
     posted = await sidecar(api, "POST", f"/rooms/{group['id']}/messages", {"system": True, "content": "hello"})
-    system_name = posted.body["sender"]["username"]
+    system_name, system_id = posted.body["sender"]["username"], posted.body["senderId"]
     # The system user gets no token and joins no room: only system: true speaks as it.
+    for path, params in (
+        (f"/chatroom/join/{group['id']}", {"joinUsername": system_name}),
+        ("/chatroom/create-one-to-one", {"friendId": system_id}),
+    ):
+        resp = await api.get(path, ada.token, **params)
+        assert_error(resp.status, resp.body, 400)
+        assert resp.body["message"] == "The system user cannot be a member of a chatroom"
     for method, path, body in (
         ("POST", "/tokens", {"username": system_name}),
         ("POST", f"/rooms/{group['id']}/members", {"members": [system_name]}),
@@ -384,6 +391,8 @@ async def test_sidecar_refuses_the_system_users_names_and_the_system_user(api: A
         resp = await sidecar(api, method, path, body)
         assert_error(resp.status, resp.body, 400)
         assert "system: true" in resp.body["message"]
+    members = await api.get("/chatroom/members", ada.token, chatroomId=group["id"])
+    assert [m["id"] for m in members.body] == [ada.id]
 
 
 async def test_sidecar_docs_python_example_mints_a_working_token(

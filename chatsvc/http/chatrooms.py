@@ -23,12 +23,15 @@ from chatsvc.store.rooms import (
     list_rooms_of_user,
     remove_member,
 )
+from chatsvc.store.settings import find_system_user_id
 from chatsvc.store.users import find_user_by_id, find_user_by_username
 from chatsvc.validation import MAX_ID, parse_int, required_query_int, text
 
 routes = web.RouteTableDef()
 
 ROOM_NAME_MAX = 50
+# The system user sends system messages without being a member; as a member, a trusted-client socket could speak as it.
+SYSTEM_USER_NOT_A_MEMBER = "The system user cannot be a member of a chatroom"
 
 
 @routes.get("/chatroom/create-one-to-one")
@@ -42,6 +45,8 @@ async def create_one_to_one(request: web.Request) -> web.Response:
     friend = await find_user_by_id(state.db.reader, friend_id)
     if friend is None:
         raise BadRequest("User not found")
+    if friend_id == await find_system_user_id(state.db.reader):
+        raise BadRequest(SYSTEM_USER_NOT_A_MEMBER)
     async with state.db.transaction() as conn:
         # The stored name is only a fallback: lists name the room after the other member.
         room_id = await create_one_to_one_room(
@@ -146,6 +151,8 @@ async def join_group(request: web.Request) -> web.Response:
         user = await find_user_by_username(conn, username)
         if user is None:
             raise BadRequest("User not found")
+        if user["id"] == await find_system_user_id(conn):
+            raise BadRequest(SYSTEM_USER_NOT_A_MEMBER)
         added = await add_member(conn, room_id, user["id"])
     state.members.forget(room_id)
     if added:
