@@ -21,8 +21,9 @@ from chatsvc.store.rooms import (
     find_room,
     list_member_profiles,
 )
-from chatsvc.store.settings import get_or_create_setting
+from chatsvc.store.settings import SYSTEM_USER_SETTING, find_system_user_id, get_or_create_setting
 from chatsvc.store.users import find_user_by_username, insert_user, update_user_profile
+from chatsvc.validation import not_reserved
 
 RoomKind = Literal["group", "one-to-one"]
 
@@ -30,8 +31,8 @@ RoomKind = Literal["group", "one-to-one"]
 UNUSABLE_PASSWORD = "!"
 SYSTEM_USERNAME = "system"
 SYSTEM_NICKNAME = "System"
-SYSTEM_USER_SETTING = "system_user_id"
 JWT_SECRET_SETTING = "jwt_secret"
+SYSTEM_USER_REFUSED = "The system user only sends system messages: post them with system: true"
 
 
 def public_profile(user: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +51,9 @@ async def signing_secret(db: Database, configured: str | None) -> str:
 async def create_password_user(
     db: Database, *, username: str, password: str, nick_name: str, email: str, scrypt_n: int
 ) -> dict[str, Any]:
-    """Create a user who logs in with a password; BadRequest if the username is taken."""
+    """Create a user who logs in with a password; BadRequest if the username is taken or a name is reserved."""
+    not_reserved(username, "username")
+    not_reserved(nick_name, "nickName")
     password_hash = await hash_password(password, n=scrypt_n)
     async with db.transaction() as conn:
         user = await insert_user(conn, username=username, password_hash=password_hash, nick_name=nick_name, email=email)
@@ -65,8 +68,13 @@ async def upsert_managed_user(
     """Create a user without a password, or update the given fields of an existing one; (profile, created).
 
     A user created here never logs in with a password: the host mints tokens.
-    An existing user keeps their password, if they had one.
+    An existing user keeps their password, if they had one. Names that would
+    pass for the system user, and the system user itself, are refused.
     """
+    not_reserved(username, "username")
+    if nick_name is not None:
+        not_reserved(nick_name, "nickName")
+    system_id = await find_system_user_id(db.reader)
     async with db.transaction() as conn:
         created = await insert_user(
             conn,
@@ -80,6 +88,8 @@ async def upsert_managed_user(
             return created, True
         existing = await find_user_by_username(conn, username)
         assert existing is not None, "the insert conflicted on this username"
+        if existing["id"] == system_id:
+            raise BadRequest(SYSTEM_USER_REFUSED)
         if nick_name is None and email is None and head_pic is None:
             return public_profile(existing), False
         updated = await update_user_profile(
@@ -94,20 +104,27 @@ async def upsert_managed_user(
 
 
 async def users_by_username(db: Database, usernames: list[str]) -> dict[str, dict[str, Any]]:
-    """The users with these usernames, by username (with token version); BadRequest naming any unknown one."""
+    """The users with these usernames, by username (with token version); BadRequest naming any unknown one.
+
+    The system user is refused too: no token is minted for it and it joins no
+    room, so only a system message (``post_message`` with ``system``) comes from it.
+    """
     found = {user["username"]: user for user in await list_users_by_usernames(db.reader, usernames)}
     unknown = [name for name in usernames if name not in found]
     if unknown:
         raise BadRequest("Unknown user: " + ", ".join(unknown))
+    system_id = await find_system_user_id(db.reader)
+    if any(user["id"] == system_id for user in found.values()):
+        raise BadRequest(SYSTEM_USER_REFUSED)
     return found
 
 
 async def room_with_members(db: Database, room_id: int) -> dict[str, Any]:
-    """A room with its members' profiles, as ``/chatroom/info`` shows it; NotFound if there is none."""
+    """A room with its members' profiles, emails included (for trusted callers); NotFound if there is none."""
     room = await find_room(db.reader, room_id)
     if room is None:
         raise NotFound("Chatroom not found")
-    return {**room, "users": await list_member_profiles(db.reader, room_id)}
+    return {**room, "users": await list_member_profiles(db.reader, room_id, seen_by=None)}
 
 
 async def create_room(

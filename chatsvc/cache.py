@@ -1,7 +1,8 @@
 """In-memory caches of what rarely changes but every message needs.
 
 A message needs its room's members (may this user send here?) and its
-sender's public profile (the broadcast carries it). Both change seldom, so
+sender's public profile (the broadcast carries it; it has no email, which
+only the user and their friends may see). Both change seldom, so
 they are loaded once and kept until a change invalidates them: every code
 path that changes a membership or a profile calls ``forget``. Correctness
 first: an entry is dropped the moment the change commits, and the next
@@ -69,7 +70,7 @@ class MembershipCache:
 
 
 class ProfileCache:
-    """Public profiles of users, as messages show their sender."""
+    """Public profiles of users (no email), as messages show their sender."""
 
     def __init__(self, max_users: int = 100_000) -> None:
         self._profiles: dict[int, dict[str, Any]] = {}

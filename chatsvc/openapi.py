@@ -37,9 +37,10 @@ def _object(properties: dict[str, Schema], required: list[str] | None = None, **
     return {"type": "object", "properties": properties, "required": required or [], **extra}
 
 
-def _closed(properties: dict[str, Schema]) -> Schema:
-    """A response object: every property present, nothing else."""
-    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+def _closed(properties: dict[str, Schema], *, optional: tuple[str, ...] = ()) -> Schema:
+    """A response object: every property present but the optional ones, nothing else."""
+    required = [name for name in properties if name not in optional]
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
 
 
 ID: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
@@ -53,12 +54,35 @@ SCHEMAS: dict[str, Schema] = {
             "error": _string(min_length=1),
         }
     ),
+    # A user's whole profile, as the user themselves (and the trusted sidecar API) see it.
     "User": _closed(
         {
             "id": {"type": "integer"},
             "username": _string(),
             "nickName": _string(),
             "email": _string(),
+            "headPic": _string(),
+            "createTime": TIME,
+        }
+    ),
+    # Another user as the caller sees them: the email only if they are the caller or a friend of the caller.
+    "Profile": _closed(
+        {
+            "id": {"type": "integer"},
+            "username": _string(),
+            "nickName": _string(),
+            "email": _string(description="present only for the caller and the caller's friends"),
+            "headPic": _string(),
+            "createTime": TIME,
+        },
+        optional=("email",),
+    ),
+    # What anyone may see of a user, as messages and friend requests show them: no email.
+    "PublicUser": _closed(
+        {
+            "id": {"type": "integer"},
+            "username": _string(),
+            "nickName": _string(),
             "headPic": _string(),
             "createTime": TIME,
         }
@@ -79,10 +103,11 @@ SCHEMAS: dict[str, Schema] = {
             "type": {"type": "integer", "enum": [0, 1, 2], "description": "0 text, 1 image, 2 file"},
             "chatroomId": {"type": "integer"},
             "senderId": {"type": "integer"},
+            "system": {"type": "boolean", "description": "true only for a system message (sent by the service)"},
             "clientMsgId": {"type": "string", "nullable": True},
             "createTime": TIME,
             "updateTime": TIME,
-            "sender": _ref("User"),
+            "sender": _ref("PublicUser"),
         }
     ),
     "RoomSummary": _closed(
@@ -102,7 +127,7 @@ SCHEMAS: dict[str, Schema] = {
             "type": {"type": "boolean", "description": "true for a group"},
             "createTime": TIME,
             "updateTime": TIME,
-            "users": {"type": "array", "items": _ref("User")},
+            "users": {"type": "array", "items": _ref("Profile")},
         }
     ),
     "FriendRequest": _closed(
@@ -135,8 +160,8 @@ def _with(base: str, **extra: Schema) -> Schema:
 
 SCHEMAS["FriendRequestList"] = _closed(
     {
-        "toMe": {"type": "array", "items": _with("FriendRequest", fromUser=_ref("User"))},
-        "fromMe": {"type": "array", "items": _with("FriendRequest", toUser=_ref("User"))},
+        "toMe": {"type": "array", "items": _with("FriendRequest", fromUser=_ref("PublicUser"))},
+        "fromMe": {"type": "array", "items": _with("FriendRequest", toUser=_ref("PublicUser"))},
     }
 )
 SCHEMAS["FavoriteWithMessage"] = _with("Favorite", chatHistory=_ref("Message"))
@@ -307,9 +332,9 @@ USERS: dict[str, Schema] = {
     },
     "/user/find": {
         "get": _user_route(
-            "A user's public profile by username, to start a chat with them",
+            "A user's profile by username, to start a chat with them (the email only for the caller and friends)",
             200,
-            _ref("User"),
+            _ref("Profile"),
             params=[_query("username", USERNAME)],
             errors=(400, 404),
             tag="users",
@@ -418,9 +443,9 @@ CHATROOMS: dict[str, Schema] = {
     },
     "/chatroom/members": {
         "get": _user_route(
-            "The members of a room the caller is in; [] for an id that names no room",
+            "The members of a room the caller is in (emails only of the caller and friends); [] for no room",
             200,
-            {"type": "array", "items": _ref("User")},
+            {"type": "array", "items": _ref("Profile")},
             params=[_query("chatroomId", ANY_INT)],
             errors=(400, 403),
             tag="chatrooms",

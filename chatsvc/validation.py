@@ -7,6 +7,7 @@ names the field, so every route and event refuses bad input the same way.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -124,6 +125,20 @@ def email(value: Any, name: str = "email") -> str:
     if not EMAIL_RE.match(address):
         raise BadRequest(f"{name} is not a valid email address")
     return address
+
+
+# Names that would pass for the system user, who sends the service's own messages (chatsvc/admin.py).
+RESERVED_NAMES = frozenset({"system"})
+
+
+def not_reserved(value: str, name: str) -> str:
+    """A username or nickName that does not imitate the system user's (any case, spacing or punctuation)."""
+    # NFKC folds look-alike forms (full-width letters, ligatures); what is not a letter or digit is dropped,
+    # so " System ", "SYSTEM", "S.y.s.t.e.m" and "Sys\u200btem" all read as "system".
+    folded = "".join(ch for ch in unicodedata.normalize("NFKC", value).casefold() if ch.isalnum())
+    if folded in RESERVED_NAMES:
+        raise BadRequest(f"{name} is reserved: it would pass for the system user")
+    return value
 
 
 # A client's own id for a message, which makes a retried send idempotent.

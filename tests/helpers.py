@@ -50,6 +50,11 @@ class User:
     profile: dict[str, Any]
 
 
+def public_profile(user: User) -> dict[str, Any]:
+    """What anyone may see of a user, as message senders and friend requests show them: the profile without email."""
+    return {key: value for key, value in user.profile.items() if key != "email"}
+
+
 @dataclass
 class Response:
     status: int

@@ -258,6 +258,38 @@ async def test_browser_reconnect_catches_up_on_missed_messages(
     await bob_socket.next_message(lambda m: m.get("message", {}).get("content") == "back again")
 
 
+async def test_browser_a_message_that_cannot_be_rendered_shows_as_text_and_the_rest_still_render(
+    browser: Browser, api: Api, base_url: str, sockets
+) -> None:
+    alice = await api.new_user("alice")
+    bob = await api.new_user("bob")
+    room = await api.one_to_one(alice, bob)
+    bob_socket = await sockets(bob.token)
+    broken = "http://x/%E0%A4%A"  # a file URL whose percent-encoding does not decode
+
+    async def bob_sends(content: str, kind: str = "text") -> None:
+        ack = await bob_socket.call("sendMessage", {"chatroomId": room, "message": {"type": kind, "content": content}})
+        assert ack["content"] == content, ack
+
+    await bob_sends(broken, "file")
+    await bob_sends("still readable")
+    errors: list[str] = []
+    _, page = await log_in(browser, base_url, alice, collect_errors(errors))
+    # From the history.
+    await open_room(page, room, bob.nick_name)
+    await expect(messages(page).locator(".text")).to_have_text([broken, "still readable"])
+    # And live, while the room is open.
+    also_broken = "https://example.com/files/report%ZZ.pdf"
+    await bob_sends(also_broken, "file")
+    await bob_sends("https://example.com/files/notes%20v2.txt", "file")
+    await bob_sends("and after it")
+    await expect(messages(page)).to_have_count(5)
+    await expect(messages(page).locator(".text, .file")).to_have_text(
+        [broken, "still readable", also_broken, "notes v2.txt", "and after it"]
+    )
+    assert errors == []
+
+
 async def test_browser_register_befriend_by_username_chat_and_build_a_group(
     browser: Browser, api: Api, base_url: str
 ) -> None:

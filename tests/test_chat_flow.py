@@ -39,7 +39,6 @@ async def test_two_users_chat_live_and_history_lists_it(api: Api, sockets) -> No
             "id": alice.id,
             "username": "alice",
             "nickName": "Nick alice",
-            "email": "alice@example.com",
             "headPic": "",
             "createTime": alice.profile["createTime"],
         }

@@ -97,11 +97,19 @@ async def test_cli_user_add_generates_and_prints_a_password(db: Path) -> None:
         (["--password", "short"], "password must be"),
         (["--email", "not-an-email"], "email is not a valid email address"),
         (["--nick", " "], "nick must not be empty"),
+        (["--nick", "System"], "nickName is reserved: it would pass for the system user"),
     ],
 )
 def test_cli_user_add_refuses_bad_input(db: Path, args: list[str], message: str) -> None:
     result = run_cli("user", "add", "carol", *args, "--db", str(db))
     assert result.returncode == 1 and message in result.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM user").fetchone() == (0,)
+
+
+def test_cli_user_add_refuses_the_system_users_name(db: Path) -> None:
+    result = run_cli("user", "add", "SYSTEM", "--db", str(db))
+    assert result.returncode == 1 and "username is reserved: it would pass for the system user" in result.stderr
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM user").fetchone() == (0,)
 

@@ -10,15 +10,10 @@ from aiohttp.test_utils import TestServer
 from chatsvc.config import Config
 from chatsvc.state import STATE
 from chatsvc.store.friends import insert_friend_request
-from tests.helpers import Api, User, assert_error
+from tests.helpers import Api, User, assert_error, public_profile
 from tests.test_query_plans import NOT_QUERIES, plan_scans
 
 REQUEST_KEYS = {"id", "fromUserId", "toUserId", "reason", "status", "createTime", "updateTime"}
-
-
-def public(user: User) -> dict[str, Any]:
-    """The public profile with createTime, as request lists show the other user."""
-    return user.profile
 
 
 def friend_entry(user: User) -> dict[str, Any]:
@@ -63,8 +58,8 @@ async def test_friendship_add_creates_pending_request_listed_for_both(api: Api, 
     assert created["reason"] == "met at the meetup" and created["status"] == 0
     assert created["createTime"].endswith("Z")
 
-    assert await requests_of(api, bob) == {"toMe": [{**created, "fromUser": public(alice)}], "fromMe": []}
-    assert await requests_of(api, alice) == {"toMe": [], "fromMe": [{**created, "toUser": public(bob)}]}
+    assert await requests_of(api, bob) == {"toMe": [{**created, "fromUser": public_profile(alice)}], "fromMe": []}
+    assert await requests_of(api, alice) == {"toMe": [], "fromMe": [{**created, "toUser": public_profile(bob)}]}
     assert await requests_of(api, carol) == {"toMe": [], "fromMe": []}
     # Not friends until agreed.
     assert await friends_of(api, alice) == []
@@ -85,7 +80,7 @@ async def test_friendship_request_list_newest_first_in_both_boxes(api: Api, trio
     lists = await requests_of(api, alice)
     assert [r["id"] for r in lists["toMe"]] == [to_alice_1["id"]]
     assert [r["id"] for r in lists["fromMe"]] == [from_alice["id"]]
-    assert lists["fromMe"][0]["toUser"] == public(carol)
+    assert lists["fromMe"][0]["toUser"] == public_profile(carol)
     assert to_alice_2["id"] not in [r["id"] for r in lists["toMe"] + lists["fromMe"]]
 
     dave = await api.new_user()

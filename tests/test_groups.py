@@ -6,12 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Api, SocketClient, User, assert_ack_error, assert_error
-
-
-def public(user: User) -> dict[str, Any]:
-    """The public profile the API shows for a user."""
-    return user.profile
+from tests.helpers import Api, SocketClient, User, assert_ack_error, assert_error, public_profile
 
 
 def send_payload(user: User, room: int, content: str) -> dict[str, Any]:
@@ -55,7 +50,7 @@ async def test_group_create_then_members_info_and_list(api: Api, trio) -> None:
 
     members = await api.get("/chatroom/members", alice.token, chatroomId=room)
     assert members.status == 200
-    assert members.body == [public(alice)]
+    assert members.body == [alice.profile]  # her own, email included
 
     info = await api.get(f"/chatroom/info/{room}", alice.token)
     assert info.status == 200
@@ -65,7 +60,7 @@ async def test_group_create_then_members_info_and_list(api: Api, trio) -> None:
         "type": True,
         "createTime": info.body["createTime"],
         "updateTime": info.body["updateTime"],
-        "users": [public(alice)],
+        "users": [alice.profile],
     }
     assert info.body["createTime"].endswith("Z")
 
@@ -135,7 +130,8 @@ async def test_group_join_by_username_adds_the_member_once(api: Api, trio) -> No
     await add(api, bob, room, alice)
     assert await member_ids(api, alice, room) == sorted([alice.id, bob.id])
     info = await api.get(f"/chatroom/info/{room}", bob.token)
-    assert info.body["users"] == sorted([public(alice), public(bob)], key=lambda u: u["id"])
+    # Bob sees his own email, not that of Alice, who is not his friend.
+    assert info.body["users"] == sorted([public_profile(alice), bob.profile], key=lambda u: u["id"])
     assert (await api.get("/chatroom/list", bob.token)).body[0]["userCount"] == 2
 
 
@@ -155,7 +151,7 @@ async def test_group_joined_user_hears_about_it_joins_over_the_socket_and_chats(
     for client in (a, b):
         chat = await client.next_chat()
         assert chat["userId"] == bob.id and chat["message"]["id"] == sent["id"]
-        assert chat["message"]["sender"] == public(bob)
+        assert chat["message"]["sender"] == public_profile(bob)
     history = await api.get("/chat-history/list", alice.token, chatroomId=room)
     assert [m["content"] for m in history.body] == ["hello group"]
 

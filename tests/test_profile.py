@@ -77,9 +77,22 @@ async def test_update_user_changes_profile_and_message_senders(api: Api, sockets
     assert (await api.get("/user/info", alice.token)).body == expected
     # Messages carry the new profile at once (the sender cache was dropped).
     after = await client.call("sendMessage", send_payload(alice, room, "after"))
-    assert after["sender"] == expected
+    assert after["sender"] == {key: value for key, value in expected.items() if key != "email"}
     history = await api.get("/chat-history/list", bob.token, chatroomId=room)
     assert [m["sender"]["nickName"] for m in history.body] == ["Alice A.", "Alice A."]
+
+
+async def test_update_user_refuses_a_nickname_that_imitates_the_system_user(api: Api, codes) -> None:
+    mallory = await api.new_user("mallory")
+    code = await request_update_code(api, mallory, codes)
+    body = {"nickName": " System ", "email": mallory.profile["email"], "captcha": code}
+    resp = await api.post("/user/update", body, mallory.token)
+    assert_error(resp.status, resp.body, 400)
+    assert "nickName is reserved" in resp.body["message"]
+    assert (await api.get("/user/info", mallory.token)).body == mallory.profile
+    # Refused before the code was looked at: it still works for an ordinary change.
+    ordinary = await api.post("/user/update", {**body, "nickName": "Mallory"}, mallory.token)
+    assert ordinary.status == 201 and ordinary.body["nickName"] == "Mallory", ordinary.body
 
 
 async def test_update_user_optional_fields_keep_their_values(api: Api, codes) -> None:

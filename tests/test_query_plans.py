@@ -27,6 +27,7 @@ async def exercise_every_route(api: Api, sockets) -> None:
     alice = await api.new_user("alice")
     bob = await api.new_user("bob")
     await api.get("/user/info", alice.token)
+    await api.get("/user/find", alice.token, username="bob")
     room = await api.one_to_one(alice, bob)
     await api.get("/chatroom/findChatroom", alice.token, userId1=alice.id, userId2=bob.id)
     await api.get("/chatroom/list", alice.token)

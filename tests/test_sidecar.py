@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from chatsvc.config import Config
-from chatsvc.testing import run_chatsvc
+from chatsvc.store.users import insert_user
+from chatsvc.testing import ChatsvcServer, run_chatsvc
 from tests.conftest import make_config
 from tests.helpers import Api, Response, User, assert_error
 
@@ -301,15 +302,97 @@ async def test_sidecar_system_messages_come_from_a_user_who_cannot_log_in(api: A
     assert [m["content"] for m in history.body] == ["Maintenance at noon", "second"]
 
 
-async def test_sidecar_system_user_is_never_a_registered_account(api: Api) -> None:
-    squatter = await api.new_user("system")
+async def test_sidecar_system_user_is_never_a_registered_account(api: Api, server: ChatsvcServer) -> None:
+    # Registering as "system" is refused now, but a database may hold such an account from before.
+    async with server.state.db.transaction() as conn:
+        squatter = await insert_user(conn, username="system", password_hash="!", nick_name="System", email="")
+    assert squatter is not None
     await managed_user(api, "ada")
     group = (await sidecar(api, "POST", "/rooms", {"type": "group", "name": "News", "members": ["ada"]})).body["room"]
     posted = await sidecar(api, "POST", f"/rooms/{group['id']}/messages", {"system": True, "content": "official"})
     assert posted.status == 201
-    assert posted.body["senderId"] != squatter.id
+    assert posted.body["senderId"] != squatter["id"]
     assert posted.body["sender"]["username"].startswith("system-")
     assert posted.body["sender"]["nickName"] == "System"
+
+
+async def test_sidecar_system_messages_and_only_they_carry_the_system_flag(
+    api: Api, server: ChatsvcServer, sockets
+) -> None:
+    # A user who looks like the system (an account from before names were reserved) is still an ordinary user.
+    async with server.state.db.transaction() as conn:
+        await insert_user(conn, username="lookalike", password_hash="!", nick_name="System", email="")
+    ada = await managed_user(api, "ada")
+    lookalike = await managed_user(api, "lookalike")
+    room = await sidecar(api, "POST", "/rooms", {"type": "group", "name": "News", "members": ["ada", "lookalike"]})
+    room_id = room.body["room"]["id"]
+    a = await sockets(ada.token)
+    await a.join(ada, room_id)
+
+    official = await sidecar(api, "POST", f"/rooms/{room_id}/messages", {"system": True, "content": "official"})
+    imitation = await sockets(lookalike.token)
+    fake = await imitation.call("sendMessage", chat_payload(lookalike, room_id, "official too"))
+    by_ada = await sidecar(api, "POST", f"/rooms/{room_id}/messages", {"username": "ada", "content": "hi"})
+    assert official.body["system"] is True
+    assert fake["system"] is False and fake["sender"]["nickName"] == "System"
+    assert by_ada.body["system"] is False
+    expected = {"official": True, "official too": False, "hi": False}
+
+    # Live broadcasts, history, recovery, a retry's answer and favorites all say the same.
+    live = [(await a.next_chat())["message"] for _ in expected]
+    assert {m["content"]: m["system"] for m in live} == expected
+    history = (await api.get("/chat-history/list", ada.token, chatroomId=room_id)).body
+    assert {m["content"]: m["system"] for m in history} == expected
+    recovering = await sockets(ada.token)
+    ack = await recovering.call("joinRoom", {"chatroomId": room_id, "lastMessageId": 0})
+    assert ack["recovered"] is True and ack["count"] == 3
+    replayed = [(await recovering.next_chat())["message"] for _ in expected]
+    assert {m["content"]: m["system"] for m in replayed} == expected
+    body = {"system": True, "content": "once", "clientMsgId": "once-1"}
+    first = await sidecar(api, "POST", f"/rooms/{room_id}/messages", body)
+    retry = await sidecar(api, "POST", f"/rooms/{room_id}/messages", body)
+    assert first.status == 201 and retry.status == 200 and retry.body["system"] is True
+    for message in (official.body, fake):
+        assert (await api.get("/favorite/add", ada.token, chatHistoryId=message["id"])).status == 200
+    favorites = (await api.get("/favorite/list", ada.token)).body
+    assert {f["chatHistory"]["content"]: f["chatHistory"]["system"] for f in favorites} == {
+        "official": True,
+        "official too": False,
+    }
+
+
+async def test_sidecar_refuses_the_system_users_names_and_the_system_user(api: Api) -> None:
+    ada = await managed_user(api, "ada")
+    for body, field in (
+        ({"username": "System"}, "username"),
+        ({"username": " system "}, "username"),
+        ({"username": "ada", "nickName": "SYSTEM"}, "nickName"),
+    ):
+        resp = await sidecar(api, "POST", "/users", body)
+        assert_error(resp.status, resp.body, 400)
+        assert resp.body["message"] == f"{field} is reserved: it would pass for the system user"
+    group = (await sidecar(api, "POST", "/rooms", {"type": "group", "name": "News", "members": ["ada"]})).body["room"]
+    posted = await sidecar(api, "POST", f"/rooms/{group['id']}/messages", {"system": True, "content": "hello"})
+    system_name, system_id = posted.body["sender"]["username"], posted.body["senderId"]
+    # The system user gets no token and joins no room: only system: true speaks as it.
+    for path, params in (
+        (f"/chatroom/join/{group['id']}", {"joinUsername": system_name}),
+        ("/chatroom/create-one-to-one", {"friendId": system_id}),
+    ):
+        resp = await api.get(path, ada.token, **params)
+        assert_error(resp.status, resp.body, 400)
+        assert resp.body["message"] == "The system user cannot be a member of a chatroom"
+    for method, path, body in (
+        ("POST", "/tokens", {"username": system_name}),
+        ("POST", f"/rooms/{group['id']}/members", {"members": [system_name]}),
+        ("POST", "/rooms", {"type": "one-to-one", "members": ["ada", system_name]}),
+        ("POST", f"/rooms/{group['id']}/messages", {"username": system_name, "content": "hi"}),
+    ):
+        resp = await sidecar(api, method, path, body)
+        assert_error(resp.status, resp.body, 400)
+        assert "system: true" in resp.body["message"]
+    members = await api.get("/chatroom/members", ada.token, chatroomId=group["id"])
+    assert [m["id"] for m in members.body] == [ada.id]
 
 
 async def test_sidecar_docs_python_example_mints_a_working_token(

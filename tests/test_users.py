@@ -47,6 +47,31 @@ async def test_register_returns_the_public_profile(api: Api) -> None:
 
 
 @pytest.mark.parametrize(
+    ("field", "name"),
+    [
+        ("nickName", "System"),
+        ("nickName", " system "),
+        ("nickName", "SYSTEM"),
+        ("nickName", "S y s t e m"),
+        ("nickName", "Sys\u200btem"),
+        ("nickName", "\uff33\uff59\uff53\uff54\uff45\uff4d"),  # full-width letters
+        ("username", "system"),
+        ("username", "System"),
+    ],
+)
+async def test_register_refuses_names_that_imitate_the_system_user(api: Api, field: str, name: str) -> None:
+    body = {**register_body("mallory"), field: name}
+    resp = await api.post("/user/register", body)
+    assert_error(resp.status, resp.body, 400)
+    assert resp.body["message"] == f"{field} is reserved: it would pass for the system user"
+    login = await api.post("/user/login", {"username": body["username"], "password": "secret123"})
+    assert_error(login.status, login.body, 400)
+    # Names that merely contain the word are ordinary.
+    ok = await api.post("/user/register", register_body("sysadmin", nickName="System Admin"))
+    assert ok.status == 201, ok.body
+
+
+@pytest.mark.parametrize(
     ("changes", "field"),
     [
         ({"username": None}, "username"),
@@ -243,7 +268,8 @@ async def test_user_find_by_username_returns_the_public_profile(api: Api) -> Non
     alice = await api.new_user("finder")
     bob = await api.register("findme")
     found = await api.get("/user/find", alice.token, username="findme")
-    assert found.status == 200 and found.body == bob
+    # Not a friend of the caller: no email.
+    assert found.status == 200 and found.body == {key: value for key, value in bob.items() if key != "email"}
     missing = await api.get("/user/find", alice.token, username="nobody")
     assert_error(missing.status, missing.body, 404)
     for params in ({}, {"username": ""}, {"username": "x" * 51}):

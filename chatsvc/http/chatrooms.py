@@ -23,12 +23,15 @@ from chatsvc.store.rooms import (
     list_rooms_of_user,
     remove_member,
 )
+from chatsvc.store.settings import find_system_user_id
 from chatsvc.store.users import find_user_by_id, find_user_by_username
 from chatsvc.validation import MAX_ID, parse_int, required_query_int, text
 
 routes = web.RouteTableDef()
 
 ROOM_NAME_MAX = 50
+# The system user sends system messages without being a member; as a member, a trusted-client socket could speak as it.
+SYSTEM_USER_NOT_A_MEMBER = "The system user cannot be a member of a chatroom"
 
 
 @routes.get("/chatroom/create-one-to-one")
@@ -42,6 +45,8 @@ async def create_one_to_one(request: web.Request) -> web.Response:
     friend = await find_user_by_id(state.db.reader, friend_id)
     if friend is None:
         raise BadRequest("User not found")
+    if friend_id == await find_system_user_id(state.db.reader):
+        raise BadRequest(SYSTEM_USER_NOT_A_MEMBER)
     async with state.db.transaction() as conn:
         # The stored name is only a fallback: lists name the room after the other member.
         room_id = await create_one_to_one_room(
@@ -106,11 +111,11 @@ async def create_group(request: web.Request) -> web.Response:
 
 @routes.get("/chatroom/members")
 async def list_members(request: web.Request) -> web.Response:
-    """The public profiles of a room's members; ``[]`` for an id that names no room."""
+    """The profiles of a room's members (emails only of the caller and friends); ``[]`` for an id that names no room."""
     me = caller(request)
     room_id = _room_id(request.query.get("chatroomId"), "chatroomId")
     reader = request.app[STATE].db.reader
-    members = await list_member_profiles(reader, room_id)
+    members = await list_member_profiles(reader, room_id, seen_by=me.id)
     if any(member["id"] == me.id for member in members):
         return json_response(members)
     # The original answered [] for a missing room, and its frontend relies on it (chatroomId=-1).
@@ -121,14 +126,14 @@ async def list_members(request: web.Request) -> web.Response:
 
 @routes.get("/chatroom/info/{id}")
 async def room_info(request: web.Request) -> web.Response:
-    """A room with its members' profiles."""
+    """A room with its members' profiles (emails only of the caller and friends)."""
     me = caller(request)
     room_id = _room_id(request.match_info.get("id"), "id")
     reader = request.app[STATE].db.reader
     room = await find_room(reader, room_id)
     if room is None:
         raise NotFound("Chatroom not found")
-    users = await list_member_profiles(reader, room_id)
+    users = await list_member_profiles(reader, room_id, seen_by=me.id)
     if not any(user["id"] == me.id for user in users):
         raise Forbidden("You are not a member of this chatroom")
     return json_response({**room, "users": users})
@@ -146,6 +151,8 @@ async def join_group(request: web.Request) -> web.Response:
         user = await find_user_by_username(conn, username)
         if user is None:
             raise BadRequest("User not found")
+        if user["id"] == await find_system_user_id(conn):
+            raise BadRequest(SYSTEM_USER_NOT_A_MEMBER)
         added = await add_member(conn, room_id, user["id"])
     state.members.forget(room_id)
     if added:

@@ -25,8 +25,14 @@ from chatsvc.jsonutil import json_response
 from chatsvc.mail import MailUnavailable, send_code
 from chatsvc.state import STATE, AppState
 from chatsvc.store import captchas
-from chatsvc.store.users import find_user_by_username, insert_user, reset_password, update_user_profile
-from chatsvc.validation import email, json_body, text, text_field
+from chatsvc.store.users import (
+    find_user_by_username,
+    find_user_seen_by,
+    insert_user,
+    reset_password,
+    update_user_profile,
+)
+from chatsvc.validation import email, json_body, not_reserved, text, text_field
 
 routes = web.RouteTableDef()
 
@@ -125,8 +131,8 @@ async def register(request: web.Request) -> web.Response:
     """
     state = request.app[STATE]
     body = await json_body(request)
-    username = text_field(body, "username", max_length=USERNAME_MAX)
-    nick_name = text_field(body, "nickName", max_length=NICKNAME_MAX)
+    username = not_reserved(text_field(body, "username", max_length=USERNAME_MAX), "username")
+    nick_name = not_reserved(text_field(body, "nickName", max_length=NICKNAME_MAX), "nickName")
     address = email(body.get("email"))
     password = password_field(body)
     code = captcha_field(body) if state.config.smtp_url is not None else None
@@ -166,12 +172,12 @@ async def login(request: web.Request) -> web.Response:
 
 @routes.get("/user/find")
 async def find_user(request: web.Request) -> web.Response:
-    """A user's public profile by username, so a chat can be started with them."""
+    """A user's profile by username, to start a chat with them; the email only for the caller and friends."""
     username = text(request.query.get("username"), "username", max_length=USERNAME_MAX)
-    found = await find_user_by_username(request.app[STATE].db.reader, username.strip())
+    found = await find_user_seen_by(request.app[STATE].db.reader, username.strip(), caller(request).id)
     if found is None:
         raise NotFound("User not found")
-    return json_response({key: found[key] for key in ("id", "username", "nickName", "email", "headPic", "createTime")})
+    return json_response(found)
 
 
 @routes.get("/user/info")
@@ -218,7 +224,7 @@ async def update_user(request: web.Request) -> web.Response:
     body = await json_body(request)
     nick_name = None
     if body.get("nickName") is not None:
-        nick_name = text(body["nickName"], "nickName", max_length=NICKNAME_MAX)
+        nick_name = not_reserved(text(body["nickName"], "nickName", max_length=NICKNAME_MAX), "nickName")
     head_pic = None
     if body.get("headPic") is not None:
         head_pic = text(body["headPic"], "headPic", max_length=HEAD_PIC_MAX, allow_blank=True)

@@ -437,14 +437,14 @@ function renderMessages({ toBottom = false, keepPosition = false } = {}) {
   const atBottom = fromBottom - box.clientHeight < 60;
   const ids = [...state.messages.keys()].sort((a, b) => a - b);
   const items = ids.map((id) => {
-    if (!state.nodes.has(id)) state.nodes.set(id, messageNode(state.messages.get(id)));
+    if (!state.nodes.has(id)) state.nodes.set(id, shownSafely(messageNode, state.messages.get(id)));
     return state.nodes.get(id);
   });
   // A message can be broadcast back before its ack arrives: show it once, as stored.
   const stored = new Set(ids.map((id) => state.messages.get(id).clientMsgId).filter(Boolean));
   for (const item of state.outbox) {
     if (state.room && item.chatroomId === state.room.id && !stored.has(item.clientMsgId)) {
-      items.push(pendingNode(item));
+      items.push(shownSafely(pendingNode, item, "msg mine pending"));
     }
   }
   $("message-list").replaceChildren(...items);
@@ -453,10 +453,27 @@ function renderMessages({ toBottom = false, keepPosition = false } = {}) {
   else if (toBottom || atBottom) box.scrollTop = box.scrollHeight;
 }
 
+// A message that cannot be rendered (a file URL with malformed percent-encoding, say) must not take the
+// rest of the room with it: it is shown as plain text instead.
+function shownSafely(render, item, className = "msg") {
+  try {
+    return render(item);
+  } catch (err) {
+    console.warn("showing a message as plain text:", err);
+    const message = (item && item.message) || item || {};
+    const li = el("li", className);
+    if (message.id !== undefined) li.dataset.id = message.id;
+    li.append(el("p", "text", String(message.content ?? "")));
+    return li;
+  }
+}
+
 function messageNode(message) {
   const li = el("li", "msg");
   li.dataset.id = message.id;
   if (message.senderId === state.me.id) li.classList.add("mine");
+  // Set by the server for messages from the service itself; a nickName can be anything.
+  if (message.system === true) li.classList.add("system");
   const sender = message.sender || {};
   const meta = el("div", "meta");
   const when = el("time", "when", formatTime(message.createTime));
@@ -488,6 +505,7 @@ function messageBody(type, content) {
   } else if (type === "file") {
     const url = safeUrl(content, false);
     if (url) {
+      // Throws on malformed percent-encoding (%E0%A4%A): shownSafely then shows the message as text.
       const name = decodeURIComponent(new URL(url).pathname.split("/").pop() || "") || url;
       const link = el("a", "file", name);
       link.href = url;

@@ -19,12 +19,13 @@ REQUEST_COLUMNS = """
     r.create_time AS createTime, r.update_time AS updateTime
 """
 
-# The other party's public profile, flat; request lists nest it.
+# The other party's public profile (no email: a request comes from someone who is not yet a friend), flat;
+# request lists nest it.
 _OTHER_USER_COLUMNS = """
-    u.id AS u_id, u.username AS u_username, u.nick_name AS u_nickName, u.email AS u_email,
+    u.id AS u_id, u.username AS u_username, u.nick_name AS u_nickName,
     u.head_pic AS u_headPic, u.create_time AS u_createTime
 """
-_OTHER_USER_KEYS = ("id", "username", "nickName", "email", "headPic", "createTime")
+_OTHER_USER_KEYS = ("id", "username", "nickName", "headPic", "createTime")
 
 
 async def insert_friend_request(
@@ -60,7 +61,7 @@ async def find_pending_request_between(conn: aiosqlite.Connection, user_a: int, 
 
 
 async def list_friend_requests(conn: aiosqlite.Connection, user_id: int) -> dict[str, list[dict[str, Any]]]:
-    """Requests to and from the user, any status, newest first, each with the other user's profile.
+    """Requests to and from the user, any status, newest first, each with the other user's public profile.
 
     One statement: both directions come from one UNION ALL, each half served
     by its own index on friend_request.
@@ -144,7 +145,10 @@ async def delete_friendship(conn: aiosqlite.Connection, user_a: int, user_b: int
 
 
 async def list_friends(conn: aiosqlite.Connection, user_id: int, name_filter: str = "") -> list[dict[str, Any]]:
-    """The user's friends in id order; with ``name_filter``, those whose nickName contains it (ASCII, any case)."""
+    """The user's friends, emails included, in id order; with ``name_filter``, those whose nickName contains it.
+
+    The filter ignores case for ASCII letters only.
+    """
     return await fetch_all(
         conn,
         """

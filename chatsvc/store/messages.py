@@ -8,23 +8,37 @@ import aiosqlite
 import orjson
 
 from chatsvc.store import fetch_all, fetch_one
+from chatsvc.store.settings import SYSTEM_USER_SETTING
 
 TEXT, IMAGE, FILE = 0, 1, 2
 MESSAGE_TYPES = {"text": TEXT, "image": IMAGE, "file": FILE}
 
-# A message joined with its sender's public profile, flat; nest_sender() shapes it.
-MESSAGE_WITH_SENDER = """
+# The id of the system user, or NULL before it exists. Uncorrelated, so SQLite runs it once per statement.
+_SYSTEM_USER_ID = f"(SELECT CAST(value AS INTEGER) FROM setting WHERE key = '{SYSTEM_USER_SETTING}')"
+
+
+def _from_system(sender_id: str) -> str:
+    """Whether the sender is the system user: the mark of a system message, which no one else can send.
+
+    IS, not =, so that "no system user yet" is false rather than NULL.
+    """
+    return f"{sender_id} IS {_SYSTEM_USER_ID}"
+
+
+# A message joined with its sender's public profile (no email), flat; nest_sender() shapes it.
+MESSAGE_WITH_SENDER = f"""
     h.id, h.content, h.type, h.chatroom_id AS chatroomId, h.sender_id AS senderId,
+    {_from_system("h.sender_id")} AS system,
     h.client_msg_id AS clientMsgId, h.create_time AS createTime, h.update_time AS updateTime,
-    u.username AS s_username, u.nick_name AS s_nickName, u.email AS s_email,
-    u.head_pic AS s_headPic, u.create_time AS s_createTime
+    u.username AS s_username, u.nick_name AS s_nickName, u.head_pic AS s_headPic, u.create_time AS s_createTime
 """
 
 
 def nest_sender(row: dict[str, Any]) -> dict[str, Any]:
     """Move the ``s_`` columns of a MESSAGE_WITH_SENDER row into ``sender``."""
+    row["system"] = bool(row["system"])
     sender = {"id": row["senderId"]}
-    for key in ("username", "nickName", "email", "headPic", "createTime"):
+    for key in ("username", "nickName", "headPic", "createTime"):
         sender[key] = row.pop("s_" + key)
     row["sender"] = sender
     return row
@@ -117,10 +131,13 @@ async def insert_messages(conn: aiosqlite.Connection, drafts: list[tuple[Any, ..
         INSERT INTO chat_history (content, type, chatroom_id, sender_id, client_msg_id) VALUES {values}
         ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING
         RETURNING id, content, type, chatroom_id AS chatroomId, sender_id AS senderId,
+                  {_from_system("sender_id")} AS system,
                   client_msg_id AS clientMsgId, create_time AS createTime, update_time AS updateTime
         """,
         [value for draft in drafts for value in draft],
     )
+    for row in rows:
+        row["system"] = bool(row["system"])
     rows.sort(key=lambda row: row["id"])
     return rows
 

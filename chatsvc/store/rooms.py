@@ -8,7 +8,7 @@ import aiosqlite
 import orjson
 
 from chatsvc.store import fetch_all, fetch_one, fetch_value
-from chatsvc.store.users import PROFILE_COLUMNS
+from chatsvc.store.users import PROFILE_COLUMNS, PROFILE_SEEN_BY_VIEWER, without_hidden_email
 
 ONE_TO_ONE = 0
 GROUP = 1
@@ -137,19 +137,38 @@ async def list_rooms_of_user(conn: aiosqlite.Connection, user_id: int, name_filt
     return rows
 
 
-async def list_member_profiles(conn: aiosqlite.Connection, chatroom_id: int) -> list[dict[str, Any]]:
-    """Public profiles of the room's members in id order (empty for a room that does not exist)."""
-    return await fetch_all(
+async def list_member_profiles(
+    conn: aiosqlite.Connection, chatroom_id: int, *, seen_by: int | None
+) -> list[dict[str, Any]]:
+    """Profiles of the room's members in id order (empty for a room that does not exist).
+
+    As user ``seen_by`` may see them: emails only of that user and their
+    friends. ``None`` is a trusted caller (the sidecar API), who sees every email.
+    """
+    if seen_by is None:
+        return await fetch_all(
+            conn,
+            f"""
+            SELECT {PROFILE_COLUMNS}
+            FROM user_chatroom AS m
+            JOIN user ON user.id = m.user_id
+            WHERE m.chatroom_id = ?
+            ORDER BY m.user_id
+            """,
+            (chatroom_id,),
+        )
+    rows = await fetch_all(
         conn,
         f"""
-        SELECT {PROFILE_COLUMNS}
+        SELECT {PROFILE_SEEN_BY_VIEWER}
         FROM user_chatroom AS m
-        JOIN user ON user.id = m.user_id
-        WHERE m.chatroom_id = ?
+        JOIN user AS u ON u.id = m.user_id
+        WHERE m.chatroom_id = :room
         ORDER BY m.user_id
         """,
-        (chatroom_id,),
+        {"room": chatroom_id, "viewer": seen_by},
     )
+    return [without_hidden_email(row) for row in rows]
 
 
 async def add_member(conn: aiosqlite.Connection, chatroom_id: int, user_id: int) -> bool:

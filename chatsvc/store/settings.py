@@ -6,6 +6,17 @@ import aiosqlite
 
 from chatsvc.store import fetch_value
 
+# The id of the user system messages are sent as (chatsvc/admin.py creates it on first use).
+SYSTEM_USER_SETTING = "system_user_id"
+
+
+async def find_system_user_id(conn: aiosqlite.Connection) -> int | None:
+    """The id of the system user, or None while it does not exist yet."""
+    found: int | None = await fetch_value(
+        conn, "SELECT CAST(value AS INTEGER) FROM setting WHERE key = ?", (SYSTEM_USER_SETTING,)
+    )
+    return found
+
 
 async def get_or_create_setting(conn: aiosqlite.Connection, key: str, default: str) -> str:
     """The stored value of ``key``; stores ``default`` first if there is none."""

@@ -9,10 +9,30 @@ import orjson
 
 from chatsvc.store import fetch_all, fetch_one
 
-# The public profile, as every API response shows a user.
+# A user's whole profile, as the user themselves and trusted callers (the sidecar API) see it.
 PROFILE_COLUMNS = """
     id, username, nick_name AS nickName, email, head_pic AS headPic, create_time AS createTime
 """
+# What anyone may see of a user: the profile without the email address. Messages carry it as their sender.
+PUBLIC_PROFILE_COLUMNS = """
+    id, username, nick_name AS nickName, head_pic AS headPic, create_time AS createTime
+"""
+# The profile of user ``u`` as user ``:viewer`` may see it: the email only for the user and their friends,
+# NULL (left out by without_hidden_email) for everyone else. The friendship check is one primary-key lookup.
+PROFILE_SEEN_BY_VIEWER = """
+    u.id, u.username, u.nick_name AS nickName,
+    CASE WHEN u.id = :viewer
+           OR EXISTS (SELECT 1 FROM friendship AS f WHERE f.user_id = :viewer AND f.friend_id = u.id)
+         THEN u.email END AS email,
+    u.head_pic AS headPic, u.create_time AS createTime
+"""
+
+
+def without_hidden_email(profile: dict[str, Any]) -> dict[str, Any]:
+    """A PROFILE_SEEN_BY_VIEWER row with the email left out where the viewer may not see it."""
+    if profile.get("email") is None:
+        profile.pop("email", None)
+    return profile
 
 
 async def insert_user(
@@ -50,11 +70,21 @@ async def find_user_by_username(conn: aiosqlite.Connection, username: str) -> di
     )
 
 
+async def find_user_seen_by(conn: aiosqlite.Connection, username: str, viewer_id: int) -> dict[str, Any] | None:
+    """A user's profile as ``viewer_id`` may see it (email only for the user and their friends), or None."""
+    found = await fetch_one(
+        conn,
+        f"SELECT {PROFILE_SEEN_BY_VIEWER} FROM user AS u WHERE u.username = :username",
+        {"username": username, "viewer": viewer_id},
+    )
+    return without_hidden_email(found) if found is not None else None
+
+
 async def list_users_by_ids(conn: aiosqlite.Connection, user_ids: list[int]) -> list[dict[str, Any]]:
-    """Profiles of the given users, in id order."""
+    """Public profiles (no email) of the given users, in id order."""
     return await fetch_all(
         conn,
-        f"SELECT {PROFILE_COLUMNS} FROM user WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+        f"SELECT {PUBLIC_PROFILE_COLUMNS} FROM user WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
         (orjson.dumps(list(user_ids)).decode(),),
     )
 
