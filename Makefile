@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test bench bench-quick bench-cluster soak lint fmt clean
+.PHONY: install run demo test bench bench-quick bench-cluster soak lint fmt clean check-upstream
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ bench-quick: install
 # 2,000 sockets in 200 rooms held for 60 s while 20 send; checks delivery, errors and RSS (bench/README.md).
 soak: install
 	$(PY) -m bench.soak
+
+# The tests that lean on python-socketio/engineio and aiohttp internals, against the newest releases of the
+# three in a scratch virtualenv (build/check-upstream); docs/performance.md says what to do when it fails.
+check-upstream:
+	PYTHON=$(PYTHON) tools/check_upstream.sh
 
 lint: install
 	$(VENV)/bin/ruff check chatsvc tests bench
