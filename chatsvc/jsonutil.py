@@ -14,9 +14,13 @@ def dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
+# Answers are per user and often private: no cache, shared or not, may keep them.
+JSON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
 def json_response(data: Any, *, status: int = 200) -> web.Response:
-    """A JSON response encoded once with orjson."""
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    """A JSON response encoded once with orjson, never to be cached or sniffed as something else."""
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=JSON_HEADERS)
 
 
 class SocketJSON:
