@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,14 @@ import socketio
 
 EVENT_TIMEOUT = 5.0
 _names = itertools.count(1)
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = EVENT_TIMEOUT) -> None:
+    """Poll a condition with a deadline (for state that has no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 def assert_error(status: int, body: Any, expected: int) -> None:
