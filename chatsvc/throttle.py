@@ -36,7 +36,8 @@ from chatsvc.errors import TooManyRequests
 
 LOGIN_WINDOW_SECONDS = 15 * 60
 REGISTER_WINDOW_SECONDS = 60 * 60
-# Per counter; each key costs about 200 bytes plus 8 per event kept.
+# Per counter. A key costs about 300 bytes plus 8 per event kept: at the default limit of 10,
+# a full counter holds about 18 MiB.
 MAX_KEYS = 50_000
 
 Clock = Callable[[], float]

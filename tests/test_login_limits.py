@@ -16,6 +16,7 @@ import pytest
 
 from chatsvc.config import Config
 from chatsvc.testing import ChatsvcServer, run_chatsvc
+from chatsvc.throttle import RecentEvents
 from tests.conftest import make_config
 from tests.helpers import Api, Response, assert_error, until
 
@@ -225,3 +226,35 @@ def test_limit_settings_read_from_the_environment() -> None:
     for bad in ({"CHATSVC_LOGIN_FAILURES": "-1"}, {"CHATSVC_REGISTER_RATE": "many"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             Config.from_env(bad)
+
+
+def test_failure_counters_slide_forget_old_keys_and_stay_bounded() -> None:
+    now = [0.0]
+    events = RecentEvents(3, 900, max_keys=100, clock=lambda: now[0])
+    for at in (0.0, 100.0, 200.0):
+        now[0] = at
+        events.add("alice")
+    now[0] = 300.0
+    # Full until the oldest of the last three is 900 s old.
+    assert events.full_for("alice") == 600.0 and events.clear_in("alice") == 800.0
+    now[0] = 900.5
+    assert events.full_for("alice") is None and events.count("alice") == 2
+
+    for i in range(50):
+        events.add(f"a{i}")
+    now[0] = 2000.0
+    events.add("late")
+    # Every key whose events are all older than the window went when the next event came.
+    assert len(events) == 1
+    for i in range(500):
+        events.add(f"b{i}")
+    # Past the cap, the keys idle longest are forgotten first.
+    assert len(events) == 100
+    assert events.count("b499") == 1 and events.count("b0") == 0 and events.count("late") == 0
+
+
+def test_counters_with_limit_zero_keep_nothing() -> None:
+    events = RecentEvents(0, 900)
+    for _ in range(10):
+        events.add("alice")
+    assert len(events) == 0 and events.full_for("alice") is None
