@@ -15,11 +15,12 @@ def dumps(obj: Any) -> str:
 
 
 # Answers are per user and often private: no cache, shared or not, may keep them.
-JSON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+# (X-Content-Type-Options goes on every response: chatsvc/http/middleware.py security_headers.)
+JSON_HEADERS = {"Cache-Control": "no-store"}
 
 
 def json_response(data: Any, *, status: int = 200) -> web.Response:
-    """A JSON response encoded once with orjson, never to be cached or sniffed as something else."""
+    """A JSON response encoded once with orjson, that no cache may keep."""
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=JSON_HEADERS)
 
 
