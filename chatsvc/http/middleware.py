@@ -103,8 +103,9 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
             response = exc
     if allowed is not None:
         response.headers["Access-Control-Allow-Origin"] = allowed
-        # X-Request-Id too, so a browser client can quote it in a bug report (see docs/operations.md).
-        response.headers["Access-Control-Expose-Headers"] = "token, X-Request-Id"
+        # X-Request-Id too, so a browser client can quote it in a bug report (see docs/operations.md),
+        # and Retry-After, so it can tell its user how long a 429 lasts.
+        response.headers["Access-Control-Expose-Headers"] = "token, X-Request-Id, Retry-After"
         if allowed != "*":
             response.headers["Vary"] = "Origin"
     if isinstance(response, web.HTTPException):
