@@ -9,9 +9,9 @@ code once the username and email name an account, so no one can use up the
 code of an account they do not name. Addresses are compared in lower case,
 so case variants share one code and one rate limit.
 
-Login failures and registrations are limited per client address and per
-username (chatsvc/throttle.py), and every password hash waits for a slot
-of the application's PasswordHasher.
+Failed logins are limited per client address and per username,
+registrations per client address (chatsvc/throttle.py), and every password
+hash waits for a slot of the application's PasswordHasher.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ PASSWORD_MAX = 128
 CAPTCHA_MAX = 32
 # At most one code per purpose and address in this many seconds.
 CAPTCHA_INTERVAL_SECONDS = 60
-# Wrong guesses a code survives, plus one: the fifth wrong guess burns it.
+# The wrong guess that burns a code: it survives the four before.
 CODE_MAX_ATTEMPTS = 5
 
 CODE_SENT = "Verification code sent"
