@@ -90,6 +90,8 @@ CREATE TABLE IF NOT EXISTS captcha (
     code       TEXT NOT NULL,
     expires_at TEXT NOT NULL,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    -- Wrong guesses at this code; the code is burnt at the fifth (chatsvc/http/users.py).
+    attempts   INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (purpose, address)
 ) WITHOUT ROWID;
 -- Purging expired codes on each new request.

@@ -47,10 +47,12 @@ HISTORY_MEMBERS = 10
 DRAIN_S = 10.0
 SETUP_CONCURRENCY = 16
 
+# Every bench user registers through the API from this one address: registrations are not limited.
 SERVER_ENV = {
     "CHATSVC_SQLITE_SYNCHRONOUS": "FULL",
     "CHATSVC_RATE_LIMIT": "0",
     "CHATSVC_SCRYPT_N": "16",
+    "CHATSVC_REGISTER_RATE": "0",
 }
 
 QUICK = {

@@ -8,18 +8,19 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from chatsvc.auth import TokenService
+from chatsvc.auth import PasswordHasher, TokenService
 from chatsvc.cluster import cluster_ctx
 from chatsvc.config import Config
 from chatsvc.db import Database
 from chatsvc.errors import error_middleware
 from chatsvc.http import chatrooms, demo, favorites, friends, history, ops, sidecar, users
-from chatsvc.http.middleware import auth_middleware, cors_middleware
+from chatsvc.http.middleware import auth_middleware, cors_middleware, security_headers
 from chatsvc.http.observe import observe_middleware
 from chatsvc.metrics import METRICS, Metrics
 from chatsvc.realtime import create_socket_server
 from chatsvc.state import STATE, AppState
 from chatsvc.store.settings import get_or_create_setting
+from chatsvc.throttle import Throttle
 from chatsvc.writer import MessageWriter
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,12 @@ def create_app(config: Config) -> web.Application:
         middlewares=[observe_middleware, cors_middleware, error_middleware, auth_middleware],
         client_max_size=config.max_http_body,
     )
-    state = AppState(config=config, db=Database(config.db_path, synchronous=config.sqlite_synchronous))
+    state = AppState(
+        config=config,
+        db=Database(config.db_path, synchronous=config.sqlite_synchronous),
+        hasher=PasswordHasher(config.scrypt_n, config.hash_concurrency),
+        throttle=Throttle(config.login_failures, config.register_rate),
+    )
     state.writer = MessageWriter(state.db, state.profiles, max_batch=config.write_batch_max)
     app[STATE] = state
     # The cluster (Redis, CHATSVC_REDIS_URL) outlives the database: the writer publishes through it until it stops.
@@ -47,6 +53,7 @@ def create_app(config: Config) -> web.Application:
     metrics.bind(state)
     state.sio.event_observer = metrics.observe_socket_event
     app[METRICS] = metrics
+    app.on_response_prepare.append(security_headers)
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -59,7 +66,7 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
         # Generated once and kept, so tokens survive a restart with no configuration.
         async with state.db.transaction() as conn:
             secret = await get_or_create_setting(conn, "jwt_secret", secrets.token_urlsafe(48))
-    state.tokens = TokenService(secret, state.config.token_ttl_seconds)
+    state.tokens = TokenService(secret, state.config.token_ttl_seconds, state.config.session_max_age_seconds)
     state.writer.start()
     log.info("database ready at %s", state.config.db_path)
     yield

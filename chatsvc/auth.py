@@ -1,8 +1,10 @@
 """Passwords, tokens, and who is calling.
 
 Passwords are stored as salted scrypt hashes computed in a worker thread,
-never on the event loop. Tokens are HS256 JWTs carrying ``userId``,
-``username`` and the user's token version, which a password change bumps.
+never on the event loop, a few at a time. Tokens are HS256 JWTs carrying
+``userId``, ``username``, the user's token version, which a password change
+and a logout bump, and ``auth_time``, the login that started the session:
+renewed tokens keep it, and no token is valid past the session's maximum age.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +28,7 @@ SCRYPT_R = 8
 SCRYPT_P = 1
 SALT_BYTES = 16
 KEY_BYTES = 32
+DEFAULT_SESSION_MAX_AGE = 30 * 24 * 3600
 
 
 def _b64(data: bytes) -> str:
@@ -37,31 +42,97 @@ def _scrypt(password: str, salt: bytes, n: int) -> bytes:
     )
 
 
-async def hash_password(password: str, *, n: int) -> str:
-    """A self-describing salted scrypt hash: ``scrypt$n$r$p$salt$key``."""
-    salt = secrets.token_bytes(SALT_BYTES)
-    key = await asyncio.get_running_loop().run_in_executor(None, _scrypt, password, salt, n)
-    return f"scrypt${n}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(key)}"
+async def _derive(password: str, salt: bytes, n: int) -> bytes:
+    return await asyncio.get_running_loop().run_in_executor(None, _scrypt, password, salt, n)
 
 
-async def verify_password(password: str, encoded: str | None, *, n: int) -> bool:
-    """Whether the password matches the stored hash.
-
-    With no stored hash (unknown user) a dummy hash is still computed, so the
-    answer takes as long for unknown users as for wrong passwords.
-    """
-    if encoded is None:
-        await hash_password(password, n=n)
-        return False
+def _parse_hash(encoded: str) -> tuple[int, bytes, bytes] | None:
+    """(n, salt, key) of a stored hash, or None if it is not one that a password can match."""
     try:
         scheme, n_s, r_s, p_s, salt_s, key_s = encoded.split("$")
         if scheme != "scrypt" or int(r_s) != SCRYPT_R or int(p_s) != SCRYPT_P:
-            return False
-        salt, expected = base64.b64decode(salt_s), base64.b64decode(key_s)
+            return None
+        return int(n_s), base64.b64decode(salt_s), base64.b64decode(key_s)
     except ValueError:
-        return False
-    key = await asyncio.get_running_loop().run_in_executor(None, _scrypt, password, salt, int(n_s))
-    return hmac.compare_digest(key, expected)
+        return None
+
+
+def _encode(n: int, salt: bytes, key: bytes) -> str:
+    return f"scrypt${n}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(key)}"
+
+
+async def hash_password(password: str, *, n: int) -> str:
+    """A self-describing salted scrypt hash: ``scrypt$n$r$p$salt$key`` (for trusted callers: CLI, set-ups)."""
+    salt = secrets.token_bytes(SALT_BYTES)
+    return _encode(n, salt, await _derive(password, salt, n))
+
+
+class PasswordHasher:
+    """Hashes and checks the passwords of requests, at most ``concurrency`` at once.
+
+    Each hash holds a worker thread and a CPU for tens of milliseconds. A flood
+    of logins or registrations therefore waits for a slot here instead of
+    filling the default executor, which the rest of the service shares, and
+    taking every CPU from the event loop.
+    """
+
+    def __init__(self, n: int, concurrency: int) -> None:
+        self.n = n
+        self.concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
+        # Observed by tests: callers queued, slots taken, most slots ever taken, scrypt hashes computed.
+        self.waiting = 0
+        self.in_use = 0
+        self.peak = 0
+        self.computed = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one hashing slot, waiting for one to free up."""
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.in_use += 1
+        self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            self.in_use -= 1
+            self._slots.release()
+
+    async def _derive(self, password: str, salt: bytes, n: int) -> bytes:
+        self.computed += 1
+        return await _derive(password, salt, n)
+
+    async def hash(self, password: str) -> str:
+        """A new salted hash of the password at the configured cost."""
+        salt = secrets.token_bytes(SALT_BYTES)
+        async with self.slot():
+            key = await self._derive(password, salt, self.n)
+        return _encode(self.n, salt, key)
+
+    async def verify(self, password: str, encoded: str | None, *, admit: Callable[[], None] | None = None) -> bool:
+        """Whether the password matches the stored hash.
+
+        Exactly one hash is computed whatever the account: with no stored hash
+        (unknown user) or one that no password matches (sidecar and system
+        users), a dummy hash at the configured cost is computed instead, so the
+        refusal takes as long as a wrong password does. ``admit`` runs once a
+        slot is free, just before the hash: it may raise to refuse a request
+        that went over a limit while it waited.
+        """
+        parsed = _parse_hash(encoded) if encoded is not None else None
+        async with self.slot():
+            if admit is not None:
+                admit()
+            if parsed is None:
+                await self._derive(password, secrets.token_bytes(SALT_BYTES), self.n)
+                return False
+            stored_n, salt, expected = parsed
+            key = await self._derive(password, salt, stored_n)
+        return hmac.compare_digest(key, expected)
 
 
 @dataclass(frozen=True)
@@ -71,19 +142,33 @@ class Identity:
     user_id: int
     username: str
     token_version: int
+    # When the user logged in (Unix seconds): the session this token belongs to started then.
+    auth_time: int
 
 
 class TokenService:
     """Issues and verifies the service's signed tokens."""
 
-    def __init__(self, secret: str, ttl_seconds: int) -> None:
+    def __init__(self, secret: str, ttl_seconds: int, max_age_seconds: int = DEFAULT_SESSION_MAX_AGE) -> None:
         self._secret = secret
         self._ttl = ttl_seconds
+        self._max_age = max_age_seconds
 
-    def issue(self, user_id: int, username: str, token_version: int) -> str:
-        """A token for the user, valid for the configured time."""
+    def issue(self, user_id: int, username: str, token_version: int, auth_time: int | None = None) -> str:
+        """A token for the user, valid for the configured time but never past the session's end.
+
+        ``auth_time`` is the login the session started with; None starts a new session now.
+        """
         now = int(time.time())
-        claims = {"userId": user_id, "username": username, "tv": token_version, "iat": now, "exp": now + self._ttl}
+        auth_time = now if auth_time is None else auth_time
+        claims = {
+            "userId": user_id,
+            "username": username,
+            "tv": token_version,
+            "iat": now,
+            "exp": min(now + self._ttl, auth_time + self._max_age),
+            "auth_time": auth_time,
+        }
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: str) -> Identity:
@@ -97,9 +182,18 @@ class TokenService:
         except jwt.InvalidTokenError:
             raise Unauthorized("Invalid token, please log in again") from None
         user_id, username, version = claims.get("userId"), claims.get("username", ""), claims.get("tv", 0)
-        if type(user_id) is not int or not isinstance(username, str) or type(version) is not int:
+        # Tokens issued before auth_time existed: the issue time is the latest the login can have been.
+        auth_time = claims.get("auth_time", claims.get("iat"))
+        if (
+            type(user_id) is not int
+            or not isinstance(username, str)
+            or type(version) is not int
+            or type(auth_time) is not int
+        ):
             raise Unauthorized("Invalid token, please log in again")
-        return Identity(user_id, username, version)
+        if auth_time + self._max_age <= time.time():
+            raise Unauthorized("Session expired, please log in again")
+        return Identity(user_id, username, version, auth_time)
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 SocketAuthMode = Literal["token", "trust-client"]
 LogFormat = Literal["text", "json"]
+
+
+def _default_hash_concurrency() -> int:
+    """Half the CPUs this process may run on, at least one: the rest stay free for the event loop."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // 2)
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,16 @@ class Config:
     socket_auth: SocketAuthMode = "token"
     # scrypt cost (N). 2**15 takes ~80 ms and 32 MiB per hash; tests lower it.
     scrypt_n: int = 2**15
+    # Most password hashes computed at once; more wait their turn (chatsvc/auth.py PasswordHasher).
+    hash_concurrency: int = field(default_factory=_default_hash_concurrency)
+    # Failed logins allowed per username and per client address in 15 minutes (0 = no limit).
+    login_failures: int = 10
+    # Registrations allowed per client address in an hour (0 = no limit).
+    register_rate: int = 30
+    # A session (a login and the tokens renewed from it) ends this long after the login.
+    session_max_age_seconds: int = 30 * 24 * 3600
+    # Reverse proxies in front that append to X-Forwarded-For; 0 = the peer address is the client's.
+    proxy_hops: int = 0
     message_max_length: int = 500
     history_default_limit: int = 100
     history_max_limit: int = 1000
@@ -136,6 +152,10 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_CORS_ORIGINS": ("cors_origins", _origins),
     "CHATSVC_SOCKET_AUTH": ("socket_auth", _choice("token", "trust-client")),
     "CHATSVC_SCRYPT_N": ("scrypt_n", _int(minimum=2)),
+    "CHATSVC_LOGIN_FAILURES": ("login_failures", _int(minimum=0)),
+    "CHATSVC_REGISTER_RATE": ("register_rate", _int(minimum=0)),
+    "CHATSVC_SESSION_MAX_AGE": ("session_max_age_seconds", _int(minimum=1)),
+    "CHATSVC_PROXY_HOPS": ("proxy_hops", _int(minimum=0, maximum=10)),
     "CHATSVC_MAX_HTTP_BODY": ("max_http_body", _int(minimum=1024)),
     "CHATSVC_MAX_SOCKET_PAYLOAD": ("max_socket_payload", _int(minimum=1024)),
     "CHATSVC_SQLITE_SYNCHRONOUS": ("sqlite_synchronous", _choice("FULL", "NORMAL", case=str.upper)),

@@ -8,6 +8,8 @@ responses through :func:`error_middleware`, socket acknowledgements through
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -22,6 +24,8 @@ class ChatError(Exception):
     """An error with an HTTP status, safe to show to the client."""
 
     status: ClassVar[int] = 500
+    # HTTP response headers that go with the error (socket acks have none).
+    headers: Mapping[str, str] = {}
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -55,6 +59,12 @@ class PayloadTooLarge(ChatError):
 class TooManyRequests(ChatError):
     status = 429
 
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        if retry_after is not None:
+            # Whole seconds, rounded up: a client that waits exactly this long is let through.
+            self.headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
+
 
 class ServiceUnavailable(ChatError):
     status = 503
@@ -76,7 +86,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     try:
         return await handler(request)
     except ChatError as exc:
-        return error_response(exc.status, exc.message)
+        response = error_response(exc.status, exc.message)
+        response.headers.update(exc.headers)
+        return response
     except web.HTTPException as exc:
         # aiohttp's own: unknown route, wrong method, body too large...
         if exc.status < 400:

@@ -14,9 +14,14 @@ def dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
+# Answers are per user and often private: no cache, shared or not, may keep them.
+# (X-Content-Type-Options goes on every response: chatsvc/http/middleware.py security_headers.)
+JSON_HEADERS = {"Cache-Control": "no-store"}
+
+
 def json_response(data: Any, *, status: int = 200) -> web.Response:
-    """A JSON response encoded once with orjson."""
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    """A JSON response encoded once with orjson, that no cache may keep."""
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=JSON_HEADERS)
 
 
 class SocketJSON:

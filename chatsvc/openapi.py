@@ -190,8 +190,21 @@ def _json(schema: Schema, description: str, *, refreshed_token: bool = False) ->
     return response
 
 
+def _error(status: int) -> Schema:
+    response = _json(_ref("Error"), ERROR_DESCRIPTIONS[status])
+    if status == 429:
+        response["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait before trying again (failed-login and registration limits)",
+                "schema": {"type": "integer", "minimum": 1},
+                "required": False,
+            }
+        }
+    return response
+
+
 def _errors(*statuses: int) -> dict[str, Schema]:
-    return {str(status): _json(_ref("Error"), ERROR_DESCRIPTIONS[status]) for status in statuses}
+    return {str(status): _error(status) for status in statuses}
 
 
 def _query(name: str, schema: Schema, *, required: bool = True, description: str | None = None) -> Schema:
@@ -222,10 +235,12 @@ def _operation(
     errors: tuple[int, ...],
     tag: str,
     login: bool,
+    renews_token: bool = True,
 ) -> Schema:
     operation: Schema = {"summary": summary, "tags": [tag]}
     if login:
-        operation["responses"] = {str(status): _json(schema, "Success", refreshed_token=True), **_errors(*errors, 401)}
+        success = _json(schema, "Success", refreshed_token=renews_token)
+        operation["responses"] = {str(status): success, **_errors(*errors, 401)}
     else:
         operation["security"] = []
         operation["responses"] = {str(status): _json(schema, "Success"), **_errors(*errors)}
@@ -245,9 +260,20 @@ def _user_route(
     body: Schema | None = None,
     errors: tuple[int, ...] = (400,),
     tag: str,
+    renews_token: bool = True,
 ) -> Schema:
     """An operation that needs a logged-in user (Bearer token)."""
-    return _operation(summary, status, schema, params=params, body=body, errors=errors, tag=tag, login=True)
+    return _operation(
+        summary,
+        status,
+        schema,
+        params=params,
+        body=body,
+        errors=errors,
+        tag=tag,
+        login=True,
+        renews_token=renews_token,
+    )
 
 
 def _public_route(
@@ -318,6 +344,7 @@ USERS: dict[str, Schema] = {
                 },
                 ["username", "password", "nickName", "email"],
             ),
+            errors=(400, 429),
             tag="users",
         )
     },
@@ -327,7 +354,18 @@ USERS: dict[str, Schema] = {
             201,
             _closed({"user": _ref("User"), "token": _string()}),
             body=_object({"username": USERNAME, "password": _string(128)}, ["username", "password"]),
+            errors=(400, 429),
             tag="users",
+        )
+    },
+    "/user/logout": {
+        "post": _user_route(
+            "End every token of the caller and close their sockets",
+            201,
+            STRING_MESSAGE,
+            errors=(404,),
+            tag="users",
+            renews_token=False,
         )
     },
     "/user/find": {

@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from chatsvc.auth import Identity, TokenService, verify_password
+from chatsvc.auth import Identity, PasswordHasher, TokenService
 from chatsvc.cache import MembershipCache, ProfileCache
 from chatsvc.config import Config
 from chatsvc.db import Database
 from chatsvc.errors import Unauthorized
 from chatsvc.store.users import find_user_by_id
+from chatsvc.throttle import Throttle
 from chatsvc.writer import MessageWriter
 
 if TYPE_CHECKING:
@@ -23,10 +24,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated user: the public profile, and the token generation it came with."""
+    """An authenticated user: the public profile, the token generation it came with, and when they logged in."""
 
     user: dict[str, Any]
     token_version: int
+    auth_time: int
 
     @property
     def id(self) -> int:
@@ -40,6 +42,8 @@ class AppState:
 
     config: Config
     db: Database
+    hasher: PasswordHasher
+    throttle: Throttle
     # Set on startup: the signing secret may live in the database.
     tokens: TokenService = field(init=False)
     members: MembershipCache = field(default_factory=MembershipCache)
@@ -54,15 +58,11 @@ class AppState:
         user = await find_user_by_id(self.db.reader, identity.user_id)
         if user is None or user.pop("tokenVersion") != identity.token_version:
             raise Unauthorized("Token is no longer valid, please log in again")
-        return Caller(user, identity.token_version)
+        return Caller(user, identity.token_version, identity.auth_time)
 
-    def issue_token(self, user: dict[str, Any], token_version: int) -> str:
-        """A fresh token for a user profile."""
-        return self.tokens.issue(user["id"], user["username"], token_version)
-
-    async def check_password(self, password: str, encoded: str | None) -> bool:
-        """Verify a password against a stored hash, off the event loop."""
-        return await verify_password(password, encoded, n=self.config.scrypt_n)
+    def issue_token(self, user: dict[str, Any], token_version: int, auth_time: int | None = None) -> str:
+        """A fresh token for a user profile, in the session that began at ``auth_time`` (None: a new one)."""
+        return self.tokens.issue(user["id"], user["username"], token_version, auth_time)
 
 
 STATE = web.AppKey("chatsvc_state", AppState)

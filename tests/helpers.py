@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -22,6 +23,12 @@ def tool_missing(test: str, reason: str) -> NoReturn:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{test} cannot run in CI: {reason}", pytrace=False)
     pytest.skip(reason)
+async def until(condition: Callable[[], bool], what: str, timeout: float = EVENT_TIMEOUT) -> None:
+    """Poll a condition with a deadline (for state that has no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 def assert_error(status: int, body: Any, expected: int) -> None:

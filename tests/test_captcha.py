@@ -197,19 +197,54 @@ async def test_register_without_captcha_refused_when_smtp_is_on(api: Api, sink: 
     assert_error(login.status, login.body, 400)
 
 
-async def test_register_wrong_captcha_refused_and_burns_the_code(api: Api, sink: MailSink) -> None:
-    code = await request_code(api, sink, "dan@example.com")
-    wrong = f"{(int(code) + 1) % 10**6:06d}"
+def wrong_codes(code: str, count: int) -> list[str]:
+    """``count`` six-digit codes, none of them ``code``."""
+    return [f"{(int(code) + k) % 10**6:06d}" for k in range(1, count + 1)]
 
-    refused = await api.post("/user/register", registration("dan", wrong))
-    assert_error(refused.status, refused.body, 400)
-    assert "incorrect" in refused.body["message"]
-    # One wrong guess and the code is gone, so guessing is limited by the issuing rate.
-    late = await api.post("/user/register", registration("dan", code))
+
+async def test_register_code_survives_four_wrong_guesses(api: Api, sink: MailSink, config: Config) -> None:
+    code = await request_code(api, sink, "dan@example.com")
+    for wrong in wrong_codes(code, 4):
+        refused = await api.post("/user/register", registration("dan", wrong))
+        assert_error(refused.status, refused.body, 400)
+        assert refused.body["message"] == "Verification code is incorrect"
+    assert run_sql(config.db_path, "SELECT attempts FROM captcha") == [(4,)]
+    # Someone else's wrong guesses leave the code usable by its owner.
+    assert (await api.post("/user/register", registration("dan", code))).status == 201
+    await api.login("dan")
+
+
+async def test_register_code_dies_at_its_fifth_wrong_guess(api: Api, sink: MailSink) -> None:
+    code = await request_code(api, sink, "dax@example.com")
+    answers = []
+    for wrong in wrong_codes(code, 5):
+        refused = await api.post("/user/register", registration("dax", wrong))
+        assert_error(refused.status, refused.body, 400)
+        answers.append(refused.body["message"])
+    assert answers[:4] == ["Verification code is incorrect"] * 4
+    assert "last try" in answers[4]
+    # The sixth guess, even the right code, finds nothing to use.
+    late = await api.post("/user/register", registration("dax", code))
     assert_error(late.status, late.body, 400)
     assert "expired" in late.body["message"]
-    login = await api.post("/user/login", {"username": "dan", "password": "secret123"})
+    login = await api.post("/user/login", {"username": "dax", "password": "secret123"})
     assert_error(login.status, login.body, 400)
+
+
+async def test_register_new_code_starts_with_no_wrong_guesses(api: Api, sink: MailSink, config: Config) -> None:
+    code = await request_code(api, sink, "dee@example.com")
+    for wrong in wrong_codes(code, 4):
+        assert (await api.post("/user/register", registration("dee", wrong))).status == 400
+    run_sql(
+        config.db_path,
+        "UPDATE captcha SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-61 seconds') WHERE address = ?",
+        ("dee@example.com",),
+    )
+    fresh = await request_code(api, sink, "dee@example.com")
+    assert run_sql(config.db_path, "SELECT attempts FROM captcha") == [(0,)]
+    for wrong in wrong_codes(fresh, 4):
+        assert (await api.post("/user/register", registration("dee", wrong))).status == 400
+    assert (await api.post("/user/register", registration("dee", fresh))).status == 201
 
 
 async def test_register_captcha_cannot_be_reused(api: Api, sink: MailSink) -> None:
@@ -328,6 +363,61 @@ async def test_update_password_by_mailed_code(api: Api, sink: MailSink) -> None:
     stale = await api.get("/user/info", old.token)
     assert_error(stale.status, stale.body, 401)
     await api.login("max", "brand-new")
+
+
+async def test_update_password_naming_another_account_leaves_the_code_alone(
+    api: Api, sink: MailSink, config: Config
+) -> None:
+    for name in ("max", "eve"):
+        code = await request_code(api, sink, f"{name}@example.com")
+        assert (await api.post("/user/register", registration(name, code))).status == 201
+    assert (await api.get("/user/update_password/captcha", address="max@example.com")).status == 200
+    code = (await sink.next_mail()).code
+
+    # Requests that do not name max's account, wrong code or right: refused, and no try is counted.
+    wrong = wrong_codes(code, 1)[0]
+    for username, captcha in [("eve", wrong)] * 6 + [("eve", code), ("nobody", code), ("MAX", code)]:
+        body = {"username": username, "email": "max@example.com", "password": "taken-over", "captcha": captcha}
+        refused = await api.post("/user/update_password", body)
+        assert_error(refused.status, refused.body, 400)
+        assert refused.body["message"] == "Verification code is incorrect, or no account has this username and email"
+    assert run_sql(config.db_path, "SELECT attempts, code != '' FROM captcha WHERE purpose = 'update_password'") == [
+        (0, 1)
+    ]
+    # A wrong code for the right account gets the same answer, so the route tells no one whose address it is.
+    body = {"username": "max", "email": "max@example.com", "password": "brand-new", "captcha": wrong}
+    guessed = await api.post("/user/update_password", body)
+    assert guessed.body == refused.body
+
+    done = await api.post("/user/update_password", {**body, "captcha": code})
+    assert done.status == 201, done.body
+    await api.login("max", "brand-new")
+    await api.login("eve")
+
+
+def test_migration_002_gives_the_captcha_table_of_schema_sql(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    fresh = sqlite3.connect(tmp_path / "fresh.db")
+    fresh.executescript((root / "schema.sql").read_text())
+    migrated = sqlite3.connect(tmp_path / "migrated.db")
+    # The captcha table as schema.sql created it before migration 002.
+    migrated.executescript(
+        """
+        CREATE TABLE captcha (
+            purpose    TEXT NOT NULL,
+            address    TEXT NOT NULL,
+            code       TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+            PRIMARY KEY (purpose, address)
+        ) WITHOUT ROWID;
+        INSERT INTO captcha (purpose, address, code, expires_at) VALUES ('register', 'a@example.com', '123456', 'x');
+        """
+    )
+    migrated.executescript((root / "chatsvc" / "migrations" / "002_captcha_attempts.sql").read_text())
+    shape = "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info('captcha')"
+    assert migrated.execute(shape).fetchall() == fresh.execute(shape).fetchall()
+    assert migrated.execute("SELECT code, attempts FROM captcha").fetchall() == [("123456", 0)]
 
 
 async def test_captcha_mail_failure_answers_503_and_allows_retry(

@@ -13,7 +13,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from chatsvc.redis_fanout import RedisFanout
 from chatsvc.state import STATE, AppState
 from chatsvc.store import captchas
 from tests.conftest import make_config
-from tests.helpers import Api, SocketClient, User, assert_ack_error, connect_socket
+from tests.helpers import Api, SocketClient, User, assert_ack_error, connect_socket, until
 from tests.process import ServerProcess, free_port
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -62,14 +62,6 @@ async def streams(client: SocketClient, user: User, room: int, *, streams: int =
         return [(await client.call("sendMessage", send_payload(user, room, f"m{k}.{i}")))["id"] for i in range(each)]
 
     return [message_id for ids in await asyncio.gather(*(stream(k) for k in range(streams))) for message_id in ids]
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    """Poll a condition with a deadline (for state that has no event to wait on)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 class RedisServer:
@@ -192,7 +184,7 @@ async def cluster(config: Config) -> AsyncIterator[tuple[Instance, Instance]]:
             await server.start_server()
             instances.append(Instance(name, server, Api(str(server.make_url("")).rstrip("/"), session)))
         a, b = instances
-        await until(lambda: a.fanout.ordered() and b.fanout.ordered(), "both instances to listen to Redis")
+        await until(lambda: a.fanout.ordered() and b.fanout.ordered(), "both instances to listen to Redis", DEADLINE)
         yield a, b
         for instance in instances:
             for client in instance.sockets:
@@ -366,7 +358,7 @@ async def test_cluster_redis_outage_keeps_local_delivery_and_fan_out_resumes(
         await client.join(user, room)
 
     await redis_server.stop()
-    await until(lambda: not a.fanout.ordered() and not b.fanout.ordered(), "both instances to notice")
+    await until(lambda: not a.fanout.ordered() and not b.fanout.ordered(), "both instances to notice", DEADLINE)
     assert any(r.levelno == logging.ERROR and "Redis fan-out fault" in r.getMessage() for r in caplog.records)
 
     # Each instance still serves its own sockets.
@@ -377,7 +369,7 @@ async def test_cluster_redis_outage_keeps_local_delivery_and_fan_out_resumes(
     assert (await bob_b.next_chat())["message"]["id"] == local_b["id"]
 
     await redis_server.start()
-    await until(lambda: a.fanout.ordered() and b.fanout.ordered(), "fan-out to resume")
+    await until(lambda: a.fanout.ordered() and b.fanout.ordered(), "fan-out to resume", DEADLINE)
     assert any("Redis fan-out resumed" in r.getMessage() for r in caplog.records)
     for client in (alice_a, carol_a, bob_b):
         client.drain()
@@ -408,7 +400,7 @@ async def test_cluster_starts_without_redis_and_joins_the_stream_when_it_comes(t
             await redis_server.start()
             cluster = server.app[STATE].realtime.cluster
             assert cluster is not None
-            await until(cluster.fanout.ordered, "the instance to join the stream")
+            await until(cluster.fanout.ordered, "the instance to join the stream", DEADLINE)
             sent = await alice_s.call("sendMessage", send_payload(alice, room, "through redis"))
             assert (await bob_s.next_chat())["message"]["id"] == sent["id"]
             await alice_s.disconnect()

@@ -1,8 +1,9 @@
-"""Cross-cutting HTTP behaviour: CORS on every response, and login by default.
+"""Cross-cutting HTTP behaviour: CORS and security headers on every response, login by default, the client's address.
 
 Routes need a logged-in user unless their handler is marked :func:`public`.
 The Socket.IO endpoint is left alone: python-socketio answers its own CORS
-and authenticates in its connect handler.
+and authenticates in its connect handler. Security headers are set just
+before any response goes out, Socket.IO's included.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ CALLER_KEY = web.RequestKey("chatsvc_caller", Caller)
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Api-Key, X-Request-Id"
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 PREFLIGHT_MAX_AGE = "86400"
+# Replaces aiohttp's "Python/3.x aiohttp/3.x": no library versions for a scanner to match.
+SERVER_NAME = "chatsvc"
 
 
 def public(handler: Handler) -> Handler:
@@ -31,9 +34,41 @@ def public(handler: Handler) -> Handler:
     return handler
 
 
+def ends_session(handler: Handler) -> Handler:
+    """Mark a route whose response must not carry a renewed token (it revokes the caller's tokens)."""
+    handler.chatsvc_ends_session = True  # type: ignore[attr-defined]
+    return handler
+
+
 def caller(request: web.Request) -> Caller:
     """The authenticated caller of a route that needs a login."""
     return request[CALLER_KEY]
+
+
+def client_address(request: web.Request) -> str:
+    """The address the request came from, as far as it can be trusted.
+
+    With ``CHATSVC_PROXY_HOPS`` = 0 (the default) it is the peer of the TCP
+    connection, which behind a reverse proxy is the proxy. With N > 0, it is
+    the Nth address from the right of ``X-Forwarded-For``: the one the
+    outermost of our N proxies received the request from. Entries further
+    left were written by the client and are ignored.
+    """
+    hops = request.app[STATE].config.proxy_hops
+    peer = request.remote or ""
+    if hops == 0:
+        return peer
+    forwarded = [a.strip() for v in request.headers.getall("X-Forwarded-For", ()) for a in v.split(",") if a.strip()]
+    if not forwarded:
+        return peer
+    # Fewer entries than proxies: the request skipped some; the leftmost is the closest to the client we know.
+    return forwarded[-hops] if len(forwarded) >= hops else forwarded[0]
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Name no library version, and tell browsers not to guess content types, on every response."""
+    response.headers["Server"] = SERVER_NAME
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
 
 def _is_socketio(request: web.Request) -> bool:
@@ -68,8 +103,9 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
             response = exc
     if allowed is not None:
         response.headers["Access-Control-Allow-Origin"] = allowed
-        # X-Request-Id too, so a browser client can quote it in a bug report (see docs/operations.md).
-        response.headers["Access-Control-Expose-Headers"] = "token, X-Request-Id"
+        # X-Request-Id too, so a browser client can quote it in a bug report (see docs/operations.md),
+        # and Retry-After, so it can tell its user how long a 429 lasts.
+        response.headers["Access-Control-Expose-Headers"] = "token, X-Request-Id, Retry-After"
         if allowed != "*":
             response.headers["Vary"] = "Origin"
     if isinstance(response, web.HTTPException):
@@ -79,7 +115,7 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Require a valid token unless the route is public, and hand back a refreshed one."""
+    """Require a valid token unless the route is public, and hand back a renewed one of the same session."""
     route_handler: Any = request.match_info.handler
     if (
         _is_socketio(request)
@@ -94,5 +130,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     found = await state.authenticate(token)
     request[CALLER_KEY] = found
     response = await handler(request)
-    response.headers["token"] = state.issue_token(found.user, found.token_version)
+    if not getattr(route_handler, "chatsvc_ends_session", False):
+        response.headers["token"] = state.issue_token(found.user, found.token_version, found.auth_time)
     return response

@@ -122,7 +122,8 @@ async def mint_token(request: web.Request) -> web.Response:
     user = (await admin.users_by_username(state.db, [username]))[username]
     token_version = user.pop("tokenVersion")
     token = state.issue_token(user, token_version)
-    return json_response({"token": token, "expiresIn": state.config.token_ttl_seconds, "user": user}, status=201)
+    expires_in = min(state.config.token_ttl_seconds, state.config.session_max_age_seconds)
+    return json_response({"token": token, "expiresIn": expires_in, "user": user}, status=201)
 
 
 @routes.post(PREFIX + "/rooms")

@@ -1,10 +1,17 @@
-"""/user: registration, login, the caller's profile, and verification codes.
+"""/user: registration, login and logout, the caller's profile, and verification codes.
 
 A code proves that the person asking controls a mailbox. It is issued for a
 purpose (register, update_password, update_user) and an address, lives a few
-minutes, is used once, and is burnt by one wrong guess, so guessing is no
-faster than the one-per-minute issuing limit. Addresses are compared in lower
-case, so case variants share one code and one rate limit.
+minutes, is used once, and is burnt by its fifth wrong guess: a stray wrong
+guess by someone else leaves it usable for its owner, and guessing stays at
+five tries per code and one code per minute. A password reset only tries a
+code once the username and email name an account, so no one can use up the
+code of an account they do not name. Addresses are compared in lower case,
+so case variants share one code and one rate limit.
+
+Failed logins are limited per client address and per username,
+registrations per client address (chatsvc/throttle.py), and every password
+hash waits for a slot of the application's PasswordHasher.
 """
 
 from __future__ import annotations
@@ -18,18 +25,19 @@ from typing import Any
 import aiosqlite
 from aiohttp import web
 
-from chatsvc.auth import hash_password
 from chatsvc.errors import BadRequest, NotFound, TooManyRequests
-from chatsvc.http.middleware import caller, public
+from chatsvc.http.middleware import caller, client_address, ends_session, public
 from chatsvc.jsonutil import json_response
 from chatsvc.mail import MailUnavailable, send_code
 from chatsvc.state import STATE, AppState
 from chatsvc.store import captchas
 from chatsvc.store.users import (
     find_user_by_username,
+    find_user_by_username_and_email,
     find_user_seen_by,
     insert_user,
     reset_password,
+    revoke_tokens,
     update_user_profile,
 )
 from chatsvc.validation import email, json_body, not_reserved, text, text_field
@@ -44,10 +52,16 @@ PASSWORD_MAX = 128
 CAPTCHA_MAX = 32
 # At most one code per purpose and address in this many seconds.
 CAPTCHA_INTERVAL_SECONDS = 60
+# The wrong guess that burns a code: it survives the four before.
+CODE_MAX_ATTEMPTS = 5
 
 CODE_SENT = "Verification code sent"
 CODE_EXPIRED = "Verification code has expired or was never requested; request a new one"
-CODE_WRONG = "Verification code is incorrect; request a new one"
+CODE_WRONG = "Verification code is incorrect"
+CODE_BURNT = "Verification code is incorrect, and that was its last try; request a new one"
+# For a password reset, a wrong code and a username/email pair that names no account get one answer,
+# so the route cannot be used to learn which address belongs to which username.
+CODE_WRONG_OR_NO_ACCOUNT = "Verification code is incorrect, or no account has this username and email"
 
 
 @dataclass(frozen=True)
@@ -102,12 +116,19 @@ async def issue_code(state: AppState, purpose: CodePurpose, address: str) -> Non
         raise
 
 
+async def live_code(conn: aiosqlite.Connection, purpose: CodePurpose, address: str) -> bool:
+    """Whether the address has a code for the purpose that can still be used."""
+    found = await captchas.find_captcha(conn, purpose.name, address.lower())
+    return found is not None and bool(found["code"]) and bool(found["live"])
+
+
 async def consume_code(conn: aiosqlite.Connection, purpose: CodePurpose, address: str, code: str) -> str | None:
     """Use up the address's code if ``code`` matches it: None, or why it was refused.
 
     Runs inside the caller's write transaction, so the code is gone exactly
-    when the change it authorises commits. A wrong guess burns the code; the
-    caller must then leave the transaction normally for the burn to stick.
+    when the change it authorises commits. A wrong guess is counted against
+    the code, and the fifth burns it; the caller must then leave the
+    transaction normally for the count to stick.
     """
     key = address.lower()
     found = await captchas.find_captcha(conn, purpose.name, key)
@@ -115,10 +136,24 @@ async def consume_code(conn: aiosqlite.Connection, purpose: CodePurpose, address
         return CODE_EXPIRED
     # Constant time, on bytes: compare_digest refuses non-ASCII str.
     if not hmac.compare_digest(found["code"].encode(), code.encode()):
-        await captchas.burn_captcha(conn, purpose.name, key)
-        return CODE_WRONG
+        attempts = await captchas.count_wrong_guess(conn, purpose.name, key, max_attempts=CODE_MAX_ATTEMPTS)
+        return CODE_BURNT if attempts >= CODE_MAX_ATTEMPTS else CODE_WRONG
     await captchas.delete_captcha(conn, purpose.name, key)
     return None
+
+
+async def reset_code_problem(conn: aiosqlite.Connection, username: str, address: str, code: str) -> str | None:
+    """Use up the password reset code of the account named by username and email: None, or why it was refused.
+
+    A request that names no account leaves the code alone, so no one can
+    spend someone else's tries; it is answered like a wrong code.
+    """
+    if not await live_code(conn, UPDATE_PASSWORD_CODE, address):
+        return CODE_EXPIRED
+    if await find_user_by_username_and_email(conn, username, address) is None:
+        return CODE_WRONG_OR_NO_ACCOUNT
+    problem = await consume_code(conn, UPDATE_PASSWORD_CODE, address, code)
+    return CODE_WRONG_OR_NO_ACCOUNT if problem == CODE_WRONG else problem
 
 
 @routes.post("/user/register")
@@ -136,7 +171,8 @@ async def register(request: web.Request) -> web.Response:
     address = email(body.get("email"))
     password = password_field(body)
     code = captcha_field(body) if state.config.smtp_url is not None else None
-    password_hash = await hash_password(password, n=state.config.scrypt_n)
+    state.throttle.register_attempt(client_address(request))
+    password_hash = await state.hasher.hash(password)
     problem, user = None, None
     async with state.db.transaction() as conn:
         if code is not None:
@@ -156,18 +192,40 @@ async def register(request: web.Request) -> web.Response:
 @routes.post("/user/login")
 @public
 async def login(request: web.Request) -> web.Response:
-    """Exchange username and password for the user and a token."""
+    """Exchange username and password for the user and a token; 429 while over a failed-login limit."""
     state = request.app[STATE]
     body = await json_body(request)
     username = text_field(body, "username", max_length=USERNAME_MAX)
     password = text_field(body, "password", max_length=PASSWORD_MAX, allow_blank=True)
+    address = client_address(request)
+
+    def admit() -> None:
+        state.throttle.check_login(username, address)
+
+    # Checked again once a hashing slot is free, for the logins that queued while others failed.
+    admit()
     found = await find_user_by_username(state.db.reader, username)
-    ok = await state.check_password(password, found["passwordHash"] if found else None)
+    ok = await state.hasher.verify(password, found["passwordHash"] if found else None, admit=admit)
     if found is None or not ok:
+        state.throttle.login_failed(username, address)
         raise BadRequest("Wrong username or password")
     token_version = found.pop("tokenVersion")
     del found["passwordHash"]
     return json_response({"user": found, "token": state.issue_token(found, token_version)}, status=201)
+
+
+@routes.post("/user/logout")
+@ends_session
+async def logout(request: web.Request) -> web.Response:
+    """End every token of the caller, on every device, and close their sockets."""
+    state = request.app[STATE]
+    me = caller(request)
+    async with state.db.transaction() as conn:
+        revoked = await revoke_tokens(conn, me.id)
+    if revoked is None:
+        raise NotFound("User not found")
+    await state.realtime.disconnect_user(me.id)
+    return json_response("Logged out", status=201)
 
 
 @routes.get("/user/find")
@@ -254,17 +312,14 @@ async def update_password(request: web.Request) -> web.Response:
     address = email(body.get("email"))
     password = password_field(body)
     code = captcha_field(body)
-    password_hash = await hash_password(password, n=state.config.scrypt_n)
+    password_hash = await state.hasher.hash(password)
+    changed = None
     async with state.db.transaction() as conn:
-        problem = await consume_code(conn, UPDATE_PASSWORD_CODE, address, code)
-        changed = None
+        problem = await reset_code_problem(conn, username, address, code)
         if problem is None:
             changed = await reset_password(conn, username=username, email=address, password_hash=password_hash)
-            if changed is None:
-                # One message for an unknown user and a wrong email; the rollback keeps the code.
-                raise BadRequest("No account has this username and email")
     if problem is not None or changed is None:
-        raise BadRequest(problem or "No account has this username and email")
+        raise BadRequest(problem or CODE_WRONG_OR_NO_ACCOUNT)
     # Sockets opened with the old password's tokens go too, not just later requests.
     await state.realtime.disconnect_user(changed["id"])
     return json_response("Password updated", status=201)

@@ -1,4 +1,4 @@
-"""Verification codes: one live code per (purpose, address), with its expiry."""
+"""Verification codes: one live code per (purpose, address), with its expiry and the wrong guesses made at it."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ async def store_captcha(
         INSERT INTO captcha (purpose, address, code, expires_at, created_at)
         VALUES (:purpose, :address, :code, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', :ttl), {_NOW})
         ON CONFLICT (purpose, address) DO UPDATE
-            SET code = excluded.code, expires_at = excluded.expires_at, created_at = excluded.created_at
+            SET code = excluded.code, expires_at = excluded.expires_at, created_at = excluded.created_at,
+                attempts = 0
             WHERE captcha.created_at <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', :interval)
         RETURNING purpose, address, expires_at AS expiresAt, created_at AS createdAt
         """,
@@ -66,9 +67,23 @@ async def delete_captcha(conn: aiosqlite.Connection, purpose: str, address: str,
     return cursor.rowcount > 0
 
 
-async def burn_captcha(conn: aiosqlite.Connection, purpose: str, address: str) -> None:
-    """Make the address's code unusable but keep its row, so the request rate limit still holds."""
-    await conn.execute("UPDATE captcha SET code = '' WHERE purpose = ? AND address = ?", (purpose, address))
+async def count_wrong_guess(conn: aiosqlite.Connection, purpose: str, address: str, *, max_attempts: int) -> int:
+    """Count a wrong guess at the address's code, burning the code at the ``max_attempts``-th; guesses so far.
+
+    A burnt code keeps its row (with an empty code), so the request rate limit still holds.
+    """
+    row = await fetch_one(
+        conn,
+        """
+        UPDATE captcha SET
+            attempts = attempts + 1,
+            code = CASE WHEN attempts + 1 >= :max_attempts THEN '' ELSE code END
+        WHERE purpose = :purpose AND address = :address
+        RETURNING attempts
+        """,
+        {"purpose": purpose, "address": address, "max_attempts": max_attempts},
+    )
+    return max_attempts if row is None else int(row["attempts"])
 
 
 async def purge_expired_captchas(conn: aiosqlite.Connection) -> None:

@@ -78,6 +78,13 @@ async def find_user_seen_by(conn: aiosqlite.Connection, username: str, viewer_id
         {"username": username, "viewer": viewer_id},
     )
     return without_hidden_email(found) if found is not None else None
+async def find_user_by_username_and_email(
+    conn: aiosqlite.Connection, username: str, email: str
+) -> dict[str, Any] | None:
+    """The id of the user with that username and email (any case), or None."""
+    return await fetch_one(
+        conn, "SELECT id FROM user WHERE username = ? AND email = ? COLLATE NOCASE", (username, email)
+    )
 
 
 async def list_users_by_ids(conn: aiosqlite.Connection, user_ids: list[int]) -> list[dict[str, Any]]:
@@ -126,4 +133,13 @@ async def reset_password(
         RETURNING id, token_version AS tokenVersion
         """,
         {"username": username, "email": email, "password_hash": password_hash},
+    )
+
+
+async def revoke_tokens(conn: aiosqlite.Connection, user_id: int) -> dict[str, Any] | None:
+    """End every token issued to the user so far (logout); the new token version, or None if no such user."""
+    return await fetch_one(
+        conn,
+        "UPDATE user SET token_version = token_version + 1 WHERE id = ? RETURNING token_version AS tokenVersion",
+        (user_id,),
     )
