@@ -104,6 +104,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _unprivileged_account() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(UNPRIVILEGED_USER)
+    except KeyError:
+        raise PostgresError(
+            f"running as root, and there is no {UNPRIVILEGED_USER!r} account to run PostgreSQL as (it refuses root)"
+        ) from None
+
+
 def _clean_env() -> dict[str, str]:
     # PGDATA, PGPORT, PGSERVICE… of the caller's shell must not steer our server or our psql.
     return {key: value for key, value in os.environ.items() if not key.startswith("PG")}
@@ -127,7 +136,7 @@ class PostgresServer:
         self.folder: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._names = itertools.count(1)
-        self._account = pwd.getpwnam(UNPRIVILEGED_USER) if os.geteuid() == 0 else None
+        self._account = _unprivileged_account() if os.geteuid() == 0 else None
 
     # --- life cycle -------------------------------------------------------------------------------------------
 
