@@ -1,8 +1,8 @@
-"""The real application on a real loopback port over a temporary SQLite file."""
+"""The real application on a real loopback port over a temporary SQLite file; a real PostgreSQL server."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,8 @@ import pytest
 
 from chatsvc.config import Config
 from chatsvc.testing import TEST_SCRYPT_N, ChatsvcServer, run_chatsvc
-from tests.helpers import Api, SocketClient, connect_socket
+from chatsvc.testing_postgres import PostgresServer, find_bindir
+from tests.helpers import Api, SocketClient, connect_socket, tool_missing
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:
@@ -57,3 +58,30 @@ async def sockets(base_url: str) -> AsyncIterator[Callable[..., Awaitable[Socket
     for client in opened:
         if client.sio.connected:
             await client.disconnect()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole session, started by the first test that asks (about a second)."""
+    bindir = find_bindir()
+    if bindir is None:
+        tool_missing(
+            "PostgreSQL tests",
+            "no PostgreSQL server binaries (initdb, postgres, psql) in pg_config --bindir, /usr/lib/postgresql/*/bin "
+            "or PATH (Debian: apt-get install postgresql; .ci/run installs it)",
+        )
+    with PostgresServer(bindir) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """``postgresql://postgres:<password>@127.0.0.1:<port>/chatsvc_tests``: one database shared by the session."""
+    return postgres_server.create_database("chatsvc_tests")
+
+
+@pytest.fixture
+def postgres_database_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh empty database for this test alone, dropped after it."""
+    with postgres_server.temporary_database() as url:
+        yield url
