@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -26,6 +27,8 @@ class ServerProcess:
         self.port = port or free_port()
         self.env = {**os.environ, "CHATSVC_SCRYPT_N": "16", **(env or {})}
         self.proc: asyncio.subprocess.Process | None = None
+        # stderr lines already read by wait_for_line, so stderr() still returns the whole log.
+        self._read_lines: list[str] = []
 
     @property
     def url(self) -> str:
@@ -67,8 +70,21 @@ class ServerProcess:
             return await self.proc.wait()
 
     async def stderr(self) -> str:
+        """The whole log, once the process has exited (or what it wrote so far and closes)."""
         assert self.proc is not None and self.proc.stderr is not None
-        return (await self.proc.stderr.read()).decode(errors="replace")
+        return "".join(self._read_lines) + (await self.proc.stderr.read()).decode(errors="replace")
+
+    async def wait_for_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """Read the running server's log until a line matches ``pattern``; that line's match."""
+        assert self.proc is not None and self.proc.stderr is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                line = (await self.proc.stderr.readline()).decode(errors="replace")
+                assert line, f"the server closed its log before a line matched {pattern!r}"
+                self._read_lines.append(line)
+                found = re.search(pattern, line)
+                if found:
+                    return found
 
     def terminate(self, signum: int = signal.SIGTERM) -> None:
         assert self.proc is not None
@@ -77,3 +93,27 @@ class ServerProcess:
     def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
+
+
+async def run_chatsvc_command(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30.0
+) -> tuple[int, str, str]:
+    """``python -m chatsvc ARGS`` run to its end (a refused start, a CLI command): exit status, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "chatsvc",
+        *args,
+        env={**os.environ, "CHATSVC_SCRYPT_N": "16", **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            stdout, stderr = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
