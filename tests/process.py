@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import socket
 import sys
@@ -27,8 +26,6 @@ class ServerProcess:
         self.port = port or free_port()
         self.env = {**os.environ, "CHATSVC_SCRYPT_N": "16", **(env or {})}
         self.proc: asyncio.subprocess.Process | None = None
-        # stderr lines already read by wait_for_line, so stderr() still returns the whole log.
-        self._read_lines: list[str] = []
 
     @property
     def url(self) -> str:
@@ -70,21 +67,8 @@ class ServerProcess:
             return await self.proc.wait()
 
     async def stderr(self) -> str:
-        """The whole log, once the process has exited (or what it wrote so far and closes)."""
         assert self.proc is not None and self.proc.stderr is not None
-        return "".join(self._read_lines) + (await self.proc.stderr.read()).decode(errors="replace")
-
-    async def wait_for_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
-        """Read the running server's log until a line matches ``pattern``; that line's match."""
-        assert self.proc is not None and self.proc.stderr is not None
-        async with asyncio.timeout(timeout):
-            while True:
-                line = (await self.proc.stderr.readline()).decode(errors="replace")
-                assert line, f"the server closed its log before a line matched {pattern!r}"
-                self._read_lines.append(line)
-                found = re.search(pattern, line)
-                if found:
-                    return found
+        return (await self.proc.stderr.read()).decode(errors="replace")
 
     def terminate(self, signum: int = signal.SIGTERM) -> None:
         assert self.proc is not None
