@@ -233,7 +233,7 @@ class Database:
             except sqlite3.Error as exc:
                 self._raise_if_storage_failed(exc)
                 raise
-        self.write_failure = None
+        self._write_succeeded()
         return result
 
     @asynccontextmanager
@@ -256,7 +256,7 @@ class Database:
                 if isinstance(exc, sqlite3.Error):
                     self._raise_if_storage_failed(exc)
                 raise
-        self.write_failure = None
+        self._write_succeeded()
 
     async def _roll_back(self, conn: aiosqlite.Connection) -> None:
         # After some errors (a full disk among them) SQLite has rolled back already.
@@ -271,5 +271,12 @@ class Database:
         """Raise StorageUnavailable, and remember why, if a write failed for a full or failing disk."""
         unavailable = storage_failure(exc)
         if unavailable is not None:
+            if self.write_failure is None:
+                log.error("writes to the database fail (%s): answering 503 until one succeeds", exc)
             self.write_failure = str(exc)
             raise unavailable from exc
+
+    def _write_succeeded(self) -> None:
+        if self.write_failure is not None:
+            log.warning("writes to the database succeed again")
+            self.write_failure = None

@@ -143,7 +143,10 @@ def fill(path: Path) -> None:
                 assert exc.errno == errno.ENOSPC, exc
 
 
-async def test_a_full_disk_answers_503_fails_readiness_and_recovers_when_space_returns(small_disk: Path) -> None:
+async def test_a_full_disk_answers_503_fails_readiness_and_recovers_when_space_returns(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chatsvc")
     async with run_chatsvc(make_config(small_disk)) as server:
         api = Api(server.base_url, server.http)
         alice = await api.new_user()
@@ -179,6 +182,10 @@ async def test_a_full_disk_answers_503_fails_readiness_and_recovers_when_space_r
             assert [m["content"] for m in history.body] == ["kept"]
         finally:
             await client.disconnect()
+    messages = [r.getMessage() for r in caplog.records if r.name == "chatsvc.db"]
+    assert sum("writes to the database fail (database or disk is full)" in m for m in messages) == 1
+    assert sum("writes to the database succeed again" in m for m in messages) == 1
+    assert not [r for r in caplog.records if r.exc_info], "a full disk is logged without tracebacks"
 
 
 # --- a client that drops mid-request ---
