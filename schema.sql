@@ -1,6 +1,11 @@
--- chatsvc schema: the only DDL. Applied on every start, so every statement is
--- idempotent. Times are ISO 8601 UTC strings with milliseconds, produced by
--- SQLite itself, so rows are returned without conversion.
+-- chatsvc schema: the current shape of the database, in one readable place.
+-- A new database is made from it; an existing one is first brought up to date
+-- by chatsvc/migrations/NNN_*.sql (chatsvc/migrate.py), then this is applied
+-- again, so every statement is idempotent and a new table or index may simply
+-- be added here. A change to an existing table needs a migration step too; a
+-- test checks that a migrated database equals one made from this file.
+-- Times are ISO 8601 UTC strings with milliseconds, produced by SQLite itself,
+-- so rows are returned without conversion.
 
 CREATE TABLE IF NOT EXISTS setting (
     key   TEXT PRIMARY KEY,

@@ -13,6 +13,7 @@ from chatsvc import __version__, cli
 from chatsvc.app import create_app
 from chatsvc.config import Config
 from chatsvc.demo import demo_banner, prepare_demo
+from chatsvc.errors import StartupError
 from chatsvc.logs import configure_logging
 
 # Seconds open HTTP requests get to finish after SIGTERM; sockets are closed before that.
@@ -48,7 +49,15 @@ def _use_uvloop() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI."""
+    """Run the CLI; a refused start (database unopenable, in use, too new) is one line on stderr."""
+    try:
+        return _run(argv)
+    except StartupError as exc:
+        print(f"chatsvc: {exc.message}", file=sys.stderr)
+        return exc.exit_status
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = Config.from_env(host=getattr(args, "host", None), port=getattr(args, "port", None), db_path=args.db)

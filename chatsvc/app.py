@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from chatsvc.errors import error_middleware
 from chatsvc.http import chatrooms, demo, favorites, friends, history, ops, sidecar, users
 from chatsvc.http.middleware import auth_middleware, cors_middleware, security_headers
 from chatsvc.http.observe import observe_middleware
+from chatsvc.instance_lock import InstanceLock
 from chatsvc.metrics import METRICS, Metrics
 from chatsvc.realtime import create_socket_server
 from chatsvc.state import STATE, AppState
@@ -60,18 +62,27 @@ def create_app(config: Config) -> web.Application:
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
-    await state.db.open()
-    secret = state.config.jwt_secret
-    if secret is None:
-        # Generated once and kept, so tokens survive a restart with no configuration.
-        async with state.db.transaction() as conn:
-            secret = await get_or_create_setting(conn, "jwt_secret", secrets.token_urlsafe(48))
+    # Claimed before opening, so a refused process neither migrates nor writes the database.
+    lock = InstanceLock(state.config.db_path, shared=state.config.redis_url is not None)
+    await asyncio.to_thread(lock.acquire)
+    try:
+        await state.db.open()
+        secret = state.config.jwt_secret
+        if secret is None:
+            # Generated once and kept, so tokens survive a restart with no configuration.
+            async with state.db.transaction() as conn:
+                secret = await get_or_create_setting(conn, "jwt_secret", secrets.token_urlsafe(48))
+    except BaseException:
+        await state.db.close()
+        lock.release()
+        raise
     state.tokens = TokenService(secret, state.config.token_ttl_seconds, state.config.session_max_age_seconds)
     state.writer.start()
     log.info("database ready at %s", state.config.db_path)
     yield
     await state.writer.close()
     await state.db.close()
+    lock.release()
 
 
 async def _close_sockets(app: web.Application) -> None:

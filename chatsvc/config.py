@@ -136,6 +136,16 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in raw.split(",") if o.strip()) or ("*",)
 
 
+# HS256 keys shorter than the hash output are guessable offline from one token (RFC 7518 section 3.2).
+JWT_SECRET_MIN_BYTES = 32
+
+
+def _secret(name: str, raw: str) -> str:
+    if len(raw.encode("utf-8", "surrogateescape")) < JWT_SECRET_MIN_BYTES:
+        raise ValueError(f"{name} must be at least {JWT_SECRET_MIN_BYTES} bytes long (or unset to generate one)")
+    return raw
+
+
 def _redis_url(name: str, raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"{name} must be a redis://, rediss:// or unix:// URL")
@@ -147,7 +157,7 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_HOST": ("host", _text),
     "CHATSVC_PORT": ("port", _int(minimum=0, maximum=65535)),
     "CHATSVC_DB": ("db_path", _path),
-    "CHATSVC_JWT_SECRET": ("jwt_secret", _text),
+    "CHATSVC_JWT_SECRET": ("jwt_secret", _secret),
     "CHATSVC_TOKEN_TTL": ("token_ttl_seconds", _int(minimum=1)),
     "CHATSVC_CORS_ORIGINS": ("cors_origins", _origins),
     "CHATSVC_SOCKET_AUTH": ("socket_auth", _choice("token", "trust-client")),

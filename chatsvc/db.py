@@ -6,24 +6,44 @@ the write connection from interleaving their statements. Several processes
 may share the file (chatsvc/cluster.py): SQLite waits up to the busy timeout
 for another process's write lock, and a write that still finds the database
 locked is retried a few times with backoff before it fails.
+
+The file holds password hashes and possibly the token signing secret, so its
+folder is created 0700 and the file 0600 (SQLite gives the ``-wal`` and
+``-shm`` files the database file's mode). A write that fails because the
+disk is full or failing raises :class:`StorageUnavailable` (503), and the
+database remembers the failure until a write succeeds again (``/readyz``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
+from chatsvc.errors import StartupError, StorageUnavailable
+from chatsvc.migrate import migrate
+
+log = logging.getLogger(__name__)
+
 BUSY_TIMEOUT_MS = 5000
 # Further attempts at a write that found the database locked after the whole busy timeout.
 BUSY_RETRIES = 3
 BUSY_BACKOFF_SECONDS = 0.05
+# Only the service's own user may read the data: it holds password hashes and maybe the signing secret.
+PRIVATE_UMASK = 0o077
+FOLDER_MODE = 0o700
+FILE_MODE = 0o600
+# Files of one database, besides the database itself.
+SIDE_FILE_SUFFIXES = ("-wal", "-shm")
 
 T = TypeVar("T")
 
@@ -41,6 +61,73 @@ def is_busy(exc: BaseException) -> bool:
     if code is not None:
         return code & 0xFF == sqlite3.SQLITE_BUSY
     return "database is locked" in str(exc)
+
+
+def storage_failure(exc: BaseException) -> StorageUnavailable | None:
+    """The 503 to answer for a write that failed because the disk is full or failing; None for other errors."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if code is not None else None
+    if primary == sqlite3.SQLITE_FULL or (primary is None and "database or disk is full" in str(exc)):
+        return StorageUnavailable("The server's disk is full: nothing was saved, please try again later")
+    if primary == sqlite3.SQLITE_IOERR or (primary is None and "disk I/O error" in str(exc)):
+        return StorageUnavailable("The server cannot write to its disk: nothing was saved, please try again later")
+    return None
+
+
+@contextmanager
+def private_umask() -> Iterator[None]:
+    """Create files and folders readable by this user only, for the duration of the block."""
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def create_private_folder(folder: Path) -> None:
+    """Create a folder (and missing parents) 0700; an existing one is left as it is."""
+    try:
+        with private_umask():
+            folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(f"{folder} exists and is not a folder") from None
+
+
+def prepare_database_file(path: Path) -> None:
+    """Create the database's folder 0700 and the empty file 0600 if missing; warn if others can read them.
+
+    SQLite creates the ``-wal`` and ``-shm`` files with the database file's
+    permissions, so a 0600 database keeps all three private.
+    """
+    create_private_folder(path.parent)
+    with private_umask(), suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    exposed = [
+        (candidate, mode)
+        for candidate in (path.parent, path, *(path.with_name(path.name + s) for s in SIDE_FILE_SUFFIXES))
+        if (mode := _readable_by_others(candidate)) is not None
+    ]
+    for candidate, mode in exposed:
+        kind = "folder" if candidate == path.parent else "file"
+        log.warning(
+            "the database %s %s is readable by other users of this host (mode %s): it holds password hashes "
+            "and maybe the token secret; run chmod %s %s",
+            kind,
+            candidate,
+            f"{mode:04o}",
+            f"{FOLDER_MODE:o}" if kind == "folder" else f"{FILE_MODE:o}",
+            candidate,
+        )
+
+
+def _readable_by_others(path: Path) -> int | None:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None
+    return mode if mode & (stat.S_IRGRP | stat.S_IROTH) else None
 
 
 async def retry_busy(operation: Callable[[], Awaitable[T]], *, retries: int = BUSY_RETRIES) -> T:
@@ -67,25 +154,42 @@ class Database:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        # Why the last write failed for lack of storage; None once a write succeeds again.
+        self.write_failure: str | None = None
 
     async def open(self) -> None:
-        """Create the file and its folder if needed, apply the schema, open both connections."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = writer = await self._connect()
-        # Idempotent DDL, so a retry after another process held the lock is safe.
-        await retry_busy(lambda: writer.executescript(schema_sql()))
-        self._reader = await self._connect()
-        await self._reader.execute("PRAGMA query_only = ON")
+        """Create the file and its folder if needed, bring the schema up to date, open both connections.
+
+        Raises StartupError, with every connection closed, when the file cannot
+        be created or opened as an SQLite database, or its schema is newer than
+        this code.
+        """
+        try:
+            await asyncio.to_thread(prepare_database_file, self.path)
+            self._writer = writer = await self._connect()
+            await migrate(writer, self.path, schema_sql())
+            self._reader = await self._connect()
+            await self._reader.execute("PRAGMA query_only = ON")
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise StartupError(f"cannot open the database {self.path}: {exc}") from exc
+            raise
 
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: autocommit, so transactions are explicit.
         conn = await aiosqlite.connect(self.path, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        await conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
-        # Switching to WAL needs a moment alone with the file: another process may be starting too.
-        await retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL"))
-        await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        await conn.execute("PRAGMA foreign_keys = ON")
+        try:
+            conn.row_factory = sqlite3.Row
+            await conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+            # Switching to WAL needs a moment alone with the file: another process may be starting too.
+            await retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL"))
+            await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            await conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            # The connection's thread would keep the process alive after a failed start.
+            await conn.close()
+            raise
         return conn
 
     async def close(self) -> None:
@@ -124,7 +228,13 @@ class Database:
         A statement that failed with "database is locked" wrote nothing, so running it again is safe.
         """
         async with self.single_statement() as conn:
-            return await retry_busy(lambda: statement(conn))
+            try:
+                result = await retry_busy(lambda: statement(conn))
+            except sqlite3.Error as exc:
+                self._raise_if_storage_failed(exc)
+                raise
+        self._write_succeeded()
+        return result
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -133,10 +243,40 @@ class Database:
         async with self._write_lock:
             conn = self._writer
             # BEGIN IMMEDIATE takes the write lock at once, so a busy database shows here, before any work.
-            await retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+            try:
+                await retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+            except sqlite3.Error as exc:
+                self._raise_if_storage_failed(exc)
+                raise
             try:
                 yield conn
-            except BaseException:
-                await conn.execute("ROLLBACK")
+                await conn.execute("COMMIT")
+            except BaseException as exc:
+                await self._roll_back(conn)
+                if isinstance(exc, sqlite3.Error):
+                    self._raise_if_storage_failed(exc)
                 raise
-            await conn.execute("COMMIT")
+        self._write_succeeded()
+
+    async def _roll_back(self, conn: aiosqlite.Connection) -> None:
+        # After some errors (a full disk among them) SQLite has rolled back already.
+        if not conn.in_transaction:
+            return
+        try:
+            await conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.exception("rolling back a failed transaction failed")
+
+    def _raise_if_storage_failed(self, exc: sqlite3.Error) -> None:
+        """Raise StorageUnavailable, and remember why, if a write failed for a full or failing disk."""
+        unavailable = storage_failure(exc)
+        if unavailable is not None:
+            if self.write_failure is None:
+                log.error("writes to the database fail (%s): answering 503 until one succeeds", exc)
+            self.write_failure = str(exc)
+            raise unavailable from exc
+
+    def _write_succeeded(self) -> None:
+        if self.write_failure is not None:
+            log.warning("writes to the database succeed again")
+            self.write_failure = None

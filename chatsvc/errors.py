@@ -70,6 +70,19 @@ class ServiceUnavailable(ChatError):
     status = 503
 
 
+class StorageUnavailable(ServiceUnavailable):
+    """A write failed because the disk is full or failing: nothing was stored, and trying later may work."""
+
+
+class StartupError(Exception):
+    """The service cannot start (database unopenable, in use, too new); the CLI prints it as one line."""
+
+    def __init__(self, message: str, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_status = exit_status
+
+
 def error_body(status: int, message: str) -> dict[str, Any]:
     """The canonical error shape, as the original NestJS backend produced it."""
     return {"statusCode": status, "message": message, "error": HTTPStatus(status).phrase}
@@ -78,6 +91,12 @@ def error_body(status: int, message: str) -> dict[str, Any]:
 def error_response(status: int, message: str) -> web.Response:
     """An HTTP response carrying the canonical error body."""
     return json_response(error_body(status, message), status=status)
+
+
+def client_gone(request: web.BaseRequest) -> bool:
+    """Whether the client's connection is closed."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 @web.middleware
@@ -99,6 +118,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
             if header in exc.headers:
                 response.headers[header] = exc.headers[header]
         return response
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and client_gone(request):
+            # The client went away mid-request, e.g. while sending its body: chatsvc/http/observe.py logs it.
+            raise
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "Internal server error")

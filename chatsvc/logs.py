@@ -23,6 +23,9 @@ REQUEST_ID_KEY = web.RequestKey("chatsvc_request_id", str)
 # A client's id is kept only if it is short and plain, so it cannot forge log lines.
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
+# Libraries whose DEBUG lines may carry secrets (SQL parameters): never below WARNING.
+QUIET_LOGGERS = ("aiosqlite",)
+
 access_log = logging.getLogger("chatsvc.access")
 socket_log = logging.getLogger("chatsvc.socket")
 
@@ -83,6 +86,9 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
+    # At DEBUG the driver logs every statement with its parameters: password hashes, codes, the token secret.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 def log_socket_event(

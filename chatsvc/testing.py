@@ -159,8 +159,9 @@ async def run_chatsvc(config: Config | None = None, /, **overrides: Any) -> Asyn
             config = config.with_changes(**overrides)
         app = create_app(config.with_changes(host=LOOPBACK, port=0))
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
-        await runner.setup()
         try:
+            # Inside the try: a start refused half-way (e.g. StartupError) still stops what had started.
+            await runner.setup()
             site = web.TCPSite(runner, LOOPBACK, 0)
             await site.start()
             port = runner.addresses[0][1]

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from chatsvc.cache import ProfileCache
 from chatsvc.db import Database
-from chatsvc.errors import ServiceUnavailable
+from chatsvc.errors import ServiceUnavailable, StorageUnavailable
 from chatsvc.store.messages import MAX_ROWS_PER_INSERT, find_messages_by_client_ids, insert_messages
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,11 @@ class MessageWriter:
                         item.future.set_result(result)
                 await self._publish(new_messages)
         except Exception as exc:
-            log.exception("storing a batch of %d messages failed", len(batch))
+            if isinstance(exc, StorageUnavailable):
+                # Expected while the disk is full: one line per batch, no traceback; the senders get 503.
+                log.error("storing a batch of %d messages failed: %s", len(batch), exc.__cause__ or exc)
+            else:
+                log.exception("storing a batch of %d messages failed", len(batch))
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)

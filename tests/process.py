@@ -77,3 +77,27 @@ class ServerProcess:
     def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
+
+
+async def run_chatsvc_command(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30.0
+) -> tuple[int, str, str]:
+    """``python -m chatsvc ARGS`` run to its end (a refused start, a CLI command): exit status, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "chatsvc",
+        *args,
+        env={**os.environ, "CHATSVC_SCRYPT_N": "16", **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            stdout, stderr = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")

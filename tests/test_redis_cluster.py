@@ -414,7 +414,11 @@ async def test_cluster_two_processes_store_every_message_once_and_deliver_in_ord
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     db = tmp_path / "shared.db"
-    env = {"CHATSVC_REDIS_URL": redis_server.url, "CHATSVC_RATE_LIMIT": "0", "CHATSVC_JWT_SECRET": "cluster-test"}
+    env = {
+        "CHATSVC_REDIS_URL": redis_server.url,
+        "CHATSVC_RATE_LIMIT": "0",
+        "CHATSVC_JWT_SECRET": "a-cluster-test-secret-of-32-bytes-or-more",
+    }
     processes = [ServerProcess(db, env=env), ServerProcess(db, env=env)]
     for process in processes:
         await process.start()

@@ -37,6 +37,11 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     except asyncio.CancelledError:
         status = CLIENT_CLOSED
         raise
+    except ConnectionResetError:
+        # The client went away mid-request (e.g. while sending its body): this request's line says so,
+        # and there is no one to answer (aiohttp drops a response to a closed connection quietly).
+        status = CLIENT_CLOSED
+        return web.Response(status=CLIENT_CLOSED)
     else:
         status = response.status
         # A WebSocket (Socket.IO) response has been sent already: its headers are gone.

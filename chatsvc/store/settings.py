@@ -23,3 +23,13 @@ async def get_or_create_setting(conn: aiosqlite.Connection, key: str, default: s
     await conn.execute("INSERT INTO setting (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, default))
     value: str = await fetch_value(conn, "SELECT value FROM setting WHERE key = ?", (key,))
     return value
+
+
+async def record_write_probe(conn: aiosqlite.Connection) -> None:
+    """Store the time in the ``write_probe`` setting: a small real write, to learn whether writes work again."""
+    await conn.execute(
+        """
+        INSERT INTO setting (key, value) VALUES ('write_probe', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        ON CONFLICT (key) DO UPDATE SET value = excluded.value
+        """
+    )

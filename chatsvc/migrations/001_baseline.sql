@@ -1,0 +1,7 @@
+-- Version 1: the schema chatsvc had before it had migrations (tests/fixtures/schema_v1.sql).
+-- Nothing to run: a database made before migrations (tables present, user_version 0)
+-- is taken to be at version 1, and a new database is made from schema.sql directly.
+--
+-- The next step is 002_<name>.sql: the statements that turn version 1 into version 2.
+-- Each step runs once, in its own transaction with the version bump, in number order;
+-- update schema.sql to the resulting shape in the same change (docs/operations.md).
