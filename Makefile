@@ -9,11 +9,15 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# PYTHONWARNINGS: setuptools reports every editable install with a boxed "Editable installation"
+# notice that reads like an error; it is informational only, so that one message is silenced.
 $(STAMP): setup.cfg pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,dev,postgres]'
-	touch $(STAMP)
+	@echo "Installing chatsvc with its test and dev tools into $(VENV) (a minute or two on a fresh clone)..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[test,dev,postgres]'
+	@touch $(STAMP)
+	@echo "Installed: $(VENV)/bin/chatsvc, pytest, ruff and mypy."
 
 run: install
 	$(PY) -m chatsvc serve

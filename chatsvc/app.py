@@ -78,7 +78,7 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
         raise
     state.tokens = TokenService(secret, state.config.token_ttl_seconds, state.config.session_max_age_seconds)
     state.writer.start()
-    log.info("database ready at %s", state.config.db_path)
+    log.debug("database ready at %s", state.config.db_path)
     yield
     await state.writer.close()
     await state.db.close()

@@ -13,7 +13,6 @@ import functools
 import secrets
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from chatsvc import admin
 from chatsvc.auth import TokenService
@@ -24,13 +23,15 @@ from chatsvc.http.users import NICKNAME_MAX, PASSWORD_MAX, PASSWORD_MIN, USERNAM
 from chatsvc.validation import email, text
 
 COMMANDS = ("init-db", "user", "token")
+# Commands that only read: they find a database or say there is none, never create an empty one.
+READ_ONLY = ("token",)
 DB_HELP = "SQLite file (CHATSVC_DB, default ./data/chatsvc.db)"
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register init-db, user add and token on the CLI's subcommand parser."""
     init_db = commands.add_parser("init-db", help="create the database file with its schema, then exit")
-    init_db.add_argument("--db", type=Path, help=DB_HELP)
+    init_db.add_argument("--db", help=DB_HELP)
     user = commands.add_parser("user", help="manage users")
     user_commands = user.add_subparsers(dest="user_command", required=True)
     add = user_commands.add_parser("add", help="create a user who logs in with a password")
@@ -38,10 +39,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add.add_argument("--password", help=f"at least {PASSWORD_MIN} characters; generated and printed when omitted")
     add.add_argument("--nick", help="nickName (default: the username)")
     add.add_argument("--email", help="email address (default: none)")
-    add.add_argument("--db", type=Path, help=DB_HELP)
+    add.add_argument("--db", help=DB_HELP)
     token = commands.add_parser("token", help="print a token for a user (signed as the server would)")
     token.add_argument("username")
-    token.add_argument("--db", type=Path, help=DB_HELP)
+    token.add_argument("--db", help=DB_HELP)
 
 
 def run_command(args: argparse.Namespace, config: Config) -> int:
@@ -53,6 +54,13 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
         work = functools.partial(_add_user, args=args, config=config)
     else:
         work = functools.partial(_print_token, username=args.username, config=config)
+    if args.command in READ_ONLY and not config.db_path.is_file():
+        print(
+            f"chatsvc: no database at {config.db_path} (give its path with --db or CHATSVC_DB;"
+            " `chatsvc serve` or `chatsvc init-db` creates one)",
+            file=sys.stderr,
+        )
+        return 1
     try:
         asyncio.run(_with_database(config, work))
     except ChatError as exc:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 SocketAuthMode = Literal["token", "trust-client"]
 LogFormat = Literal["text", "json"]
@@ -96,6 +99,9 @@ def _text(name: str, raw: str) -> str:
 
 
 def _path(name: str, raw: str) -> Path:
+    # An empty value would be the working directory itself, which SQLite cannot open.
+    if not raw.strip():
+        raise ValueError(f"{name} must name a file")
     return Path(raw)
 
 
@@ -149,8 +155,48 @@ def _secret(name: str, raw: str) -> str:
 def _redis_url(name: str, raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"{name} must be a redis://, rediss:// or unix:// URL")
+    _check_url_port(name, raw)
     return raw
 
+
+def _check_url_port(name: str, raw: str) -> None:
+    # urlsplit reads the port lazily: asking for it is what raises on a bad one.
+    try:
+        _ = urlsplit(raw).port
+    except ValueError:
+        raise ValueError(f"{name} has an invalid port: {raw!r}") from None
+
+
+def _smtp_url(name: str, raw: str) -> str:
+    # chatsvc.mail imports this module, so the one parser of SMTP URLs is imported where it is used.
+    from chatsvc.mail import parse_smtp_url
+
+    try:
+        parse_smtp_url(raw)
+    except ValueError:
+        raise ValueError(f"{name} must look like smtp://user:pass@host:port or smtps://user:pass@host:port") from None
+    return raw
+
+
+def _mail_address(name: str, raw: str) -> str:
+    # A bad sender is otherwise found only when the first mail is refused, making registration impossible.
+    _, address = parseaddr(raw)
+    if "\r" in raw or "\n" in raw or not re.fullmatch(r"[^@\s]+@[^@\s]+", address):
+        raise ValueError(f"{name} must be a mail address such as chatsvc@example.com, got {raw!r}")
+    return raw
+
+
+def _cors_origins(name: str, raw: str) -> tuple[str, ...]:
+    # Browsers send an origin as scheme://host[:port]: anything else (a path, a trailing slash) never matches.
+    origins = _origins(name, raw)
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/?#\s]+", origin):
+            raise ValueError(f"{name}: {origin!r} is not an origin like https://chat.example.com or *")
+    return origins
+
+
+# Longest ping interval or timeout, in seconds (see the ping settings below).
+MAX_PING_SECONDS = 86400
 
 # Every environment variable, the Config field it sets, and how its text is read.
 ENVIRONMENT: dict[str, tuple[str, Parse]] = {
@@ -159,9 +205,10 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_DB": ("db_path", _path),
     "CHATSVC_JWT_SECRET": ("jwt_secret", _secret),
     "CHATSVC_TOKEN_TTL": ("token_ttl_seconds", _int(minimum=1)),
-    "CHATSVC_CORS_ORIGINS": ("cors_origins", _origins),
+    "CHATSVC_CORS_ORIGINS": ("cors_origins", _cors_origins),
     "CHATSVC_SOCKET_AUTH": ("socket_auth", _choice("token", "trust-client")),
-    "CHATSVC_SCRYPT_N": ("scrypt_n", _int(minimum=2)),
+    # Above 2**19 the memory scrypt needs passes what hashlib accepts, and every login would fail.
+    "CHATSVC_SCRYPT_N": ("scrypt_n", _int(minimum=2, maximum=2**19)),
     "CHATSVC_LOGIN_FAILURES": ("login_failures", _int(minimum=0)),
     "CHATSVC_REGISTER_RATE": ("register_rate", _int(minimum=0)),
     "CHATSVC_SESSION_MAX_AGE": ("session_max_age_seconds", _int(minimum=1)),
@@ -173,10 +220,11 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_RATE_BURST": ("rate_burst", _int(minimum=1)),
     "CHATSVC_MAX_CONNECTIONS_PER_USER": ("max_connections_per_user", _int(minimum=1)),
     "CHATSVC_RECOVERY_LIMIT": ("recovery_limit", _int(minimum=0)),
-    "CHATSVC_PING_INTERVAL": ("ping_interval", _int(minimum=1)),
-    "CHATSVC_PING_TIMEOUT": ("ping_timeout", _int(minimum=1)),
-    "CHATSVC_SMTP_URL": ("smtp_url", _text),
-    "CHATSVC_MAIL_FROM": ("mail_from", _text),
+    # Browsers wait pingInterval + pingTimeout with setTimeout, which fires at once past 2**31 ms (24.8 days).
+    "CHATSVC_PING_INTERVAL": ("ping_interval", _int(minimum=1, maximum=MAX_PING_SECONDS)),
+    "CHATSVC_PING_TIMEOUT": ("ping_timeout", _int(minimum=1, maximum=MAX_PING_SECONDS)),
+    "CHATSVC_SMTP_URL": ("smtp_url", _smtp_url),
+    "CHATSVC_MAIL_FROM": ("mail_from", _mail_address),
     "CHATSVC_API_KEY": ("api_key", _text),
     "CHATSVC_LOG_FORMAT": ("log_format", _choice("text", "json", case=str.lower)),
     "CHATSVC_LOG_LEVEL": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR", case=str.upper)),
@@ -185,3 +233,11 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
 }
 # Settings whose variable, set but empty, means "not set" (a secret, a URL, a key).
 SKIP_WHEN_EMPTY = {"jwt_secret", "smtp_url", "api_key", "redis_url", "redis_channel"}
+
+
+def parse_flag(flag: str, field_name: str, raw: str) -> Any:
+    """A command-line flag's value, read and checked exactly as the variable setting the same field is."""
+    for variable_field, parse in ENVIRONMENT.values():
+        if variable_field == field_name:
+            return parse(flag, raw)
+    raise KeyError(field_name)

@@ -23,6 +23,8 @@ def tool_missing(test: str, reason: str) -> NoReturn:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{test} cannot run in CI: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
 async def until(condition: Callable[[], bool], what: str, timeout: float = EVENT_TIMEOUT) -> None:
     """Poll a condition with a deadline (for state that has no event to wait on)."""
     deadline = time.monotonic() + timeout

@@ -339,3 +339,148 @@ async def test_browser_register_befriend_by_username_chat_and_build_a_group(
     await expect(messages(page).locator(".text")).to_have_text(["Group is ready"])
     rooms = (await api.get("/chatroom/list", erin.token)).body
     assert [(r["name"], r["userCount"]) for r in rooms] == [("Weekend plans", 3)]
+
+
+async def test_browser_message_type_goes_back_to_text_after_a_send_and_on_a_room_change(
+    browser: Browser, api: Api, base_url: str
+) -> None:
+    alice, bob, carol = await api.new_user("alice"), await api.new_user("bob"), await api.new_user("carol")
+    with_bob, with_carol = await api.one_to_one(alice, bob), await api.one_to_one(alice, carol)
+    _, page = await log_in(browser, base_url, alice)
+    await open_room(page, with_bob, bob.nick_name)
+    kind = page.locator("#send-form [name=type]")
+
+    await send(page, png_data_url(8, 8, (200, 40, 40)), "image")
+    await expect(messages(page).locator("img.image")).to_have_count(1)
+    await expect(kind).to_have_value("text")
+    # Typed without touching the selector: it goes out as text, not as a broken image.
+    await page.locator("#send-form [name=content]").fill("plain words")
+    await page.locator("#send-form [name=content]").press("Enter")
+    await expect(messages(page).last.locator(".text")).to_have_text("plain words")
+
+    await kind.select_option("file")
+    await open_room(page, with_carol, carol.nick_name)
+    await expect(kind).to_have_value("text")
+
+
+async def test_browser_room_list_refreshes_when_the_page_is_shown_again(
+    browser: Browser, api: Api, base_url: str
+) -> None:
+    alice, bob = await api.new_user("alice"), await api.new_user("bob")
+    _, page = await log_in(browser, base_url, bob)
+    await expect(page.locator("#rooms")).to_have_text("No rooms yet.")
+    group = (await api.get("/chatroom/create-group", alice.token, name="Added meanwhile")).body
+    assert (await api.get(f"/chatroom/join/{group}", alice.token, joinUsername="bob")).status == 200
+    # What the browser fires when its user comes back to the window or tab.
+    await page.evaluate("window.dispatchEvent(new Event('focus'))")
+    await expect(page.locator(f'#rooms [data-room-id="{group}"]')).to_contain_text("Added meanwhile")
+
+
+VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+
+# Every visible control of the page must show its whole text (placeholder, label or chosen option), stay
+# inside its parent's box, and not lie under another element; the page itself must not scroll.
+LAYOUT_PROBLEMS = """
+() => {
+  const problems = [];
+  const root = document.documentElement;
+  if (root.scrollHeight > root.clientHeight) problems.push(`page scrolls down: ${root.scrollHeight}px`);
+  if (root.scrollWidth > root.clientWidth) problems.push(`page scrolls sideways: ${root.scrollWidth}px`);
+  const measure = document.createElement("canvas").getContext("2d");
+  for (const el of document.querySelectorAll("input, button, select")) {
+    if (!el.checkVisibility()) continue;
+    const name = el.id || `${el.closest("[id]").id} ${el.name || el.textContent.trim()}`;
+    const style = getComputedStyle(el);
+    measure.font = `${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+    const room = el.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    // A select's arrow takes about 20px of its content box.
+    const text = el.tagName === "INPUT" ? el.value || el.placeholder
+      : el.tagName === "SELECT" ? el.selectedOptions[0].text : "";
+    const needed = measure.measureText(text).width + (el.tagName === "SELECT" ? 20 : 0);
+    if (text && needed > room + 0.5) problems.push(`${name}: "${text}" needs ${needed}px, has ${room}px`);
+    if (el.scrollWidth > el.clientWidth) problems.push(`${name}: content overflows`);
+    const box = el.getBoundingClientRect();
+    const parent = el.parentElement.getBoundingClientRect();
+    if (box.left < parent.left - 0.5 || box.right > parent.right + 0.5) problems.push(`${name}: outside its parent`);
+    el.scrollIntoView({ block: "nearest" });
+    const at = el.getBoundingClientRect();
+    const hit = document.elementFromPoint(at.left + at.width / 2, at.top + at.height / 2);
+    if (!hit || !(hit === el || el.contains(hit))) {
+      problems.push(`${name}: covered by ${hit && hit.outerHTML.slice(0, 60)}`);
+    }
+  }
+  return problems;
+}
+"""
+
+SIDEBAR_FORMS = """
+() => ["group-form", "chat-form", "friend-form"].map((id) => {
+  const form = document.getElementById(id).getBoundingClientRect();
+  const input = document.querySelector(`#${id} input`).getBoundingClientRect();
+  const button = document.querySelector(`#${id} button`).getBoundingClientRect();
+  return {
+    left: form.left, width: form.width, top: form.top, bottom: form.bottom, input: input.width, button: button.width,
+  };
+})
+"""
+
+
+async def assert_sidebar_forms_line_up(page: Page) -> None:
+    group, chat, friend = await page.evaluate(SIDEBAR_FORMS)
+    for form in (chat, friend):
+        assert (form["left"], form["width"], form["input"], form["button"]) == (
+            group["left"],
+            group["width"],
+            group["input"],
+            group["button"],
+        ), (group, form)
+    assert chat["top"] - group["bottom"] >= 6, "the sidebar forms touch"
+
+
+@pytest.mark.parametrize("device", VIEWPORTS)
+async def test_browser_layout_fits_at_desktop_and_phone_width(
+    browser: Browser, api: Api, base_url: str, device: str
+) -> None:
+    alice, bob = await api.new_user("alice"), await api.new_user("bob")
+    await api.post("/friendship/add", {"username": "bob", "reason": ""}, alice.token)
+    assert (await api.get(f"/friendship/agree/{alice.id}", bob.token)).status == 200
+    group = (await api.get("/chatroom/create-group", alice.token, name="Weekend plans")).body
+    context = await browser.new_context(viewport=VIEWPORTS[device])  # type: ignore[arg-type]
+    page = await context.new_page()
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    await page.goto(base_url + "/")
+    await expect(page.locator("#auth-form")).to_be_visible()
+    await page.screenshot(path=ARTIFACTS / f"login-{device}.png")
+    assert await page.evaluate(LAYOUT_PROBLEMS) == []
+    await page.locator("#tab-register").click()
+    assert await page.evaluate(LAYOUT_PROBLEMS) == []
+    await page.locator("#tab-login").click()
+
+    await page.locator("#auth-form [name=username]").fill("alice")
+    await page.locator("#auth-form [name=password]").fill(PASSWORD)
+    await page.locator("#auth-submit").click()
+    await expect(page.locator('#friends [data-username="bob"]')).to_be_visible()
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "online")
+    await assert_sidebar_forms_line_up(page)
+    assert await page.evaluate(LAYOUT_PROBLEMS) == []
+    if device == "phone":
+        await page.screenshot(path=ARTIFACTS / f"rooms-{device}.png")
+
+    await open_room(page, group, "Weekend plans")
+    await expect(page.locator("#member-form")).to_be_visible()
+    await send(page, "Who brings the tent?")
+    await expect(messages(page)).to_have_count(1)
+    await page.screenshot(path=ARTIFACTS / f"chat-{device}.png")
+    assert await page.evaluate(LAYOUT_PROBLEMS) == []
+    if device == "phone":
+        # One pane at a time: the room hides the sidebar, and its back button brings it back.
+        await expect(page.locator("#friends")).to_be_hidden()
+        await page.locator("#back").click()
+        await expect(page.locator("#friends")).to_be_visible()
+        await expect(page.locator("#room")).to_be_hidden()
+        assert await page.evaluate(LAYOUT_PROBLEMS) == []
+    else:
+        await expect(page.locator("#back")).to_be_hidden()
+        await assert_sidebar_forms_line_up(page)
+    await context.close()

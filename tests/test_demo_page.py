@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from chatsvc.config import Config
-from chatsvc.demo import DEMO_GROUP, DEMO_PASSWORD, prepare_demo
+from chatsvc.demo import DEMO_GROUP, DEMO_PASSWORD, DemoSeed, demo_banner, prepare_demo
 from tests.helpers import Api, assert_error
 from tests.process import free_port
 
@@ -64,7 +64,8 @@ async def test_demo_page_scripts_use_no_html_sinks() -> None:
 
 
 async def test_demo_seed_creates_users_rooms_and_messages_once(config: Config, api: Api) -> None:
-    assert await prepare_demo(config) is True
+    everyone = ("alice", "bob", "carol")
+    assert await prepare_demo(config) == DemoSeed(created=everyone, existing=(), demo_password=everyone)
 
     resp = await api.post("/user/login", {"username": "alice", "password": DEMO_PASSWORD})
     assert resp.status == 201, resp.body
@@ -84,17 +85,46 @@ async def test_demo_seed_creates_users_rooms_and_messages_once(config: Config, a
         login = await api.post("/user/login", {"username": username, "password": DEMO_PASSWORD})
         assert login.status == 201, login.body
 
-    assert await prepare_demo(config) is False
+    again = await prepare_demo(config)
+    assert again == DemoSeed(created=(), existing=everyone, demo_password=everyone)
     assert (await api.get("/chatroom/list", token)).body == rooms
     assert (await api.get("/chat-history/list", token, chatroomId=group["id"])).body == group_history
+    banner = demo_banner(config, again, "http://127.0.0.1:3005/")
+    assert banner == (
+        f"alice, bob and carol already existed in {config.db_path}: their passwords were not changed.\n"
+        f"Open http://127.0.0.1:3005/ and log in as alice, bob or carol with password: {DEMO_PASSWORD}"
+    )
 
 
-async def test_demo_seed_leaves_an_existing_demo_username_alone(config: Config, api: Api) -> None:
-    await api.register("bob", password="bobs-own-password")
-    assert await prepare_demo(config) is False
-    resp = await api.post("/user/login", {"username": "alice", "password": DEMO_PASSWORD})
-    assert resp.status == 400
-    assert (await api.post("/user/login", {"username": "bob", "password": "bobs-own-password"})).status == 201
+async def test_demo_seed_after_the_readme_tour_adds_carol_and_leaves_alice_and_bob_their_passwords(
+    config: Config, api: Api
+) -> None:
+    # The README tour registers alice and bob with a password of their own and opens their room.
+    for username in ("alice", "bob"):
+        await api.register(username, password="secret123")
+    alice, bob = await api.login("alice"), await api.login("bob")
+    tour_room = await api.one_to_one(alice, bob)
+
+    seed = await prepare_demo(config)
+    assert seed == DemoSeed(created=("carol",), existing=("alice", "bob"), demo_password=("carol",))
+    for username in ("alice", "bob"):
+        assert (await api.post("/user/login", {"username": username, "password": DEMO_PASSWORD})).status == 400
+        assert (await api.post("/user/login", {"username": username, "password": "secret123"})).status == 201
+    carol = await api.post("/user/login", {"username": "carol", "password": DEMO_PASSWORD})
+    assert carol.status == 201, carol.body
+    friends = (await api.get("/friendship/list", carol.body["token"])).body
+    assert sorted(friend["username"] for friend in friends) == ["alice", "bob"]
+    rooms = (await api.get("/chatroom/list", alice.token)).body
+    assert sorted((room["name"], room["userCount"]) for room in rooms) == [(DEMO_GROUP, 3), ("Nick bob", 2)]
+    assert next(room["id"] for room in rooms if not room["type"]) == tour_room
+
+    banner = demo_banner(config, seed, "http://127.0.0.1:3005/")
+    assert banner == (
+        f"Created demo user carol in {config.db_path}, with friendships, a group and a few messages.\n"
+        f"alice and bob already existed in {config.db_path}: their passwords were not changed.\n"
+        f"Open http://127.0.0.1:3005/ and log in as carol with password: {DEMO_PASSWORD}"
+        " (alice and bob with the passwords set before)"
+    )
 
 
 @pytest.fixture
@@ -110,9 +140,13 @@ async def demo_process(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess
         str(port),
         "--db",
         str(tmp_path / "demo.db"),
-        env={**os.environ, "CHATSVC_SCRYPT_N": "16"},
+        # No desktop: the demo prints the address instead of opening a browser during the tests.
+        env={
+            **{k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")},
+            "CHATSVC_SCRYPT_N": "16",
+        },
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     yield proc, port
     if proc.returncode is None:
@@ -135,15 +169,17 @@ async def test_demo_command_seeds_prints_url_and_password_then_serves(demo_proce
             assert line, f"chatsvc demo exited early: {printed!r}"
             printed += line.decode()
     url = f"http://127.0.0.1:{port}/"
-    assert "Demo data created" in printed and url in printed and DEMO_PASSWORD in printed
+    assert printed.startswith("Created demo users alice, bob and carol in ")
+    assert f"Open {url} and log in as alice, bob or carol with password: {DEMO_PASSWORD}" in printed
 
-    async with aiohttp.ClientSession() as session, asyncio.timeout(STARTUP_TIMEOUT):
-        while True:  # readiness probe: the banner is printed just before the server listens
-            try:
-                async with session.get(url) as resp:
-                    assert resp.status == 200 and resp.content_type == "text/html"
-                    break
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
+    # The start-up line is written once the server listens, so the page answers at once.
+    assert proc.stderr is not None
+    async with asyncio.timeout(STARTUP_TIMEOUT):
+        while " serving " not in (line := (await proc.stderr.readline()).decode()):
+            assert line, "chatsvc demo exited before its start-up line"
+    assert f"serving {url};" in line and "socket auth: token" in line
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as resp:
+            assert resp.status == 200 and resp.content_type == "text/html"
         async with session.post(url + "user/login", json={"username": "carol", "password": DEMO_PASSWORD}) as resp:
             assert resp.status == 201

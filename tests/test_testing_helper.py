@@ -107,3 +107,19 @@ def test_docs_example_passes_in_a_fresh_project(pytester: pytest.Pytester) -> No
     pytester.makepyfile(test_example=example)
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_docs_example_with_the_docs_ini_line_runs_without_warnings(pytester: pytest.Pytester) -> None:
+    """docs/testing.md's pytest configuration silences pytest-asyncio's warning about the fixture loop scope."""
+    text = DOCS.read_text(encoding="utf-8")
+    example = next(
+        block for block in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "async def test_" in block
+    )
+    (ini,) = re.findall(r"```ini\n(.*?)```", text, flags=re.S)
+    pytester.makepyfile(test_example=example)
+    pytester.makeini(ini)
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, warnings=0)
+    # pytest-asyncio warns while pytest starts, outside any test: it shows only in the output.
+    output = result.stdout.str() + result.stderr.str()
+    assert "Warning" not in output, output

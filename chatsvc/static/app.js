@@ -171,6 +171,7 @@ function logout(message) {
   state.messages.clear();
   state.nodes.clear();
   history.replaceState(null, "", location.pathname);
+  $("main").classList.remove("room-open");
   $("main").hidden = true;
   $("auth").hidden = false;
   showError("auth-error", message || "");
@@ -245,6 +246,11 @@ async function refreshSide() {
   await Promise.all([refreshRooms(), refreshFriends()]);
 }
 
+// Rooms do not arrive live yet: coming back to the page shows the ones made or joined meanwhile.
+function refreshWhenShown() {
+  if (state.me && document.visibilityState === "visible") refreshSide();
+}
+
 // Lists are refreshed by timers and by actions at once: only the latest answer is shown.
 const asked = { rooms: 0, friends: 0, members: 0 };
 
@@ -300,6 +306,9 @@ async function openRoom(room) {
   history.replaceState(null, "", `#room=${room.id}`);
   $("empty").hidden = true;
   $("room").hidden = false;
+  $("main").classList.add("room-open");
+  // Each room starts with plain text, whatever type was picked in the last one.
+  $("send-form").type.value = "text";
   showError("chat-error", "");
   showRoomHead();
   renderRooms();
@@ -317,6 +326,14 @@ function closeRoom() {
   history.replaceState(null, "", location.pathname);
   $("room").hidden = true;
   $("empty").hidden = false;
+  $("main").classList.remove("room-open");
+}
+
+// The phone layout's way from a room back to the rooms and friends.
+function backToRooms() {
+  if (state.room && socket && socket.connected) socket.emit("leaveRoom", { chatroomId: state.room.id });
+  closeRoom();
+  renderRooms();
 }
 
 function showRoomHead() {
@@ -530,6 +547,8 @@ async function submitMessage(event) {
   };
   state.outbox.push(item);
   form.content.value = "";
+  // An image or file URL is a one-off: the next message is text again unless picked anew.
+  form.type.value = "text";
   renderMessages({ toBottom: true });
   deliver(item);
 }
@@ -653,6 +672,9 @@ async function start() {
   $("send-code").addEventListener("click", sendCode);
   $("logout").addEventListener("click", () => logout());
   $("refresh").addEventListener("click", refreshSide);
+  $("back").addEventListener("click", backToRooms);
+  window.addEventListener("focus", refreshWhenShown);
+  document.addEventListener("visibilitychange", refreshWhenShown);
   $("group-form").addEventListener("submit", createGroup);
   $("member-form").addEventListener("submit", addMember);
   $("leave-group").addEventListener("click", leaveGroup);

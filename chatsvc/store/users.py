@@ -78,6 +78,8 @@ async def find_user_seen_by(conn: aiosqlite.Connection, username: str, viewer_id
         {"username": username, "viewer": viewer_id},
     )
     return without_hidden_email(found) if found is not None else None
+
+
 async def find_user_by_username_and_email(
     conn: aiosqlite.Connection, username: str, email: str
 ) -> dict[str, Any] | None:
