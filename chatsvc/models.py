@@ -100,9 +100,10 @@ class RegisterBody(_Request, kw_only=True):
     nickName: NickName
     email: Email
     password: Password
-    captcha: Annotated[
-        str, Meta(max_length=CAPTCHA_MAX, description="the register code; required when SMTP is configured")
-    ] | None = None
+    captcha: (
+        Annotated[str, Meta(max_length=CAPTCHA_MAX, description="the register code; required when SMTP is configured")]
+        | None
+    ) = None
 
 
 class LoginBody(_Request, kw_only=True):
@@ -133,7 +134,9 @@ class SidecarUserBody(_Request, kw_only=True):
     username: Username
     nickName: NickName | None = None
     email: (
-        Annotated[str, Meta(max_length=EMAIL_MAX, description="an email address, or empty to clear it", extra={BLANK: True})]
+        Annotated[
+            str, Meta(max_length=EMAIL_MAX, description="an email address, or empty to clear it", extra={BLANK: True})
+        ]
         | None
     ) = None
     headPic: HeadPic | None = None
@@ -155,6 +158,12 @@ class SidecarRoomBody(_Request, kw_only=True):
 
 class SidecarMembersBody(_Request, kw_only=True):
     members: SidecarUsernames
+
+
+class SidecarRemoveQuery(_Request, kw_only=True):
+    """The query of DELETE /sidecar/v1/rooms/{id}/members: ``?username=`` repeated."""
+
+    username: QueryUsernames
 
 
 def _sidecar_message_model(max_length: int) -> type[Struct]:
@@ -410,8 +419,11 @@ def _openapi_3_0(schema: Any) -> Any:
         schema = {"allOf": [{"$ref": ref}], **schema}
     if schema.get("type") == "object" and "properties" in schema:
         schema.setdefault("required", [])
-    if "enum" in schema and "type" not in schema and all(type(v) is int for v in schema["enum"]):
-        schema["type"] = "integer"
+    if "enum" in schema and "type" not in schema:
+        if all(type(v) is int for v in schema["enum"]):
+            schema["type"] = "integer"
+        elif all(type(v) is str for v in schema["enum"]):
+            schema["type"] = "string"
     return schema
 
 
