@@ -583,19 +583,50 @@ def _walk(model: type[T], data: dict[str, Any]) -> T:
     return model(**values)
 
 
+_PLANS: dict[type[Struct], tuple[tuple[str, _Check | None, Any], ...]] = {}
+
+
+def _post_plan(model: type[Struct]) -> tuple[tuple[str, _Check | None, Any], ...]:
+    """The fields :func:`_post_check` must look at: strings, string lists and nested models."""
+    # A plain dict, not functools.cache: this runs for every sendMessage.
+    found = _PLANS.get(model)
+    if found is not None:
+        return found
+    plan = []
+    for check in _checks(model):
+        if check.kind == "str":
+            plan.append((check.name, check, None))
+        elif check.kind == "struct":
+            plan.append((check.name, None, check.model))
+        elif check.kind == "list" and check.item is not None and check.item.kind == "str":
+            plan.append((check.name, check.item, list))
+    _PLANS[model] = tuple(plan)
+    return _PLANS[model]
+
+
+def _post_text(check: _Check, value: str) -> None:
+    # convert checked type and length already; ASCII has no blank-only surprises beyond strip, nor surrogates.
+    if not check.blank and not value.strip():
+        raise BadRequest(f"{check.label} must not be empty")
+    if not value.isascii() or check.email or (check.min_length or 0) > 1:
+        _check_text(check, value)
+
+
 def _post_check(model: type[Struct], obj: Struct) -> None:
     """The string rules of a model that ``msgspec.convert`` cannot check, on a converted value."""
-    for check in _checks(model):
-        value = getattr(obj, check.name)
+    for name, check, nested in _post_plan(model):
+        value = getattr(obj, name)
         if value is None:
             continue
-        if check.kind == "str":
-            _check_text(check, value)
-        elif check.kind == "struct":
-            _post_check(check.model, value)
-        elif check.kind == "list" and check.item is not None and check.item.kind == "str":
+        if nested is None:
+            assert check is not None
+            _post_text(check, value)
+        elif nested is list:
+            assert check is not None
             for item in value:
-                _check_text(check.item, item)
+                _post_text(check, item)
+        else:
+            _post_check(nested, value)
 
 
 def check_range(value: int, name: str, minimum: int | None, maximum: int | None) -> int:
@@ -607,13 +638,14 @@ def check_range(value: int, name: str, minimum: int | None, maximum: int | None)
 
 def validate(model: type[T], data: Any, what: str = "payload") -> T:
     """``data`` as an instance of ``model``, or BadRequest naming the first bad field as the API always has."""
-    payload = object_payload(data, what)
+    if type(data) is not dict:
+        data = object_payload(data, what)
     try:
-        obj = msgspec.convert(payload, model)
+        obj = msgspec.convert(data, model)
     except msgspec.ValidationError:
         # Refused: walk the fields in order to name the first fault with the usual text. The walk
         # is also the judge: it lets null stand for "absent", which convert does not.
-        return _walk(model, payload)
+        return _walk(model, data)
     _post_check(model, obj)
     return obj
 
