@@ -592,7 +592,7 @@ def _post_plan(model: type[Struct]) -> tuple[tuple[str, _Check | None, Any], ...
     found = _PLANS.get(model)
     if found is not None:
         return found
-    plan = []
+    plan: list[tuple[str, _Check | None, Any]] = []
     for check in _checks(model):
         if check.kind == "str":
             plan.append((check.name, check, None))
