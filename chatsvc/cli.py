@@ -19,7 +19,7 @@ from chatsvc.auth import TokenService
 from chatsvc.config import Config
 from chatsvc.db import Database
 from chatsvc.errors import BadRequest, ChatError
-from chatsvc.http.users import NICKNAME_MAX, PASSWORD_MAX, PASSWORD_MIN, USERNAME_MAX
+from chatsvc.models import NICKNAME_MAX, PASSWORD_MAX, PASSWORD_MIN, USERNAME_MAX
 from chatsvc.validation import email, text
 
 COMMANDS = ("init-db", "user", "token")

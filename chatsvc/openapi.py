@@ -12,10 +12,11 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from chatsvc import __version__
+from chatsvc import __version__, models
+from chatsvc.config import Config
+from chatsvc.models import schema_of
 
 JSON = "application/json"
-MAX_ID = 2**63 - 1
 
 Schema = dict[str, Any]
 
@@ -24,147 +25,17 @@ def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _string(max_length: int | None = None, *, min_length: int | None = None, **extra: Any) -> Schema:
-    schema: Schema = {"type": "string", **extra}
-    if max_length is not None:
-        schema["maxLength"] = max_length
-    if min_length is not None:
-        schema["minLength"] = min_length
-    return schema
+def _model(model: Any) -> Schema:
+    """A reference to the component of a model in chatsvc/models.py (collected by :func:`openapi_spec`)."""
+    return _ref(model.__name__)
 
 
-def _object(properties: dict[str, Schema], required: list[str] | None = None, **extra: Any) -> Schema:
-    return {"type": "object", "properties": properties, "required": required or [], **extra}
+def _array(items: Schema) -> Schema:
+    return {"type": "array", "items": items}
 
 
-def _closed(properties: dict[str, Schema], *, optional: tuple[str, ...] = ()) -> Schema:
-    """A response object: every property present but the optional ones, nothing else."""
-    required = [name for name in properties if name not in optional]
-    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+STRING: Schema = {"type": "string"}
 
-
-ID: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
-TIME: Schema = _string(description="ISO 8601 UTC time with milliseconds, e.g. 2024-08-02T13:50:08.123Z")
-
-SCHEMAS: dict[str, Schema] = {
-    "Error": _closed(
-        {
-            "statusCode": {"type": "integer"},
-            "message": _string(min_length=1),
-            "error": _string(min_length=1),
-        }
-    ),
-    # A user's whole profile, as the user themselves (and the trusted sidecar API) see it.
-    "User": _closed(
-        {
-            "id": {"type": "integer"},
-            "username": _string(),
-            "nickName": _string(),
-            "email": _string(),
-            "headPic": _string(),
-            "createTime": TIME,
-        }
-    ),
-    # Another user as the caller sees them: the email only if they are the caller or a friend of the caller.
-    "Profile": _closed(
-        {
-            "id": {"type": "integer"},
-            "username": _string(),
-            "nickName": _string(),
-            "email": _string(description="present only for the caller and the caller's friends"),
-            "headPic": _string(),
-            "createTime": TIME,
-        },
-        optional=("email",),
-    ),
-    # What anyone may see of a user, as messages and friend requests show them: no email.
-    "PublicUser": _closed(
-        {
-            "id": {"type": "integer"},
-            "username": _string(),
-            "nickName": _string(),
-            "headPic": _string(),
-            "createTime": TIME,
-        }
-    ),
-    "Friend": _closed(
-        {
-            "id": {"type": "integer"},
-            "username": _string(),
-            "nickName": _string(),
-            "email": _string(),
-            "headPic": _string(),
-        }
-    ),
-    "Message": _closed(
-        {
-            "id": {"type": "integer"},
-            "content": _string(),
-            "type": {"type": "integer", "enum": [0, 1, 2], "description": "0 text, 1 image, 2 file"},
-            "chatroomId": {"type": "integer"},
-            "senderId": {"type": "integer"},
-            "system": {"type": "boolean", "description": "true only for a system message (sent by the service)"},
-            "clientMsgId": {"type": "string", "nullable": True},
-            "createTime": TIME,
-            "updateTime": TIME,
-            "sender": _ref("PublicUser"),
-        }
-    ),
-    "RoomSummary": _closed(
-        {
-            "id": {"type": "integer"},
-            "name": _string(description="a one-to-one room is named after the other member"),
-            "type": {"type": "boolean", "description": "true for a group"},
-            "createTime": TIME,
-            "userCount": {"type": "integer"},
-            "userIds": {"type": "array", "items": {"type": "integer"}},
-        }
-    ),
-    "Room": _closed(
-        {
-            "id": {"type": "integer"},
-            "name": _string(),
-            "type": {"type": "boolean", "description": "true for a group"},
-            "createTime": TIME,
-            "updateTime": TIME,
-            "users": {"type": "array", "items": _ref("Profile")},
-        }
-    ),
-    "FriendRequest": _closed(
-        {
-            "id": {"type": "integer"},
-            "fromUserId": {"type": "integer"},
-            "toUserId": {"type": "integer"},
-            "reason": _string(),
-            "status": {"type": "integer", "enum": [0, 1, 2], "description": "0 pending, 1 agreed, 2 rejected"},
-            "createTime": TIME,
-            "updateTime": TIME,
-        }
-    ),
-    "Favorite": _closed(
-        {
-            "id": {"type": "integer"},
-            "chatHistoryId": {"type": "integer"},
-            "userId": {"type": "integer"},
-            "createTime": TIME,
-        }
-    ),
-}
-
-
-def _with(base: str, **extra: Schema) -> Schema:
-    """A response object: the properties of schema ``base`` plus ``extra``."""
-    properties = {**SCHEMAS[base]["properties"], **extra}
-    return _closed(properties)
-
-
-SCHEMAS["FriendRequestList"] = _closed(
-    {
-        "toMe": {"type": "array", "items": _with("FriendRequest", fromUser=_ref("PublicUser"))},
-        "fromMe": {"type": "array", "items": _with("FriendRequest", toUser=_ref("PublicUser"))},
-    }
-)
-SCHEMAS["FavoriteWithMessage"] = _with("Favorite", chatHistory=_ref("Message"))
 
 ERROR_DESCRIPTIONS = {
     400: "Invalid input or a refused request",
@@ -319,31 +190,20 @@ def _text_response(content_types: list[str], description: str) -> Schema:
     return {"description": description, "content": {ct: {"schema": {"type": "string"}} for ct in content_types}}
 
 
-STRING_MESSAGE = _string(description="A human-readable confirmation")
-INTEGER_ID = {"type": "integer", "description": "a room id"}
-ANY_INT: Schema = {"type": "integer", "minimum": -MAX_ID, "maximum": MAX_ID}
-USERNAME = _string(50, min_length=1)
-NICKNAME = _string(50, min_length=1)
-EMAIL = _string(254, format="email")
-PASSWORD = _string(128, min_length=6)
-ADDRESS_QUERY = _query("address", EMAIL, description="where the code is sent")
+STRING_MESSAGE: Schema = {"type": "string", "description": "A human-readable confirmation"}
+INTEGER_ID: Schema = {"type": "integer", "description": "a room id"}
+ID = schema_of(models.Id)
+ANY_INT = schema_of(models.AnyInt)
+USERNAME = schema_of(models.Username)
+ADDRESS_QUERY = _query("address", schema_of(models.Email), description="where the code is sent")
 
 USERS: dict[str, Schema] = {
     "/user/register": {
         "post": _public_route(
             "Create an account",
             201,
-            _ref("User"),
-            body=_object(
-                {
-                    "username": USERNAME,
-                    "password": PASSWORD,
-                    "nickName": NICKNAME,
-                    "email": EMAIL,
-                    "captcha": _string(32, description="the register code; required when SMTP is configured"),
-                },
-                ["username", "password", "nickName", "email"],
-            ),
+            _model(models.User),
+            body=_model(models.RegisterBody),
             errors=(400, 429),
             tag="users",
         )
@@ -352,8 +212,8 @@ USERS: dict[str, Schema] = {
         "post": _public_route(
             "Exchange username and password for the user and a token",
             201,
-            _closed({"user": _ref("User"), "token": _string()}),
-            body=_object({"username": USERNAME, "password": _string(128)}, ["username", "password"]),
+            _model(models.LoginResult),
+            body=_model(models.LoginBody),
             errors=(400, 429),
             tag="users",
         )
@@ -378,7 +238,7 @@ USERS: dict[str, Schema] = {
             tag="users",
         )
     },
-    "/user/info": {"get": _user_route("The caller's profile", 200, _ref("User"), errors=(), tag="users")},
+    "/user/info": {"get": _user_route("The caller's profile", 200, _model(models.User), errors=(), tag="users")},
     "/user/register-captcha": {
         "get": _public_route(
             "Send a registration code (valid 5 minutes)",
@@ -412,16 +272,8 @@ USERS: dict[str, Schema] = {
         "post": _user_route(
             "Change the caller's nickName, headPic and email with a code sent to the current email",
             201,
-            _ref("User"),
-            body=_object(
-                {
-                    "nickName": NICKNAME,
-                    "headPic": _string(1000),
-                    "email": EMAIL,
-                    "captcha": _string(32, min_length=1),
-                },
-                ["email", "captcha"],
-            ),
+            _model(models.User),
+            body=_model(models.UpdateUserBody),
             errors=(400, 404),
             tag="users",
         )
@@ -431,10 +283,7 @@ USERS: dict[str, Schema] = {
             "Set a new password with a code sent to the account's email; ends older tokens",
             201,
             STRING_MESSAGE,
-            body=_object(
-                {"username": USERNAME, "email": EMAIL, "password": PASSWORD, "captcha": _string(32, min_length=1)},
-                ["username", "email", "password", "captcha"],
-            ),
+            body=_model(models.UpdatePasswordBody),
             tag="users",
         )
     },
@@ -465,8 +314,8 @@ CHATROOMS: dict[str, Schema] = {
         "get": _user_route(
             "The caller's rooms, filtered by a name substring",
             200,
-            {"type": "array", "items": _ref("RoomSummary")},
-            params=[_query("name", _string(50), required=False)],
+            _array(_ref("RoomSummary")),
+            params=[_query("name", schema_of(models.RoomNameFilter), required=False)],
             tag="chatrooms",
         )
     },
@@ -475,7 +324,7 @@ CHATROOMS: dict[str, Schema] = {
             "Create a group with the caller as its first member; its id",
             200,
             INTEGER_ID,
-            params=[_query("name", _string(50, min_length=1))],
+            params=[_query("name", schema_of(models.RoomName))],
             tag="chatrooms",
         )
     },
@@ -483,7 +332,7 @@ CHATROOMS: dict[str, Schema] = {
         "get": _user_route(
             "The members of a room the caller is in (emails only of the caller and friends); [] for no room",
             200,
-            {"type": "array", "items": _ref("Profile")},
+            _array(_ref("Profile")),
             params=[_query("chatroomId", ANY_INT)],
             errors=(400, 403),
             tag="chatrooms",
@@ -519,22 +368,29 @@ CHATROOMS: dict[str, Schema] = {
             tag="chatrooms",
         )
     },
-    "/chat-history/list": {
-        "get": _user_route(
-            "Messages of a room the caller is in, in ascending id order: the newest page, or one beside a cursor",
-            200,
-            {"type": "array", "items": _ref("Message")},
-            params=[
-                _query("chatroomId", ID),
-                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, required=False),
-                _query("beforeId", ID, required=False, description="messages older than this id"),
-                _query("afterId", {"type": "integer", "minimum": 0, "maximum": MAX_ID}, required=False),
-            ],
-            errors=(400, 403),
-            tag="history",
-        )
-    },
 }
+
+
+def _history(history_max_limit: int) -> dict[str, Schema]:
+    """The history route, whose page size is a setting."""
+    return {
+        "/chat-history/list": {
+            "get": _user_route(
+                "Messages of a room the caller is in, in ascending id order: the newest page, or one beside a cursor",
+                200,
+                _array(_ref("Message")),
+                params=[
+                    _query("chatroomId", ID),
+                    _query("limit", schema_of(models.history_limit(history_max_limit)), required=False),
+                    _query("beforeId", ID, required=False, description="messages older than this id"),
+                    _query("afterId", schema_of(models.Cursor), required=False),
+                ],
+                errors=(400, 403),
+                tag="history",
+            )
+        },
+    }
+
 
 USER_ID_PATH = _path("id", ID, "the other user's id")
 FRIENDS: dict[str, Schema] = {
@@ -543,7 +399,7 @@ FRIENDS: dict[str, Schema] = {
             "Send a friend request to the user named username",
             201,
             _ref("FriendRequest"),
-            body=_object({"username": USERNAME, "reason": _string(100)}, ["username"]),
+            body=_model(models.FriendAddBody),
             tag="friends",
         )
     },
@@ -570,8 +426,8 @@ FRIENDS: dict[str, Schema] = {
         "get": _user_route(
             "The caller's friends, filtered by a nickName substring",
             200,
-            {"type": "array", "items": _ref("Friend")},
-            params=[_query("name", _string(50), required=False)],
+            _array(_ref("Friend")),
+            params=[_query("name", schema_of(models.NickNameFilter), required=False)],
             tag="friends",
         )
     },
@@ -597,7 +453,7 @@ FAVORITES: dict[str, Schema] = {
         "get": _user_route(
             "The caller's favorites, newest first, with their messages",
             200,
-            {"type": "array", "items": _ref("FavoriteWithMessage")},
+            _array(_ref("FavoriteWithMessage")),
             errors=(),
             tag="favorites",
         )
@@ -614,64 +470,48 @@ FAVORITES: dict[str, Schema] = {
     },
 }
 
-SIDECAR_USERNAMES: Schema = {"type": "array", "items": USERNAME, "minItems": 1, "maxItems": 1000}
 SIDECAR_ROOM_ID = _path("id", ID, "the room id")
-SIDECAR_ROOM = _closed({"room": _ref("Room"), "created": {"type": "boolean"}})
-SIDECAR_USER = _closed({"user": _ref("User"), "created": {"type": "boolean"}})
+SIDECAR_ROOM = _model(models.SidecarRoomResult)
+SIDECAR_USER = _model(models.SidecarUserResult)
 SIDECAR: dict[str, Schema] = {
     "/sidecar/v1/users": {
         "post": _sidecar_route(
             "Create a user without a password (201), or update the given fields of an existing one (200)",
             {201: SIDECAR_USER, 200: SIDECAR_USER},
-            body=_object(
-                {
-                    "username": USERNAME,
-                    "nickName": NICKNAME,
-                    "email": _string(254, description="an email address, or empty to clear it"),
-                    "headPic": _string(1000),
-                },
-                ["username"],
-            ),
+            body=_model(models.SidecarUserBody),
         )
     },
     "/sidecar/v1/tokens": {
         "post": _sidecar_route(
             "A token for a user, as /user/login gives",
-            {201: _closed({"token": _string(), "expiresIn": {"type": "integer"}, "user": _ref("User")})},
-            body=_object({"username": USERNAME}, ["username"]),
+            {201: _model(models.SidecarTokenResult)},
+            body=_model(models.SidecarTokenBody),
         )
     },
     "/sidecar/v1/rooms": {
         "post": _sidecar_route(
             "Create a group with members (201), or find (200) or create (201) the one-to-one room of two users",
             {201: SIDECAR_ROOM, 200: SIDECAR_ROOM},
-            body=_object(
-                {
-                    "type": {"type": "string", "enum": ["group", "one-to-one"]},
-                    "name": _string(50, min_length=1),
-                    "members": SIDECAR_USERNAMES,
-                },
-                ["type", "members"],
-            ),
+            body=_model(models.SidecarRoomBody),
         )
     },
     "/sidecar/v1/rooms/{id}/members": {
         "post": _sidecar_route(
             "Add users to a group; the room hears joinRoom for each new member",
-            {200: _closed({"room": _ref("Room"), "added": {"type": "array", "items": {"type": "integer"}}})},
+            {200: _model(models.SidecarAddedResult)},
             params=[SIDECAR_ROOM_ID],
-            body=_object({"members": SIDECAR_USERNAMES}, ["members"]),
+            body=_model(models.SidecarMembersBody),
         ),
         "delete": _sidecar_route(
             "Remove users from a group; their sockets leave it and it hears quitRoom",
-            {200: _closed({"room": _ref("Room"), "removed": {"type": "array", "items": {"type": "integer"}}})},
+            {200: _model(models.SidecarRemovedResult)},
             params=[
                 SIDECAR_ROOM_ID,
                 {
                     "name": "username",
                     "in": "query",
                     "required": True,
-                    "schema": {"type": "array", "items": USERNAME, "minItems": 1, "maxItems": 10},
+                    "schema": schema_of(models.QueryUsernames),
                     "style": "form",
                     "explode": True,
                     "description": "repeat for several users (at most 10, to keep the URL short)",
@@ -685,16 +525,7 @@ SIDECAR: dict[str, Schema] = {
             "Post a message as a member (username) or as the service (system: true); stored and broadcast",
             {201: _ref("Message"), 200: _ref("Message")},
             params=[SIDECAR_ROOM_ID],
-            body=_object(
-                {
-                    "username": USERNAME,
-                    "system": {"type": "boolean"},
-                    "type": {"type": "string", "enum": ["text", "image", "file"], "default": "text"},
-                    "content": _string(500, min_length=1),
-                    "clientMsgId": _string(64, min_length=1),
-                },
-                ["content"],
-            ),
+            body=_ref("SidecarMessageBody"),
             errors=(400, 403, 503),
         )
     },
@@ -705,7 +536,7 @@ OPERATIONS: dict[str, Schema] = {
         "get": _public_route(
             "Liveness: the process serves HTTP",
             200,
-            _closed({"status": {"type": "string"}}),
+            _model(models.Status),
             errors=(),
             tag="operations",
         )
@@ -714,7 +545,7 @@ OPERATIONS: dict[str, Schema] = {
         "get": _public_route(
             "Readiness: the database answers a query",
             200,
-            _closed({"status": {"type": "string"}}),
+            _model(models.Status),
             errors=(503,),
             tag="operations",
         )
@@ -741,7 +572,7 @@ OPERATIONS: dict[str, Schema] = {
             "summary": "A file of the demo page (script, style sheet, image)",
             "tags": ["demo"],
             "security": [],
-            "parameters": [_path("name", _string(100, min_length=1))],
+            "parameters": [_path("name", schema_of(models.StaticName))],
             "responses": {
                 "200": _text_response(
                     ["text/javascript", "text/css", "text/html", "image/svg+xml", "image/png", "image/x-icon"],
@@ -754,9 +585,37 @@ OPERATIONS: dict[str, Schema] = {
 }
 
 
+# Every model the document names; its components are generated from them (chatsvc/models.py).
+MODELS: tuple[Any, ...] = (
+    *models.RESPONSE_MODELS,
+    models.RegisterBody,
+    models.LoginBody,
+    models.UpdateUserBody,
+    models.UpdatePasswordBody,
+    models.FriendAddBody,
+    models.SidecarUserBody,
+    models.SidecarTokenBody,
+    models.SidecarRoomBody,
+    models.SidecarMembersBody,
+    models.LoginResult,
+    models.SidecarUserResult,
+    models.SidecarTokenResult,
+    models.SidecarRoomResult,
+    models.SidecarAddedResult,
+    models.SidecarRemovedResult,
+    models.Status,
+)
+
+
+def openapi_spec(config: Config | None = None) -> dict[str, Any]:
+    """The OpenAPI document for the limits of ``config`` (the defaults without one); callers must not change it."""
+    config = config or Config()
+    return _spec(config.message_max_length, config.history_max_limit)
+
+
 @cache
-def openapi_spec() -> dict[str, Any]:
-    """The OpenAPI document (built once; callers must not change it)."""
+def _spec(message_max_length: int, history_max_limit: int) -> dict[str, Any]:
+    _, schemas = models.schema_components(*MODELS, models.sidecar_message_model(message_max_length))
     return {
         "openapi": "3.0.3",
         "info": {
@@ -770,9 +629,9 @@ def openapi_spec() -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
-        "paths": {**USERS, **CHATROOMS, **FRIENDS, **FAVORITES, **SIDECAR, **OPERATIONS},
+        "paths": {**USERS, **CHATROOMS, **_history(history_max_limit), **FRIENDS, **FAVORITES, **SIDECAR, **OPERATIONS},
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas,
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},

@@ -22,10 +22,10 @@ from chatsvc.cluster import Cluster
 from chatsvc.errors import BadRequest, ChatError, Forbidden, TooManyRequests, Unauthorized
 from chatsvc.fanout import ChatPacket, LeanManager
 from chatsvc.logs import log_socket_event
+from chatsvc.models import JoinRoom, LeaveRoom, send_message_model, validate
 from chatsvc.socket_server import TRANSPORT_FLUSH_SECONDS, ChatSocketServer, ack_requested
 from chatsvc.state import AppState
-from chatsvc.store.messages import list_history
-from chatsvc.validation import client_msg_id_field, int_field, message_type, object_payload, text_field
+from chatsvc.store.messages import MESSAGE_TYPES, list_history
 from chatsvc.writer import Draft
 
 log = logging.getLogger(__name__)
@@ -193,11 +193,9 @@ class ChatNamespace(socketio.AsyncNamespace):
             raise Forbidden("You are not a member of this chatroom")
 
     async def _join_room(self, sid: str, data: Any) -> dict[str, Any]:
-        payload = object_payload(data)
-        chatroom_id = int_field(payload, "chatroomId")
-        assert chatroom_id is not None
-        user_id = self._acting_user(sid, int_field(payload, "userId", required=False), "userId")
-        last_id = int_field(payload, "lastMessageId", minimum=0, required=False)
+        join = validate(JoinRoom, data)
+        chatroom_id, last_id = join.chatroomId, join.lastMessageId
+        user_id = self._acting_user(sid, join.userId, "userId")
         await self._require_member(user_id, chatroom_id)
         if self._session(sid).user_id is None:
             # A trusted-client socket is known by user from its first join on, so
@@ -256,23 +254,17 @@ class ChatNamespace(socketio.AsyncNamespace):
         return {"chatroomId": chatroom_id, "recovered": True, "count": len(missed)}
 
     async def _leave_room(self, sid: str, data: Any) -> dict[str, Any]:
-        payload = object_payload(data)
-        chatroom_id = int_field(payload, "chatroomId")
-        assert chatroom_id is not None
+        chatroom_id = validate(LeaveRoom, data).chatroomId
         self._session(sid)
         await self.leave_room(sid, room_name(chatroom_id))
         return {"chatroomId": chatroom_id}
 
     async def _send_message(self, sid: str, data: Any) -> dict[str, Any]:
         session = self._session(sid)
-        payload = object_payload(data)
-        chatroom_id = int_field(payload, "chatroomId")
-        assert chatroom_id is not None
-        message = object_payload(payload.get("message"), "message")
-        kind = message_type(message.get("type"), "message.type")
-        content = text_field(message, "content", max_length=self.state.config.message_max_length)
-        client_msg_id = client_msg_id_field(payload)
-        user_id = self._acting_user(sid, int_field(payload, "sendUserId", required=False), "sendUserId")
+        send: Any = validate(send_message_model(self.state.config.message_max_length), data)
+        chatroom_id, kind, content = send.chatroomId, MESSAGE_TYPES[send.message.type], send.message.content
+        client_msg_id = send.clientMsgId
+        user_id = self._acting_user(sid, send.sendUserId, "sendUserId")
         if not session.bucket.take():
             raise TooManyRequests("Sending too fast: slow down")
         await self._require_member(user_id, chatroom_id)

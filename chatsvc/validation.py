@@ -14,18 +14,10 @@ from typing import Any
 from aiohttp import web
 
 from chatsvc.errors import BadRequest
+from chatsvc.models import CLIENT_MSG_ID_MAX, EMAIL_MAX, EMAIL_RE, MAX_ID, object_payload
 from chatsvc.store.messages import MESSAGE_TYPES
 
-MAX_ID = 2**63 - 1
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _DIGITS_RE = re.compile(r"^[+-]?[0-9]{1,19}$")
-
-
-def object_payload(data: Any, what: str = "payload") -> Mapping[str, Any]:
-    """The payload itself if it is a JSON object."""
-    if not isinstance(data, dict):
-        raise BadRequest(f"{what} must be a JSON object")
-    return data
 
 
 async def json_body(request: web.Request) -> Mapping[str, Any]:
@@ -121,7 +113,7 @@ def text_field(
 
 def email(value: Any, name: str = "email") -> str:
     """A well-formed email address."""
-    address = text(value, name, max_length=254)
+    address = text(value, name, max_length=EMAIL_MAX)
     if not EMAIL_RE.match(address):
         raise BadRequest(f"{name} is not a valid email address")
     return address
@@ -139,10 +131,6 @@ def not_reserved(value: str, name: str) -> str:
     if folded in RESERVED_NAMES:
         raise BadRequest(f"{name} is reserved: it would pass for the system user")
     return value
-
-
-# A client's own id for a message, which makes a retried send idempotent.
-CLIENT_MSG_ID_MAX = 64
 
 
 def message_type(value: Any, name: str) -> int:

@@ -9,8 +9,8 @@ from aiohttp import web
 
 from chatsvc.errors import BadRequest, Forbidden, NotFound
 from chatsvc.http.middleware import caller
-from chatsvc.http.users import USERNAME_MAX
 from chatsvc.jsonutil import json_response
+from chatsvc.models import MAX_ID, ROOM_NAME_MAX, USERNAME_MAX
 from chatsvc.state import STATE
 from chatsvc.store.rooms import (
     add_member,
@@ -25,11 +25,10 @@ from chatsvc.store.rooms import (
 )
 from chatsvc.store.settings import find_system_user_id
 from chatsvc.store.users import find_user_by_id, find_user_by_username
-from chatsvc.validation import MAX_ID, parse_int, required_query_int, text
+from chatsvc.validation import parse_int, required_query_int, text
 
 routes = web.RouteTableDef()
 
-ROOM_NAME_MAX = 50
 # The system user sends system messages without being a member; as a member, a trusted-client socket could speak as it.
 SYSTEM_USER_NOT_A_MEMBER = "The system user cannot be a member of a chatroom"
 

@@ -12,8 +12,8 @@ from aiohttp import web
 
 from chatsvc.errors import BadRequest
 from chatsvc.http.middleware import caller
-from chatsvc.http.users import NICKNAME_MAX, USERNAME_MAX
 from chatsvc.jsonutil import json_response
+from chatsvc.models import NICKNAME_MAX, FriendAddBody, validate
 from chatsvc.state import STATE
 from chatsvc.store.friends import (
     AGREED,
@@ -28,11 +28,10 @@ from chatsvc.store.friends import (
     settle_friend_request,
 )
 from chatsvc.store.users import find_user_by_username
-from chatsvc.validation import json_body, path_int, text, text_field
+from chatsvc.validation import json_body, path_int, text
 
 routes = web.RouteTableDef()
 
-REASON_MAX = 100
 NO_PENDING_REQUEST = "There is no pending friend request from this user"
 
 
@@ -40,9 +39,8 @@ NO_PENDING_REQUEST = "There is no pending friend request from this user"
 async def add_friend(request: web.Request) -> web.Response:
     """Send a friend request to the user named ``username``; answers the pending request."""
     me = caller(request)
-    body = await json_body(request)
-    username = text_field(body, "username", max_length=USERNAME_MAX)
-    reason = text_field(body, "reason", max_length=REASON_MAX, required=False, allow_blank=True)
+    body = validate(FriendAddBody, await json_body(request), "Request body")
+    username, reason = body.username, body.reason or ""
     state = request.app[STATE]
     # Checks and insert in one write transaction: two racing requests cannot both pass.
     async with state.db.transaction() as conn:

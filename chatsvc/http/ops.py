@@ -73,4 +73,4 @@ async def metrics(request: web.Request) -> web.Response:
 @public
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI 3 description of every HTTP route."""
-    return json_response(openapi_spec())
+    return json_response(openapi_spec(request.app[STATE].config))

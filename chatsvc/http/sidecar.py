@@ -12,30 +12,25 @@ from __future__ import annotations
 
 import functools
 import hmac
-from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from chatsvc import admin
+from chatsvc import admin, models
 from chatsvc.errors import BadRequest, Forbidden, NotFound, Unauthorized
-from chatsvc.http.chatrooms import ROOM_NAME_MAX
 from chatsvc.http.middleware import Handler, public
-from chatsvc.http.users import HEAD_PIC_MAX, NICKNAME_MAX, USERNAME_MAX
 from chatsvc.jsonutil import json_response
+from chatsvc.models import validate, validate_field
 from chatsvc.state import STATE, AppState
+from chatsvc.store.messages import MESSAGE_TYPES
 from chatsvc.store.rooms import find_room
-from chatsvc.validation import client_msg_id_field, email, json_body, message_type, path_int, text, text_field
+from chatsvc.validation import json_body, path_int
 from chatsvc.writer import Draft
 
 routes = web.RouteTableDef()
 
 PREFIX = "/sidecar/v1"
 API_KEY_HEADER = "X-Api-Key"
-# Most usernames one call may name: in a JSON body, and in a query string (which must stay under 8 KiB).
-MAX_USERNAMES = 1000
-MAX_QUERY_USERNAMES = 10
-ROOM_KINDS = ("group", "one-to-one")
 
 
 def _same_key(given: str, expected: str) -> bool:
@@ -60,24 +55,9 @@ def api_key_required(handler: Handler) -> Handler:
     return public(checked)
 
 
-def _username(value: Any, name: str = "username") -> str:
-    return text(value, name, max_length=USERNAME_MAX)
-
-
-def _usernames(body: Mapping[str, Any], name: str, limit: int = MAX_USERNAMES) -> list[str]:
-    """A non-empty list of usernames, without repeats, in the order given."""
-    values = body.get(name)
-    if not isinstance(values, list) or not values:
-        raise BadRequest(f"{name} must be a non-empty array of usernames")
-    if len(values) > limit:
-        raise BadRequest(f"{name} may name at most {limit} users")
-    return list(dict.fromkeys(_username(value, f"{name}[]") for value in values))
-
-
-def _optional_text(body: Mapping[str, Any], name: str, max_length: int) -> str | None:
-    if body.get(name) is None:
-        return None
-    return text(body[name], name, max_length=max_length, allow_blank=True)
+def _unique(usernames: list[str]) -> list[str]:
+    """The usernames without repeats, in the order given."""
+    return list(dict.fromkeys(usernames))
 
 
 def _room_id(request: web.Request) -> int:
@@ -94,16 +74,12 @@ async def _member_ids(state: AppState, usernames: list[str]) -> list[int]:
 async def upsert_user(request: web.Request) -> web.Response:
     """Create a user without a password, or update nickName/email/headPic of an existing one."""
     state = request.app[STATE]
-    body = await json_body(request)
-    username = _username(body.get("username"))
-    nick_name = None
-    if body.get("nickName") is not None:
-        nick_name = text(body["nickName"], "nickName", max_length=NICKNAME_MAX)
-    address = None
-    if body.get("email") is not None:
+    body = validate(models.SidecarUserBody, await json_body(request), "Request body")
+    username, nick_name, head_pic = body.username, body.nickName, body.headPic
+    address = body.email
+    if address:
         # An empty string clears it; anything else must be an address.
-        address = "" if body["email"] == "" else email(body["email"])
-    head_pic = _optional_text(body, "headPic", HEAD_PIC_MAX)
+        address = validate_field(models.RegisterBody, "email", address)
     user, created = await admin.upsert_managed_user(
         state.db, username=username, nick_name=nick_name, email=address, head_pic=head_pic
     )
@@ -117,8 +93,7 @@ async def upsert_user(request: web.Request) -> web.Response:
 async def mint_token(request: web.Request) -> web.Response:
     """A token for a user, as ``/user/login`` would give, for the host to hand to its client."""
     state = request.app[STATE]
-    body = await json_body(request)
-    username = _username(body.get("username"))
+    username = validate(models.SidecarTokenBody, await json_body(request), "Request body").username
     user = (await admin.users_by_username(state.db, [username]))[username]
     token_version = user.pop("tokenVersion")
     token = state.issue_token(user, token_version)
@@ -131,14 +106,10 @@ async def mint_token(request: web.Request) -> web.Response:
 async def create_room(request: web.Request) -> web.Response:
     """Create a group with members, or find-or-create the one-to-one room of two users."""
     state = request.app[STATE]
-    body = await json_body(request)
-    kind = body.get("type")
-    if kind not in ROOM_KINDS:
-        raise BadRequest("type must be one of: group, one-to-one")
-    name = None
-    if body.get("name") is not None:
-        name = text(body["name"], "name", max_length=ROOM_NAME_MAX).strip()
-    usernames = _usernames(body, "members")
+    body = validate(models.SidecarRoomBody, await json_body(request), "Request body")
+    kind = body.type
+    name = None if body.name is None else body.name.strip()
+    usernames = _unique(body.members)
     found = await admin.users_by_username(state.db, usernames)
     room_id, created = await admin.create_room(state.db, kind, [found[n] for n in usernames], name)
     state.members.forget(room_id)
@@ -152,8 +123,8 @@ async def add_members(request: web.Request) -> web.Response:
     """Add users to a group; the room hears ``joinRoom`` for each new member."""
     state = request.app[STATE]
     room_id = _room_id(request)
-    body = await json_body(request)
-    user_ids = await _member_ids(state, _usernames(body, "members"))
+    body = validate(models.SidecarMembersBody, await json_body(request), "Request body")
+    user_ids = await _member_ids(state, _unique(body.members))
     added = await admin.add_room_members(state.db, room_id, user_ids)
     state.members.forget(room_id)
     for user_id in added:
@@ -168,7 +139,8 @@ async def remove_members(request: web.Request) -> web.Response:
     """Remove users (``?username=`` repeated) from a group; their sockets leave it and it hears ``quitRoom``."""
     state = request.app[STATE]
     room_id = _room_id(request)
-    usernames = _usernames({"username": request.query.getall("username", [])}, "username", MAX_QUERY_USERNAMES)
+    given = request.query.getall("username", [])
+    usernames = _unique(validate_field(models.SidecarRemoveQuery, "username", given))
     user_ids = await _member_ids(state, usernames)
 
     async def remove() -> list[int]:
@@ -191,21 +163,18 @@ async def post_message(request: web.Request) -> web.Response:
     """Store a message from a member, or a system message, and broadcast it to the room like any other."""
     state = request.app[STATE]
     room_id = _room_id(request)
-    body = await json_body(request)
-    kind = message_type(body.get("type", "text"), "type")
-    content = text_field(body, "content", max_length=state.config.message_max_length)
-    client_msg_id = client_msg_id_field(body)
-    system = body.get("system", False)
-    if not isinstance(system, bool):
-        raise BadRequest("system must be a boolean")
-    if system == (body.get("username") is not None):
+    model = models.sidecar_message_model(state.config.message_max_length)
+    body: Any = validate(model, await json_body(request), "Request body")
+    kind = MESSAGE_TYPES[body.type]
+    content, client_msg_id, system = body.content, body.clientMsgId, body.system
+    if system == (body.username is not None):
         raise BadRequest("Give either username (a member sends it) or system: true (the service sends it)")
     if await find_room(state.db.reader, room_id) is None:
         raise NotFound("Chatroom not found")
     if system:
         sender_id = await admin.system_user_id(state.db)
     else:
-        username = _username(body["username"])
+        username = body.username
         sender_id = (await admin.users_by_username(state.db, [username]))[username]["id"]
         if not await state.members.is_member(state.db.reader, sender_id, room_id):
             raise Forbidden("That user is not a member of this chatroom")

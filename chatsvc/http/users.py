@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import aiosqlite
 from aiohttp import web
 
+from chatsvc import models
 from chatsvc.errors import BadRequest, NotFound, TooManyRequests
 from chatsvc.http.middleware import caller, client_address, ends_session, public
 from chatsvc.jsonutil import json_response
 from chatsvc.mail import MailUnavailable, send_code
+from chatsvc.models import USERNAME_MAX, validate, validate_field
 from chatsvc.state import STATE, AppState
 from chatsvc.store import captchas
 from chatsvc.store.users import (
@@ -40,16 +40,10 @@ from chatsvc.store.users import (
     revoke_tokens,
     update_user_profile,
 )
-from chatsvc.validation import email, json_body, not_reserved, text, text_field
+from chatsvc.validation import json_body, not_reserved, text
 
 routes = web.RouteTableDef()
 
-USERNAME_MAX = 50
-NICKNAME_MAX = 50
-HEAD_PIC_MAX = 1000
-PASSWORD_MIN = 6
-PASSWORD_MAX = 128
-CAPTCHA_MAX = 32
 # At most one code per purpose and address in this many seconds.
 CAPTCHA_INTERVAL_SECONDS = 60
 # The wrong guess that burns a code: it survives the four before.
@@ -76,19 +70,6 @@ class CodePurpose:
 REGISTER_CODE = CodePurpose(captchas.REGISTER, "Your chatsvc registration code", 5)
 UPDATE_PASSWORD_CODE = CodePurpose(captchas.UPDATE_PASSWORD, "Your chatsvc password reset code", 10)
 UPDATE_USER_CODE = CodePurpose(captchas.UPDATE_USER, "Your chatsvc profile change code", 10)
-
-
-def password_field(body: Mapping[str, Any], name: str = "password") -> str:
-    """A new password of acceptable length."""
-    password = text_field(body, name, max_length=PASSWORD_MAX, allow_blank=True)
-    if len(password) < PASSWORD_MIN:
-        raise BadRequest(f"{name} must be at least {PASSWORD_MIN} characters")
-    return password
-
-
-def captcha_field(body: Mapping[str, Any]) -> str:
-    """The verification code a client typed, without surrounding blanks."""
-    return text_field(body, "captcha", max_length=CAPTCHA_MAX).strip()
 
 
 async def issue_code(state: AppState, purpose: CodePurpose, address: str) -> None:
@@ -165,12 +146,19 @@ async def register(request: web.Request) -> web.Response:
     without it, codes only go to the log and the captcha field is ignored.
     """
     state = request.app[STATE]
-    body = await json_body(request)
-    username = not_reserved(text_field(body, "username", max_length=USERNAME_MAX), "username")
-    nick_name = not_reserved(text_field(body, "nickName", max_length=NICKNAME_MAX), "nickName")
-    address = email(body.get("email"))
-    password = password_field(body)
-    code = captcha_field(body) if state.config.smtp_url is not None else None
+    data = await json_body(request)
+    if state.config.smtp_url is None:
+        # Without SMTP the code is ignored, whatever it is.
+        data = {key: value for key, value in data.items() if key != "captcha"}
+    body = validate(models.RegisterBody, data, "Request body")
+    username = not_reserved(body.username, "username")
+    nick_name = not_reserved(body.nickName, "nickName")
+    address = body.email
+    password = body.password
+    code = None
+    if state.config.smtp_url is not None:
+        # The code of a register body is optional in the model; with SMTP it must be there.
+        code = validate_field(models.UpdatePasswordBody, "captcha", body.captcha).strip()
     state.throttle.register_attempt(client_address(request))
     password_hash = await state.hasher.hash(password)
     problem, user = None, None
@@ -194,9 +182,8 @@ async def register(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     """Exchange username and password for the user and a token; 429 while over a failed-login limit."""
     state = request.app[STATE]
-    body = await json_body(request)
-    username = text_field(body, "username", max_length=USERNAME_MAX)
-    password = text_field(body, "password", max_length=PASSWORD_MAX, allow_blank=True)
+    body = validate(models.LoginBody, await json_body(request), "Request body")
+    username, password = body.username, body.password
     address = client_address(request)
 
     def admit() -> None:
@@ -248,7 +235,7 @@ async def user_info(request: web.Request) -> web.Response:
 @public
 async def register_captcha(request: web.Request) -> web.Response:
     """Send a registration code (valid 5 minutes) to ``address``."""
-    address = email(request.query.get("address"), "address")
+    address = validate_field(models.RegisterBody, "email", request.query.get("address"), label="address")
     await issue_code(request.app[STATE], REGISTER_CODE, address)
     return json_response(CODE_SENT)
 
@@ -257,7 +244,7 @@ async def register_captcha(request: web.Request) -> web.Response:
 @public
 async def update_password_captcha(request: web.Request) -> web.Response:
     """Send a password reset code (valid 10 minutes) to ``address``."""
-    address = email(request.query.get("address"), "address")
+    address = validate_field(models.RegisterBody, "email", request.query.get("address"), label="address")
     await issue_code(request.app[STATE], UPDATE_PASSWORD_CODE, address)
     return json_response(CODE_SENT)
 
@@ -279,15 +266,11 @@ async def update_user(request: web.Request) -> web.Response:
     """
     state = request.app[STATE]
     me = caller(request)
-    body = await json_body(request)
-    nick_name = None
-    if body.get("nickName") is not None:
-        nick_name = not_reserved(text(body["nickName"], "nickName", max_length=NICKNAME_MAX), "nickName")
-    head_pic = None
-    if body.get("headPic") is not None:
-        head_pic = text(body["headPic"], "headPic", max_length=HEAD_PIC_MAX, allow_blank=True)
-    new_address = email(body.get("email"))
-    code = captcha_field(body)
+    body = validate(models.UpdateUserBody, await json_body(request), "Request body")
+    nick_name = None if body.nickName is None else not_reserved(body.nickName, "nickName")
+    head_pic = body.headPic
+    new_address = body.email
+    code = body.captcha.strip()
     profile = None
     async with state.db.transaction() as conn:
         problem = await consume_code(conn, UPDATE_USER_CODE, me.user["email"], code)
@@ -307,11 +290,9 @@ async def update_user(request: web.Request) -> web.Response:
 async def update_password(request: web.Request) -> web.Response:
     """Set a new password with a code sent to the account's email (forgot password); ends older tokens."""
     state = request.app[STATE]
-    body = await json_body(request)
-    username = text_field(body, "username", max_length=USERNAME_MAX)
-    address = email(body.get("email"))
-    password = password_field(body)
-    code = captcha_field(body)
+    body = validate(models.UpdatePasswordBody, await json_body(request), "Request body")
+    username, address, password = body.username, body.email, body.password
+    code = body.captcha.strip()
     password_hash = await state.hasher.hash(password)
     changed = None
     async with state.db.transaction() as conn:
