@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from chatsvc.app import create_app
 from chatsvc.config import Config
-from tests.helpers import Api, Response, assert_error
+from tests.helpers import Api, Response, assert_error, close_engineio_session, engineio_handshake, session_id
 
 ORIGIN = "http://app.example"
 OTHER_ORIGIN = "http://other.example"
@@ -52,24 +52,6 @@ async def preflight(
             "Access-Control-Request-Headers": "authorization,content-type",
         },
     )
-
-
-async def close_engineio_session(api: Api, sid: str) -> None:
-    """End a raw long-polling session with an Engine.IO close packet."""
-    resp = await api.request("POST", "/socket.io/", params={"EIO": "4", "transport": "polling", "sid": sid}, data="1")
-    assert resp.status == 200, resp.body
-
-
-async def engineio_handshake(api: Api, origin: str) -> Response:
-    """Open a raw long-polling Engine.IO session, as a browser's first request does."""
-    return await api.request(
-        "GET", "/socket.io/", params={"EIO": "4", "transport": "polling"}, headers={"Origin": origin}
-    )
-
-
-def session_id(resp: Response) -> str:
-    # The handshake body is an Engine.IO OPEN packet: "0" followed by JSON.
-    return str(json.loads(resp.body[1:] if isinstance(resp.body, str) else resp.body)["sid"])
 
 
 # -- errors -----------------------------------------------------------------
