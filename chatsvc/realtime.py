@@ -52,6 +52,25 @@ def _token_from_handshake(environ: Mapping[str, Any], auth: Any) -> str | None:
     return query.get("token", [None])[0] or None
 
 
+# Event names a client may not send: Socket.IO's own, which its client libraries reserve too, and the
+# events chatsvc sends. None of them reaches a handler; above all not connect and disconnect, which
+# python-socketio would otherwise hand to on_connect and on_disconnect like its own.
+RESERVED_EVENTS = frozenset(
+    {
+        "connect",
+        "connect_error",
+        "disconnect",
+        "disconnecting",
+        "newListener",
+        "removeListener",
+        "message",
+        "exception",
+        "serverShutdown",
+    }
+)
+_LIFECYCLE_EVENTS = frozenset({"connect", "disconnect"})
+
+
 class TokenBucket:
     """Allows ``rate`` events per second on average, ``burst`` at once; rate 0 allows everything."""
 
@@ -93,6 +112,23 @@ class ChatNamespace(socketio.AsyncNamespace):
         self._sids_of_user: dict[int, set[str]] = {}
         # Set when several instances share rooms through Redis (CHATSVC_REDIS_URL).
         self.cluster: Cluster | None = None
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        """Dispatch an event to its handler, except a client's event under a reserved name: that gets a 400."""
+        if event in RESERVED_EVENTS and self._sent_by_client(event, args[0]):
+            return await self._answer(args[0], self._refuse_reserved(event))
+        return await super().trigger_event(event, *args)
+
+    def _sent_by_client(self, event: str, sid: str) -> bool:
+        if event not in _LIFECYCLE_EVENTS:
+            return True  # python-socketio itself triggers only connect and disconnect
+        # python-socketio dispatches a client's event only for a connected socket, while it triggers
+        # connect before the socket counts as connected and disconnect after it stopped counting
+        # (AsyncServer._handle_connect without always_connect, _handle_disconnect and disconnect).
+        return bool(self.server.manager.is_connected(sid, self.namespace))
+
+    async def _refuse_reserved(self, event: str) -> None:
+        raise BadRequest(f"{event} is a reserved event name")
 
     # -- connection -------------------------------------------------------
 

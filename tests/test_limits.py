@@ -1,4 +1,4 @@
-"""Per-connection send rate and connections per user."""
+"""Per-connection send rate, connections per user, and the event names a client may not use."""
 
 from __future__ import annotations
 
@@ -8,8 +8,13 @@ import pytest
 import socketio
 
 from chatsvc.config import Config
+from chatsvc.realtime import RESERVED_EVENTS
 from tests.conftest import make_config
-from tests.helpers import Api, assert_ack_error, assert_error
+from tests.helpers import Api, User, assert_ack_error, assert_error
+
+
+def chat(user: User, room: int, content: str = "x") -> dict[str, object]:
+    return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
 
 
 @pytest.fixture
@@ -33,6 +38,51 @@ async def test_limits_send_rate_over_burst_gets_429_ack_and_socket_stays(api: Ap
     assert "id" in await other.call("sendMessage", payload)
     history = await api.get("/chat-history/list", alice.token, chatroomId=room)
     assert len(history.body) == 4
+
+
+async def test_limits_client_sent_connect_event_does_not_reset_the_send_allowance(api: Api, sockets) -> None:
+    alice = await api.new_user()
+    bob = await api.new_user()
+    room = await api.one_to_one(alice, bob)
+    a = await sockets(alice.token)
+    for _ in range(3):
+        assert "id" in await a.call("sendMessage", chat(alice, room))
+    assert_ack_error(await a.call("sendMessage", chat(alice, room)), 429)
+    # Shaped like python-socketio's own connect call (environ, auth): it must not reach on_connect.
+    assert_ack_error(await a.call("connect", ({}, {"token": alice.token})), 400)
+    assert_ack_error(await a.call("sendMessage", chat(alice, room)), 429)
+    assert a.sio.connected
+    history = await api.get("/chat-history/list", alice.token, chatroomId=room)
+    assert len(history.body) == 3
+
+
+async def test_limits_client_sent_disconnect_event_does_not_free_a_connection_slot(api: Api, sockets) -> None:
+    alice = await api.new_user()
+    bob = await api.new_user()
+    room = await api.one_to_one(alice, bob)
+    first = await sockets(alice.token)
+    await sockets(alice.token)
+    assert_ack_error(await first.call("disconnect", "client namespace disconnect"), 400)
+    await first.emit("disconnect", None)  # without an ack too
+    assert (await first.exceptions.get())["status"] == "error"
+    with pytest.raises(socketio.exceptions.ConnectionError, match="Too many connections"):
+        await sockets(alice.token)
+    # The socket that sent it is still connected and served as before.
+    assert "id" in await first.call("sendMessage", chat(alice, room))
+
+
+@pytest.mark.parametrize("event", sorted(RESERVED_EVENTS))
+async def test_limits_reserved_event_names_from_a_client_get_a_400_and_reach_no_handler(
+    api: Api, sockets, event: str
+) -> None:
+    alice = await api.new_user()
+    bob = await api.new_user()
+    room = await api.one_to_one(alice, bob)
+    a = await sockets(alice.token)
+    ack = await a.call(event, {"chatroomId": room})
+    assert_ack_error(ack, 400)
+    assert event in ack["message"]
+    assert "id" in await a.call("sendMessage", chat(alice, room))
 
 
 async def test_limits_connections_per_user_are_capped(api: Api, sockets) -> None:
