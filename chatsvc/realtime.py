@@ -52,6 +52,8 @@ def _token_from_handshake(environ: Mapping[str, Any], auth: Any) -> str | None:
     return query.get("token", [None])[0] or None
 
 
+# A recovering joinRoom costs one token more per this many messages it replays (docs/protocol.md).
+RECOVERY_MESSAGES_PER_TOKEN = 50
 # Event names a client may not send: Socket.IO's own, which its client libraries reserve too, and the
 # events chatsvc sends. None of them reaches a handler; above all not connect and disconnect, which
 # python-socketio would otherwise hand to on_connect and on_disconnect like its own.
@@ -84,13 +86,22 @@ class TokenBucket:
         """Spend one token if there is one."""
         if self.rate <= 0:
             return True
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
+        self._refill()
         if self.tokens < 1:
             return False
         self.tokens -= 1
         return True
+
+    def charge(self, cost: float) -> None:
+        """Spend ``cost`` tokens after the fact (work whose size was only known once done): may go into debt."""
+        if self.rate > 0:
+            self._refill()
+            self.tokens -= cost
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
 
 
 @dataclass
@@ -229,11 +240,15 @@ class ChatNamespace(socketio.AsyncNamespace):
             raise Forbidden("You are not a member of this chatroom")
 
     async def _join_room(self, sid: str, data: Any) -> dict[str, Any]:
+        session = self._session(sid)
         payload = object_payload(data)
         chatroom_id = int_field(payload, "chatroomId")
         assert chatroom_id is not None
         user_id = self._acting_user(sid, int_field(payload, "userId", required=False), "userId")
         last_id = int_field(payload, "lastMessageId", minimum=0, required=False)
+        # Joins share the socket's allowance with sends; a recovery pays for what it replays, below.
+        if not session.bucket.take():
+            raise TooManyRequests("Joining too fast: slow down")
         await self._require_member(user_id, chatroom_id)
         if self._session(sid).user_id is None:
             # A trusted-client socket is known by user from its first join on, so
@@ -253,6 +268,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             missed = await list_history(self.state.db.reader, chatroom_id, limit=limit + 1, after_id=last_id)
             if len(missed) > limit:
                 return {"chatroomId": chatroom_id, "recovered": False}
+            session.bucket.charge(len(missed) / RECOVERY_MESSAGES_PER_TOKEN)
             for message in missed:
                 await self.emit(
                     "message", {"type": "sendMessage", "userId": message["senderId"], "message": message}, to=sid
@@ -261,11 +277,13 @@ class ChatNamespace(socketio.AsyncNamespace):
 
         if self.cluster is not None:
             return await self.state.writer.run_between_batches(
-                lambda: self._catch_up_in_stream(sid, user_id, chatroom_id, last_id)
+                lambda: self._catch_up_in_stream(session, sid, user_id, chatroom_id, last_id)
             )
         return await self.state.writer.run_between_batches(join_and_catch_up)
 
-    async def _catch_up_in_stream(self, sid: str, user_id: int, chatroom_id: int, last_id: int) -> dict[str, Any]:
+    async def _catch_up_in_stream(
+        self, session: SocketSession, sid: str, user_id: int, chatroom_id: int, last_id: int
+    ) -> dict[str, Any]:
         """A recovering join with several instances, whose live messages come through Redis a moment later."""
         assert self.cluster is not None
         room = room_name(chatroom_id)
@@ -275,6 +293,8 @@ class ChatNamespace(socketio.AsyncNamespace):
         # message published before the marker below and none published after it.
         missed = await list_history(self.state.db.reader, chatroom_id, limit=limit + 1, after_id=last_id)
         recovered = len(missed) <= limit
+        if recovered:
+            session.bucket.charge(len(missed) / RECOVERY_MESSAGES_PER_TOKEN)
 
         async def enter_and_catch_up() -> None:
             # At the marker: older broadcasts passed before the socket entered, newer ones follow the catch-up.

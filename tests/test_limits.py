@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import aiohttp
 import pytest
 import socketio
 
 from chatsvc.config import Config
-from chatsvc.realtime import RESERVED_EVENTS
+from chatsvc.realtime import RECOVERY_MESSAGES_PER_TOKEN, RESERVED_EVENTS
+from chatsvc.testing import run_chatsvc
 from tests.conftest import make_config
-from tests.helpers import Api, User, assert_ack_error, assert_error
+from tests.helpers import EVENT_TIMEOUT, Api, User, assert_ack_error, assert_error
+
+SIDECAR_KEY = "test-limits-key"
 
 
 def chat(user: User, room: int, content: str = "x") -> dict[str, object]:
@@ -83,6 +88,49 @@ async def test_limits_reserved_event_names_from_a_client_get_a_400_and_reach_no_
     assert_ack_error(ack, 400)
     assert event in ack["message"]
     assert "id" in await a.call("sendMessage", chat(alice, room))
+
+
+async def test_limits_join_room_spends_the_same_allowance_as_sends(api: Api, sockets) -> None:
+    alice = await api.new_user()
+    bob = await api.new_user()
+    room = await api.one_to_one(alice, bob)
+    a = await sockets(alice.token)
+    for _ in range(2):
+        assert await a.call("joinRoom", {"chatroomId": room}) == {"chatroomId": room}
+    assert "id" in await a.call("sendMessage", chat(alice, room))
+    assert_ack_error(await a.call("joinRoom", {"chatroomId": room}), 429)
+    assert_ack_error(await a.call("sendMessage", chat(alice, room)), 429)
+    assert a.sio.connected
+
+
+async def test_limits_recovery_costs_in_proportion_to_what_it_replays(tmp_path: Path) -> None:
+    burst = 6
+    replayed = 3 * RECOVERY_MESSAGES_PER_TOKEN
+    config = make_config(tmp_path, rate_limit=0.001, rate_burst=burst, api_key=SIDECAR_KEY, recovery_limit=replayed)
+    async with run_chatsvc(config) as running, aiohttp.ClientSession() as session:
+        base_url = str(running.make_url("")).rstrip("/")
+        api = Api(base_url, session)
+        alice, bob = await api.new_user(), await api.new_user()
+        room = await api.one_to_one(alice, bob)
+        # Stored through the sidecar API, which no socket's allowance limits.
+        posts = [
+            api.request(
+                "POST",
+                f"/sidecar/v1/rooms/{room}/messages",
+                json={"username": alice.username, "content": f"m{n}"},
+                headers={"X-Api-Key": SIDECAR_KEY},
+            )
+            for n in range(replayed)
+        ]
+        assert {resp.status for resp in await asyncio.gather(*posts)} == {201}
+        b = await running.connect(bob.token)
+        ack = await b.call("joinRoom", {"chatroomId": room, "lastMessageId": 0}, timeout=EVENT_TIMEOUT)
+        assert ack == {"chatroomId": room, "recovered": True, "count": replayed}
+        # The join cost 1 + 150/50 = 4 of 6: one more event each is left, then 429.
+        left = burst - 1 - replayed // RECOVERY_MESSAGES_PER_TOKEN
+        for _ in range(left):
+            assert "id" in await b.call("sendMessage", chat(bob, room), timeout=EVENT_TIMEOUT)
+        assert_ack_error(await b.call("sendMessage", chat(bob, room), timeout=EVENT_TIMEOUT), 429)
 
 
 async def test_limits_connections_per_user_are_capped(api: Api, sockets) -> None:
