@@ -40,6 +40,9 @@ class Config:
     ping_interval: int = 25
     ping_timeout: int = 20
     recovery_limit: int = 500
+    # Seconds a connection may take to send a complete request (its headers) from when it opens or its
+    # previous response ends; also how long an idle kept-alive connection stays open.
+    header_timeout: float = 15.0
     # Most messages committed in one transaction; see chatsvc/writer.py.
     write_batch_max: int = 512
     smtp_url: str | None = None
@@ -145,6 +148,7 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_RECOVERY_LIMIT": ("recovery_limit", _int(minimum=0)),
     "CHATSVC_PING_INTERVAL": ("ping_interval", _int(minimum=1)),
     "CHATSVC_PING_TIMEOUT": ("ping_timeout", _int(minimum=1)),
+    "CHATSVC_HEADER_TIMEOUT": ("header_timeout", _int(minimum=1)),
     "CHATSVC_SMTP_URL": ("smtp_url", _text),
     "CHATSVC_MAIL_FROM": ("mail_from", _text),
     "CHATSVC_API_KEY": ("api_key", _text),

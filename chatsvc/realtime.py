@@ -412,7 +412,9 @@ def create_socket_server(state: AppState) -> ChatSocketServer:
         # Engine.IO already runs each incoming message in its own task.
         async_handlers=False,
         async_mode="aiohttp",
+        # CHATSVC_CORS_ORIGINS, as for the HTTP API; no credentials: sockets authenticate with a token, not cookies.
         cors_allowed_origins="*" if "*" in origins else list(origins),
+        cors_credentials=False,
         max_http_buffer_size=config.max_socket_payload,
         ping_interval=config.ping_interval,
         ping_timeout=config.ping_timeout,

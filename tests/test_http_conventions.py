@@ -191,6 +191,35 @@ async def test_socketio_path_has_exactly_one_allow_origin_header(api: Api) -> No
     assert len(resp.headers.getall("Access-Control-Allow-Origin")) == 1
 
 
+async def test_socketio_cors_follows_the_origin_list_without_credentials(config: Config) -> None:
+    polling = {"EIO": "4", "transport": "polling"}
+    async with serve(config.with_changes(cors_origins=(ORIGIN,))) as api:
+        allowed = await engineio_handshake(api, ORIGIN)
+        assert allowed.status == 200
+        assert allowed.headers.getall("Access-Control-Allow-Origin") == [ORIGIN]
+        assert "Access-Control-Allow-Credentials" not in allowed.headers
+        await close_engineio_session(api, session_id(allowed))
+        allowed_preflight = await preflight(api, "/socket.io/", method="POST", params=polling)
+        assert 200 <= allowed_preflight.status < 300
+        assert allowed_preflight.headers.getall("Access-Control-Allow-Origin") == [ORIGIN]
+        assert "Access-Control-Allow-Credentials" not in allowed_preflight.headers
+        for refused in (
+            await engineio_handshake(api, EVIL_ORIGIN),
+            await preflight(api, "/socket.io/", origin=EVIL_ORIGIN, method="POST", params=polling),
+        ):
+            assert "Access-Control-Allow-Origin" not in refused.headers
+            assert "Access-Control-Allow-Credentials" not in refused.headers
+
+
+async def test_socketio_cors_with_any_origin_allowed_sends_no_credentials(api: Api) -> None:
+    handshake = await engineio_handshake(api, EVIL_ORIGIN)
+    assert handshake.status == 200
+    assert "Access-Control-Allow-Credentials" not in handshake.headers
+    await close_engineio_session(api, session_id(handshake))
+    resp = await preflight(api, "/socket.io/", origin=EVIL_ORIGIN, params={"EIO": "4", "transport": "polling"})
+    assert "Access-Control-Allow-Credentials" not in resp.headers
+
+
 # -- JSON bodies --------------------------------------------------------------
 
 

@@ -143,6 +143,23 @@ async def test_limits_connections_per_user_are_capped(api: Api, sockets) -> None
     await sockets(alice.token)
 
 
+# -- slow request headers -------------------------------------------------------
+
+
+async def test_limits_half_sent_request_headers_are_closed_after_the_header_timeout(tmp_path: Path) -> None:
+    timeout = 1.0
+    async with run_chatsvc(make_config(tmp_path, header_timeout=timeout)) as running:
+        url = running.make_url("")
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        try:
+            writer.write(b"GET /healthz HT")  # half a request line, and nothing more
+            await writer.drain()
+            # The server closes the connection: end of stream, with no response.
+            assert await asyncio.wait_for(reader.read(), timeout + EVENT_TIMEOUT) == b""
+        finally:
+            writer.close()
+
+
 async def test_limits_http_body_over_the_limit_is_413_json(api: Api) -> None:
     resp = await api.request(
         "POST",
