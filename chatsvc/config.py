@@ -40,6 +40,9 @@ class Config:
     ping_interval: int = 25
     ping_timeout: int = 20
     recovery_limit: int = 500
+    # Bound of each socket's outgoing queue (chatsvc/transport.py SendQueue): past it the socket is cut off.
+    socket_queue_packets: int = 10_000
+    socket_queue_bytes: int = 16 * 1024 * 1024
     # Seconds a connection may take to send a complete request (its headers) from when it opens or its
     # previous response ends; also how long an idle kept-alive connection stays open.
     header_timeout: float = 15.0
@@ -148,6 +151,8 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_RECOVERY_LIMIT": ("recovery_limit", _int(minimum=0)),
     "CHATSVC_PING_INTERVAL": ("ping_interval", _int(minimum=1)),
     "CHATSVC_PING_TIMEOUT": ("ping_timeout", _int(minimum=1)),
+    "CHATSVC_SOCKET_QUEUE_PACKETS": ("socket_queue_packets", _int(minimum=100)),
+    "CHATSVC_SOCKET_QUEUE_BYTES": ("socket_queue_bytes", _int(minimum=64 * 1024)),
     "CHATSVC_HEADER_TIMEOUT": ("header_timeout", _int(minimum=1)),
     "CHATSVC_SMTP_URL": ("smtp_url", _text),
     "CHATSVC_MAIL_FROM": ("mail_from", _text),

@@ -3,9 +3,11 @@
 python-socketio's stock ``AsyncManager.emit`` encodes once too, but then
 creates one task per recipient and waits for them all; on a room of a hundred
 members that is most of the cost of a message. Engine.IO socket send queues
-are unbounded asyncio queues drained by each socket's own writer (WebSocket
-or long-polling), so putting the packet there directly keeps every transport
-working and needs no task at all.
+are asyncio queues drained by each socket's own writer (WebSocket or
+long-polling), so putting the packet there directly keeps every transport
+working and needs no task at all. A put never waits: the queue is bounded
+(chatsvc/transport.py ``SendQueue``), and a socket past its bound is cut off
+rather than slowing the room down.
 
 The class is a mixin over any AsyncManager, so the Redis-backed manager can
 use it too: its pub/sub listener delivers locally through ``super().emit``.

@@ -110,6 +110,12 @@ class _StateCollector(Collector):
             "Socket.IO event packets queued to sockets of this instance (a broadcast counts once per recipient)",
             getattr(manager, "deliveries", 0),
         )
+        engine = state.sio.eio
+        yield CounterMetricFamily(
+            "chatsvc_sockets_cut_off",
+            "Sockets disconnected because more waited unread on them than their send queue may hold",
+            engine.sockets_cut_off,
+        )
 
 
 def _socket_counts(state: AppState) -> tuple[int, int, int]:

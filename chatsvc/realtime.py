@@ -19,12 +19,14 @@ import socketio
 
 from chatsvc.auth import bearer_token
 from chatsvc.cluster import Cluster
+from chatsvc.config import Config
 from chatsvc.errors import BadRequest, ChatError, Forbidden, TooManyRequests, Unauthorized
 from chatsvc.fanout import ChatPacket, LeanManager
 from chatsvc.logs import log_socket_event
 from chatsvc.socket_server import TRANSPORT_FLUSH_SECONDS, ChatSocketServer, ack_requested
 from chatsvc.state import AppState
 from chatsvc.store.messages import list_history
+from chatsvc.transport import SocketLimits
 from chatsvc.validation import client_msg_id_field, int_field, message_type, object_payload, text_field
 from chatsvc.writer import Draft
 
@@ -54,6 +56,10 @@ def _token_from_handshake(environ: Mapping[str, Any], auth: Any) -> str | None:
 
 # A recovering joinRoom costs one token more per this many messages it replays (docs/protocol.md).
 RECOVERY_MESSAGES_PER_TOKEN = 50
+# At most what one chat message takes in a send queue besides 4 bytes per character of content:
+# ids, times, and the sender's profile (a head picture URL of up to 1,000 characters).
+MESSAGE_OVERHEAD_BYTES = 6 * 1024
+
 # Event names a client may not send: Socket.IO's own, which its client libraries reserve too, and the
 # events chatsvc sends. None of them reaches a handler; above all not connect and disconnect, which
 # python-socketio would otherwise hand to on_connect and on_disconnect like its own.
@@ -71,6 +77,17 @@ RESERVED_EVENTS = frozenset(
     }
 )
 _LIFECYCLE_EVENTS = frozenset({"connect", "disconnect"})
+
+
+def recovery_limit(config: Config) -> int:
+    """Most messages one recovery replays: CHATSVC_RECOVERY_LIMIT, but at most half of what a send queue holds.
+
+    A replay goes through the socket's bounded send queue at once; were it
+    bigger than the queue, the socket would be cut off by its own recovery.
+    """
+    # Queued, a message counts twice (chatsvc/transport.py packet_bytes): its text and its WebSocket frame.
+    largest = 2 * (4 * config.message_max_length + MESSAGE_OVERHEAD_BYTES)
+    return min(config.recovery_limit, config.socket_queue_packets // 2, config.socket_queue_bytes // 2 // largest)
 
 
 class TokenBucket:
@@ -121,6 +138,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.state = state
         self._sessions: dict[str, SocketSession] = {}
         self._sids_of_user: dict[int, set[str]] = {}
+        self.recovery_limit = recovery_limit(state.config)
         # Set when several instances share rooms through Redis (CHATSVC_REDIS_URL).
         self.cluster: Cluster | None = None
 
@@ -264,7 +282,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             # either in this catch-up or will be broadcast after the socket joined.
             await self.enter_room(sid, room_name(chatroom_id))
             await self.emit("message", {"type": "joinRoom", "userId": user_id}, room=room_name(chatroom_id))
-            limit = self.state.config.recovery_limit
+            limit = self.recovery_limit
             missed = await list_history(self.state.db.reader, chatroom_id, limit=limit + 1, after_id=last_id)
             if len(missed) > limit:
                 return {"chatroomId": chatroom_id, "recovered": False}
@@ -288,7 +306,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         assert self.cluster is not None
         room = room_name(chatroom_id)
         notice = {"type": "joinRoom", "userId": user_id}
-        limit = self.state.config.recovery_limit
+        limit = self.recovery_limit
         # Under the order lock no instance is storing a message, so this read holds every
         # message published before the marker below and none published after it.
         missed = await list_history(self.state.db.reader, chatroom_id, limit=limit + 1, after_id=last_id)
@@ -420,6 +438,10 @@ def create_socket_server(state: AppState) -> ChatSocketServer:
         ping_timeout=config.ping_timeout,
         logger=False,
         engineio_logger=False,
+        socket_limits=SocketLimits(
+            queue_packets=config.socket_queue_packets,
+            queue_bytes=config.socket_queue_bytes,
+        ),
     )
     namespace = ChatNamespace(state)
     sio.register_namespace(namespace)

@@ -15,11 +15,17 @@ from typing import Any
 
 import socketio
 from engineio import packet as eio_packet
+from socketio import packet as sio_packet
 
-from chatsvc.transport import ChatEngineServer
+from chatsvc.transport import ChatEngineServer, SharedPacket
 
 # Seconds live transports get on shutdown to send their CLOSE packet.
 TRANSPORT_FLUSH_SECONDS = 2.0
+# What a socket cut off for falling behind hears last, as an ``exception`` event (docs/protocol.md).
+CUT_OFF_MESSAGE = (
+    "Disconnected: too many messages waiting unread on this connection; "
+    "reconnect and rejoin with lastMessageId to get the rest"
+)
 
 # Whether the event being handled came with an acknowledgement callback.
 # python-socketio does not tell handlers, so the server sets it per event.
@@ -41,6 +47,11 @@ class ChatSocketServer(socketio.AsyncServer):
         self._idle.set()
         # Called with (event name, seconds to the ack) after each event; chatsvc/metrics.py keeps sends.
         self.event_observer: Callable[[str, float], None] | None = None
+        self.eio: ChatEngineServer
+        notice = self.packet_class(
+            sio_packet.EVENT, namespace="/", data=["exception", {"status": "error", "message": CUT_OFF_MESSAGE}]
+        )
+        self.eio.cut_off_notice = SharedPacket(eio_packet.MESSAGE, notice.encode())
 
     def _engineio_server_class(self) -> type[ChatEngineServer]:
         return ChatEngineServer

@@ -18,14 +18,24 @@ compressing each one for each recipient costs more CPU than it saves bytes.
 
 ``ChatEngineServer`` installs the transport and replaces python-engineio's
 keep-alive tasks with timers and one periodic sweep (see its docstring).
+
+It also bounds what a client can make the server hold: each socket's send
+queue (``SendQueue``; a socket over it is cut off) and the bytes handed to
+the kernel per write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import ctypes
+import ctypes.util
 import logging
 import struct
+import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import engineio
@@ -38,6 +48,11 @@ log = logging.getLogger(__name__)
 
 # aiohttp's own WebSocket writer waits for the peer once this much output is buffered.
 WRITE_BUFFER_LIMIT = 64 * 1024
+# Most bytes handed to the kernel in one write: with the limit above, what a connection holds outside its
+# (bounded) send queue while its client does not read.
+WRITE_BATCH_BYTES = 256 * 1024
+# The disconnect reason handlers and the log see for a socket that was cut off.
+CUT_OFF_REASON = "send queue full"
 # How often the keep-alive sweep visits every socket (at most; a quarter of the ping timeout if shorter),
 # and how many sockets it checks before letting other work run.
 SWEEP_SECONDS = 5.0
@@ -91,6 +106,83 @@ def _frame_of(packet: eio_packet.Packet) -> bytes:
     if isinstance(packet, SharedPacket):
         return packet.frame()
     return websocket_frame(packet.encode())
+
+
+def packet_bytes(packet: eio_packet.Packet) -> int:
+    """The memory a queued packet holds: its encoded text and, for a broadcast, its WebSocket frame."""
+    size = sys.getsizeof(packet.data)  # O(1) for text; 4 bytes a character once there is an emoji in it
+    if isinstance(packet, SharedPacket):
+        size += len(packet.frame())  # built once per broadcast, and the WebSocket writer needs it anyway
+    return size
+
+
+@dataclass(frozen=True)
+class SocketLimits:
+    """What one Engine.IO server lets a client make it hold (see docs/configuration.md)."""
+
+    queue_packets: int = 10_000
+    queue_bytes: int = 16 * 1024 * 1024
+
+
+class SendQueue(asyncio.Queue[Any]):
+    """An Engine.IO socket's send queue, bounded in packets and bytes.
+
+    Fan-out puts packets on it without waiting (chatsvc/fanout.py), so a client
+    that reads slower than its rooms talk would make it grow without end. Past
+    either bound it takes no more messages, from then on, and tells its server,
+    which cuts the socket off: the client got a gap-free prefix and rejoins with
+    ``lastMessageId`` for the rest. Other packets (pings, the close packet, the
+    writer's stop marker ``None``) are always taken: they are few and small.
+    """
+
+    def __init__(self, max_packets: int, max_bytes: int, on_overflow: Callable[[SendQueue], None]) -> None:
+        super().__init__()
+        self.max_packets = max_packets
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.overflowed = False
+        # The connection of the WebSocket writer draining this queue, if there is one.
+        self.transport: asyncio.BaseTransport | None = None
+        self._on_overflow = on_overflow
+        # The size of each queued item, in queue order.
+        self._sizes: collections.deque[int] = collections.deque()
+
+    def put_nowait(self, item: Any) -> None:
+        """Queue a packet; a message past the bounds is dropped and the socket is reported (once)."""
+        size = 0
+        if item is not None and item.packet_type == eio_packet.MESSAGE:
+            if self.overflowed:
+                return
+            size = packet_bytes(item)
+            if len(self._sizes) >= self.max_packets or self.bytes + size > self.max_bytes:
+                self.overflowed = True
+                self._on_overflow(self)
+                return
+        self._put_counted(item, size)
+
+    def put_final(self, item: Any) -> None:
+        """Queue a packet whatever the bounds: the last words to a socket that is cut off."""
+        self._put_counted(item, 0)
+
+    def discard_backlog(self) -> int:
+        """Drop everything queued (a cut-off socket will not get it); how many packets that was."""
+        dropped = 0
+        while not self.empty():
+            self.get_nowait()
+            self.task_done()
+            dropped += 1
+        return dropped
+
+    def _put_counted(self, item: Any, size: int) -> None:
+        super().put_nowait(item)
+        # No await since the put, so no getter has run: sizes stay in step with items.
+        self._sizes.append(size)
+        self.bytes += size
+
+    def _get(self) -> Any:
+        # asyncio.Queue's hook behind get() and get_nowait(), as PriorityQueue overrides it.
+        self.bytes -= self._sizes.popleft()
+        return super()._get()
 
 
 class LeanWebSocket:
@@ -203,28 +295,36 @@ async def serve_websocket(socket: Any, ws: web.WebSocketResponse, request: web.R
 
 
 async def _write_queued(socket: Any, ws: web.WebSocketResponse, request: web.Request) -> None:
-    """Send what is queued on the socket, everything that piled up in one write, until None is queued."""
+    """Send what is queued on the socket, what piled up in one write (up to a bound), until None is queued."""
     queue: asyncio.Queue[Any] = socket.queue
     transport = request.transport
+    if isinstance(queue, SendQueue):
+        queue.transport = transport
     try:
-        while True:
-            batch = [await queue.get()]
+        stop = False
+        while not stop:
+            packet = await queue.get()
             queue.task_done()
-            while not queue.empty():
-                batch.append(queue.get_nowait())
+            frames: list[bytes] = []
+            size = 0
+            while True:
+                if packet is None:
+                    stop = True
+                    break
+                frame = _frame_of(packet)
+                frames.append(frame)
+                size += len(frame)
+                # Bounded, so a client that does not read holds at most this much in the transport's buffer.
+                if size >= WRITE_BATCH_BYTES or queue.empty():
+                    break
+                packet = queue.get_nowait()
                 queue.task_done()
-            stop = None in batch
-            if stop:
-                batch = batch[: batch.index(None)]
-            if batch:
+            if frames:
                 if transport is None or transport.is_closing():
                     break
-                frames = [_frame_of(packet) for packet in batch]
                 transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
                 if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
                     await request.writer.drain()
-            if stop:
-                break
     except Exception:  # the connection is gone; the reader sees it too and ends the session
         log.debug("%s: WebSocket write failed", socket.sid, exc_info=True)
     finally:
@@ -242,11 +342,58 @@ class ChatEngineServer(engineio.AsyncServer):
     What is checked, and when a silent client is dropped, stays the same.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, socket_limits: SocketLimits | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.async_mode == "aiohttp":
             # A copy: python-engineio shares the driver table between servers in one process.
-            self._async = {**self._async, "websocket": LeanWebSocket}  # type: ignore[has-type]
+            self._async = {  # type: ignore[has-type]
+                **self._async,  # type: ignore[has-type]
+                "websocket": LeanWebSocket,
+            }
+        self.limits = socket_limits or SocketLimits()
+        # Counted for chatsvc/metrics.py.
+        self.sockets_cut_off = 0
+        # A Socket.IO packet to send a socket that is cut off, telling the client why; set by the Socket.IO server.
+        self.cut_off_notice: eio_packet.Packet | None = None
+        self._cut_offs: set[asyncio.Future[None]] = set()
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> Any:
+        """A new socket's send queue, bounded (python-engineio calls this once per socket)."""
+        return SendQueue(self.limits.queue_packets, self.limits.queue_bytes, self._queue_overflowed)
+
+    def _queue_overflowed(self, queue: SendQueue) -> None:
+        # Called from inside a fan-out loop: the socket is cut off in a task of its own.
+        task = asyncio.ensure_future(self._cut_off(queue))
+        self._cut_offs.add(task)
+        task.add_done_callback(self._cut_offs.discard)
+
+    async def _cut_off(self, queue: SendQueue) -> None:
+        """Disconnect a socket whose client fell too far behind, and free what it held."""
+        # Rare, so a scan: python-engineio makes the queue before the socket is known by sid.
+        socket = next((s for s in list(self.sockets.values()) if s.queue is queue), None)
+        log.warning(
+            "%s: cut off: %d packets (%d bytes) waiting unread, over the bound of %d packets or %d bytes; "
+            "the client can reconnect and rejoin with lastMessageId",
+            socket.sid if socket is not None else "?",
+            queue.qsize(),
+            queue.bytes,
+            queue.max_packets,
+            queue.max_bytes,
+        )
+        queue.discard_backlog()
+        if self.cut_off_notice is not None:
+            queue.put_final(self.cut_off_notice)
+        if socket is not None:
+            # Runs the disconnect handlers (rooms, the per-user count) and queues Engine.IO's CLOSE.
+            await socket.close(wait=False, abort=False, reason=CUT_OFF_REASON)
+        queue.put_final(None)  # a WebSocket writer stops once it has written what is left
+        # A client reading its last packets has as long as it would have to answer a ping.
+        _abort_later(queue, self.ping_timeout)
+        if _MALLOC_TRIM is not None:
+            # The backlog was thousands of blocks of a few KB from the C heap; freed, glibc keeps them in
+            # the process unless asked to return free pages. In a thread: it walks the heap (ms per 100 MB).
+            await asyncio.get_running_loop().run_in_executor(None, _MALLOC_TRIM, 0)
+        self.sockets_cut_off += 1  # counted once all of the above is done
 
     def start_background_task(self, target: Any, *args: Any, **kwargs: Any) -> Any:
         """As python-engineio's, except that the next ping of a socket is a timer rather than a sleeping task."""
@@ -279,10 +426,35 @@ class ChatEngineServer(engineio.AsyncServer):
             elif not socket.closing and not await socket.check_ping_timeout():
                 # python-engineio queues no CLOSE packet for a ping timeout: this ends the transport.
                 socket.queue.put_nowait(None)
+                _abort_later(socket.queue, self.ping_timeout)
             if visited % SWEEP_CHUNK == 0:
                 await asyncio.sleep(0)  # other work runs between chunks of a large sweep
 
 
+def _abort_later(queue: Any, seconds: float) -> None:
+    """Drop the connection of a socket's WebSocket writer, if it has one, in ``seconds`` unless it closed.
+
+    The writer may be waiting for a client that never reads, which would keep
+    the connection and its write buffer for ever.
+    """
+    transport = getattr(queue, "transport", None)
+    if transport is not None:
+        asyncio.get_running_loop().call_later(seconds, transport.abort)
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS, Windows)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _find_malloc_trim()
 _PING = SharedPacket(eio_packet.PING)
 
 
