@@ -43,6 +43,10 @@ class Config:
     # Bound of each socket's outgoing queue (chatsvc/transport.py SendQueue): past it the socket is cut off.
     socket_queue_packets: int = 10_000
     socket_queue_bytes: int = 16 * 1024 * 1024
+    # Engine.IO sessions that have not completed the Socket.IO connect: at most this many in all, and from
+    # one client address (0: no bound).
+    max_pending_sessions: int = 10_000
+    max_pending_sessions_per_address: int = 1_000
     # Seconds a connection may take to send a complete request (its headers) from when it opens or its
     # previous response ends; also how long an idle kept-alive connection stays open.
     header_timeout: float = 15.0
@@ -153,6 +157,8 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_PING_TIMEOUT": ("ping_timeout", _int(minimum=1)),
     "CHATSVC_SOCKET_QUEUE_PACKETS": ("socket_queue_packets", _int(minimum=100)),
     "CHATSVC_SOCKET_QUEUE_BYTES": ("socket_queue_bytes", _int(minimum=64 * 1024)),
+    "CHATSVC_MAX_PENDING_SESSIONS": ("max_pending_sessions", _int(minimum=0)),
+    "CHATSVC_MAX_PENDING_SESSIONS_PER_ADDRESS": ("max_pending_sessions_per_address", _int(minimum=0)),
     "CHATSVC_HEADER_TIMEOUT": ("header_timeout", _int(minimum=1)),
     "CHATSVC_SMTP_URL": ("smtp_url", _text),
     "CHATSVC_MAIL_FROM": ("mail_from", _text),

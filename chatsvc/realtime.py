@@ -441,6 +441,8 @@ def create_socket_server(state: AppState) -> ChatSocketServer:
         socket_limits=SocketLimits(
             queue_packets=config.socket_queue_packets,
             queue_bytes=config.socket_queue_bytes,
+            pending_sessions=config.max_pending_sessions,
+            pending_sessions_per_address=config.max_pending_sessions_per_address,
         ),
     )
     namespace = ChatNamespace(state)

@@ -20,8 +20,9 @@ compressing each one for each recipient costs more CPU than it saves bytes.
 keep-alive tasks with timers and one periodic sweep (see its docstring).
 
 It also bounds what a client can make the server hold: each socket's send
-queue (``SendQueue``; a socket over it is cut off) and the bytes handed to
-the kernel per write.
+queue (``SendQueue``; a socket over it is cut off), the bytes handed to the
+kernel per write, the sessions that have not completed the Socket.IO connect
+(chatsvc/handshakes.py), and it logs malformed input in one throttled line.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ import engineio
 from aiohttp import WSMsgType, web
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
+from engineio import payload as eio_payload
+from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_socket import AsyncSocket
+
+from chatsvc.errors import BadRequest
+from chatsvc.handshakes import PendingSessions
+from chatsvc.logs import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,11 @@ WRITE_BUFFER_LIMIT = 64 * 1024
 WRITE_BATCH_BYTES = 256 * 1024
 # The disconnect reason handlers and the log see for a socket that was cut off.
 CUT_OFF_REASON = "send queue full"
+# Malformed input from clients is logged in one warning line each, at most this many at once and per minute.
+MALFORMED_LOG_BURST = 20
+MALFORMED_LOG_PER_MINUTE = 60
+# Where a long-polling POST body that was read to be checked waits for python-engineio.
+_POLLING_BODY = web.RequestKey("chatsvc_polling_body", bytes)
 # How often the keep-alive sweep visits every socket (at most; a quarter of the ping timeout if shorter),
 # and how many sockets it checks before letting other work run.
 SWEEP_SECONDS = 5.0
@@ -122,6 +134,8 @@ class SocketLimits:
 
     queue_packets: int = 10_000
     queue_bytes: int = 16 * 1024 * 1024
+    pending_sessions: int = 10_000
+    pending_sessions_per_address: int = 1_000
 
 
 class SendQueue(asyncio.Queue[Any]):
@@ -222,9 +236,15 @@ async def _read_frame(ws: web.WebSocketResponse, timeout: float | None, limit: i
 
 def _decode(data: str | bytes) -> eio_packet.Packet | None:
     try:
-        return eio_packet.Packet(encoded_packet=data)
+        packet = eio_packet.Packet(encoded_packet=data)
     except (ValueError, IndexError, TypeError):
         return None
+    return packet if _known_type(packet) else None
+
+
+def _known_type(packet: eio_packet.Packet) -> bool:
+    # python-engineio names the packet type in a log call before looking at it: an unknown one raises IndexError.
+    return isinstance(packet.packet_type, int) and 0 <= packet.packet_type < len(eio_packet.packet_names)
 
 
 async def _upgrade(socket: Any, ws: web.WebSocketResponse, timeout: float, limit: int) -> bool:
@@ -278,7 +298,12 @@ async def serve_websocket(socket: Any, ws: web.WebSocketResponse, request: web.R
                 break
             packet = _decode(data)
             if packet is None:
-                log.info("%s: not an Engine.IO packet, closing the connection", socket.sid)
+                server.malformed_input.warning(
+                    "%s: not an Engine.IO packet from %s (%d bytes), closing the connection",
+                    socket.sid,
+                    request.remote,
+                    len(data),
+                )
                 break
             try:
                 await socket.receive(packet)
@@ -349,9 +374,13 @@ class ChatEngineServer(engineio.AsyncServer):
             self._async = {  # type: ignore[has-type]
                 **self._async,  # type: ignore[has-type]
                 "websocket": LeanWebSocket,
+                "translate_request": _translate_request,
             }
         self.limits = socket_limits or SocketLimits()
+        self.pending = PendingSessions(self.limits.pending_sessions, self.limits.pending_sessions_per_address)
+        self.malformed_input = ThrottledLog(log, burst=MALFORMED_LOG_BURST, per_minute=MALFORMED_LOG_PER_MINUTE)
         # Counted for chatsvc/metrics.py.
+        self.handshakes_refused = 0
         self.sockets_cut_off = 0
         # A Socket.IO packet to send a socket that is cut off, telling the client why; set by the Socket.IO server.
         self.cut_off_notice: eio_packet.Packet | None = None
@@ -360,6 +389,43 @@ class ChatEngineServer(engineio.AsyncServer):
     def create_queue(self, *args: Any, **kwargs: Any) -> Any:
         """A new socket's send queue, bounded (python-engineio calls this once per socket)."""
         return SendQueue(self.limits.queue_packets, self.limits.queue_bytes, self._queue_overflowed)
+
+    async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        """As python-engineio's, after refusing a handshake over the pending bounds or a malformed polling body."""
+        request: web.Request = args[0]
+        if "sid" not in request.query:
+            if request.method == "GET":
+                refusal = self.pending.refusal(request.remote or "")
+                if refusal is not None:
+                    self.handshakes_refused += 1
+                    raise refusal  # chatsvc/errors.py answers it as JSON
+        elif request.method == "POST":
+            problem = await self._check_polling_body(request)
+            if problem is not None:
+                sid = request.query["sid"]
+                self.malformed_input.warning(
+                    "%s: malformed long-polling body from %s: %s",
+                    sid if sid in self.sockets else "(unknown session)",  # never a client's text in the log
+                    request.remote,
+                    problem,
+                )
+                raise BadRequest("Malformed Engine.IO payload")
+        return await super().handle_request(*args, **kwargs)
+
+    async def _check_polling_body(self, request: web.Request) -> str | None:
+        """Why a long-polling POST body cannot be decoded, or None (python-engineio logs a traceback for it)."""
+        length = request.content_length
+        if length is None or length > self.max_http_buffer_size:
+            return None  # python-engineio refuses it without reading, or reads nothing
+        body = await request.read()
+        request[_POLLING_BODY] = body
+        try:
+            packets = eio_payload.Payload(encoded_payload=body.decode()).packets
+        except (ValueError, IndexError, TypeError) as exc:
+            return describe_error(exc)
+        if not all(_known_type(packet) for packet in packets):
+            return "unknown packet type"
+        return None
 
     def _queue_overflowed(self, queue: SendQueue) -> None:
         # Called from inside a fan-out loop: the socket is cut off in a task of its own.
@@ -421,6 +487,7 @@ class ChatEngineServer(engineio.AsyncServer):
         for visited, socket in enumerate(list(self.sockets.values()), 1):
             if socket.closed:
                 self.sockets.pop(socket.sid, None)
+                self.pending.done(socket.sid)
                 # Ends the transport if the client has not: a WebSocket's reader waits without a timeout.
                 socket.queue.put_nowait(None)
             elif not socket.closing and not await socket.check_ping_timeout():
@@ -440,6 +507,32 @@ def _abort_later(queue: Any, seconds: float) -> None:
     transport = getattr(queue, "transport", None)
     if transport is not None:
         asyncio.get_running_loop().call_later(seconds, transport.abort)
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception as one short line for a log (never a traceback)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+class _Body:
+    """A request body already read, where python-engineio reads it (``environ["wsgi.input"]``)."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    async def read(self, length: int = -1) -> bytes:
+        """The body, as python-engineio asks for it (once, by its Content-Length)."""
+        return self._body if length < 0 else self._body[:length]
+
+
+def _translate_request(request: web.Request) -> dict[str, Any]:
+    # python-engineio's aiohttp translation, reading a long-polling body from where the check above left it.
+    environ: dict[str, Any] = eio_aiohttp.translate_request(request)
+    body = request.get(_POLLING_BODY)
+    if body is not None:
+        environ["wsgi.input"] = _Body(body)
+    return environ
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
