@@ -490,6 +490,7 @@ class ChatEngineServer(engineio.AsyncServer):
                 self.pending.done(socket.sid)
                 # Ends the transport if the client has not: a WebSocket's reader waits without a timeout.
                 socket.queue.put_nowait(None)
+                _abort_later(socket.queue, self.ping_timeout)
             elif not socket.closing and not await socket.check_ping_timeout():
                 # python-engineio queues no CLOSE packet for a ping timeout: this ends the transport.
                 socket.queue.put_nowait(None)
