@@ -28,7 +28,6 @@ kernel per write, the sessions that have not completed the Socket.IO connect
 from __future__ import annotations
 
 import asyncio
-import collections
 import ctypes
 import ctypes.util
 import logging
@@ -98,6 +97,7 @@ class SharedPacket(eio_packet.Packet):
 
     _encoded: str | bytes | None = None
     _frame: bytes | None = None
+    _nbytes: int | None = None
 
     def encode(self, b64: bool = False) -> str | bytes:
         """The packet as Engine.IO text or bytes (cached unless base64 is asked for)."""
@@ -113,6 +113,12 @@ class SharedPacket(eio_packet.Packet):
             self._frame = websocket_frame(self.encode())
         return self._frame
 
+    def nbytes(self) -> int:
+        """The memory the packet holds while queued: its text and its frame (the frame is needed anyway)."""
+        if self._nbytes is None:
+            self._nbytes = sys.getsizeof(self.data) + len(self.frame())
+        return self._nbytes
+
 
 def _frame_of(packet: eio_packet.Packet) -> bytes:
     if isinstance(packet, SharedPacket):
@@ -122,10 +128,9 @@ def _frame_of(packet: eio_packet.Packet) -> bytes:
 
 def packet_bytes(packet: eio_packet.Packet) -> int:
     """The memory a queued packet holds: its encoded text and, for a broadcast, its WebSocket frame."""
-    size = sys.getsizeof(packet.data)  # O(1) for text; 4 bytes a character once there is an emoji in it
-    if isinstance(packet, SharedPacket):
-        size += len(packet.frame())  # built once per broadcast, and the WebSocket writer needs it anyway
-    return size
+    if type(packet) is SharedPacket:
+        return packet.nbytes()  # worked out once per broadcast, not once per recipient
+    return sys.getsizeof(packet.data)  # O(1) for text; 4 bytes a character once there is an emoji in it
 
 
 @dataclass(frozen=True)
@@ -153,30 +158,32 @@ class SendQueue(asyncio.Queue[Any]):
         super().__init__()
         self.max_packets = max_packets
         self.max_bytes = max_bytes
+        # What the queued messages hold (packet_bytes), kept up to date by put_nowait and _get.
         self.bytes = 0
         self.overflowed = False
         # The connection of the WebSocket writer draining this queue, if there is one.
         self.transport: asyncio.BaseTransport | None = None
         self._on_overflow = on_overflow
-        # The size of each queued item, in queue order.
-        self._sizes: collections.deque[int] = collections.deque()
 
     def put_nowait(self, item: Any) -> None:
         """Queue a packet; a message past the bounds is dropped and the socket is reported (once)."""
-        size = 0
-        if item is not None and item.packet_type == eio_packet.MESSAGE:
+        # On the fan-out's path, once per recipient: kept to a few attribute reads.
+        if item is not None and item.packet_type == _MESSAGE:
             if self.overflowed:
                 return
-            size = packet_bytes(item)
-            if len(self._sizes) >= self.max_packets or self.bytes + size > self.max_bytes:
+            size = item._nbytes if type(item) is SharedPacket and item._nbytes is not None else packet_bytes(item)
+            if len(self._queue) >= self.max_packets or self.bytes + size > self.max_bytes:  # type: ignore[attr-defined]
                 self.overflowed = True
                 self._on_overflow(self)
                 return
-        self._put_counted(item, size)
+            self.bytes += size
+        _queue_put_nowait(self, item)
 
     def put_final(self, item: Any) -> None:
         """Queue a packet whatever the bounds: the last words to a socket that is cut off."""
-        self._put_counted(item, 0)
+        if item is not None and item.packet_type == _MESSAGE:
+            self.bytes += packet_bytes(item)
+        _queue_put_nowait(self, item)
 
     def discard_backlog(self) -> int:
         """Drop everything queued (a cut-off socket will not get it); how many packets that was."""
@@ -187,16 +194,19 @@ class SendQueue(asyncio.Queue[Any]):
             dropped += 1
         return dropped
 
-    def _put_counted(self, item: Any, size: int) -> None:
-        super().put_nowait(item)
-        # No await since the put, so no getter has run: sizes stay in step with items.
-        self._sizes.append(size)
-        self.bytes += size
-
     def _get(self) -> Any:
         # asyncio.Queue's hook behind get() and get_nowait(), as PriorityQueue overrides it.
-        self.bytes -= self._sizes.popleft()
-        return super()._get()
+        item = self._queue.popleft()  # type: ignore[attr-defined]
+        if item is not None and item.packet_type == _MESSAGE:
+            # The same as when it was put: a packet does not change, and a broadcast's size is kept on it.
+            self.bytes -= (
+                item._nbytes if type(item) is SharedPacket and item._nbytes is not None else packet_bytes(item)
+            )
+        return item
+
+
+_MESSAGE = eio_packet.MESSAGE
+_queue_put_nowait = asyncio.Queue.put_nowait
 
 
 class LeanWebSocket:
