@@ -35,6 +35,9 @@ def create_app(config: Config) -> web.Application:
         # so error responses carry its headers too.
         middlewares=[observe_middleware, cors_middleware, error_middleware, auth_middleware],
         client_max_size=config.max_http_body,
+        # aiohttp's keep-alive timer runs from when a connection opens or its last response ends until a
+        # request's headers are complete, and bytes trickling in do not reset it: it bounds slow headers.
+        handler_args={"keepalive_timeout": config.header_timeout},
     )
     state = AppState(
         config=config,

@@ -59,6 +59,16 @@ class Config:
     ping_interval: int = 25
     ping_timeout: int = 20
     recovery_limit: int = 500
+    # Bound of each socket's outgoing queue (chatsvc/transport.py SendQueue): past it the socket is cut off.
+    socket_queue_packets: int = 10_000
+    socket_queue_bytes: int = 16 * 1024 * 1024
+    # Engine.IO sessions that have not completed the Socket.IO connect: at most this many in all, and from
+    # one client address (0: no bound).
+    max_pending_sessions: int = 10_000
+    max_pending_sessions_per_address: int = 1_000
+    # Seconds a connection may take to send a complete request (its headers) from when it opens or its
+    # previous response ends; also how long an idle kept-alive connection stays open.
+    header_timeout: float = 15.0
     # Most messages committed in one transaction; see chatsvc/writer.py.
     write_batch_max: int = 512
     smtp_url: str | None = None
@@ -223,6 +233,11 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     # Browsers wait pingInterval + pingTimeout with setTimeout, which fires at once past 2**31 ms (24.8 days).
     "CHATSVC_PING_INTERVAL": ("ping_interval", _int(minimum=1, maximum=MAX_PING_SECONDS)),
     "CHATSVC_PING_TIMEOUT": ("ping_timeout", _int(minimum=1, maximum=MAX_PING_SECONDS)),
+    "CHATSVC_SOCKET_QUEUE_PACKETS": ("socket_queue_packets", _int(minimum=100)),
+    "CHATSVC_SOCKET_QUEUE_BYTES": ("socket_queue_bytes", _int(minimum=64 * 1024)),
+    "CHATSVC_MAX_PENDING_SESSIONS": ("max_pending_sessions", _int(minimum=0)),
+    "CHATSVC_MAX_PENDING_SESSIONS_PER_ADDRESS": ("max_pending_sessions_per_address", _int(minimum=0)),
+    "CHATSVC_HEADER_TIMEOUT": ("header_timeout", _int(minimum=1)),
     "CHATSVC_SMTP_URL": ("smtp_url", _smtp_url),
     "CHATSVC_MAIL_FROM": ("mail_from", _mail_address),
     "CHATSVC_API_KEY": ("api_key", _text),

@@ -105,3 +105,38 @@ def log_socket_event(
         request_id,
         extra={"event": event, "sid": sid, "user_id": user_id, "reason": reason, "request_id": request_id},
     )
+
+
+class ThrottledLog:
+    """Warning lines about one kind of client misbehaviour, at most ``burst`` at once and ``per_minute`` after.
+
+    A client can repeat a bad request as fast as it likes; the log must not
+    grow as fast. Lines over the allowance are counted, and the next line
+    that is written says how many were left out.
+    """
+
+    def __init__(self, logger: logging.Logger, *, burst: int = 20, per_minute: int = 60) -> None:
+        self.logger = logger
+        self.burst = float(burst)
+        self.rate = per_minute / 60.0
+        self.allowance = float(burst)
+        self.updated = time.monotonic()
+        self.left_out = 0
+        # Every occurrence, written or not (read by chatsvc/metrics.py).
+        self.count = 0
+
+    def warning(self, message: str, *args: Any) -> None:
+        """Write one warning line, unless too many were written lately."""
+        self.count += 1
+        now = time.monotonic()
+        self.allowance = min(self.burst, self.allowance + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.allowance < 1:
+            self.left_out += 1
+            return
+        self.allowance -= 1
+        if self.left_out:
+            message += " (%d similar lines left out)"
+            args = (*args, self.left_out)
+            self.left_out = 0
+        self.logger.warning(message, *args)

@@ -110,6 +110,27 @@ class _StateCollector(Collector):
             "Socket.IO event packets queued to sockets of this instance (a broadcast counts once per recipient)",
             getattr(manager, "deliveries", 0),
         )
+        engine = state.sio.eio
+        yield GaugeMetricFamily(
+            "chatsvc_pending_sessions",
+            "Engine.IO sessions open on this instance that have not completed the Socket.IO connect",
+            len(engine.pending),
+        )
+        yield CounterMetricFamily(
+            "chatsvc_handshakes_refused",
+            "Engine.IO handshakes refused because too many sessions had not completed the Socket.IO connect",
+            engine.handshakes_refused,
+        )
+        yield CounterMetricFamily(
+            "chatsvc_sockets_cut_off",
+            "Sockets disconnected because more waited unread on them than their send queue may hold",
+            engine.sockets_cut_off,
+        )
+        yield CounterMetricFamily(
+            "chatsvc_malformed_packets",
+            "Malformed Engine.IO or Socket.IO packets received (each logged, within a rate, as one warning line)",
+            engine.malformed_input.count,
+        )
 
 
 def _socket_counts(state: AppState) -> tuple[int, int, int]:

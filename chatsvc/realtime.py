@@ -19,6 +19,7 @@ import socketio
 
 from chatsvc.auth import bearer_token
 from chatsvc.cluster import Cluster
+from chatsvc.config import Config
 from chatsvc.errors import BadRequest, ChatError, Forbidden, TooManyRequests, Unauthorized
 from chatsvc.fanout import ChatPacket, LeanManager
 from chatsvc.logs import log_socket_event
@@ -26,6 +27,7 @@ from chatsvc.models import JoinRoom, LeaveRoom, send_message_model, validate
 from chatsvc.socket_server import TRANSPORT_FLUSH_SECONDS, ChatSocketServer, ack_requested
 from chatsvc.state import AppState
 from chatsvc.store.messages import MESSAGE_TYPES, list_history
+from chatsvc.transport import SocketLimits
 from chatsvc.writer import Draft
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,42 @@ def _token_from_handshake(environ: Mapping[str, Any], auth: Any) -> str | None:
     return query.get("token", [None])[0] or None
 
 
+# A recovering joinRoom costs one token more per this many messages it replays (docs/protocol.md).
+RECOVERY_MESSAGES_PER_TOKEN = 50
+# At most what one chat message takes in a send queue besides 4 bytes per character of content:
+# ids, times, and the sender's profile (a head picture URL of up to 1,000 characters).
+MESSAGE_OVERHEAD_BYTES = 6 * 1024
+
+# Event names a client may not send: Socket.IO's own, which its client libraries reserve too, and the
+# events chatsvc sends. None of them reaches a handler; above all not connect and disconnect, which
+# python-socketio would otherwise hand to on_connect and on_disconnect like its own.
+RESERVED_EVENTS = frozenset(
+    {
+        "connect",
+        "connect_error",
+        "disconnect",
+        "disconnecting",
+        "newListener",
+        "removeListener",
+        "message",
+        "exception",
+        "serverShutdown",
+    }
+)
+_LIFECYCLE_EVENTS = frozenset({"connect", "disconnect"})
+
+
+def recovery_limit(config: Config) -> int:
+    """Most messages one recovery replays: CHATSVC_RECOVERY_LIMIT, but at most half of what a send queue holds.
+
+    A replay goes through the socket's bounded send queue at once; were it
+    bigger than the queue, the socket would be cut off by its own recovery.
+    """
+    # Queued, a message counts twice (chatsvc/transport.py packet_bytes): its text and its WebSocket frame.
+    largest = 2 * (4 * config.message_max_length + MESSAGE_OVERHEAD_BYTES)
+    return min(config.recovery_limit, config.socket_queue_packets // 2, config.socket_queue_bytes // 2 // largest)
+
+
 class TokenBucket:
     """Allows ``rate`` events per second on average, ``burst`` at once; rate 0 allows everything."""
 
@@ -65,13 +103,22 @@ class TokenBucket:
         """Spend one token if there is one."""
         if self.rate <= 0:
             return True
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
+        self._refill()
         if self.tokens < 1:
             return False
         self.tokens -= 1
         return True
+
+    def charge(self, cost: float) -> None:
+        """Spend ``cost`` tokens after the fact (work whose size was only known once done): may go into debt."""
+        if self.rate > 0:
+            self._refill()
+            self.tokens -= cost
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
 
 
 @dataclass
@@ -91,8 +138,26 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.state = state
         self._sessions: dict[str, SocketSession] = {}
         self._sids_of_user: dict[int, set[str]] = {}
+        self.recovery_limit = recovery_limit(state.config)
         # Set when several instances share rooms through Redis (CHATSVC_REDIS_URL).
         self.cluster: Cluster | None = None
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        """Dispatch an event to its handler, except a client's event under a reserved name: that gets a 400."""
+        if event in RESERVED_EVENTS and self._sent_by_client(event, args[0]):
+            return await self._answer(args[0], self._refuse_reserved(event))
+        return await super().trigger_event(event, *args)
+
+    def _sent_by_client(self, event: str, sid: str) -> bool:
+        if event not in _LIFECYCLE_EVENTS:
+            return True  # python-socketio itself triggers only connect and disconnect
+        # python-socketio dispatches a client's event only for a connected socket, while it triggers
+        # connect before the socket counts as connected and disconnect after it stopped counting
+        # (AsyncServer._handle_connect without always_connect, _handle_disconnect and disconnect).
+        return bool(self.server.manager.is_connected(sid, self.namespace))
+
+    async def _refuse_reserved(self, event: str) -> None:
+        raise BadRequest(f"{event} is a reserved event name")
 
     # -- connection -------------------------------------------------------
 
@@ -193,9 +258,13 @@ class ChatNamespace(socketio.AsyncNamespace):
             raise Forbidden("You are not a member of this chatroom")
 
     async def _join_room(self, sid: str, data: Any) -> dict[str, Any]:
+        session = self._session(sid)
         join = validate(JoinRoom, data)
         chatroom_id, last_id = join.chatroomId, join.lastMessageId
         user_id = self._acting_user(sid, join.userId, "userId")
+        # Joins share the socket's allowance with sends; a recovery pays for what it replays, below.
+        if not session.bucket.take():
+            raise TooManyRequests("Joining too fast: slow down")
         await self._require_member(user_id, chatroom_id)
         if self._session(sid).user_id is None:
             # A trusted-client socket is known by user from its first join on, so
@@ -211,10 +280,11 @@ class ChatNamespace(socketio.AsyncNamespace):
             # either in this catch-up or will be broadcast after the socket joined.
             await self.enter_room(sid, room_name(chatroom_id))
             await self.emit("message", {"type": "joinRoom", "userId": user_id}, room=room_name(chatroom_id))
-            limit = self.state.config.recovery_limit
+            limit = self.recovery_limit
             missed = await list_history(self.state.db.reader, chatroom_id, limit=limit + 1, after_id=last_id)
             if len(missed) > limit:
                 return {"chatroomId": chatroom_id, "recovered": False}
+            session.bucket.charge(len(missed) / RECOVERY_MESSAGES_PER_TOKEN)
             for message in missed:
                 await self.emit(
                     "message", {"type": "sendMessage", "userId": message["senderId"], "message": message}, to=sid
@@ -223,20 +293,24 @@ class ChatNamespace(socketio.AsyncNamespace):
 
         if self.cluster is not None:
             return await self.state.writer.run_between_batches(
-                lambda: self._catch_up_in_stream(sid, user_id, chatroom_id, last_id)
+                lambda: self._catch_up_in_stream(session, sid, user_id, chatroom_id, last_id)
             )
         return await self.state.writer.run_between_batches(join_and_catch_up)
 
-    async def _catch_up_in_stream(self, sid: str, user_id: int, chatroom_id: int, last_id: int) -> dict[str, Any]:
+    async def _catch_up_in_stream(
+        self, session: SocketSession, sid: str, user_id: int, chatroom_id: int, last_id: int
+    ) -> dict[str, Any]:
         """A recovering join with several instances, whose live messages come through Redis a moment later."""
         assert self.cluster is not None
         room = room_name(chatroom_id)
         notice = {"type": "joinRoom", "userId": user_id}
-        limit = self.state.config.recovery_limit
+        limit = self.recovery_limit
         # Under the order lock no instance is storing a message, so this read holds every
         # message published before the marker below and none published after it.
         missed = await list_history(self.state.db.reader, chatroom_id, limit=limit + 1, after_id=last_id)
         recovered = len(missed) <= limit
+        if recovered:
+            session.bucket.charge(len(missed) / RECOVERY_MESSAGES_PER_TOKEN)
 
         async def enter_and_catch_up() -> None:
             # At the marker: older broadcasts passed before the socket entered, newer ones follow the catch-up.
@@ -348,12 +422,20 @@ def create_socket_server(state: AppState) -> ChatSocketServer:
         # Engine.IO already runs each incoming message in its own task.
         async_handlers=False,
         async_mode="aiohttp",
+        # CHATSVC_CORS_ORIGINS, as for the HTTP API; no credentials: sockets authenticate with a token, not cookies.
         cors_allowed_origins="*" if "*" in origins else list(origins),
+        cors_credentials=False,
         max_http_buffer_size=config.max_socket_payload,
         ping_interval=config.ping_interval,
         ping_timeout=config.ping_timeout,
         logger=False,
         engineio_logger=False,
+        socket_limits=SocketLimits(
+            queue_packets=config.socket_queue_packets,
+            queue_bytes=config.socket_queue_bytes,
+            pending_sessions=config.max_pending_sessions,
+            pending_sessions_per_address=config.max_pending_sessions_per_address,
+        ),
     )
     namespace = ChatNamespace(state)
     sio.register_namespace(namespace)

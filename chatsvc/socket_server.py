@@ -2,7 +2,10 @@
 
 Handlers learn whether the client asked for an acknowledgement, shutdown can
 wait until every ack has gone out and close transports that will never
-drain, and a long-polling client saying goodbye is answered at once.
+drain, and a long-polling client saying goodbye is answered at once. It also
+tells the Engine.IO server (chatsvc/transport.py) which sessions completed
+the Socket.IO connect, and logs a malformed packet in one line instead of a
+traceback.
 """
 
 from __future__ import annotations
@@ -15,11 +18,17 @@ from typing import Any
 
 import socketio
 from engineio import packet as eio_packet
+from socketio import packet as sio_packet
 
-from chatsvc.transport import ChatEngineServer
+from chatsvc.transport import ChatEngineServer, SharedPacket, describe_error
 
 # Seconds live transports get on shutdown to send their CLOSE packet.
 TRANSPORT_FLUSH_SECONDS = 2.0
+# What a socket cut off for falling behind hears last, as an ``exception`` event (docs/protocol.md).
+CUT_OFF_MESSAGE = (
+    "Disconnected: too many messages waiting unread on this connection; "
+    "reconnect and rejoin with lastMessageId to get the rest"
+)
 
 # Whether the event being handled came with an acknowledgement callback.
 # python-socketio does not tell handlers, so the server sets it per event.
@@ -41,9 +50,41 @@ class ChatSocketServer(socketio.AsyncServer):
         self._idle.set()
         # Called with (event name, seconds to the ack) after each event; chatsvc/metrics.py keeps sends.
         self.event_observer: Callable[[str, float], None] | None = None
+        self.eio: ChatEngineServer
+        notice = self.packet_class(
+            sio_packet.EVENT, namespace="/", data=["exception", {"status": "error", "message": CUT_OFF_MESSAGE}]
+        )
+        self.eio.cut_off_notice = SharedPacket(eio_packet.MESSAGE, notice.encode())
 
     def _engineio_server_class(self) -> type[ChatEngineServer]:
         return ChatEngineServer
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        # A new Engine.IO session counts as pending until its Socket.IO connect succeeds.
+        request = environ.get("aiohttp.request")
+        self.eio.pending.opened(eio_sid, getattr(request, "remote", None) or "")
+        return await super()._handle_eio_connect(eio_sid, environ)
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        await super()._handle_connect(eio_sid, namespace, data)
+        if self.manager.sid_from_eio_sid(eio_sid, namespace or "/") is not None:  # not refused
+            self.eio.pending.done(eio_sid)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except ValueError as exc:
+            # Malformed input: chatsvc.fanout.ChatPacket refuses what it cannot decode (MalformedPacket),
+            # python-socketio what it does not expect (a binary packet before the connect). Event
+            # handlers answer their own errors, so nothing else raises here.
+            environ = self.environ.get(eio_sid) or {}
+            request = environ.get("aiohttp.request")
+            self.eio.malformed_input.warning(
+                "%s: malformed Socket.IO packet from %s: %s",
+                eio_sid,
+                getattr(request, "remote", None),
+                describe_error(exc),
+            )
 
     async def _handle_event_internal(  # type: ignore[no-untyped-def]
         self, server, sid, eio_sid, data, namespace, id
@@ -69,6 +110,7 @@ class ChatSocketServer(socketio.AsyncServer):
         transport = self.eio.sockets.get(eio_sid)
         if transport is not None and not transport.upgraded and reason == self.eio.reason.CLIENT_DISCONNECT:
             transport.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+        self.eio.pending.done(eio_sid)
         await super()._handle_eio_disconnect(eio_sid, reason)
 
     async def close_transports(self, flush_timeout: float) -> None:

@@ -18,26 +18,52 @@ compressing each one for each recipient costs more CPU than it saves bytes.
 
 ``ChatEngineServer`` installs the transport and replaces python-engineio's
 keep-alive tasks with timers and one periodic sweep (see its docstring).
+
+It also bounds what a client can make the server hold: each socket's send
+queue (``SendQueue``; a socket over it is cut off), the bytes handed to the
+kernel per write, the sessions that have not completed the Socket.IO connect
+(chatsvc/handshakes.py), and it logs malformed input in one throttled line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import struct
+import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import engineio
 from aiohttp import WSMsgType, web
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
+from engineio import payload as eio_payload
+from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_socket import AsyncSocket
+
+from chatsvc.errors import BadRequest
+from chatsvc.handshakes import PendingSessions
+from chatsvc.logs import ThrottledLog
 
 log = logging.getLogger(__name__)
 
 # aiohttp's own WebSocket writer waits for the peer once this much output is buffered.
 WRITE_BUFFER_LIMIT = 64 * 1024
+# Most bytes handed to the kernel in one write: with the limit above, what a connection holds outside its
+# (bounded) send queue while its client does not read.
+WRITE_BATCH_BYTES = 256 * 1024
+# The disconnect reason handlers and the log see for a socket that was cut off.
+CUT_OFF_REASON = "send queue full"
+# Malformed input from clients is logged in one warning line each, at most this many at once and per minute.
+MALFORMED_LOG_BURST = 20
+MALFORMED_LOG_PER_MINUTE = 60
+# Where a long-polling POST body that was read to be checked waits for python-engineio.
+_POLLING_BODY = web.RequestKey("chatsvc_polling_body", bytes)
 # How often the keep-alive sweep visits every socket (at most; a quarter of the ping timeout if shorter),
 # and how many sockets it checks before letting other work run.
 SWEEP_SECONDS = 5.0
@@ -71,6 +97,7 @@ class SharedPacket(eio_packet.Packet):
 
     _encoded: str | bytes | None = None
     _frame: bytes | None = None
+    _nbytes: int | None = None
 
     def encode(self, b64: bool = False) -> str | bytes:
         """The packet as Engine.IO text or bytes (cached unless base64 is asked for)."""
@@ -86,11 +113,100 @@ class SharedPacket(eio_packet.Packet):
             self._frame = websocket_frame(self.encode())
         return self._frame
 
+    def nbytes(self) -> int:
+        """The memory the packet holds while queued: its text and its frame (the frame is needed anyway)."""
+        if self._nbytes is None:
+            self._nbytes = sys.getsizeof(self.data) + len(self.frame())
+        return self._nbytes
+
 
 def _frame_of(packet: eio_packet.Packet) -> bytes:
     if isinstance(packet, SharedPacket):
         return packet.frame()
     return websocket_frame(packet.encode())
+
+
+def packet_bytes(packet: eio_packet.Packet) -> int:
+    """The memory a queued packet holds: its encoded text and, for a broadcast, its WebSocket frame."""
+    if type(packet) is SharedPacket:
+        return packet.nbytes()  # worked out once per broadcast, not once per recipient
+    return sys.getsizeof(packet.data)  # O(1) for text; 4 bytes a character once there is an emoji in it
+
+
+@dataclass(frozen=True)
+class SocketLimits:
+    """What one Engine.IO server lets a client make it hold (see docs/configuration.md)."""
+
+    queue_packets: int = 10_000
+    queue_bytes: int = 16 * 1024 * 1024
+    pending_sessions: int = 10_000
+    pending_sessions_per_address: int = 1_000
+
+
+class SendQueue(asyncio.Queue[Any]):
+    """An Engine.IO socket's send queue, bounded in packets and bytes.
+
+    Fan-out puts packets on it without waiting (chatsvc/fanout.py), so a client
+    that reads slower than its rooms talk would make it grow without end. Past
+    either bound it takes no more messages, from then on, and tells its server,
+    which cuts the socket off: the client got a gap-free prefix and rejoins with
+    ``lastMessageId`` for the rest. Other packets (pings, the close packet, the
+    writer's stop marker ``None``) are always taken: they are few and small.
+    """
+
+    def __init__(self, max_packets: int, max_bytes: int, on_overflow: Callable[[SendQueue], None]) -> None:
+        super().__init__()
+        self.max_packets = max_packets
+        self.max_bytes = max_bytes
+        # What the queued messages hold (packet_bytes), kept up to date by put_nowait and _get.
+        self.bytes = 0
+        self.overflowed = False
+        # The connection of the WebSocket writer draining this queue, if there is one.
+        self.transport: asyncio.BaseTransport | None = None
+        self._on_overflow = on_overflow
+
+    def put_nowait(self, item: Any) -> None:
+        """Queue a packet; a message past the bounds is dropped and the socket is reported (once)."""
+        # On the fan-out's path, once per recipient: kept to a few attribute reads.
+        if item is not None and item.packet_type == _MESSAGE:
+            if self.overflowed:
+                return
+            size = item._nbytes if type(item) is SharedPacket and item._nbytes is not None else packet_bytes(item)
+            if len(self._queue) >= self.max_packets or self.bytes + size > self.max_bytes:  # type: ignore[attr-defined]
+                self.overflowed = True
+                self._on_overflow(self)
+                return
+            self.bytes += size
+        _queue_put_nowait(self, item)
+
+    def put_final(self, item: Any) -> None:
+        """Queue a packet whatever the bounds: the last words to a socket that is cut off."""
+        if item is not None and item.packet_type == _MESSAGE:
+            self.bytes += packet_bytes(item)
+        _queue_put_nowait(self, item)
+
+    def discard_backlog(self) -> int:
+        """Drop everything queued (a cut-off socket will not get it); how many packets that was."""
+        dropped = 0
+        while not self.empty():
+            self.get_nowait()
+            self.task_done()
+            dropped += 1
+        return dropped
+
+    def _get(self) -> Any:
+        # asyncio.Queue's hook behind get() and get_nowait(), as PriorityQueue overrides it.
+        item = self._queue.popleft()  # type: ignore[attr-defined]
+        if item is not None and item.packet_type == _MESSAGE:
+            # The same as when it was put: a packet does not change, and a broadcast's size is kept on it.
+            self.bytes -= (
+                item._nbytes if type(item) is SharedPacket and item._nbytes is not None else packet_bytes(item)
+            )
+        return item
+
+
+_MESSAGE = eio_packet.MESSAGE
+_queue_put_nowait = asyncio.Queue.put_nowait
 
 
 class LeanWebSocket:
@@ -130,9 +246,15 @@ async def _read_frame(ws: web.WebSocketResponse, timeout: float | None, limit: i
 
 def _decode(data: str | bytes) -> eio_packet.Packet | None:
     try:
-        return eio_packet.Packet(encoded_packet=data)
+        packet = eio_packet.Packet(encoded_packet=data)
     except (ValueError, IndexError, TypeError):
         return None
+    return packet if _known_type(packet) else None
+
+
+def _known_type(packet: eio_packet.Packet) -> bool:
+    # python-engineio names the packet type in a log call before looking at it: an unknown one raises IndexError.
+    return isinstance(packet.packet_type, int) and 0 <= packet.packet_type < len(eio_packet.packet_names)
 
 
 async def _upgrade(socket: Any, ws: web.WebSocketResponse, timeout: float, limit: int) -> bool:
@@ -186,7 +308,12 @@ async def serve_websocket(socket: Any, ws: web.WebSocketResponse, request: web.R
                 break
             packet = _decode(data)
             if packet is None:
-                log.info("%s: not an Engine.IO packet, closing the connection", socket.sid)
+                server.malformed_input.warning(
+                    "%s: not an Engine.IO packet from %s (%d bytes), closing the connection",
+                    socket.sid,
+                    request.remote,
+                    len(data),
+                )
                 break
             try:
                 await socket.receive(packet)
@@ -203,28 +330,36 @@ async def serve_websocket(socket: Any, ws: web.WebSocketResponse, request: web.R
 
 
 async def _write_queued(socket: Any, ws: web.WebSocketResponse, request: web.Request) -> None:
-    """Send what is queued on the socket, everything that piled up in one write, until None is queued."""
+    """Send what is queued on the socket, what piled up in one write (up to a bound), until None is queued."""
     queue: asyncio.Queue[Any] = socket.queue
     transport = request.transport
+    if isinstance(queue, SendQueue):
+        queue.transport = transport
     try:
-        while True:
-            batch = [await queue.get()]
+        stop = False
+        while not stop:
+            packet = await queue.get()
             queue.task_done()
-            while not queue.empty():
-                batch.append(queue.get_nowait())
+            frames: list[bytes] = []
+            size = 0
+            while True:
+                if packet is None:
+                    stop = True
+                    break
+                frame = _frame_of(packet)
+                frames.append(frame)
+                size += len(frame)
+                # Bounded, so a client that does not read holds at most this much in the transport's buffer.
+                if size >= WRITE_BATCH_BYTES or queue.empty():
+                    break
+                packet = queue.get_nowait()
                 queue.task_done()
-            stop = None in batch
-            if stop:
-                batch = batch[: batch.index(None)]
-            if batch:
+            if frames:
                 if transport is None or transport.is_closing():
                     break
-                frames = [_frame_of(packet) for packet in batch]
                 transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
                 if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
                     await request.writer.drain()
-            if stop:
-                break
     except Exception:  # the connection is gone; the reader sees it too and ends the session
         log.debug("%s: WebSocket write failed", socket.sid, exc_info=True)
     finally:
@@ -242,11 +377,99 @@ class ChatEngineServer(engineio.AsyncServer):
     What is checked, and when a silent client is dropped, stays the same.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, socket_limits: SocketLimits | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.async_mode == "aiohttp":
             # A copy: python-engineio shares the driver table between servers in one process.
-            self._async = {**self._async, "websocket": LeanWebSocket}  # type: ignore[has-type]
+            self._async = {  # type: ignore[has-type]
+                **self._async,  # type: ignore[has-type]
+                "websocket": LeanWebSocket,
+                "translate_request": _translate_request,
+            }
+        self.limits = socket_limits or SocketLimits()
+        self.pending = PendingSessions(self.limits.pending_sessions, self.limits.pending_sessions_per_address)
+        self.malformed_input = ThrottledLog(log, burst=MALFORMED_LOG_BURST, per_minute=MALFORMED_LOG_PER_MINUTE)
+        # Counted for chatsvc/metrics.py.
+        self.handshakes_refused = 0
+        self.sockets_cut_off = 0
+        # A Socket.IO packet to send a socket that is cut off, telling the client why; set by the Socket.IO server.
+        self.cut_off_notice: eio_packet.Packet | None = None
+        self._cut_offs: set[asyncio.Future[None]] = set()
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> Any:
+        """A new socket's send queue, bounded (python-engineio calls this once per socket)."""
+        return SendQueue(self.limits.queue_packets, self.limits.queue_bytes, self._queue_overflowed)
+
+    async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        """As python-engineio's, after refusing a handshake over the pending bounds or a malformed polling body."""
+        request: web.Request = args[0]
+        if "sid" not in request.query:
+            if request.method == "GET":
+                refusal = self.pending.refusal(request.remote or "")
+                if refusal is not None:
+                    self.handshakes_refused += 1
+                    raise refusal  # chatsvc/errors.py answers it as JSON
+        elif request.method == "POST":
+            problem = await self._check_polling_body(request)
+            if problem is not None:
+                sid = request.query["sid"]
+                self.malformed_input.warning(
+                    "%s: malformed long-polling body from %s: %s",
+                    sid if sid in self.sockets else "(unknown session)",  # never a client's text in the log
+                    request.remote,
+                    problem,
+                )
+                raise BadRequest("Malformed Engine.IO payload")
+        return await super().handle_request(*args, **kwargs)
+
+    async def _check_polling_body(self, request: web.Request) -> str | None:
+        """Why a long-polling POST body cannot be decoded, or None (python-engineio logs a traceback for it)."""
+        length = request.content_length
+        if length is None or length > self.max_http_buffer_size:
+            return None  # python-engineio refuses it without reading, or reads nothing
+        body = await request.read()
+        request[_POLLING_BODY] = body
+        try:
+            packets = eio_payload.Payload(encoded_payload=body.decode()).packets
+        except (ValueError, IndexError, TypeError) as exc:
+            return describe_error(exc)
+        if not all(_known_type(packet) for packet in packets):
+            return "unknown packet type"
+        return None
+
+    def _queue_overflowed(self, queue: SendQueue) -> None:
+        # Called from inside a fan-out loop: the socket is cut off in a task of its own.
+        task = asyncio.ensure_future(self._cut_off(queue))
+        self._cut_offs.add(task)
+        task.add_done_callback(self._cut_offs.discard)
+
+    async def _cut_off(self, queue: SendQueue) -> None:
+        """Disconnect a socket whose client fell too far behind, and free what it held."""
+        # Rare, so a scan: python-engineio makes the queue before the socket is known by sid.
+        socket = next((s for s in list(self.sockets.values()) if s.queue is queue), None)
+        log.warning(
+            "%s: cut off: %d packets (%d bytes) waiting unread, over the bound of %d packets or %d bytes; "
+            "the client can reconnect and rejoin with lastMessageId",
+            socket.sid if socket is not None else "?",
+            queue.qsize(),
+            queue.bytes,
+            queue.max_packets,
+            queue.max_bytes,
+        )
+        queue.discard_backlog()
+        if self.cut_off_notice is not None:
+            queue.put_final(self.cut_off_notice)
+        if socket is not None:
+            # Runs the disconnect handlers (rooms, the per-user count) and queues Engine.IO's CLOSE.
+            await socket.close(wait=False, abort=False, reason=CUT_OFF_REASON)
+        queue.put_final(None)  # a WebSocket writer stops once it has written what is left
+        # A client reading its last packets has as long as it would have to answer a ping.
+        _abort_later(queue, self.ping_timeout)
+        if _MALLOC_TRIM is not None:
+            # The backlog was thousands of blocks of a few KB from the C heap; freed, glibc keeps them in
+            # the process unless asked to return free pages. In a thread: it walks the heap (ms per 100 MB).
+            await asyncio.get_running_loop().run_in_executor(None, _MALLOC_TRIM, 0)
+        self.sockets_cut_off += 1  # counted once all of the above is done
 
     def start_background_task(self, target: Any, *args: Any, **kwargs: Any) -> Any:
         """As python-engineio's, except that the next ping of a socket is a timer rather than a sleeping task."""
@@ -274,15 +497,68 @@ class ChatEngineServer(engineio.AsyncServer):
         for visited, socket in enumerate(list(self.sockets.values()), 1):
             if socket.closed:
                 self.sockets.pop(socket.sid, None)
+                self.pending.done(socket.sid)
                 # Ends the transport if the client has not: a WebSocket's reader waits without a timeout.
                 socket.queue.put_nowait(None)
+                _abort_later(socket.queue, self.ping_timeout)
             elif not socket.closing and not await socket.check_ping_timeout():
                 # python-engineio queues no CLOSE packet for a ping timeout: this ends the transport.
                 socket.queue.put_nowait(None)
+                _abort_later(socket.queue, self.ping_timeout)
             if visited % SWEEP_CHUNK == 0:
                 await asyncio.sleep(0)  # other work runs between chunks of a large sweep
 
 
+def _abort_later(queue: Any, seconds: float) -> None:
+    """Drop the connection of a socket's WebSocket writer, if it has one, in ``seconds`` unless it closed.
+
+    The writer may be waiting for a client that never reads, which would keep
+    the connection and its write buffer for ever.
+    """
+    transport = getattr(queue, "transport", None)
+    if transport is not None:
+        asyncio.get_running_loop().call_later(seconds, transport.abort)
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception as one short line for a log (never a traceback)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+class _Body:
+    """A request body already read, where python-engineio reads it (``environ["wsgi.input"]``)."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    async def read(self, length: int = -1) -> bytes:
+        """The body, as python-engineio asks for it (once, by its Content-Length)."""
+        return self._body if length < 0 else self._body[:length]
+
+
+def _translate_request(request: web.Request) -> dict[str, Any]:
+    # python-engineio's aiohttp translation, reading a long-polling body from where the check above left it.
+    environ: dict[str, Any] = eio_aiohttp.translate_request(request)
+    body = request.get(_POLLING_BODY)
+    if body is not None:
+        environ["wsgi.input"] = _Body(body)
+    return environ
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS, Windows)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _find_malloc_trim()
 _PING = SharedPacket(eio_packet.PING)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import time
 from collections.abc import Callable
@@ -215,3 +216,81 @@ async def connect_socket(
         reason = refusals[0].get("message") if refusals and isinstance(refusals[0], dict) else refusals
         raise socketio.exceptions.ConnectionError(f"{exc}: {reason}") from exc
     return client
+
+
+class RawSocket:
+    """A Socket.IO client written out by hand over aiohttp's WebSocket, to choose what the library does not."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.next_ack = 0
+
+    async def frame(self) -> str:
+        """The next Engine.IO text frame, answering pings on the way."""
+        while True:
+            message = await self.ws.receive(timeout=EVENT_TIMEOUT)
+            assert message.type == aiohttp.WSMsgType.TEXT, message
+            if message.data == "2":
+                await self.ws.send_str("3")
+                continue
+            return str(message.data)
+
+    async def call(self, event: str, data: Any) -> Any:
+        """Emit with an ack id and return the ack, keeping events that arrive first in ``self.events``."""
+        ack_id = self.next_ack
+        self.next_ack += 1
+        await self.ws.send_str(f"42{ack_id}" + json.dumps([event, data]))
+        prefix = f"43{ack_id}"
+        while True:
+            frame = await self.frame()
+            if frame.startswith(prefix):
+                return json.loads(frame[len(prefix) :])[0]
+
+    async def chat_ids(self, count: int) -> list[int]:
+        """The ids of the next ``count`` chat messages broadcast to this socket, in arrival order."""
+        ids: list[int] = []
+        while len(ids) < count:
+            name, body = await self.event()
+            if name == "message" and body.get("type") == "sendMessage":
+                ids.append(body["message"]["id"])
+        return ids
+
+    async def event(self) -> list[Any]:
+        """The next Socket.IO event as [name, *args]."""
+        while True:
+            frame = await self.frame()
+            if frame.startswith("42"):
+                decoded: list[Any] = json.loads(frame[2:])
+                return decoded
+
+
+async def raw_connect(
+    session: aiohttp.ClientSession, base_url: str, user: User, compress: int = 0
+) -> aiohttp.ClientWebSocketResponse:
+    """A WebSocket past the Engine.IO handshake and the Socket.IO connect, as ``user``."""
+    url = base_url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+    ws = await session.ws_connect(url, compress=compress)
+    opened = await ws.receive(timeout=EVENT_TIMEOUT)
+    assert opened.type == aiohttp.WSMsgType.TEXT and opened.data.startswith("0{"), opened
+    await ws.send_str("40" + json.dumps({"token": user.token}))
+    connected = await ws.receive(timeout=EVENT_TIMEOUT)
+    assert connected.type == aiohttp.WSMsgType.TEXT and connected.data.startswith("40{"), connected
+    return ws
+
+
+async def close_engineio_session(api: Api, sid: str) -> None:
+    """End a raw long-polling session with an Engine.IO close packet."""
+    resp = await api.request("POST", "/socket.io/", params={"EIO": "4", "transport": "polling", "sid": sid}, data="1")
+    assert resp.status == 200, resp.body
+
+
+async def engineio_handshake(api: Api, origin: str) -> Response:
+    """Open a raw long-polling Engine.IO session, as a browser's first request does."""
+    return await api.request(
+        "GET", "/socket.io/", params={"EIO": "4", "transport": "polling"}, headers={"Origin": origin}
+    )
+
+
+def session_id(resp: Response) -> str:
+    # The handshake body is an Engine.IO OPEN packet: "0" followed by JSON.
+    return str(json.loads(resp.body[1:] if isinstance(resp.body, str) else resp.body)["sid"])

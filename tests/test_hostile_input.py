@@ -1,22 +1,44 @@
-"""Property-based hostile input: never a 500, never a dropped socket, never an invalid row.
+"""Hostile input: never a 500, never a dropped socket, never an invalid row, never a flood of log lines.
 
-Hypothesis drives a synchronous function in a worker thread; each generated
-payload is sent by real clients on the test's event loop, which keeps serving
-the app meanwhile.
+Property-based tests: Hypothesis drives a synchronous function in a worker
+thread; each generated payload is sent by real clients on the test's event
+loop, which keeps serving the app meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import math
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatsvc.config import Config
-from tests.helpers import Api, SocketClient, User
+from chatsvc.transport import MALFORMED_LOG_BURST, MALFORMED_LOG_PER_MINUTE
+from tests.helpers import EVENT_TIMEOUT, Api, SocketClient, User
+
+# Socket.IO packets no client library sends, each of which python-socketio answered with a traceback.
+MALFORMED_SOCKETIO = [
+    "4",  # an empty Socket.IO packet
+    "42",  # an event without data
+    "4x",  # not a packet type
+    "42[",  # broken JSON
+    '42{"a":1}',  # an event that is not a list
+    "42[]",  # an event without a name
+    "42[1]",  # a name that is not a string
+    "47",  # an unknown packet type
+    "44{}",  # a connect error, which only servers send
+    "40[1]",  # connect data that is not an object
+    '451-["x",{"_placeholder":true,"num":9}]',  # a binary event before the Socket.IO connect
+]
 
 SETTINGS = settings(
     max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True
@@ -192,3 +214,43 @@ async def test_hostile_http_bodies(api: Api) -> None:
             assert set(resp.body) == {"statusCode", "message", "error"}
 
     await drive(property_test)
+
+
+async def test_hostile_malformed_packets_are_logged_in_one_throttled_warning_line_each(
+    api: Api, base_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = await api.new_user()
+    caplog.set_level(logging.INFO)
+    rounds = 10
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        # Anonymous: an Engine.IO session that has not sent the Socket.IO connect.
+        ws = await session.ws_connect(base_url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket")
+        assert (await ws.receive(timeout=EVENT_TIMEOUT)).data.startswith("0{")
+        for _ in range(rounds):
+            for packet in MALFORMED_SOCKETIO:
+                await ws.send_str(packet)
+        # The same session still connects (frames are handled in order: the junk was all seen first).
+        await ws.send_str("40" + json.dumps({"token": alice.token}))
+        async with asyncio.timeout(EVENT_TIMEOUT):
+            while not (message := await ws.receive()).data.startswith("40{"):
+                assert message.type == aiohttp.WSMsgType.TEXT, message
+        await ws.close()
+        # Long-polling: a body that is not UTF-8, and a packet type Engine.IO does not have.
+        polling = {"EIO": "4", "transport": "polling"}
+        handshake = await api.request("GET", "/socket.io/", params=polling)
+        sid = json.loads(str(handshake.body)[1:])["sid"]
+        for body in (b"\xff\xfe", b"9"):
+            resp = await api.request("POST", "/socket.io/", params={**polling, "sid": sid}, data=body)
+            assert resp.status == 400 and resp.body["message"] == "Malformed Engine.IO payload", resp.body
+    elapsed = time.monotonic() - started
+    sent = rounds * len(MALFORMED_SOCKETIO) + 2
+    metrics = str((await api.request("GET", "/metrics")).body)
+    assert f"chatsvc_malformed_packets_total {float(sent)}" in metrics
+    # No traceback, no error; one warning line per packet, until the throttle holds the rest back.
+    noisy = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert noisy == [], [r.getMessage() for r in noisy]
+    lines = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert lines and all(r.levelno == logging.WARNING and "\n" not in r.getMessage() for r in lines)
+    allowed = MALFORMED_LOG_BURST + math.ceil(elapsed * MALFORMED_LOG_PER_MINUTE / 60)
+    assert len(lines) <= allowed < sent

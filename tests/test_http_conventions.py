@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from chatsvc.app import create_app
 from chatsvc.config import Config
-from tests.helpers import Api, Response, assert_error
+from tests.helpers import Api, Response, assert_error, close_engineio_session, engineio_handshake, session_id
 
 ORIGIN = "http://app.example"
 OTHER_ORIGIN = "http://other.example"
@@ -52,24 +52,6 @@ async def preflight(
             "Access-Control-Request-Headers": "authorization,content-type",
         },
     )
-
-
-async def close_engineio_session(api: Api, sid: str) -> None:
-    """End a raw long-polling session with an Engine.IO close packet."""
-    resp = await api.request("POST", "/socket.io/", params={"EIO": "4", "transport": "polling", "sid": sid}, data="1")
-    assert resp.status == 200, resp.body
-
-
-async def engineio_handshake(api: Api, origin: str) -> Response:
-    """Open a raw long-polling Engine.IO session, as a browser's first request does."""
-    return await api.request(
-        "GET", "/socket.io/", params={"EIO": "4", "transport": "polling"}, headers={"Origin": origin}
-    )
-
-
-def session_id(resp: Response) -> str:
-    # The handshake body is an Engine.IO OPEN packet: "0" followed by JSON.
-    return str(json.loads(resp.body[1:] if isinstance(resp.body, str) else resp.body)["sid"])
 
 
 # -- errors -----------------------------------------------------------------
@@ -207,6 +189,35 @@ async def test_socketio_path_has_exactly_one_allow_origin_header(api: Api) -> No
     resp = await preflight(api, "/socket.io/", params={"EIO": "4", "transport": "polling"})
     assert 200 <= resp.status < 300
     assert len(resp.headers.getall("Access-Control-Allow-Origin")) == 1
+
+
+async def test_socketio_cors_follows_the_origin_list_without_credentials(config: Config) -> None:
+    polling = {"EIO": "4", "transport": "polling"}
+    async with serve(config.with_changes(cors_origins=(ORIGIN,))) as api:
+        allowed = await engineio_handshake(api, ORIGIN)
+        assert allowed.status == 200
+        assert allowed.headers.getall("Access-Control-Allow-Origin") == [ORIGIN]
+        assert "Access-Control-Allow-Credentials" not in allowed.headers
+        await close_engineio_session(api, session_id(allowed))
+        allowed_preflight = await preflight(api, "/socket.io/", method="POST", params=polling)
+        assert 200 <= allowed_preflight.status < 300
+        assert allowed_preflight.headers.getall("Access-Control-Allow-Origin") == [ORIGIN]
+        assert "Access-Control-Allow-Credentials" not in allowed_preflight.headers
+        for refused in (
+            await engineio_handshake(api, EVIL_ORIGIN),
+            await preflight(api, "/socket.io/", origin=EVIL_ORIGIN, method="POST", params=polling),
+        ):
+            assert "Access-Control-Allow-Origin" not in refused.headers
+            assert "Access-Control-Allow-Credentials" not in refused.headers
+
+
+async def test_socketio_cors_with_any_origin_allowed_sends_no_credentials(api: Api) -> None:
+    handshake = await engineio_handshake(api, EVIL_ORIGIN)
+    assert handshake.status == 200
+    assert "Access-Control-Allow-Credentials" not in handshake.headers
+    await close_engineio_session(api, session_id(handshake))
+    resp = await preflight(api, "/socket.io/", origin=EVIL_ORIGIN, params={"EIO": "4", "transport": "polling"})
+    assert "Access-Control-Allow-Credentials" not in resp.headers
 
 
 # -- JSON bodies --------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 from chatsvc.config import Config
 from chatsvc.testing import run_chatsvc
 from tests.conftest import make_config
-from tests.helpers import EVENT_TIMEOUT, Api, User
+from tests.helpers import EVENT_TIMEOUT, Api, RawSocket, User, raw_connect
 
 # Long enough for the 16-bit and the 64-bit WebSocket length forms, in a 4-byte character.
 LONG_MESSAGE_CHARS = 17_000
@@ -36,66 +36,6 @@ async def pair(api: Api) -> tuple[User, User, int]:
 
 def chat(user: User, room: int, content: str) -> dict[str, Any]:
     return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
-
-
-class RawSocket:
-    """A Socket.IO client written out by hand over aiohttp's WebSocket, to choose what the library does not."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.next_ack = 0
-
-    async def frame(self) -> str:
-        """The next Engine.IO text frame, answering pings on the way."""
-        while True:
-            message = await self.ws.receive(timeout=EVENT_TIMEOUT)
-            assert message.type == aiohttp.WSMsgType.TEXT, message
-            if message.data == "2":
-                await self.ws.send_str("3")
-                continue
-            return str(message.data)
-
-    async def call(self, event: str, data: Any) -> Any:
-        """Emit with an ack id and return the ack, keeping events that arrive first in ``self.events``."""
-        ack_id = self.next_ack
-        self.next_ack += 1
-        await self.ws.send_str(f"42{ack_id}" + json.dumps([event, data]))
-        prefix = f"43{ack_id}"
-        while True:
-            frame = await self.frame()
-            if frame.startswith(prefix):
-                return json.loads(frame[len(prefix) :])[0]
-
-    async def chat_ids(self, count: int) -> list[int]:
-        """The ids of the next ``count`` chat messages broadcast to this socket, in arrival order."""
-        ids: list[int] = []
-        while len(ids) < count:
-            name, body = await self.event()
-            if name == "message" and body.get("type") == "sendMessage":
-                ids.append(body["message"]["id"])
-        return ids
-
-    async def event(self) -> list[Any]:
-        """The next Socket.IO event as [name, *args]."""
-        while True:
-            frame = await self.frame()
-            if frame.startswith("42"):
-                decoded: list[Any] = json.loads(frame[2:])
-                return decoded
-
-
-async def raw_connect(
-    session: aiohttp.ClientSession, base_url: str, user: User, compress: int = 0
-) -> aiohttp.ClientWebSocketResponse:
-    """A WebSocket past the Engine.IO handshake and the Socket.IO connect, as ``user``."""
-    url = base_url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
-    ws = await session.ws_connect(url, compress=compress)
-    opened = await ws.receive(timeout=EVENT_TIMEOUT)
-    assert opened.type == aiohttp.WSMsgType.TEXT and opened.data.startswith("0{"), opened
-    await ws.send_str("40" + json.dumps({"token": user.token}))
-    connected = await ws.receive(timeout=EVENT_TIMEOUT)
-    assert connected.type == aiohttp.WSMsgType.TEXT and connected.data.startswith("40{"), connected
-    return ws
 
 
 @pytest.fixture
