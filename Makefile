@@ -28,7 +28,7 @@ test: install
 # Every workload at full scale against chatsvc, the python-socketio baseline and the Node peer; then A, C, D
 # and I again under the official socket.io-client (shorter windows; skipped without node); then workload A
 # against 1 instance and against 2 instances behind Redis with short windows (skipped if redis-server is
-# missing). About 11 minutes (2 more the first time: npm installs the Node packages). JSON reports go to
+# missing). About 12 minutes (2 more the first time: npm installs the Node packages). JSON reports go to
 # bench-results/.
 bench: install
 	$(PY) -m bench
