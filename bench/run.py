@@ -696,7 +696,8 @@ class Bench:
         try:
             await self.start_chatsvc()
             socket_loads = [w for w in args.only if w in report.SOCKET_WORKLOADS]
-            with_node = (socket_loads or "I" in args.only) and not args.no_node and await self.prepare_node()
+            wants_node = bool(socket_loads or "I" in args.only) and not args.no_node
+            with_node = wants_node and await self.prepare_node()
             if socket_loads and not args.no_baseline:
                 await self.start_baseline()
             if socket_loads and with_node:
