@@ -29,10 +29,15 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-# Every workload at full scale, then workload A against 1 instance and against 2 instances behind Redis
-# with short windows (skipped if redis-server is missing); under 10 minutes. JSON reports go to bench-results/.
+# Every workload at full scale against chatsvc, the python-socketio baseline and the Node peer; then A, C, D
+# and I again under the official socket.io-client (shorter windows; skipped without node); then workload A
+# against 1 instance and against 2 instances behind Redis with short windows (skipped if redis-server is
+# missing). About 12 minutes (2 more the first time: npm installs the Node packages). JSON reports go to
+# bench-results/.
 bench: install
 	$(PY) -m bench
+	$(PY) -m bench --client sio-js --only A,C,D,I --duration 8 --warmup 2 --idle-sockets 5000 --idle-seconds 10 \
+		--skip-without-node
 	$(PY) -m bench --cluster 2 --only A --duration 5 --warmup 1 --skip-without-redis
 
 # Workload A against 1 instance and against 2 instances sharing rooms through Redis (needs redis-server).

@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 
 from bench import report
-from bench.loadgen import Mode, SocketSpec, WorkerPool
+from bench.loadgen import Mode, SocketSpec
 from bench.rawsio import RawSocket
 from bench.run import Bench, BenchUser, Target
 from bench.servers import ManagedProcess, RedisServer, ServerProcess, free_port
@@ -208,7 +208,7 @@ class ClusterBench(Bench):
         """Per repetition: each workload against 1 instance, then against N behind Redis; the report as a dict."""
         args = self.args
         workers = args.workers or max(1, len(self.gen_cores) if self.gen_cores else 1)
-        self.pool = WorkerPool(workers, self.gen_cores)
+        self.pool = self.make_pool(workers)
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.only}
         try:
@@ -247,7 +247,8 @@ class ClusterBench(Bench):
     def meta(self, workers: int) -> dict[str, Any]:
         """The main benchmark's meta, and how the instances were laid out."""
         meta = super().meta(workers)
-        del meta["baseline_loop"]
+        for key in ("baseline_loop", "node_versions", "node_skipped"):
+            del meta[key]
         instance_cores = [self._instance_cores(i) for i in range(self.args.cluster)]
         meta["cluster"] = {
             "instances": self.args.cluster,

@@ -1,8 +1,8 @@
 """Two benchmark reports side by side: ``python -m bench.compare BEFORE.json AFTER.json``.
 
-Absolute figures drift between runs on a shared machine; the chatsvc/baseline
-ratios measured within each run are the fairer comparison, so they are shown
-too.
+Absolute figures drift between runs on a shared machine; the ratios of
+chatsvc to the baseline and to the Node peer measured within each run are the
+fairer comparison, so they are shown too.
 """
 
 from __future__ import annotations
@@ -28,10 +28,19 @@ def _get(*keys: str) -> Pick:
     return pick
 
 
-def _ratio(name: str, field: str) -> Pick:
+def _ratio(name: str, *field: str, other: str = "baseline") -> Pick:
     def pick(results: dict[str, Any]) -> float | None:
-        chatsvc, baseline = _get(name, "chatsvc", field)(results), _get(name, "baseline", field)(results)
-        return chatsvc / baseline if chatsvc is not None and baseline else None
+        chatsvc, theirs = _get(name, "chatsvc", *field)(results), _get(name, other, *field)(results)
+        return chatsvc / theirs if chatsvc is not None and theirs else None
+
+    return pick
+
+
+def _either(*picks: Pick) -> Pick:
+    """The first figure found: reports before the Node peer held workload I's figures without a server level."""
+
+    def pick(results: dict[str, Any]) -> float | None:
+        return next((value for value in (p(results) for p in picks) if value is not None), None)
 
     return pick
 
@@ -52,8 +61,15 @@ FIGURES: list[tuple[str, Pick]] = [
     ("H random p99 ms", _get("H", "requests", "random", "latency_ms", "p99")),
     ("R findChatroom p50 ms", _get("R", "requests", "findChatroom", "latency_ms", "p50")),
     ("R list p50 ms", _get("R", "requests", "list", "latency_ms", "p50")),
-    ("I KB per idle connection", _get("I", "rss_per_connection_kb")),
-    ("I idle CPU %", _get("I", "idle_cpu_pct")),
+    ("A sends/s ratio to node", _ratio("A", "sends_per_s", other="node")),
+    ("C sends/s ratio to node", _ratio("C", "sends_per_s", other="node")),
+    ("D p99 ratio to node", _ratio("D", "latency_ms", "p99", other="node")),
+    (
+        "I KB per idle connection",
+        _either(_get("I", "chatsvc", "rss_per_connection_kb"), _get("I", "rss_per_connection_kb")),
+    ),
+    ("I idle CPU %", _either(_get("I", "chatsvc", "idle_cpu_pct"), _get("I", "idle_cpu_pct"))),
+    ("I KB per idle connection to node", _ratio("I", "rss_per_connection_kb", other="node")),
 ]
 
 

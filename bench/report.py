@@ -1,4 +1,4 @@
-"""Figures from raw samples, the table printed on stdout, and the targets of issue 5."""
+"""Figures from raw samples, the table printed on stdout, and the targets of issues 5 and 13."""
 
 from __future__ import annotations
 
@@ -30,6 +30,17 @@ def merge_samples(chunks: Iterable[bytes]) -> array[int]:
     for chunk in chunks:
         merged.frombytes(chunk)
     return merged
+
+
+def handshake_figures(ready: list[dict[str, Any]]) -> dict[str, Any]:
+    """socket.io-client workers: how many sockets moved to WebSocket, and the connect and upgrade times."""
+    if not ready or "upgraded" not in ready[0]:
+        return {}
+    return {
+        "upgraded": sum(r["upgraded"] for r in ready),
+        "connect_ms": percentiles_ms(merge_samples(r["connect_ms"] for r in ready)),
+        "upgrade_ms": percentiles_ms(merge_samples(r["upgrade_ms"] for r in ready)),
+    }
 
 
 # The figure each socket workload's target is about, for picking the median of repeated runs.
@@ -127,10 +138,10 @@ def http_table(results: dict[str, Any]) -> str:
     return _table(rows, header) if rows else ""
 
 
-def idle_summary(result: dict[str, Any]) -> str:
-    """Workload I in one paragraph."""
+def idle_summary(server: str, result: dict[str, Any]) -> str:
+    """Workload I against one server in one paragraph."""
     return (
-        f"I  {result['sockets']:,} idle sockets (connected in {result['connect_s']:.1f} s): "
+        f"I  {server}: {result['sockets']:,} idle sockets (connected in {result['connect_s']:.1f} s): "
         f"server RSS {result['rss_before_mb']:.0f} MB -> {result['rss_after_mb']:.0f} MB, "
         f"{result['rss_per_connection_kb']:.1f} KB per connection; "
         f"idle CPU {result['idle_cpu_pct']:.1f}% of a core over {result['idle_window_s']:.0f} s; "
@@ -138,11 +149,42 @@ def idle_summary(result: dict[str, Any]) -> str:
     )
 
 
-def _ratio(results: dict[str, Any], name: str, field: str) -> float | None:
+def _figure(result: dict[str, Any], field: str) -> float | None:
+    value = result["latency_ms"]["p99"] if field == "p99" else result.get(field)
+    return None if value is None else float(value)
+
+
+def _ratio(results: dict[str, Any], name: str, field: str, other: str = "baseline") -> float | None:
+    """chatsvc's figure over another server's, both from this run; None if either is missing."""
     pair = results.get(name, {})
-    if "chatsvc" not in pair or "baseline" not in pair or not pair["baseline"][field]:
+    if "chatsvc" not in pair or other not in pair:
         return None
-    return float(pair["chatsvc"][field] / pair["baseline"][field])
+    mine, theirs = _figure(pair["chatsvc"], field), _figure(pair[other], field)
+    if mine is None or not theirs:
+        return None
+    return mine / theirs
+
+
+# The figures compared between chatsvc and the other servers: (workload, field, label).
+RATIO_FIGURES = [
+    *[(name, field, label) for name in SOCKET_WORKLOADS for field, label in (
+        ("sends_per_s", "sends/s"), ("deliveries_per_s", "deliveries/s"), ("p99", "p99"),
+    )],
+    ("I", "rss_per_connection_kb", "RSS per idle connection"),
+    ("I", "idle_cpu_pct", "idle CPU"),
+]  # fmt: skip
+OTHER_SERVERS = ("baseline", "node")
+
+
+def ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """chatsvc's figures over the baseline's and the Node peer's, as measured in this run."""
+    table: dict[str, dict[str, float]] = {}
+    for other in OTHER_SERVERS:
+        for name, field, label in RATIO_FIGURES:
+            value = _ratio(results, name, field, other)
+            if value is not None:
+                table.setdefault(f"chatsvc/{other}", {})[f"{name} {label}"] = value
+    return table
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -158,6 +200,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     add("A sends/s chatsvc/baseline", _ratio(results, "A", "sends_per_s"), ">=", 1.2, "x")
     add("B deliveries/s chatsvc/baseline", _ratio(results, "B", "deliveries_per_s"), ">=", 2.0, "x")
     add("C sends/s chatsvc/baseline", _ratio(results, "C", "sends_per_s"), ">=", 1.2, "x")
+    # Issue 13: against the seed's own stack, the Node peer, in the same run.
+    add("A sends/s chatsvc/node", _ratio(results, "A", "sends_per_s", "node"), ">=", 1.1, "x")
+    add("C sends/s chatsvc/node", _ratio(results, "C", "sends_per_s", "node"), ">=", 1.5, "x")
+    add("D p99 chatsvc/node", _ratio(results, "D", "p99", "node"), "<=", 1.0, "x")
+    add("I RSS per idle connection chatsvc/node", _ratio(results, "I", "rss_per_connection_kb", "node"), "<=", 1.0, "x")
     if "chatsvc" in results.get("D", {}):
         add("D p99 send->delivery", results["D"]["chatsvc"]["latency_ms"]["p99"], "<=", 5.0, " ms")
     requests = results.get("H", {}).get("requests", {})
@@ -167,9 +214,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("H random-depth page p99", requests["random"]["latency_ms"]["p99"], "<=", 10.0, " ms")
     for kind, r in results.get("R", {}).get("requests", {}).items():
         add(f"R {kind} p50", r["latency_ms"]["p50"], "<=", 2.0, " ms")
-    if "I" in results:
-        add("I RSS per idle connection", results["I"]["rss_per_connection_kb"], "<=", 100.0, " KB")
-        add("I idle server CPU", results["I"]["idle_cpu_pct"], "<", 10.0, "% of a core")
+    if "chatsvc" in results.get("I", {}):
+        idle = results["I"]["chatsvc"]
+        add("I RSS per idle connection", idle["rss_per_connection_kb"], "<=", 100.0, " KB")
+        add("I idle server CPU", idle["idle_cpu_pct"], "<", 10.0, "% of a core")
     lost = [
         (f"{name} {server}", r["missing"], r["duplicates"])
         for name in SOCKET_WORKLOADS
@@ -279,6 +327,68 @@ def render_cluster(report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def node_peer_line(meta: dict[str, Any]) -> str:
+    """Which Node peer ran, or why it did not."""
+    versions = meta.get("node_versions") or {}
+    if not versions:
+        skipped = meta.get("node_skipped")
+        return f"node: Node peer skipped ({skipped})" if skipped else "node: Node peer not run (--no-node)"
+    return (
+        f"node: Node peer, socket.io {versions.get('socket.io')} on Node {versions.get('node')}, every message "
+        f"committed by better-sqlite3 {versions.get('better-sqlite3')} (WAL, synchronous=FULL), any token accepted"
+    )
+
+
+def client_line(meta: dict[str, Any]) -> str:
+    """Which load generator drove the sockets."""
+    if meta.get("client") == "sio-js":
+        version = (meta.get("node_versions") or {}).get("socket.io-client")
+        return (
+            f"load generator: socket.io-client {version} on Node (long-polling first, then the upgrade; "
+            "every packet decoded by the client)"
+        )
+    return "load generator: bench/rawsio.py (WebSocket only, frames cut by hand, events found by substring search)"
+
+
+def node_ratio_lines(results: dict[str, Any]) -> list[str]:
+    """chatsvc over the Node peer: sends/s and p99 of A-D, and RSS per idle connection in I."""
+    lines = []
+    for name in SOCKET_WORKLOADS:
+        sends = _ratio(results, name, "sends_per_s", "node")
+        deliveries = _ratio(results, name, "deliveries_per_s", "node")
+        p99 = _ratio(results, name, "p99", "node")
+        if sends is not None and deliveries is not None:
+            lines.append(
+                f"  {name}: sends/s {sends:.2f}x, deliveries/s {deliveries:.2f}x, p99 {_num(p99)}x "
+                f"({_num(results[name]['chatsvc']['latency_ms']['p99'])} vs "
+                f"{_num(results[name]['node']['latency_ms']['p99'])} ms)"
+            )
+    rss = _ratio(results, "I", "rss_per_connection_kb", "node")
+    if rss is not None:
+        idle = results["I"]
+        lines.append(
+            f"  I: RSS per idle connection {rss:.2f}x ({idle['chatsvc']['rss_per_connection_kb']:.1f} vs "
+            f"{idle['node']['rss_per_connection_kb']:.1f} KB), idle CPU {idle['chatsvc']['idle_cpu_pct']:.1f}% vs "
+            f"{idle['node']['idle_cpu_pct']:.1f}%"
+        )
+    return lines
+
+
+def handshake_lines(results: dict[str, Any]) -> list[str]:
+    """socket.io-client runs: per workload and server, sockets upgraded to WebSocket and how long it took."""
+    lines = []
+    for name in [*SOCKET_WORKLOADS, "I"]:
+        for server, r in results.get(name, {}).items():
+            if "upgraded" not in r:
+                continue
+            lines.append(
+                f"  {name} {server}: {r['upgraded']:,} of {r['sockets']:,} upgraded; connect p50 "
+                f"{_num(r['connect_ms']['p50'])} p99 {_num(r['connect_ms']['p99'])} ms, upgrade p50 "
+                f"{_num(r['upgrade_ms']['p50'])} p99 {_num(r['upgrade_ms']['p99'])} ms"
+            )
+    return lines
+
+
 def render(report: dict[str, Any]) -> str:
     """The whole report as printed on stdout."""
     if "cluster" in report["meta"]:
@@ -292,6 +402,8 @@ def render(report: dict[str, Any]) -> str:
         + " ".join(f"{k}={v}" for k, v in meta["server_env"].items())
         + "  (SCRYPT_N=16: cheap password hashing, only to create the users quickly)",
         f"baseline: plain python-socketio AsyncServer on aiohttp, {meta['baseline_loop']} event loop, broadcast only",
+        node_peer_line(meta),
+        client_line(meta),
         "",
     ]
     table = socket_table(results)
@@ -309,6 +421,13 @@ def render(report: dict[str, Any]) -> str:
             ratios.append(f"  {name}: sends/s {sends:.2f}x, deliveries/s {deliveries:.2f}x")
     if ratios:
         parts += ["chatsvc/baseline ratios:", *ratios, ""]
+    node_ratios = node_ratio_lines(results)
+    if node_ratios:
+        parts += ["chatsvc/node ratios (Node peer: socket.io 4 + better-sqlite3, synchronous=FULL):", *node_ratios, ""]
+    handshakes = handshake_lines(results)
+    if handshakes:
+        parts += ["socket.io-client handshakes (connect = long-polling open + namespace; upgrade = from the start):"]
+        parts += [*handshakes, ""]
     parts += saturation_warning(results)
     table = http_table(results)
     if table:
@@ -318,8 +437,9 @@ def render(report: dict[str, Any]) -> str:
                 parts.append(f"  {name}: {results[name]['scale']}")
         parts.append("")
     if "I" in results:
-        parts += [idle_summary(results["I"]), ""]
+        parts += [idle_summary(server, result) for server, result in results["I"].items()]
+        parts.append("")
     if report["targets"]:
-        parts += ["Targets (issue 5):", targets_text(report["targets"]), ""]
+        parts += ["Targets (issue 5; chatsvc/node: issue 13):", targets_text(report["targets"]), ""]
     parts.append(f"total time {meta['total_s']:.0f} s")
     return "\n".join(parts)

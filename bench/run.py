@@ -34,10 +34,13 @@ import aiohttp
 
 from bench import report
 from bench.loadgen import Mode, Plan, SocketSpec, WorkerPool
+from bench.node import NodeUnavailable, NodeWorkerPool, ensure_node_packages, node_peer
 from bench.seed import HistoryRoom, Population, create_groups, seed_history, seed_population
 from bench.servers import CpuMark, ManagedProcess, ServerProcess, free_port, peak_rss_bytes, rss_bytes
 
 WORKLOADS = "ABCDHRI"
+# The load generators: bench/rawsio.py sockets in Python workers, or socket.io-client in Node workers.
+CLIENTS = ("raw", "sio-js")
 PASSWORD = "bench-password"
 # Sockets per user in workload I; chatsvc allows 20 per user by default.
 IDLE_SOCKETS_PER_USER = 10
@@ -93,7 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-seconds", type=float, default=30.0, help="I: idle CPU window; pings come every 25 s (30)")
     p.add_argument("--workers", type=int, default=0, help="load generator processes (default: its cores, >= 1)")
     p.add_argument("--repeat", type=int, default=1, help="run each of A-D this many times; report the median (1)")
+    p.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="raw",
+        help="load generator: raw (bench/rawsio.py, WebSocket only) or sio-js (the official socket.io-client "
+        "on Node: long-polling first, then the upgrade) (raw)",
+    )
     p.add_argument("--no-baseline", action="store_true", help="skip the baseline server")
+    p.add_argument("--no-node", action="store_true", help="skip the Node peer (socket.io 4 + better-sqlite3)")
+    p.add_argument(
+        "--skip-without-node",
+        action="store_true",
+        help="with --client sio-js: if node or its packages are missing, say the run was skipped and exit 0",
+    )
     p.add_argument("--baseline-uvloop", action="store_true", help="run the baseline on uvloop too")
     p.add_argument("--no-pin", action="store_true", help="do not pin server and load generator to cores")
     p.add_argument(
@@ -201,7 +217,11 @@ class Bench:
         self.repetitions: dict[str, list[dict[str, Any]]] = {}
         self.chatsvc: ServerProcess | None = None
         self.baseline: ServerProcess | None = None
-        self.pool: WorkerPool | None = None
+        self.node: ServerProcess | None = None
+        # The Node peer's and socket.io-client's versions once installed, or why the Node peer was skipped.
+        self.node_versions: dict[str, str] = {}
+        self.node_skipped: str | None = None
+        self.pool: WorkerPool | NodeWorkerPool | None = None
         self.http: aiohttp.ClientSession | None = None
 
     def log(self, message: str) -> None:
@@ -245,6 +265,34 @@ class Bench:
         self.baseline = ServerProcess("baseline", args, port, self._server_env(), self.workdir / "baseline.log")
         await self.baseline.start(self.server_cores)
         self.log(f"baseline pid {self.baseline.pid} on {self.baseline.url}")
+
+    async def prepare_node(self) -> bool:
+        """Install the Node packages if needed; False (and the reason noted) if the Node side cannot run."""
+        if self.node_versions:
+            return True
+        try:
+            self.node_versions = await asyncio.to_thread(ensure_node_packages, self.log)
+        except NodeUnavailable as exc:
+            self.node_skipped = str(exc)
+            self.log(f"Node peer skipped: {exc}")
+            return False
+        return True
+
+    async def start_node(self) -> None:
+        """Start (or restart, on a fresh database) the Node peer: socket.io 4 storing with better-sqlite3."""
+        if self.node is not None:
+            await self.node.stop()
+        port = free_port()
+        db_path = self.workdir / f"node-peer-{port}.db"
+        self.node = node_peer(port, db_path, self._server_env(), self.workdir / "node.log")
+        await self.node.start(self.server_cores)
+        self.log(f"Node peer pid {self.node.pid} on {self.node.url}")
+
+    def make_pool(self, workers: int) -> WorkerPool | NodeWorkerPool:
+        """The load generator's worker processes: Python with raw sockets, or Node with socket.io-client."""
+        if self.args.client == "sio-js":
+            return NodeWorkerPool(workers, self.gen_cores)
+        return WorkerPool(workers, self.gen_cores)
 
     # -- set-up through the API ---------------------------------------------
 
@@ -464,6 +512,7 @@ class Bench:
             ]
         if redis_pids:
             result["redis_cpu_pct"] = cpu[redis_pids[0]]
+        result.update(report.handshake_figures(ready))
         self.log(
             f"{name}/{target.label}: {result['sends_per_s']:,.0f} sends/s, "
             f"{result['deliveries_per_s']:,.0f} deliveries/s, "
@@ -589,10 +638,10 @@ class Bench:
 
     # -- idle sockets ---------------------------------------------------------
 
-    async def idle_workload(self) -> dict[str, Any]:
+    async def idle_workload(self, server: ServerProcess) -> dict[str, Any]:
         """I: many idle sockets in one server process: RSS per connection and idle CPU."""
-        assert self.pool is not None and self.chatsvc is not None
-        args, pool, server = self.args, self.pool, self.chatsvc
+        assert self.pool is not None
+        args, pool = self.args, self.pool
         users = await self.ensure_users(math.ceil(args.idle_sockets / IDLE_SOCKETS_PER_USER))
         specs = [
             SocketSpec(i, users[i // IDLE_SOCKETS_PER_USER].id, users[i // IDLE_SOCKETS_PER_USER].token, ())
@@ -607,8 +656,10 @@ class Bench:
         connected = sum(r["connected"] for r in ready)
         if connected < len(specs):
             errors = [e for r in ready for e in r["errors"]]
-            self.log(f"I: only {connected} of {len(specs)} sockets connected: {errors}")
-        self.log(f"I: {connected:,} sockets connected in {connect_s:.1f} s; idle for {args.idle_seconds:.0f} s")
+            self.log(f"I/{server.name}: only {connected} of {len(specs)} sockets connected: {errors}")
+        self.log(
+            f"I/{server.name}: {connected:,} sockets connected in {connect_s:.1f} s; idle for {args.idle_seconds:.0f} s"
+        )
         await asyncio.sleep(1.0)  # let the connect burst's garbage settle before reading RSS
         rss_after = rss_bytes(server.pid)
         first = CpuMark.take([server.pid, *pool.pids])
@@ -628,8 +679,12 @@ class Bench:
             "idle_cpu_pct": cpu[server.pid],
             "idle_window_s": last.wall - first.wall,
             "loadgen_cpu_pct": sum(cpu[pid] for pid in pool.pids),
+            **report.handshake_figures(ready),
         }
-        self.log(f"I: {result['rss_per_connection_kb']:.1f} KB per connection, idle CPU {result['idle_cpu_pct']:.1f}%")
+        self.log(
+            f"I/{server.name}: {result['rss_per_connection_kb']:.1f} KB per connection, "
+            f"idle CPU {result['idle_cpu_pct']:.1f}%"
+        )
         return result
 
     # -- the run --------------------------------------------------------------
@@ -638,30 +693,33 @@ class Bench:
         """Every selected workload; the report as a dict."""
         args = self.args
         workers = args.workers or max(1, len(self.gen_cores) if self.gen_cores else 1)
-        self.pool = WorkerPool(workers, self.gen_cores)
+        self.pool = self.make_pool(workers)
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         try:
             await self.start_chatsvc()
             socket_loads = [w for w in args.only if w in report.SOCKET_WORKLOADS]
+            wants_node = bool(socket_loads or "I" in args.only) and not args.no_node
+            with_node = wants_node and await self.prepare_node()
             if socket_loads and not args.no_baseline:
                 await self.start_baseline()
+            if socket_loads and with_node:
+                await self.start_node()
             for name in socket_loads:
                 specs, mode, rate = await self.specs_for(name)
                 runs: list[dict[str, Any]] = []
                 for _ in range(args.repeat):
+                    # The same workload against each server in turn: chatsvc, the baseline, the Node peer.
                     pair: dict[str, Any] = {}
-                    assert self.chatsvc is not None
-                    chatsvc = Target("chatsvc", [self.chatsvc])
-                    pair["chatsvc"] = await self.socket_workload(name, chatsvc, specs, mode, rate)
-                    if self.baseline is not None:
-                        baseline = Target("baseline", [self.baseline])
-                        pair["baseline"] = await self.socket_workload(name, baseline, specs, mode, rate)
+                    for label, server in (("chatsvc", self.chatsvc), ("baseline", self.baseline), ("node", self.node)):
+                        if server is not None:
+                            pair[label] = await self.socket_workload(name, Target(label, [server]), specs, mode, rate)
                     runs.append(pair)
                 self.results[name] = report.median_run(name, runs)
                 if len(runs) > 1:
                     self.repetitions[name] = runs
-            if self.baseline is not None:
-                await self.baseline.stop()
+            for done in (self.baseline, self.node):
+                if done is not None:
+                    await done.stop()
             if "H" in args.only or "R" in args.only:
                 history, population = await self.seed_bulk()
                 if history is not None:
@@ -669,14 +727,21 @@ class Bench:
                 if population is not None:
                     self.results["R"] = await self.rooms_workload(population)
             if "I" in args.only:
-                self.results["I"] = await self.idle_workload()
+                assert self.chatsvc is not None
+                idle = {"chatsvc": await self.idle_workload(self.chatsvc)}
+                if with_node:
+                    await self.start_node()  # a fresh process: its RSS before holds nothing of A-D
+                    assert self.node is not None
+                    idle["node"] = await self.idle_workload(self.node)
+                    await self.node.stop()
+                self.results["I"] = idle
         finally:
             await self.tear_down()
         return self.report(workers)
 
     def servers(self) -> list[ManagedProcess | None]:
         """Every process this run may have started."""
-        return [self.chatsvc, self.baseline]
+        return [self.chatsvc, self.baseline, self.node]
 
     async def tear_down(self) -> None:
         """Stop the servers and the load generator; remove the work folder unless --keep."""
@@ -697,6 +762,7 @@ class Bench:
         return {
             "meta": self.meta(workers),
             "results": self.results,
+            "ratios": report.ratios(self.results),
             "targets": report.targets(self.results),
             "repetitions": self.repetitions,
         }
@@ -719,6 +785,10 @@ class Bench:
             "workers": workers,
             "server_env": SERVER_ENV,
             "baseline_loop": "uvloop" if self.args.baseline_uvloop else "asyncio",
+            "client": self.args.client,
+            # node and its packages (the Node peer's and socket.io-client's), or why the Node peer did not run.
+            "node_versions": self.node_versions,
+            "node_skipped": self.node_skipped,
             "group_rooms_via": "API" if self.group_api else "SQL (no group routes in this chatsvc)",
             "options": options,
         }
@@ -737,6 +807,15 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
+    if args.client == "sio-js":
+        try:
+            ensure_node_packages(lambda message: print(message, file=sys.stderr, flush=True))
+        except NodeUnavailable as exc:
+            print(
+                f"socket.io-client load generator (--client sio-js) skipped: {exc}",
+                file=sys.stdout if args.skip_without_node else sys.stderr,
+            )
+            return 0 if args.skip_without_node else 2
     bench: Bench
     if args.cluster:
         # Imported here: bench.cluster builds on this module's Bench.
@@ -753,7 +832,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         bench = Bench(args)
     result = asyncio.run(bench.run())
-    path: Path = args.json or _default_json_path("cluster" if args.cluster else "bench")
+    kind = "cluster" if args.cluster else "bench"
+    path: Path = args.json or _default_json_path(kind if args.client == "raw" else f"{kind}-{args.client}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(report.render(result))

@@ -71,7 +71,9 @@ class CpuMark:
         return {pid: 100.0 * (self.cpu[pid] - earlier.cpu.get(pid, 0.0)) / elapsed for pid in self.cpu}
 
 
-def _preexec(cores: list[int] | None) -> Callable[[], None]:
+def child_setup(cores: list[int] | None) -> Callable[[], None]:
+    """What a child process does between fork and exec: pin itself to ``cores``, raise its open-files limit."""
+
     def setup() -> None:
         if cores:
             with contextlib.suppress(OSError):
@@ -109,7 +111,7 @@ class ManagedProcess:
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
                 # Between fork and exec the child only sets its affinity and file limit: two system calls.
-                preexec_fn=_preexec(cores),
+                preexec_fn=child_setup(cores),
             )
         finally:
             log.close()
@@ -144,11 +146,15 @@ class ManagedProcess:
 class ServerProcess(ManagedProcess):
     """A server under test: started with its command line, stopped with SIGTERM."""
 
-    def __init__(self, name: str, args: list[str], port: int, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, name: str, args: list[str], port: int, env: dict[str, str], log_path: Path, program: str = sys.executable
+    ) -> None:
         super().__init__(name, log_path)
         self.args = args
         self.port = port
         self.env = env
+        # The interpreter that runs ``args``: this Python, or node for the Node peer.
+        self.program = program
 
     @property
     def url(self) -> str:
@@ -157,7 +163,7 @@ class ServerProcess(ManagedProcess):
 
     async def start(self, cores: list[int] | None) -> None:
         """Start the process and wait until it answers HTTP."""
-        await self._spawn([sys.executable, *self.args], self.env, cores)
+        await self._spawn([self.program, *self.args], self.env, cores)
         async with aiohttp.ClientSession() as session:
 
             async def probe() -> None:

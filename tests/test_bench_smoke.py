@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,24 @@ from pathlib import Path
 import pytest
 
 from bench.loadgen import Received, parse_stamp
+from bench.node import ensure_node_packages, node_peer
+from bench.servers import free_port
 from chatsvc.jsonutil import SocketJSON
+from tests.helpers import User, connect_socket
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def node_available() -> bool:
+    """Whether node and npm are installed (the Node peer and the socket.io-client generator need both)."""
+    return shutil.which("node") is not None and shutil.which("npm") is not None
+
+
+def require_node() -> None:
+    """Skip without node and npm; with them, install the Node packages (a failed install fails the test)."""
+    if not node_available():
+        pytest.skip("node and npm are not installed (Debian: apt-get install nodejs npm)")
+    ensure_node_packages(lambda message: print(message, file=sys.stderr))
 
 
 def require_redis_server() -> None:
@@ -34,10 +50,15 @@ def test_bench_small_run_reports_every_delivery(tmp_path: Path) -> None:
         "--a-rooms", "2", "--a-members", "3", "--history-rows", "1000", "--http-duration", "0.3",
         "--json", str(out),
     ]  # fmt: skip
+    if node_available():
+        require_node()  # installs the Node packages first, so the run's own time limit is not spent on npm
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    for server in ("chatsvc", "baseline"):
+    # The Node peer runs next to the baseline wherever node is installed.
+    servers = ("chatsvc", "baseline", "node") if node_available() else ("chatsvc", "baseline")
+    assert set(report["results"]["A"]) == set(servers), report["meta"]["node_skipped"]
+    for server in servers:
         result = report["results"]["A"][server]
         assert result["sockets"] == 6 and result["senders"] == 2
         assert result["messages_sent"] > 0 and result["sends_per_s"] > 0, result
@@ -55,6 +76,81 @@ def test_bench_small_run_reports_every_delivery(tmp_path: Path) -> None:
         "H random-depth page p99",
     }
     assert "chatsvc/baseline ratios" in proc.stdout and "Targets" in proc.stdout
+    if node_available():
+        assert "A sends/s chatsvc/node" in {check["target"] for check in report["targets"]}
+        assert report["ratios"]["chatsvc/node"]["A sends/s"] > 0
+        assert "chatsvc/node ratios" in proc.stdout
+
+
+async def test_node_peer_stores_acks_and_broadcasts_a_message(tmp_path: Path) -> None:
+    require_node()
+    db_path = tmp_path / "peer.db"
+    peer = node_peer(free_port(), db_path, dict(os.environ), tmp_path / "node.log")
+    await peer.start(None)
+    try:
+        # Like the baseline, the peer accepts any token.
+        alice, bob = (User(i, f"bench{i}", f"Bench {i}", "any-token", {}) for i in (1, 2))
+        sender, receiver = await connect_socket(peer.url, alice.token), await connect_socket(peer.url, bob.token)
+        await sender.join(alice, 7)
+        await receiver.join(bob, 7)
+        payload = {"sendUserId": 1, "chatroomId": 7, "message": {"type": "text", "content": "hello peer"}}
+        ack = await sender.call("sendMessage", payload)
+        broadcast = await receiver.next_chat()
+        # chatsvc's shapes: the ack is the stored message, the broadcast carries it.
+        assert broadcast == {"type": "sendMessage", "userId": 1, "message": ack}, broadcast
+        assert ack["content"] == "hello peer" and ack["type"] == 0 and ack["chatroomId"] == 7, ack
+        assert ack["sender"]["id"] == 1 and ack["createTime"].endswith("Z"), ack
+        assert (await sender.next_chat())["message"]["id"] == ack["id"]
+        refused = await sender.call("sendMessage", {"sendUserId": 1, "chatroomId": 7, "message": {"type": "x"}})
+        assert refused["statusCode"] == 400, refused
+        await sender.disconnect()
+        await receiver.disconnect()
+    finally:
+        await peer.stop()
+    # Acked means committed: the row is in the file once the peer has gone.
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute("SELECT id, content, chatroom_id, sender_id FROM chat_history").fetchall()
+    assert rows == [(ack["id"], "hello peer", 7, 1)]
+
+
+def test_bench_sio_js_client_drives_chatsvc_the_baseline_and_the_node_peer(tmp_path: Path) -> None:
+    require_node()
+    out = tmp_path / "bench.json"
+    # A few seconds: workload A and 20 idle sockets, every socket an official socket.io-client on Node.
+    command = [
+        sys.executable, "-m", "bench", "--client", "sio-js", "--only", "A,I", "--duration", "1", "--warmup", "0.3",
+        "--a-rooms", "2", "--a-members", "3", "--idle-sockets", "20", "--idle-seconds", "0.5", "--json", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["meta"]["client"] == "sio-js"
+    assert set(report["results"]["A"]) == {"chatsvc", "baseline", "node"}
+    for server, result in report["results"]["A"].items():
+        # Long-polling first, then every socket moved to WebSocket.
+        assert result["sockets"] == 6 and result["upgraded"] == 6, (server, result)
+        assert result["messages_sent"] > 0 and result["deliveries_per_s"] > result["sends_per_s"] > 0, result
+        assert result["missing"] == 0 and result["duplicates"] == 0 and result["out_of_order"] == 0, result
+        assert result["send_errors"] == 0 and result["stalls"] == 0, result
+    idle = report["results"]["I"]
+    assert set(idle) == {"chatsvc", "node"} and all(r["sockets"] == 20 for r in idle.values()), idle
+    targets = {check["target"] for check in report["targets"]}
+    assert {"A sends/s chatsvc/node", "I RSS per idle connection chatsvc/node"} <= targets
+    assert "socket.io-client" in proc.stdout and "chatsvc/node ratios" in proc.stdout
+
+
+def test_bench_sio_js_client_without_node_fails_or_is_skipped_on_request(tmp_path: Path) -> None:
+    # A PATH with this Python but no node.
+    (tmp_path / "bin").mkdir()
+    env = {**os.environ, "PATH": str(tmp_path / "bin")}
+    command = [sys.executable, "-m", "bench", "--client", "sio-js", "--json", str(tmp_path / "none.json")]
+    failed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 2 and "node and npm not installed" in failed.stderr, failed
+    skipped = subprocess.run(
+        [*command, "--skip-without-node"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert skipped.returncode == 0 and "skipped" in skipped.stdout, skipped
+    assert not (tmp_path / "none.json").exists()
 
 
 def test_bench_cluster_mode_reports_one_and_two_instances_without_losses(tmp_path: Path) -> None:
