@@ -400,19 +400,10 @@ def test_migration_002_gives_the_captcha_table_of_schema_sql(tmp_path: Path) -> 
     fresh = sqlite3.connect(tmp_path / "fresh.db")
     fresh.executescript((root / "schema.sql").read_text())
     migrated = sqlite3.connect(tmp_path / "migrated.db")
-    # The captcha table as schema.sql created it before migration 002.
-    migrated.executescript(
-        """
-        CREATE TABLE captcha (
-            purpose    TEXT NOT NULL,
-            address    TEXT NOT NULL,
-            code       TEXT NOT NULL,
-            expires_at TEXT NOT NULL,
-            created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-            PRIMARY KEY (purpose, address)
-        ) WITHOUT ROWID;
-        INSERT INTO captcha (purpose, address, code, expires_at) VALUES ('register', 'a@example.com', '123456', 'x');
-        """
+    # The database as schema.sql made it before migration 002 (the frozen copy test_migrations.py uses too).
+    migrated.executescript((root / "tests" / "fixtures" / "schema_v1.sql").read_text())
+    migrated.execute(
+        "INSERT INTO captcha (purpose, address, code, expires_at) VALUES ('register', 'a@example.com', '123456', 'x')"
     )
     migrated.executescript((root / "chatsvc" / "migrations" / "002_captcha_attempts.sql").read_text())
     shape = "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info('captcha')"
