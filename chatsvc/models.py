@@ -22,8 +22,10 @@ and the OpenAPI document is built from the same call.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from operator import attrgetter
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -583,25 +585,32 @@ def _walk(model: type[T], data: dict[str, Any]) -> T:
     return model(**values)
 
 
-_PLANS: dict[type[Struct], tuple[tuple[str, _Check | None, Any], ...]] = {}
+# One text field a converted model still needs looked at: how to reach it, and its check.
+_TextRule = tuple[Callable[[Any], Any], _Check, bool]
+_PLANS: dict[type[Struct], tuple[_TextRule, ...]] = {}
 
 
-def _post_plan(model: type[Struct]) -> tuple[tuple[str, _Check | None, Any], ...]:
-    """The fields :func:`_post_check` must look at: strings, string lists and nested models."""
+def _text_rules(model: type[Struct], prefix: str = "") -> list[_TextRule]:
+    """Every string (or list of strings) of a model and its nested models, reached by a dotted attribute path."""
+    rules: list[_TextRule] = []
+    for check in _checks(model):
+        path = prefix + check.name
+        if check.kind == "str":
+            rules.append((attrgetter(path), check, False))
+        elif check.kind == "struct":
+            rules.extend(_text_rules(check.model, path + "."))
+        elif check.kind == "list" and check.item is not None and check.item.kind == "str":
+            rules.append((attrgetter(path), check.item, True))
+    return rules
+
+
+def _post_plan(model: type[Struct]) -> tuple[_TextRule, ...]:
+    """The text fields :func:`_post_check` must look at, flattened once per model."""
     # A plain dict, not functools.cache: this runs for every sendMessage.
     found = _PLANS.get(model)
-    if found is not None:
-        return found
-    plan: list[tuple[str, _Check | None, Any]] = []
-    for check in _checks(model):
-        if check.kind == "str":
-            plan.append((check.name, check, None))
-        elif check.kind == "struct":
-            plan.append((check.name, None, check.model))
-        elif check.kind == "list" and check.item is not None and check.item.kind == "str":
-            plan.append((check.name, check.item, list))
-    _PLANS[model] = tuple(plan)
-    return _PLANS[model]
+    if found is None:
+        found = _PLANS[model] = tuple(_text_rules(model))
+    return found
 
 
 def _post_text(check: _Check, value: str) -> None:
@@ -614,19 +623,18 @@ def _post_text(check: _Check, value: str) -> None:
 
 def _post_check(model: type[Struct], obj: Struct) -> None:
     """The string rules of a model that ``msgspec.convert`` cannot check, on a converted value."""
-    for name, check, nested in _post_plan(model):
-        value = getattr(obj, name)
+    for get, check, is_list in _post_plan(model):
+        try:
+            value = get(obj)
+        except AttributeError:  # an optional nested model that is absent
+            continue
         if value is None:
             continue
-        if nested is None:
-            assert check is not None
-            _post_text(check, value)
-        elif nested is list:
-            assert check is not None
+        if is_list:
             for item in value:
                 _post_text(check, item)
         else:
-            _post_check(nested, value)
+            _post_text(check, value)
 
 
 def check_range(value: int, name: str, minimum: int | None, maximum: int | None) -> int:

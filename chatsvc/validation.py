@@ -14,8 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from chatsvc.errors import BadRequest
-from chatsvc.models import CLIENT_MSG_ID_MAX, EMAIL_MAX, EMAIL_RE, MAX_ID, object_payload
-from chatsvc.store.messages import MESSAGE_TYPES
+from chatsvc.models import EMAIL_MAX, EMAIL_RE, MAX_ID, check_range, object_payload
 
 _DIGITS_RE = re.compile(r"^[+-]?[0-9]{1,19}$")
 
@@ -31,26 +30,6 @@ async def json_body(request: web.Request) -> Mapping[str, Any]:
     return object_payload(data, "Request body")
 
 
-def _check_range(value: int, name: str, minimum: int, maximum: int) -> int:
-    if value < minimum or value > maximum:
-        raise BadRequest(f"{name} must be an integer between {minimum} and {maximum}")
-    return value
-
-
-def int_field(
-    data: Mapping[str, Any], name: str, *, minimum: int = 1, maximum: int = MAX_ID, required: bool = True
-) -> int | None:
-    """A JSON integer (not a string, float or boolean) from a payload."""
-    value = data.get(name)
-    if value is None:
-        if required:
-            raise BadRequest(f"{name} is required")
-        return None
-    if type(value) is not int:
-        raise BadRequest(f"{name} must be an integer")
-    return _check_range(value, name, minimum, maximum)
-
-
 def parse_int(
     raw: str | None, name: str, *, minimum: int = 1, maximum: int = MAX_ID, required: bool = True
 ) -> int | None:
@@ -61,7 +40,7 @@ def parse_int(
         return None
     if not _DIGITS_RE.match(raw.strip()):
         raise BadRequest(f"{name} must be an integer")
-    return _check_range(int(raw), name, minimum, maximum)
+    return check_range(int(raw), name, minimum, maximum)
 
 
 def query_int(
@@ -104,13 +83,6 @@ def text(value: Any, name: str, *, max_length: int, required: bool = True, allow
     return value
 
 
-def text_field(
-    data: Mapping[str, Any], name: str, *, max_length: int, required: bool = True, allow_blank: bool = False
-) -> str:
-    """A string field of a payload; see :func:`text`."""
-    return text(data.get(name), name, max_length=max_length, required=required, allow_blank=allow_blank)
-
-
 def email(value: Any, name: str = "email") -> str:
     """A well-formed email address."""
     address = text(value, name, max_length=EMAIL_MAX)
@@ -131,17 +103,3 @@ def not_reserved(value: str, name: str) -> str:
     if folded in RESERVED_NAMES:
         raise BadRequest(f"{name} is reserved: it would pass for the system user")
     return value
-
-
-def message_type(value: Any, name: str) -> int:
-    """A message type given by name ("text", "image", "file"), as stored (0, 1, 2)."""
-    if not isinstance(value, str) or value not in MESSAGE_TYPES:
-        raise BadRequest(f"{name} must be one of: text, image, file")
-    return MESSAGE_TYPES[value]
-
-
-def client_msg_id_field(data: Mapping[str, Any]) -> str | None:
-    """The optional ``clientMsgId`` of a send."""
-    if data.get("clientMsgId") is None:
-        return None
-    return text_field(data, "clientMsgId", max_length=CLIENT_MSG_ID_MAX)
