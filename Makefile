@@ -15,7 +15,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@echo "Installing chatsvc with its test and dev tools into $(VENV) (a minute or two on a fresh clone)..."
 	@$(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip
-	@PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[test,dev,postgres]'
+	@PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[test,dev,postgres,s3]'
 	@touch $(STAMP)
 	@echo "Installed: $(VENV)/bin/chatsvc, pytest, ruff and mypy."
 
