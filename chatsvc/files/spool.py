@@ -112,7 +112,8 @@ async def _spool(part: BodyPartReader, folder: Path, max_size: int, allowed: tup
                 raise PayloadTooLarge(f"File is larger than the limit of {max_size} bytes")
             pending += chunk
             if len(pending) >= WRITE_CHUNK or (not chunk and pending):
-                await asyncio.to_thread(_write_all, fd, bytes(pending))
+                # Handed over whole and replaced, never changed while the thread writes it.
+                await asyncio.to_thread(_write_all, fd, pending)
                 pending = bytearray()
             if not chunk:
                 break
@@ -132,7 +133,7 @@ async def _read_chunk(part: BodyPartReader) -> bytes:
         raise BadRequest("Malformed multipart/form-data body") from None
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytearray) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
