@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +14,9 @@ import pytest
 from multidict import CIMultiDict
 
 from chatsvc.config import Config
-from chatsvc.testing import ChatsvcServer
+from chatsvc.files import S3Location, parse_s3_url
+from chatsvc.files.sniff import SNIFF_BYTES, sniff
+from chatsvc.testing import ChatsvcServer, run_chatsvc
 from tests.conftest import make_config
 from tests.helpers import Api, assert_error, png_bytes, until, upload_file
 from tests.test_profile import codes, request_update_code  # noqa: F401  (codes is a fixture)
@@ -104,8 +108,6 @@ async def test_files_unknown_binary_is_refused_by_its_magic_bytes(api: Api, serv
 
 @pytest.mark.parametrize("config_types", ["image/png,image/jpeg"])
 async def test_files_only_the_configured_types_are_accepted(tmp_path: Path, config_types: str) -> None:
-    from chatsvc.testing import run_chatsvc
-
     config = make_config(tmp_path, upload_types=Config.from_env({"CHATSVC_UPLOAD_TYPES": config_types}).upload_types)
     async with run_chatsvc(config) as running, aiohttp.ClientSession() as session:
         api = Api(running.base_url.rstrip("/"), session)
@@ -255,8 +257,6 @@ async def test_files_sweep_removes_only_uploads_nothing_refers_to(
 
 
 async def test_files_periodic_sweep_removes_an_unused_upload(tmp_path: Path) -> None:
-    from chatsvc.testing import run_chatsvc
-
     config = make_config(tmp_path, upload_unused_ttl=1, upload_sweep_interval=1)
     async with run_chatsvc(config) as running, aiohttp.ClientSession() as session:
         api = Api(running.base_url.rstrip("/"), session)
@@ -267,3 +267,102 @@ async def test_files_periodic_sweep_removes_an_unused_upload(tmp_path: Path) -> 
         await until(lambda: not path.exists(), "the sweep to remove the unused upload", timeout=10)
         status, _, _ = await fetch(api, resp.body["url"])
         assert status == 404
+
+
+def test_files_settings_are_read_and_checked() -> None:
+    config = Config.from_env(
+        {
+            "CHATSVC_MAX_UPLOAD": "2048",
+            "CHATSVC_UPLOAD_TYPES": "image/png, application/pdf",
+            "CHATSVC_FILES_DIR": "/srv/chat-files",
+            "CHATSVC_S3_URL": "https://key:se%2Fcret@minio.example.com:9000/chat-room?region=eu-west-1",
+            "CHATSVC_PUBLIC_URL": "https://chat.example.com/",
+        }
+    )
+    assert config.max_upload == 2048
+    assert config.upload_types == ("image/png", "application/pdf")
+    assert config.files_path == Path("/srv/chat-files")
+    assert config.public_url == "https://chat.example.com"
+    location = parse_s3_url(config.s3_url or "")
+    assert location == S3Location("https://minio.example.com:9000", "chat-room", "key", "se/cret", "eu-west-1")
+    assert Config.from_env({"CHATSVC_DB": "var/chat.db"}).files_path == Path("var/files")
+    for variable, value in (
+        ("CHATSVC_UPLOAD_TYPES", "image/svg+xml"),
+        ("CHATSVC_UPLOAD_TYPES", " , "),
+        ("CHATSVC_MAX_UPLOAD", "0"),
+        ("CHATSVC_S3_URL", "http://minio:9000/chat-room"),
+        ("CHATSVC_S3_URL", "ftp://k:s@minio:9000/chat-room"),
+        ("CHATSVC_S3_URL", "http://k:s@minio:9000/"),
+        ("CHATSVC_S3_URL", "http://k:s@minio:99999/chat-room"),
+        ("CHATSVC_S3_URL", "http://k:s@minio:9000/chat-room?bucket=x"),
+        ("CHATSVC_PUBLIC_URL", "chat.example.com"),
+    ):
+        with pytest.raises(ValueError, match=variable):
+            Config.from_env({variable: value})
+
+
+def office_file(entries: list[tuple[str, bytes]], *, stored_first: bool = False) -> bytes:
+    """A zip archive with these entries in this order, as office suites write them."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for index, (name, data) in enumerate(entries):
+            method = zipfile.ZIP_STORED if stored_first and index == 0 else zipfile.ZIP_DEFLATED
+            archive.writestr(zipfile.ZipInfo(name), data, compress_type=method)
+    return out.getvalue()
+
+
+CONTENT_TYPES_XML = (
+    b'<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"/>'
+)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (png_bytes(), "image/png"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(100), "image/jpeg"),
+        (b"GIF89a" + bytes(100), "image/gif"),
+        (b"RIFF\x24\x00\x00\x00WEBPVP8 " + bytes(100), "image/webp"),
+        (PDF, "application/pdf"),
+        ("Grüße, 你好\n\ttabs and CRLF\r\n".encode(), "text/plain"),
+        (office_file([("a.txt", b"hello")]), "application/zip"),
+        (
+            office_file(
+                [("[Content_Types].xml", CONTENT_TYPES_XML), ("_rels/.rels", b"<r/>"), ("word/document.xml", b"<w/>")]
+            ),
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        ),
+        (
+            office_file([("[Content_Types].xml", CONTENT_TYPES_XML), ("xl/workbook.xml", b"<x/>")]),
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        ),
+        (
+            office_file(
+                [("mimetype", b"application/vnd.oasis.opendocument.text"), ("content.xml", b"<o/>")], stored_first=True
+            ),
+            "application/vnd.oasis.opendocument.text",
+        ),
+        (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(600), "application/x-ole-storage"),
+        (b"\x7fELF\x02\x01\x01" + bytes(100), None),
+        (b"MZ\x90\x00" + bytes(100), None),
+        (b"text with a \x00 NUL", None),
+        (b"\xc3\x28 not UTF-8", None),
+    ],
+)
+def test_files_type_is_recognised_from_the_first_bytes(data: bytes, expected: str | None) -> None:
+    assert sniff(data[:SNIFF_BYTES], complete=len(data) <= SNIFF_BYTES) == expected
+
+
+def test_files_text_cut_inside_a_character_by_the_sniff_window_is_still_text() -> None:
+    text = ("é" * SNIFF_BYTES).encode()
+    assert sniff(text[: SNIFF_BYTES - 1], complete=False) == "text/plain"
+    assert sniff(text[: SNIFF_BYTES - 1], complete=True) is None
+
+
+async def test_files_upload_url_starts_with_the_public_url_when_set(tmp_path: Path) -> None:
+    config = make_config(tmp_path, public_url="https://chat.example.com")
+    async with run_chatsvc(config) as running, aiohttp.ClientSession() as session:
+        api = Api(running.base_url.rstrip("/"), session)
+        alice = await api.new_user()
+        resp = await upload_file(api, alice.token, png_bytes(), "a.png")
+        assert resp.body["url"] == f"https://chat.example.com/file/{resp.body['name']}"
