@@ -366,3 +366,30 @@ async def test_files_upload_url_starts_with_the_public_url_when_set(tmp_path: Pa
         alice = await api.new_user()
         resp = await upload_file(api, alice.token, png_bytes(), "a.png")
         assert resp.body["url"] == f"https://chat.example.com/file/{resp.body['name']}"
+
+
+async def test_files_upload_reaches_the_disk_while_it_is_still_arriving(tmp_path: Path) -> None:
+    """Streamed, not buffered: half the file is in the spool before the client has sent the other half."""
+    config = make_config(tmp_path, max_upload=4 * 1024 * 1024)
+    half = 1024 * 1024
+    async with run_chatsvc(config) as running, aiohttp.ClientSession() as session:
+        api = Api(running.base_url.rstrip("/"), session)
+        alice = await api.new_user()
+        spool = running.state.files.spool_folder
+
+        def spooled_bytes() -> int:
+            return sum(p.stat().st_size for p in spool.iterdir())
+
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(half // 4096):
+                yield b"a" * 4095 + b"\n"
+            await until(lambda: spooled_bytes() >= half // 2, "the first half to reach the spool file")
+            for _ in range(half // 4096):
+                yield b"b" * 4095 + b"\n"
+
+        form = aiohttp.FormData(quote_fields=False)
+        form.add_field("file", body(), filename="big.txt", content_type="text/plain")
+        resp = await api.request("POST", "/file/upload", token=alice.token, data=form)
+        assert resp.status == 201, resp.body
+        assert resp.body["size"] == 2 * half
+        assert spooled_bytes() == 0
