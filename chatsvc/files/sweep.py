@@ -50,10 +50,19 @@ class UploadSweeper:
                 log.exception("upload sweep failed")
 
     async def sweep(self, max_age: int | None = None) -> list[str]:
-        """Remove the unused uploads older than ``max_age`` seconds (default: the setting); their names."""
+        """Remove the unused uploads older than ``max_age`` seconds (default: the setting); their names.
+
+        The messages since the last sweep are read on the reader connection,
+        without the write lock; the write transaction then reads only what was
+        committed meanwhile, marks what is referred to, and deletes the rest.
+        """
         age = self._max_age if max_age is None else max_age
+        reader = self._db.reader
+        referenced, checked = await files.find_referenced_uploads(reader, await files.checked_message_id(reader))
         async with self._db.transaction() as conn:
-            await files.mark_uploads_used_by_messages(conn)
+            since, checked = await files.find_referenced_uploads(conn, checked)
+            await files.mark_uploads_used(conn, referenced | since)
+            await files.save_checked_message_id(conn, checked)
             await files.mark_uploads_used_by_profiles(conn, age)
             names = await files.delete_unused_uploads(conn, age)
         if names:

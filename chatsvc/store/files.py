@@ -71,38 +71,41 @@ async def mark_uploads_used(conn: aiosqlite.Connection, names: set[str]) -> None
         await conn.execute(f"UPDATE upload SET used = 1 WHERE used = 0 AND name IN ({marks})", sorted(names))
 
 
-async def mark_uploads_used_by_messages(conn: aiosqlite.Connection) -> int:
-    """Mark uploads that image and file messages stored since the last call refer to; messages read.
+async def checked_message_id(conn: aiosqlite.Connection) -> int:
+    """The id of the last message the sweep has read for references (0 before the first sweep)."""
+    value = await fetch_value(conn, "SELECT value FROM setting WHERE key = ?", (CHECKED_MESSAGE_SETTING,))
+    return int(value or 0)
 
-    Reads chat_history forward from where the previous call stopped (a setting),
-    so each message is read once however often the sweep runs. Runs inside a
-    write transaction: no message can commit behind the new mark meanwhile.
+
+async def save_checked_message_id(conn: aiosqlite.Connection, message_id: int) -> None:
+    """Remember that messages up to ``message_id`` have been read for references."""
+    await conn.execute(
+        "INSERT INTO setting (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (CHECKED_MESSAGE_SETTING, str(message_id)),
+    )
+
+
+async def find_referenced_uploads(conn: aiosqlite.Connection, after_id: int) -> tuple[set[str], int]:
+    """The upload names image and file messages after ``after_id`` refer to, and the newest message id read.
+
+    Reads forward by id in batches, so a sweep reads each message once
+    however often it runs; text messages are skipped, but the id returned is
+    the newest of all messages, so they are not read again either.
     """
-    checked = int(await fetch_value(conn, "SELECT value FROM setting WHERE key = ?", (CHECKED_MESSAGE_SETTING,)) or 0)
-    read = 0
+    names: set[str] = set()
+    checked = after_id
     while True:
         rows = await fetch_all(
             conn,
-            """
-            SELECT id, content FROM chat_history
-            WHERE id > ? AND type IN (?, ?)
-            ORDER BY id LIMIT ?
-            """,
+            "SELECT id, content FROM chat_history WHERE id > ? AND type IN (?, ?) ORDER BY id LIMIT ?",
             (checked, *FILE_MESSAGE_TYPES, SCAN_BATCH),
         )
         if not rows:
             break
-        await mark_uploads_used(conn, referenced_names([row["content"] for row in rows]))
+        names |= referenced_names([row["content"] for row in rows])
         checked = rows[-1]["id"]
-        read += len(rows)
-    # Text messages after the last file message need not be read again either.
     newest = await fetch_value(conn, "SELECT max(id) FROM chat_history")
-    checked = max(checked, int(newest or 0))
-    await conn.execute(
-        "INSERT INTO setting (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (CHECKED_MESSAGE_SETTING, str(checked)),
-    )
-    return read
+    return names, max(checked, int(newest or 0))
 
 
 async def mark_uploads_used_by_profiles(conn: aiosqlite.Connection, max_age_seconds: int) -> None:
