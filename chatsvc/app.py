@@ -14,7 +14,9 @@ from chatsvc.cluster import cluster_ctx
 from chatsvc.config import Config
 from chatsvc.db import Database
 from chatsvc.errors import error_middleware
-from chatsvc.http import chatrooms, demo, favorites, friends, history, ops, sidecar, users
+from chatsvc.files import make_file_store
+from chatsvc.files.sweep import UploadSweeper
+from chatsvc.http import chatrooms, demo, favorites, files, friends, history, ops, sidecar, users
 from chatsvc.http.middleware import auth_middleware, cors_middleware, security_headers
 from chatsvc.http.observe import observe_middleware
 from chatsvc.instance_lock import InstanceLock
@@ -39,18 +41,25 @@ def create_app(config: Config) -> web.Application:
         # request's headers are complete, and bytes trickling in do not reset it: it bounds slow headers.
         handler_args={"keepalive_timeout": config.header_timeout},
     )
+    db = Database(config.db_path, synchronous=config.sqlite_synchronous)
+    file_store = make_file_store(config)
     state = AppState(
         config=config,
-        db=Database(config.db_path, synchronous=config.sqlite_synchronous),
+        db=db,
         hasher=PasswordHasher(config.scrypt_n, config.hash_concurrency),
         throttle=Throttle(config.login_failures, config.register_rate),
+        files=file_store,
+        upload_sweeper=UploadSweeper(
+            db, file_store, max_age=config.upload_unused_ttl, interval=config.upload_sweep_interval
+        ),
     )
     state.writer = MessageWriter(state.db, state.profiles, max_batch=config.write_batch_max)
     app[STATE] = state
     # The cluster (Redis, CHATSVC_REDIS_URL) outlives the database: the writer publishes through it until it stops.
     app.cleanup_ctx.append(cluster_ctx)
     app.cleanup_ctx.append(_database_ctx)
-    for module in (users, chatrooms, history, friends, favorites, demo, sidecar, ops):
+    app.cleanup_ctx.append(_files_ctx)
+    for module in (users, chatrooms, history, friends, favorites, files, demo, sidecar, ops):
         app.add_routes(module.routes)
     state.sio = create_socket_server(state)
     state.sio.attach(app)
@@ -86,6 +95,15 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     await state.writer.close()
     await state.db.close()
     lock.release()
+
+
+async def _files_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    await state.files.start()
+    state.upload_sweeper.start()
+    yield
+    await state.upload_sweeper.close()
+    await state.files.close()
 
 
 async def _close_sockets(app: web.Application) -> None:

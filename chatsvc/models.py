@@ -379,6 +379,23 @@ class Status(_Response, kw_only=True):
     status: str
 
 
+# --- files (chatsvc/http/files.py) -------------------------------------------------------------------------------
+
+# An object name for GET /minio/presignedUrl: S3 allows keys of up to 1024 bytes.
+OBJECT_NAME_MAX = 1024
+ObjectName = Annotated[str, Meta(min_length=1, max_length=OBJECT_NAME_MAX)]
+FileName = Annotated[str, Meta(pattern="^[0-9a-f]{32}$", description="the name an upload answered")]
+
+
+class Upload(_Response, kw_only=True):
+    """A stored upload: where to fetch it, and what it turned out to be."""
+
+    url: Annotated[str, Meta(description="the file's URL: GET it, or send it as an image/file message or headPic")]
+    name: Annotated[str, Meta(description="the unguessable name in the URL (128 random bits)")]
+    size: Annotated[int, Meta(ge=1, description="bytes")]
+    contentType: Annotated[str, Meta(description="decided from the file's first bytes, not from the client")]
+
+
 RESPONSE_MODELS: tuple[type[Struct], ...] = (
     Error,
     User,
@@ -392,6 +409,7 @@ RESPONSE_MODELS: tuple[type[Struct], ...] = (
     FriendRequestList,
     Favorite,
     FavoriteWithMessage,
+    Upload,
 )
 
 # --- OpenAPI -----------------------------------------------------------------------------------------------------

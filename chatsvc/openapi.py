@@ -43,6 +43,7 @@ ERROR_DESCRIPTIONS = {
     403: "Not allowed (not a member of the room)",
     404: "Not found",
     413: "Request body too large",
+    415: "A type of file that is not accepted",
     429: "Too many requests",
     503: "Service unavailable",
 }
@@ -531,6 +532,66 @@ SIDECAR: dict[str, Schema] = {
     },
 }
 
+# --- files (chatsvc/http/files.py) ---
+BINARY: Schema = {"type": "string", "format": "binary"}
+FILE_HEADERS: Schema = {
+    "ETag": {"description": "Changes only if the bytes do", "schema": STRING, "required": False},
+    "Cache-Control": {"description": "A year: a name never holds other bytes", "schema": STRING, "required": False},
+    "Content-Disposition": {
+        "description": "attachment with the original name, for anything but an image",
+        "schema": STRING,
+        "required": False,
+    },
+    "Content-Security-Policy": {"description": "sandbox, for anything but an image", "schema": STRING},
+}
+FILES: dict[str, Schema] = {
+    "/file/upload": {
+        "post": {
+            **_user_route(
+                "Store a file (multipart part 'file'); its type is decided from its bytes",
+                201,
+                _model(models.Upload),
+                errors=(400, 413, 415, 503),
+                tag="files",
+            ),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {"type": "object", "properties": {"file": BINARY}, "required": ["file"]}
+                    }
+                },
+            },
+        }
+    },
+    "/file/{name}": {
+        "get": {
+            "summary": "A stored file: its bytes (Range and If-None-Match work), or with S3 a redirect to them",
+            "tags": ["files"],
+            "security": [],
+            "parameters": [_path("name", schema_of(models.FileName))],
+            "responses": {
+                "200": {"description": "The file", "headers": FILE_HEADERS, "content": {"*/*": {"schema": BINARY}}},
+                "206": {"description": "The requested range", "content": {"*/*": {"schema": BINARY}}},
+                "302": {"description": "With S3 storage: a short-lived presigned URL of the file"},
+                "304": {"description": "The copy the client has is current"},
+                "416": {"description": "The range lies outside the file"},
+                **_errors(404),
+            },
+        }
+    },
+    "/minio/presignedUrl": {
+        "get": _user_route(
+            "A presigned URL to PUT object name into the bucket for an hour, as the original backend gave (S3 only)",
+            200,
+            {"type": "string", "description": "the presigned PUT URL"},
+            params=[_query("name", schema_of(models.ObjectName), description="the object name in the bucket")],
+            errors=(400, 404),
+            tag="files",
+        )
+    },
+}
+
 OPERATIONS: dict[str, Schema] = {
     "/healthz": {
         "get": _public_route(
@@ -629,7 +690,16 @@ def _spec(message_max_length: int, history_max_limit: int) -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
-        "paths": {**USERS, **CHATROOMS, **_history(history_max_limit), **FRIENDS, **FAVORITES, **SIDECAR, **OPERATIONS},
+        "paths": {
+            **USERS,
+            **CHATROOMS,
+            **_history(history_max_limit),
+            **FRIENDS,
+            **FAVORITES,
+            **FILES,
+            **SIDECAR,
+            **OPERATIONS,
+        },
         "components": {
             "schemas": schemas,
             "securitySchemes": {

@@ -12,6 +12,8 @@ from chatsvc.cache import MembershipCache, ProfileCache
 from chatsvc.config import Config
 from chatsvc.db import Database
 from chatsvc.errors import Unauthorized
+from chatsvc.files import FileStore
+from chatsvc.files.sweep import UploadSweeper
 from chatsvc.store.users import find_user_by_id
 from chatsvc.throttle import Throttle
 from chatsvc.writer import MessageWriter
@@ -44,6 +46,9 @@ class AppState:
     db: Database
     hasher: PasswordHasher
     throttle: Throttle
+    # Uploaded files (chatsvc/files/): where their bytes live, and the sweep of unused ones.
+    files: FileStore
+    upload_sweeper: UploadSweeper
     # Set on startup: the signing secret may live in the database.
     tokens: TokenService = field(init=False)
     members: MembershipCache = field(default_factory=MembershipCache)

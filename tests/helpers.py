@@ -6,7 +6,9 @@ import asyncio
 import itertools
 import json
 import os
+import struct
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -294,3 +296,28 @@ async def engineio_handshake(api: Api, origin: str) -> Response:
 def session_id(resp: Response) -> str:
     # The handshake body is an Engine.IO OPEN packet: "0" followed by JSON.
     return str(json.loads(resp.body[1:] if isinstance(resp.body, str) else resp.body)["sid"])
+
+
+async def upload_file(
+    api: Api, token: str | None, data: bytes, filename: str = "file.bin", content_type: str = "application/octet-stream"
+) -> Response:
+    """POST /file/upload with one multipart part named ``file``, as a browser's FormData sends it."""
+    # Browsers send the file name as raw UTF-8; aiohttp would percent-encode it.
+    form = aiohttp.FormData(quote_fields=False)
+    form.add_field("file", data, filename=filename, content_type=content_type)
+    return await api.request("POST", "/file/upload", token=token, data=form)
+
+
+def png_bytes(width: int = 2, height: int = 2, rgb: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    """A real solid-colour PNG image."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(rgb) * width
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(row * height, 9))
+        + chunk(b"IEND", b"")
+    )
