@@ -7,13 +7,17 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import aiohttp
 import pytest
 import socketio
+
+from chatsvc.config import Config
+from chatsvc.testing import run_chatsvc
 
 EVENT_TIMEOUT = 5.0
 _names = itertools.count(1)
@@ -63,6 +67,14 @@ class User:
 def public_profile(user: User) -> dict[str, Any]:
     """What anyone may see of a user, as message senders and friend requests show them: the profile without email."""
     return {key: value for key, value in user.profile.items() if key != "email"}
+
+
+def send_payload(
+    user: User | None, room: int, content: str = "x", *, kind: str = "text", **extra: Any
+) -> dict[str, Any]:
+    """A ``sendMessage`` payload; with ``user`` None it has no ``sendUserId`` (the socket's own user sends)."""
+    sender = {} if user is None else {"sendUserId": user.id}
+    return {**sender, "chatroomId": room, "message": {"type": kind, "content": content}, **extra}
 
 
 @dataclass
@@ -136,6 +148,13 @@ class Api:
         resp = await self.get("/chatroom/create-one-to-one", user.token, friendId=friend.id)
         assert resp.status == 200, resp.body
         return resp.body
+
+
+@asynccontextmanager
+async def serve(config: Config) -> AsyncIterator[Api]:
+    """Another chatsvc with its own settings, beside the ``server`` fixture's; an Api bound to it."""
+    async with run_chatsvc(config) as server, aiohttp.ClientSession() as session:
+        yield Api(server.base_url, session)
 
 
 @dataclass

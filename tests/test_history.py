@@ -36,22 +36,13 @@ def ids_of(messages: list[dict]) -> list[int]:
     return [m["id"] for m in messages]
 
 
-@pytest.fixture
-async def room_of_two(api: Api) -> tuple[User, User, int]:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    return alice, bob, await api.one_to_one(alice, bob)
-
-
-async def test_history_of_a_new_room_is_empty(api: Api, room_of_two) -> None:
-    alice, _, room = room_of_two
+async def test_history_of_a_new_room_is_empty(api: Api, pair) -> None:
+    alice, _, room = pair
     assert await history(api, alice, room) == []
 
 
-async def test_history_lists_messages_ascending_with_their_sender(
-    api: Api, config: Config, sockets, room_of_two
-) -> None:
-    alice, bob, room = room_of_two
+async def test_history_lists_messages_ascending_with_their_sender(api: Api, config: Config, sockets, pair) -> None:
+    alice, bob, room = pair
     a = await sockets(alice.token)
     sent = []
     for i, kind in enumerate(("text", "image", "file")):
@@ -79,8 +70,8 @@ async def test_history_lists_messages_ascending_with_their_sender(
     }
 
 
-async def test_history_only_holds_the_rooms_own_messages(api: Api, config: Config, room_of_two) -> None:
-    alice, bob, room = room_of_two
+async def test_history_only_holds_the_rooms_own_messages(api: Api, config: Config, pair) -> None:
+    alice, bob, room = pair
     carol = await api.new_user()
     other = await api.one_to_one(alice, carol)
     mine = seed_messages(config, room, [alice, bob], 3)
@@ -88,8 +79,8 @@ async def test_history_only_holds_the_rooms_own_messages(api: Api, config: Confi
     assert ids_of(await history(api, alice, room)) == mine
 
 
-async def test_history_non_member_is_403(api: Api, room_of_two) -> None:
-    _, _, room = room_of_two
+async def test_history_non_member_is_403(api: Api, pair) -> None:
+    _, _, room = pair
     carol = await api.new_user()
     resp = await api.get("/chat-history/list", carol.token, chatroomId=room)
     assert_error(resp.status, resp.body, 403)
@@ -97,42 +88,42 @@ async def test_history_non_member_is_403(api: Api, room_of_two) -> None:
     assert_error(missing_room.status, missing_room.body, 403)
 
 
-async def test_history_needs_login(api: Api, room_of_two) -> None:
-    _, _, room = room_of_two
+async def test_history_needs_login(api: Api, pair) -> None:
+    _, _, room = pair
     resp = await api.get("/chat-history/list", chatroomId=room)
     assert_error(resp.status, resp.body, 401)
 
 
-async def test_history_default_limit_is_the_newest_hundred(api: Api, config: Config, room_of_two) -> None:
-    alice, bob, room = room_of_two
+async def test_history_default_limit_is_the_newest_hundred(api: Api, config: Config, pair) -> None:
+    alice, bob, room = pair
     ids = seed_messages(config, room, [alice, bob], 105)
     assert ids_of(await history(api, alice, room)) == ids[-100:]
 
 
-async def test_history_limit_takes_the_newest_messages(api: Api, config: Config, room_of_two) -> None:
-    alice, bob, room = room_of_two
+async def test_history_limit_takes_the_newest_messages(api: Api, config: Config, pair) -> None:
+    alice, bob, room = pair
     ids = seed_messages(config, room, [alice, bob], 10)
     assert ids_of(await history(api, alice, room, limit=3)) == ids[-3:]
     assert ids_of(await history(api, alice, room, limit=1)) == ids[-1:]
     assert ids_of(await history(api, alice, room, limit=1000)) == ids
 
 
-async def test_history_empty_limit_counts_as_absent(api: Api, config: Config, room_of_two) -> None:
-    alice, bob, room = room_of_two
+async def test_history_empty_limit_counts_as_absent(api: Api, config: Config, pair) -> None:
+    alice, bob, room = pair
     ids = seed_messages(config, room, [alice, bob], 3)
     assert ids_of(await history(api, alice, room, limit="", beforeId="", afterId="")) == ids
 
 
 @pytest.mark.parametrize("limit", ["0", "-1", "1001", "abc", "1.5"])
-async def test_history_limit_out_of_bounds_is_400(api: Api, room_of_two, limit: str) -> None:
-    alice, _, room = room_of_two
+async def test_history_limit_out_of_bounds_is_400(api: Api, pair, limit: str) -> None:
+    alice, _, room = pair
     resp = await api.get("/chat-history/list", alice.token, chatroomId=room, limit=limit)
     assert_error(resp.status, resp.body, 400)
     assert "limit" in resp.body["message"]
 
 
-async def test_history_before_id_pages_backwards(api: Api, config: Config, room_of_two) -> None:
-    alice, bob, room = room_of_two
+async def test_history_before_id_pages_backwards(api: Api, config: Config, pair) -> None:
+    alice, bob, room = pair
     ids = seed_messages(config, room, [alice, bob], 10)
     page = await history(api, alice, room, limit=4)
     assert ids_of(page) == ids[6:]
@@ -143,8 +134,8 @@ async def test_history_before_id_pages_backwards(api: Api, config: Config, room_
     assert await history(api, alice, room, limit=4, beforeId=ids[0]) == []
 
 
-async def test_history_after_id_pages_forwards(api: Api, config: Config, room_of_two) -> None:
-    alice, bob, room = room_of_two
+async def test_history_after_id_pages_forwards(api: Api, config: Config, pair) -> None:
+    alice, bob, room = pair
     ids = seed_messages(config, room, [alice, bob], 10)
     assert ids_of(await history(api, alice, room, limit=4, afterId=0)) == ids[:4]
     assert ids_of(await history(api, alice, room, limit=4, afterId=ids[3])) == ids[4:8]
@@ -152,8 +143,8 @@ async def test_history_after_id_pages_forwards(api: Api, config: Config, room_of
     assert await history(api, alice, room, afterId=ids[-1]) == []
 
 
-async def test_history_both_cursors_give_the_messages_between(api: Api, config: Config, room_of_two) -> None:
-    alice, bob, room = room_of_two
+async def test_history_both_cursors_give_the_messages_between(api: Api, config: Config, pair) -> None:
+    alice, bob, room = pair
     ids = seed_messages(config, room, [alice, bob], 10)
     assert ids_of(await history(api, alice, room, afterId=ids[1], beforeId=ids[8])) == ids[2:8]
     assert ids_of(await history(api, alice, room, afterId=ids[1], beforeId=ids[8], limit=2)) == ids[2:4]
@@ -172,8 +163,8 @@ async def test_history_both_cursors_give_the_messages_between(api: Api, config: 
         {"chatroomId": "ROOM", "afterId": "1e3"},
     ],
 )
-async def test_history_missing_or_bad_parameters_are_400(api: Api, room_of_two, params: dict[str, str]) -> None:
-    alice, _, room = room_of_two
+async def test_history_missing_or_bad_parameters_are_400(api: Api, pair, params: dict[str, str]) -> None:
+    alice, _, room = pair
     query = {k: str(room) if v == "ROOM" else v for k, v in params.items()}
     resp = await api.get("/chat-history/list", alice.token, **query)
     assert_error(resp.status, resp.body, 400)

@@ -5,33 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from chatsvc.app import create_app
 from chatsvc.config import Config
-from tests.helpers import Api, Response, assert_error, close_engineio_session, engineio_handshake, session_id
+from tests.helpers import Api, Response, assert_error, close_engineio_session, engineio_handshake, serve, session_id
 
 ORIGIN = "http://app.example"
 OTHER_ORIGIN = "http://other.example"
 EVIL_ORIGIN = "http://evil.example"
 ERROR_KEYS = {"statusCode", "message", "error"}
-
-
-@asynccontextmanager
-async def serve(config: Config) -> AsyncIterator[Api]:
-    """Another instance of the real app, for settings the shared fixtures do not use."""
-    server = TestServer(create_app(config), host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Api(str(server.make_url("")).rstrip("/"), session)
-    finally:
-        await server.close()
 
 
 def header_values(resp: Response, name: str) -> set[str]:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.helpers import Api, SocketClient, User
+from tests.helpers import Api, SocketClient, User, send_payload
 
 
 async def say(client: SocketClient, user: User, room: int, content: str) -> dict[str, Any]:
-    ack = await client.call(
-        "sendMessage", {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
-    )
+    ack = await client.call("sendMessage", send_payload(user, room, content))
     assert "id" in ack, ack
     return ack
 

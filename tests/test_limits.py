@@ -17,20 +17,16 @@ from tests.conftest import make_config
 from tests.helpers import (
     EVENT_TIMEOUT,
     Api,
-    User,
     assert_ack_error,
     assert_error,
     close_engineio_session,
     engineio_handshake,
+    send_payload,
     session_id,
 )
 
 SIDECAR_KEY = "test-limits-key"
 ORIGIN = "http://app.example"
-
-
-def chat(user: User, room: int, content: str = "x") -> dict[str, object]:
-    return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
 
 
 @pytest.fixture
@@ -62,11 +58,11 @@ async def test_limits_client_sent_connect_event_does_not_reset_the_send_allowanc
     room = await api.one_to_one(alice, bob)
     a = await sockets(alice.token)
     for _ in range(3):
-        assert "id" in await a.call("sendMessage", chat(alice, room))
-    assert_ack_error(await a.call("sendMessage", chat(alice, room)), 429)
+        assert "id" in await a.call("sendMessage", send_payload(alice, room))
+    assert_ack_error(await a.call("sendMessage", send_payload(alice, room)), 429)
     # Shaped like python-socketio's own connect call (environ, auth): it must not reach on_connect.
     assert_ack_error(await a.call("connect", ({}, {"token": alice.token})), 400)
-    assert_ack_error(await a.call("sendMessage", chat(alice, room)), 429)
+    assert_ack_error(await a.call("sendMessage", send_payload(alice, room)), 429)
     assert a.sio.connected
     history = await api.get("/chat-history/list", alice.token, chatroomId=room)
     assert len(history.body) == 3
@@ -84,7 +80,7 @@ async def test_limits_client_sent_disconnect_event_does_not_free_a_connection_sl
     with pytest.raises(socketio.exceptions.ConnectionError, match="Too many connections"):
         await sockets(alice.token)
     # The socket that sent it is still connected and served as before.
-    assert "id" in await first.call("sendMessage", chat(alice, room))
+    assert "id" in await first.call("sendMessage", send_payload(alice, room))
 
 
 @pytest.mark.parametrize("event", sorted(RESERVED_EVENTS))
@@ -98,7 +94,7 @@ async def test_limits_reserved_event_names_from_a_client_get_a_400_and_reach_no_
     ack = await a.call(event, {"chatroomId": room})
     assert_ack_error(ack, 400)
     assert event in ack["message"]
-    assert "id" in await a.call("sendMessage", chat(alice, room))
+    assert "id" in await a.call("sendMessage", send_payload(alice, room))
 
 
 async def test_limits_join_room_spends_the_same_allowance_as_sends(api: Api, sockets) -> None:
@@ -108,9 +104,9 @@ async def test_limits_join_room_spends_the_same_allowance_as_sends(api: Api, soc
     a = await sockets(alice.token)
     for _ in range(2):
         assert await a.call("joinRoom", {"chatroomId": room}) == {"chatroomId": room}
-    assert "id" in await a.call("sendMessage", chat(alice, room))
+    assert "id" in await a.call("sendMessage", send_payload(alice, room))
     assert_ack_error(await a.call("joinRoom", {"chatroomId": room}), 429)
-    assert_ack_error(await a.call("sendMessage", chat(alice, room)), 429)
+    assert_ack_error(await a.call("sendMessage", send_payload(alice, room)), 429)
     assert a.sio.connected
 
 
@@ -140,8 +136,8 @@ async def test_limits_recovery_costs_in_proportion_to_what_it_replays(tmp_path: 
         # The join cost 1 + 150/50 = 4 of 6: one more event each is left, then 429.
         left = burst - 1 - replayed // RECOVERY_MESSAGES_PER_TOKEN
         for _ in range(left):
-            assert "id" in await b.call("sendMessage", chat(bob, room), timeout=EVENT_TIMEOUT)
-        assert_ack_error(await b.call("sendMessage", chat(bob, room), timeout=EVENT_TIMEOUT), 429)
+            assert "id" in await b.call("sendMessage", send_payload(bob, room), timeout=EVENT_TIMEOUT)
+        assert_ack_error(await b.call("sendMessage", send_payload(bob, room), timeout=EVENT_TIMEOUT), 429)
 
 
 async def test_limits_connections_per_user_are_capped(api: Api, sockets) -> None:

@@ -6,7 +6,6 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -16,7 +15,7 @@ from chatsvc.config import Config
 from chatsvc.logs import JsonFormatter
 from chatsvc.state import STATE
 from chatsvc.testing import ChatsvcServer, run_chatsvc
-from tests.helpers import Api, assert_error
+from tests.helpers import Api, assert_error, send_payload
 from tests.process import ServerProcess
 
 
@@ -34,10 +33,6 @@ async def scrape(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain; version=")
     return metric_samples(resp.body)
-
-
-def chat(user: Any, room: int, content: str) -> dict[str, Any]:
-    return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
 
 
 async def test_healthz_answers_without_login_even_with_a_bad_token(api: Api) -> None:
@@ -68,8 +63,8 @@ async def test_metrics_count_sockets_rooms_messages_deliveries_and_requests(api:
     b = await sockets(bob.token)
     await a.join(alice, room)
     await b.join(bob, room)
-    await a.call("sendMessage", chat(alice, room, "one"))
-    await b.call("sendMessage", chat(bob, room, "two"))
+    await a.call("sendMessage", send_payload(alice, room, "one"))
+    await b.call("sendMessage", send_payload(bob, room, "two"))
     for client in (a, b):
         await client.next_chat()
         await client.next_chat()

@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -34,15 +33,11 @@ from chatsvc.redis_fanout import RedisFanout
 from chatsvc.state import STATE, AppState
 from chatsvc.store import captchas
 from tests.conftest import make_config
-from tests.helpers import Api, SocketClient, User, assert_ack_error, connect_socket, until
+from tests.helpers import Api, SocketClient, User, assert_ack_error, connect_socket, send_payload, until
 from tests.process import ServerProcess, free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 DEADLINE = 15.0
-
-
-def send_payload(user: User, room: int, content: str) -> dict[str, Any]:
-    return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
 
 
 async def chat_ids(client: SocketClient, count: int, *, after: int = 0, timeout: float = 10.0) -> list[int]:

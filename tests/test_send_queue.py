@@ -13,17 +13,13 @@ import pytest
 from chatsvc.config import Config
 from chatsvc.socket_server import CUT_OFF_MESSAGE
 from tests.conftest import make_config
-from tests.helpers import EVENT_TIMEOUT, Api, RawSocket, User, connect_socket, raw_connect
+from tests.helpers import EVENT_TIMEOUT, Api, RawSocket, User, connect_socket, raw_connect, send_payload
 from tests.process import ServerProcess
 
 # 4 bytes each in UTF-8: a 68 KB message, so a few hundred fill the kernel's buffers and the queue.
 LONG_MESSAGE_CHARS = 17_000
 # Seconds a flood may take to push a client over its bound on a slow machine.
 FLOOD_TIMEOUT = 90.0
-
-
-def chat(user: User, room: int, content: str) -> dict[str, Any]:
-    return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
 
 
 async def metric(api: Api, name: str) -> float:
@@ -40,7 +36,9 @@ async def flood_until_cut_off(api: Api, sender: Any, alice: User, room: int, con
     sent: list[int] = []
     async with asyncio.timeout(FLOOD_TIMEOUT):
         while await metric(api, "chatsvc_sockets_cut_off_total") == 0:
-            acks = await asyncio.gather(*(sender.call("sendMessage", chat(alice, room, content)) for _ in range(10)))
+            acks = await asyncio.gather(
+                *(sender.call("sendMessage", send_payload(alice, room, content)) for _ in range(10))
+            )
             sent += sorted(ack["id"] for ack in acks)
     return sent
 
@@ -75,13 +73,6 @@ def config(tmp_path: Path) -> Config:
     )
 
 
-@pytest.fixture
-async def pair(api: Api) -> tuple[User, User, int]:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    return alice, bob, await api.one_to_one(alice, bob)
-
-
 async def test_send_queue_a_client_that_stops_reading_is_cut_off_and_recovers_with_last_message_id(
     api: Api, base_url: str, sockets, pair
 ) -> None:
@@ -92,7 +83,7 @@ async def test_send_queue_a_client_that_stops_reading_is_cut_off_and_recovers_wi
         sender = await sockets(alice.token)
         sent = await flood_until_cut_off(api, sender, alice, room, "\U0001f600" * LONG_MESSAGE_CHARS)
         # The room goes on without it.
-        sent.append((await sender.call("sendMessage", chat(alice, room, "after")))["id"])
+        sent.append((await sender.call("sendMessage", send_payload(alice, room, "after")))["id"])
         # Bob comes back: a gap-free prefix of the room, the reason, then the end of the connection.
         received, exceptions = await read_to_the_end(slow)
         assert exceptions == [{"status": "error", "message": CUT_OFF_MESSAGE}]
@@ -113,7 +104,7 @@ async def test_send_queue_a_client_that_stops_reading_is_cut_off_and_recovers_wi
         gap += [message["id"] for message in page.body]
     assert received + gap == sent
     # Live messages reach the rejoined socket again.
-    live = await sender.call("sendMessage", chat(alice, room, "live"))
+    live = await sender.call("sendMessage", send_payload(alice, room, "live"))
     assert (await again.next_chat())["message"]["id"] == live["id"]
 
 
@@ -175,7 +166,9 @@ async def test_send_queue_a_client_that_never_reads_leaves_no_memory_behind_once
 
             async def send(count: int) -> None:
                 for _ in range(count // 10):
-                    await asyncio.gather(*(sender.call("sendMessage", chat(alice, room, content)) for _ in range(10)))
+                    await asyncio.gather(
+                        *(sender.call("sendMessage", send_payload(alice, room, content)) for _ in range(10))
+                    )
                 watcher.drain()
 
             await send(500)  # warm up: caches, buffers, the allocator

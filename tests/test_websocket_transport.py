@@ -15,7 +15,7 @@ import pytest
 from chatsvc.config import Config
 from chatsvc.testing import run_chatsvc
 from tests.conftest import make_config
-from tests.helpers import EVENT_TIMEOUT, Api, RawSocket, User, raw_connect
+from tests.helpers import EVENT_TIMEOUT, Api, RawSocket, User, raw_connect, send_payload
 
 # Long enough for the 16-bit and the 64-bit WebSocket length forms, in a 4-byte character.
 LONG_MESSAGE_CHARS = 17_000
@@ -25,17 +25,6 @@ LONG_MESSAGE_CHARS = 17_000
 def config(tmp_path: Path) -> Config:
     # No send rate limit: the slow-reader test sends a thousand messages at once.
     return make_config(tmp_path, message_max_length=LONG_MESSAGE_CHARS, max_socket_payload=256 * 1024, rate_limit=0)
-
-
-@pytest.fixture
-async def pair(api: Api) -> tuple[User, User, int]:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    return alice, bob, await api.one_to_one(alice, bob)
-
-
-def chat(user: User, room: int, content: str) -> dict[str, Any]:
-    return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
 
 
 @pytest.fixture
@@ -57,10 +46,10 @@ async def test_websocket_transport_upgrade_from_polling_keeps_the_session(socket
     assert a.sio.transport() == "websocket"
     await a.join(alice, room)
     await b.join(bob, room)
-    sent = await a.call("sendMessage", chat(alice, room, "after the upgrade"))
+    sent = await a.call("sendMessage", send_payload(alice, room, "after the upgrade"))
     for client in (a, b):
         assert (await client.next_chat())["message"]["id"] == sent["id"]
-    reply = await b.call("sendMessage", chat(bob, room, "back"))
+    reply = await b.call("sendMessage", send_payload(bob, room, "back"))
     assert (await a.next_chat())["message"]["id"] == reply["id"]
 
 
@@ -108,7 +97,7 @@ async def test_websocket_transport_frames_every_payload_length(sockets, pair, le
     await a.join(alice, room)
     await b.join(bob, room)
     content = "\U0001f600" * length  # four bytes each in UTF-8
-    await a.call("sendMessage", chat(alice, room, content))
+    await a.call("sendMessage", send_payload(alice, room, content))
     assert (await b.next_chat())["message"]["content"] == content
 
 
@@ -121,7 +110,7 @@ async def test_websocket_transport_delivers_a_burst_in_order(raw_socket, sockets
     sender = await sockets(alice.token)
     await sender.join(alice, room)
     # Sent without waiting, so the writer finds many packets queued at once.
-    sends = [sender.call("sendMessage", chat(alice, room, f"burst {n} " + "x" * (n * 37))) for n in range(40)]
+    sends = [sender.call("sendMessage", send_payload(alice, room, f"burst {n} " + "x" * (n * 37))) for n in range(40)]
     acks = await asyncio.gather(*sends)
     expected = sorted(ack["id"] for ack in acks)
     assert await receiver.chat_ids(len(expected)) == expected
@@ -182,7 +171,7 @@ async def test_websocket_transport_slow_reader_holds_up_no_one_and_loses_nothing
     # The slow client stops reading (aiohttp stops reading the socket once 64 KiB wait unread): the
     # server's output to it backs up far past its write buffer limit while the room goes on.
     content = "\U0001f600" * LONG_MESSAGE_CHARS  # 68 KB a message, 10 MB in all
-    acks = [await sender.call("sendMessage", chat(alice, room, content)) for _ in range(150)]
+    acks = [await sender.call("sendMessage", send_payload(alice, room, content)) for _ in range(150)]
     expected = [ack["id"] for ack in acks]
     seen = [(await watcher.next_chat())["message"]["id"] for _ in expected]
     assert seen == expected
