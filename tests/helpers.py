@@ -173,6 +173,12 @@ class SocketClient:
         """Emit without an acknowledgement."""
         await self.sio.emit(event, data)
 
+    async def send(self, user: User | None, room: int, content: str = "x", *, kind: str = "text") -> dict[str, Any]:
+        """sendMessage with an ack, which must be the stored message; the message."""
+        ack = await self.call("sendMessage", send_payload(user, room, content, kind=kind))
+        assert isinstance(ack, dict) and "id" in ack, ack
+        return ack
+
     async def next_message(
         self, predicate: Callable[[dict[str, Any]], bool] = lambda m: True, timeout: float = EVENT_TIMEOUT
     ) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from chatsvc.config import Config
-from tests.helpers import Api, User, assert_error
+from tests.helpers import Api, User, assert_error, send_payload
 
 ISO_MILLIS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -46,12 +46,7 @@ async def test_history_lists_messages_ascending_with_their_sender(api: Api, conf
     a = await sockets(alice.token)
     sent = []
     for i, kind in enumerate(("text", "image", "file")):
-        sent.append(
-            await a.call(
-                "sendMessage",
-                {"sendUserId": alice.id, "chatroomId": room, "message": {"type": kind, "content": f"c{i}"}},
-            )
-        )
+        sent.append(await a.call("sendMessage", send_payload(alice, room, f"c{i}", kind=kind)))
     listed = await history(api, bob, room)
     assert listed == sent
     assert ids_of(listed) == sorted(ids_of(listed))

@@ -40,7 +40,7 @@ async def test_limits_send_rate_over_burst_gets_429_ack_and_socket_stays(api: Ap
     bob = await api.new_user()
     room = await api.one_to_one(alice, bob)
     a = await sockets(alice.token)
-    payload = {"sendUserId": alice.id, "chatroomId": room, "message": {"type": "text", "content": "x"}}
+    payload = send_payload(alice, room)
     for _ in range(3):
         assert "id" in await a.call("sendMessage", payload)
     assert_ack_error(await a.call("sendMessage", payload), 429)
@@ -170,9 +170,7 @@ async def test_limits_socket_packet_over_the_limit_closes_the_transport_and_stor
     gone = asyncio.Event()
     a.sio.on("disconnect", lambda *_: gone.set())
     huge = "x" * (config.max_socket_payload + 1)
-    await a.emit(
-        "sendMessage", {"sendUserId": alice.id, "chatroomId": room, "message": {"type": "text", "content": huge}}
-    )
+    await a.emit("sendMessage", send_payload(alice, room, huge))
     async with asyncio.timeout(5):
         await gone.wait()
     history = await api.get("/chat-history/list", alice.token, chatroomId=room)

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import socketio
 
-from tests.helpers import Api, SocketClient, User, connect_socket
+from tests.helpers import Api, SocketClient, User, connect_socket, send_payload
 from tests.process import ServerProcess
 
 SENDERS = 4
@@ -34,16 +34,7 @@ async def send_until_stopped(client: SocketClient, user: User, room: int, acked:
     n = 0
 
     async def one(cid: str) -> None:
-        ack = await client.call(
-            "sendMessage",
-            {
-                "sendUserId": user.id,
-                "chatroomId": room,
-                "clientMsgId": cid,
-                "message": {"type": "text", "content": cid},
-            },
-            timeout=10,
-        )
+        ack = await client.call("sendMessage", send_payload(user, room, cid, clientMsgId=cid), timeout=10)
         if isinstance(ack, dict) and "id" in ack:
             acked.append(cid)
 
