@@ -144,6 +144,12 @@ class Api:
         profile = await self.register(username)
         return await self.login(profile["username"])
 
+    async def history(self, user: User, room: int, **params: Any) -> list[dict[str, Any]]:
+        """A page of a room's history as ``user`` sees it (which must be allowed)."""
+        resp = await self.get("/chat-history/list", user.token, chatroomId=room, **params)
+        assert resp.status == 200, resp.body
+        return list(resp.body)
+
     async def one_to_one(self, user: User, friend: User) -> int:
         resp = await self.get("/chatroom/create-one-to-one", user.token, friendId=friend.id)
         assert resp.status == 200, resp.body

@@ -28,12 +28,6 @@ async def favorites_of(api: Api, user: User) -> list[dict[str, Any]]:
     return resp.body
 
 
-async def history(api: Api, user: User, room: int) -> dict[int, dict[str, Any]]:
-    resp = await api.get("/chat-history/list", user.token, chatroomId=room)
-    assert resp.status == 200, resp.body
-    return {message["id"]: message for message in resp.body}
-
-
 @pytest.fixture
 async def chat(api: Api, sockets) -> dict[str, Any]:
     """Alice and Bob with a one-to-one room and two messages sent over real sockets; Carol is outside."""
@@ -56,7 +50,7 @@ async def test_favorite_add_then_list_shows_the_message_with_sender(api: Api, ch
     assert first["createTime"].endswith("Z")
     second = await save(api, alice, picture["id"])
 
-    messages = await history(api, alice, room)
+    messages = {message["id"]: message for message in await api.history(alice, room)}
     listed = await favorites_of(api, alice)
     # Newest first, each message exactly as the history shows it.
     assert listed == [
@@ -154,7 +148,7 @@ async def test_favorite_del_removes_only_that_favorite(api: Api, chat) -> None:
     assert_error(again.status, again.body, 404)
     assert again.body["message"] == "Favorite not found"
     # The message itself is untouched, and may be saved again.
-    assert hello["id"] in await history(api, alice, chat["room"])
+    assert hello["id"] in [m["id"] for m in await api.history(alice, chat["room"])]
     assert (await save(api, alice, hello["id"]))["id"] != first["id"]
 
 

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from chatsvc.app import create_app
 from chatsvc.config import Config
-from tests.helpers import EVENT_TIMEOUT, Api, SocketClient, User, assert_ack_error, connect_socket, send_payload, serve
+from tests.helpers import EVENT_TIMEOUT, Api, SocketClient, assert_ack_error, connect_socket, send_payload, serve
 
 Event = dict[str, Any]
 
@@ -25,12 +25,6 @@ async def events_until(client: SocketClient, last: Callable[[Event], bool]) -> l
         while not seen or not last(seen[-1]):
             seen.append(await client.messages.get())
     return seen
-
-
-async def stored_contents(api: Api, user: User, room: int) -> list[str]:
-    resp = await api.get("/chat-history/list", user.token, chatroomId=room)
-    assert resp.status == 200, resp.body
-    return [m["content"] for m in resp.body]
 
 
 # -- connecting ---------------------------------------------------------------------
@@ -175,7 +169,7 @@ async def test_send_message_acks_the_stored_message_and_broadcasts_it(api: Api, 
     for client in (a, b):
         event = await client.next_chat()
         assert event == {"type": "sendMessage", "userId": alice.id, "message": ack}
-    assert await stored_contents(api, alice, room) == ["x" * 500]
+    assert [m["content"] for m in await api.history(alice, room)] == ["x" * 500]
 
 
 async def test_send_message_with_a_spoofed_sender_is_refused_and_not_stored(api: Api, sockets, pair) -> None:
@@ -184,7 +178,7 @@ async def test_send_message_with_a_spoofed_sender_is_refused_and_not_stored(api:
     ack = await a.call("sendMessage", send_payload(bob, room, "as bob"))
     assert_ack_error(ack, 403)
     assert "sendUserId" in ack["message"]
-    assert await stored_contents(api, alice, room) == []
+    assert [m["content"] for m in await api.history(alice, room)] == []
 
 
 async def test_send_message_by_a_non_member_is_refused_and_not_stored(api: Api, sockets, pair) -> None:
@@ -193,7 +187,7 @@ async def test_send_message_by_a_non_member_is_refused_and_not_stored(api: Api, 
     c = await sockets(carol.token)
     assert_ack_error(await c.call("sendMessage", send_payload(carol, room, "intruder")), 403)
     assert_ack_error(await c.call("sendMessage", send_payload(None, room)), 403)
-    assert await stored_contents(api, alice, room) == []
+    assert [m["content"] for m in await api.history(alice, room)] == []
 
 
 @pytest.mark.parametrize(
@@ -227,7 +221,7 @@ async def test_send_message_invalid_payload_is_400_and_not_stored(
     full = {k: v for k, v in full.items() if v is not None}
     a = await sockets(alice.token)
     assert_ack_error(await a.call("sendMessage", full), 400)
-    assert await stored_contents(api, alice, room) == []
+    assert [m["content"] for m in await api.history(alice, room)] == []
 
 
 @pytest.mark.parametrize("payload", [None, "hello", 42, [1, 2], True])
@@ -235,7 +229,7 @@ async def test_send_message_payload_not_an_object_is_400(api: Api, sockets, pair
     alice, _, room = pair
     a = await sockets(alice.token)
     assert_ack_error(await a.call("sendMessage", payload), 400)
-    assert await stored_contents(api, alice, room) == []
+    assert [m["content"] for m in await api.history(alice, room)] == []
 
 
 async def test_send_message_failure_without_ack_arrives_as_exception(api: Api, sockets, pair) -> None:
@@ -251,7 +245,7 @@ async def test_send_message_failure_without_ack_arrives_as_exception(api: Api, s
     await a.emit("joinRoom", {"chatroomId": "nope"})
     event = await asyncio.wait_for(a.exceptions.get(), EVENT_TIMEOUT)
     assert event["status"] == "error" and "chatroomId" in event["message"]
-    assert await stored_contents(api, alice, room) == []
+    assert [m["content"] for m in await api.history(alice, room)] == []
 
 
 async def test_send_message_errors_keep_the_socket_usable(api: Api, sockets, pair) -> None:
@@ -268,7 +262,7 @@ async def test_send_message_errors_keep_the_socket_usable(api: Api, sockets, pai
     ack = await a.call("sendMessage", send_payload(alice, room, "still here"))
     assert ack["content"] == "still here"
     assert (await b.next_chat())["message"]["id"] == ack["id"]
-    assert await stored_contents(api, alice, room) == ["still here"]
+    assert [m["content"] for m in await api.history(alice, room)] == ["still here"]
 
 
 async def test_send_message_reaches_members_who_joined_only(api: Api, sockets, pair) -> None:
@@ -363,7 +357,7 @@ async def test_trust_client_accepts_sockets_without_token_and_trusts_the_payload
     finally:
         await a.disconnect()
         await b.disconnect()
-    assert await stored_contents(api, alice, room) == ["from alice", "claimed bob"]
+    assert [m["content"] for m in await api.history(alice, room)] == ["from alice", "claimed bob"]
 
 
 async def test_trust_client_still_checks_membership_and_needs_a_user(trusting) -> None:
@@ -380,7 +374,7 @@ async def test_trust_client_still_checks_membership_and_needs_a_user(trusting) -
         assert_ack_error(await c.call("sendMessage", send_payload(None, room, "who?")), 400)
     finally:
         await c.disconnect()
-    assert await stored_contents(api, alice, room) == []
+    assert [m["content"] for m in await api.history(alice, room)] == []
 
 
 async def test_trust_client_socket_with_a_token_is_bound_to_it(trusting) -> None:
