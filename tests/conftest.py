@@ -53,6 +53,19 @@ async def pair(api: Api) -> tuple[User, User, int]:
 
 
 @pytest.fixture
+async def joined(
+    pair: tuple[User, User, int], sockets: Callable[..., Awaitable[SocketClient]]
+) -> tuple[User, User, int, SocketClient, SocketClient]:
+    """``pair`` with a socket each, joined to their room: alice's first, so hers has also heard bob join."""
+    alice, bob, room = pair
+    a = await sockets(alice.token)
+    b = await sockets(bob.token)
+    await a.join(alice, room)
+    await b.join(bob, room)
+    return alice, bob, room, a, b
+
+
+@pytest.fixture
 async def trio(api: Api) -> tuple[User, User, User]:
     """Three new users, strangers to each other."""
     return await api.new_user(), await api.new_user(), await api.new_user()

@@ -42,12 +42,8 @@ async def test_delivery_concurrent_senders_arrive_in_id_order_for_every_member(a
     assert [m["id"] for m in history.body] == all_ids
 
 
-async def test_delivery_repeated_client_msg_id_is_stored_and_broadcast_once(api: Api, sockets, pair) -> None:
-    alice, bob, room = pair
-    a = await sockets(alice.token)
-    b = await sockets(bob.token)
-    await a.join(alice, room)
-    await b.join(bob, room)
+async def test_delivery_repeated_client_msg_id_is_stored_and_broadcast_once(api: Api, joined) -> None:
+    alice, _, room, a, b = joined
     first = await a.call("sendMessage", send_payload(alice, room, "hello", clientMsgId="c-1"))
     again = await a.call("sendMessage", send_payload(alice, room, "hello", clientMsgId="c-1"))
     concurrent = await asyncio.gather(

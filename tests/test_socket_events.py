@@ -153,12 +153,8 @@ async def test_join_room_of_a_missing_room_is_403(sockets, pair) -> None:
 # -- sendMessage -------------------------------------------------------------------------
 
 
-async def test_send_message_acks_the_stored_message_and_broadcasts_it(api: Api, sockets, pair) -> None:
-    alice, bob, room = pair
-    a = await sockets(alice.token)
-    b = await sockets(bob.token)
-    await a.join(alice, room)
-    await b.join(bob, room)
+async def test_send_message_acks_the_stored_message_and_broadcasts_it(api: Api, joined) -> None:
+    alice, _, room, a, b = joined
     payload = send_payload(alice, room, "x" * 500, kind="file")
     payload["extra"] = {"ignored": True}
     payload["message"]["fileName"] = "ignored too"
@@ -280,12 +276,8 @@ async def test_send_message_reaches_members_who_joined_only(api: Api, sockets, p
 # -- leaveRoom ----------------------------------------------------------------------------
 
 
-async def test_leave_room_stops_delivery(sockets, pair) -> None:
-    alice, bob, room = pair
-    a = await sockets(alice.token)
-    b = await sockets(bob.token)
-    await a.join(alice, room)
-    await b.join(bob, room)
+async def test_leave_room_stops_delivery(joined) -> None:
+    alice, bob, room, a, b = joined
     assert await b.call("leaveRoom", {"chatroomId": room}) == {"chatroomId": room}
     missed = await a.call("sendMessage", send_payload(alice, room, "while bob is away"))
     # Broadcasts are queued before the sender's ack, so "missed" is already out when bob rejoins.

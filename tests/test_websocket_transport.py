@@ -90,12 +90,8 @@ async def test_websocket_transport_upgrade_answers_the_open_poll(base_url: str, 
 
 
 @pytest.mark.parametrize("length", [10, 1_000, LONG_MESSAGE_CHARS], ids=["7-bit", "16-bit", "64-bit"])
-async def test_websocket_transport_frames_every_payload_length(sockets, pair, length: int) -> None:
-    alice, bob, room = pair
-    a = await sockets(alice.token)
-    b = await sockets(bob.token)
-    await a.join(alice, room)
-    await b.join(bob, room)
+async def test_websocket_transport_frames_every_payload_length(length: int, joined) -> None:
+    alice, _, room, a, b = joined
     content = "\U0001f600" * length  # four bytes each in UTF-8
     await a.call("sendMessage", send_payload(alice, room, content))
     assert (await b.next_chat())["message"]["content"] == content
