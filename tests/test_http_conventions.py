@@ -55,11 +55,9 @@ async def test_wrong_method_is_a_405_json_error(api: Api) -> None:
 
 
 async def test_unexpected_exception_is_logged_and_answered_500_without_internals(
-    api: Api, config: Config, caplog: pytest.LogCaptureFixture
+    api: Api, config: Config, caplog: pytest.LogCaptureFixture, pair
 ) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+    alice, _, room = pair
     # A real fault below the handler: the table the query needs is gone.
     with sqlite3.connect(config.db_path) as conn:
         conn.execute("DROP TABLE chat_history")
@@ -257,10 +255,8 @@ async def test_unknown_body_fields_are_ignored(api: Api) -> None:
     assert login.status == 201, login.body
 
 
-async def test_ids_in_json_are_numbers(api: Api) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+async def test_ids_in_json_are_numbers(api: Api, pair) -> None:
+    alice, _, room = pair
     assert type(room) is int
     listed = (await api.get("/chatroom/list", alice.token)).body
     assert type(listed[0]["id"]) is int and all(type(i) is int for i in listed[0]["userIds"])

@@ -35,10 +35,8 @@ def config(tmp_path) -> Config:
     return make_config(tmp_path, rate_limit=0.001, rate_burst=3, max_connections_per_user=2)
 
 
-async def test_limits_send_rate_over_burst_gets_429_ack_and_socket_stays(api: Api, sockets) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+async def test_limits_send_rate_over_burst_gets_429_ack_and_socket_stays(api: Api, sockets, pair) -> None:
+    alice, _, room = pair
     a = await sockets(alice.token)
     payload = send_payload(alice, room)
     for _ in range(3):
@@ -52,10 +50,8 @@ async def test_limits_send_rate_over_burst_gets_429_ack_and_socket_stays(api: Ap
     assert len(history.body) == 4
 
 
-async def test_limits_client_sent_connect_event_does_not_reset_the_send_allowance(api: Api, sockets) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+async def test_limits_client_sent_connect_event_does_not_reset_the_send_allowance(api: Api, sockets, pair) -> None:
+    alice, _, room = pair
     a = await sockets(alice.token)
     for _ in range(3):
         assert "id" in await a.call("sendMessage", send_payload(alice, room))
@@ -68,10 +64,8 @@ async def test_limits_client_sent_connect_event_does_not_reset_the_send_allowanc
     assert len(history.body) == 3
 
 
-async def test_limits_client_sent_disconnect_event_does_not_free_a_connection_slot(api: Api, sockets) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+async def test_limits_client_sent_disconnect_event_does_not_free_a_connection_slot(api: Api, sockets, pair) -> None:
+    alice, _, room = pair
     first = await sockets(alice.token)
     await sockets(alice.token)
     assert_ack_error(await first.call("disconnect", "client namespace disconnect"), 400)
@@ -85,11 +79,9 @@ async def test_limits_client_sent_disconnect_event_does_not_free_a_connection_sl
 
 @pytest.mark.parametrize("event", sorted(RESERVED_EVENTS))
 async def test_limits_reserved_event_names_from_a_client_get_a_400_and_reach_no_handler(
-    api: Api, sockets, event: str
+    api: Api, sockets, event: str, pair
 ) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+    alice, _, room = pair
     a = await sockets(alice.token)
     ack = await a.call(event, {"chatroomId": room})
     assert_ack_error(ack, 400)
@@ -97,10 +89,8 @@ async def test_limits_reserved_event_names_from_a_client_get_a_400_and_reach_no_
     assert "id" in await a.call("sendMessage", send_payload(alice, room))
 
 
-async def test_limits_join_room_spends_the_same_allowance_as_sends(api: Api, sockets) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+async def test_limits_join_room_spends_the_same_allowance_as_sends(api: Api, sockets, pair) -> None:
+    alice, _, room = pair
     a = await sockets(alice.token)
     for _ in range(2):
         assert await a.call("joinRoom", {"chatroomId": room}) == {"chatroomId": room}
@@ -161,11 +151,9 @@ async def test_limits_http_body_over_the_limit_is_413_json(api: Api) -> None:
 
 
 async def test_limits_socket_packet_over_the_limit_closes_the_transport_and_stores_nothing(
-    api: Api, sockets, config: Config
+    api: Api, sockets, config: Config, pair
 ) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+    alice, _, room = pair
     a = await sockets(alice.token)
     gone = asyncio.Event()
     a.sio.on("disconnect", lambda *_: gone.set())

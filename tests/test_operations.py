@@ -51,10 +51,8 @@ async def test_readyz_answers_503_once_the_database_is_gone(api: Api, server: Ch
     assert live.status == 200
 
 
-async def test_metrics_count_sockets_rooms_messages_deliveries_and_requests(api: Api, sockets) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+async def test_metrics_count_sockets_rooms_messages_deliveries_and_requests(api: Api, sockets, pair) -> None:
+    alice, bob, room = pair
     before = await scrape(api)
     assert before[("chatsvc_connected_sockets", ())] == 0
     assert before[("chatsvc_messages_stored_total", ())] == 0
