@@ -249,7 +249,7 @@ async def connect_socket(
     return client
 
 
-class RawSocket:
+class HandFramedSocket:
     """A Socket.IO client written out by hand over aiohttp's WebSocket, to choose what the library does not."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:

@@ -20,7 +20,7 @@ from chatsvc.errors import StartupError
 from chatsvc.testing import ChatsvcServer, run_chatsvc
 from tests.conftest import make_config
 from tests.helpers import Api, assert_ack_error, assert_error, connect_socket, send_payload
-from tests.process import ServerProcess, free_port, run_chatsvc_command
+from tests.process import ChatsvcProcess, free_port, run_chatsvc_command
 
 # Big enough for the database and its WAL, small enough to fill in a moment.
 SMALL_DISK = "4m"
@@ -61,7 +61,7 @@ async def test_a_second_instance_without_redis_is_refused_and_the_cli_still_work
     tmp_path: Path,
 ) -> None:
     db = tmp_path / "data" / "chat.db"
-    first = ServerProcess(db)
+    first = ChatsvcProcess(db)
     await first.start()
     try:
         status, lines = await refused_start(db)

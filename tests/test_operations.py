@@ -16,7 +16,7 @@ from chatsvc.logs import JsonFormatter
 from chatsvc.state import STATE
 from chatsvc.testing import ChatsvcServer, run_chatsvc
 from tests.helpers import Api, assert_error, send_payload
-from tests.process import ServerProcess
+from tests.process import ChatsvcProcess
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -180,7 +180,7 @@ def test_json_log_lines_carry_the_extra_fields() -> None:
 
 
 async def test_served_process_logs_exactly_one_json_line_per_request(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "chat.db", env={"CHATSVC_LOG_FORMAT": "json"})
+    server = ChatsvcProcess(tmp_path / "chat.db", env={"CHATSVC_LOG_FORMAT": "json"})
     await server.start()
     try:
         async with aiohttp.ClientSession() as session:

@@ -13,8 +13,8 @@ import pytest
 from chatsvc.config import Config
 from chatsvc.socket_server import CUT_OFF_MESSAGE
 from tests.conftest import make_config
-from tests.helpers import EVENT_TIMEOUT, Api, RawSocket, User, connect_socket, raw_connect, send_payload
-from tests.process import ServerProcess
+from tests.helpers import EVENT_TIMEOUT, Api, HandFramedSocket, User, connect_socket, raw_connect, send_payload
+from tests.process import ChatsvcProcess
 
 # 4 bytes each in UTF-8: a 68 KB message, so a few hundred fill the kernel's buffers and the queue.
 LONG_MESSAGE_CHARS = 17_000
@@ -43,7 +43,7 @@ async def flood_until_cut_off(api: Api, sender: Any, alice: User, room: int, con
     return sent
 
 
-async def read_to_the_end(slow: RawSocket) -> tuple[list[int], list[dict[str, Any]]]:
+async def read_to_the_end(slow: HandFramedSocket) -> tuple[list[int], list[dict[str, Any]]]:
     """What a client that comes back finds waiting: chat message ids and exception events, until the close."""
     ids: list[int] = []
     exceptions: list[dict[str, Any]] = []
@@ -78,7 +78,7 @@ async def test_send_queue_a_client_that_stops_reading_is_cut_off_and_recovers_wi
 ) -> None:
     alice, bob, room = pair
     async with aiohttp.ClientSession() as session:
-        slow = RawSocket(await raw_connect(session, base_url, bob))
+        slow = HandFramedSocket(await raw_connect(session, base_url, bob))
         assert await slow.call("joinRoom", {"chatroomId": room, "userId": bob.id}) == {"chatroomId": room}
         sender = await sockets(alice.token)
         sent = await flood_until_cut_off(api, sender, alice, room, "\U0001f600" * LONG_MESSAGE_CHARS)
@@ -150,7 +150,7 @@ async def test_send_queue_a_client_that_never_reads_leaves_no_memory_behind_once
     # Default bounds (16 MiB). Pings far apart, so the silent client is cut off by its queue, not for missing a
     # pong; a cut-off connection is dropped after the ping timeout if its client does not take its last packets.
     env = {"CHATSVC_RATE_LIMIT": "0", "CHATSVC_PING_INTERVAL": "300", "CHATSVC_PING_TIMEOUT": "5"}
-    server = ServerProcess(tmp_path / "chat.db", env=env)
+    server = ChatsvcProcess(tmp_path / "chat.db", env=env)
     await server.start()
     try:
         assert server.proc is not None
@@ -173,7 +173,7 @@ async def test_send_queue_a_client_that_never_reads_leaves_no_memory_behind_once
 
             await send(500)  # warm up: caches, buffers, the allocator
             before = rss_mb(pid)
-            slow = RawSocket(await raw_connect(session, server.url, bob))
+            slow = HandFramedSocket(await raw_connect(session, server.url, bob))
             assert await slow.call("joinRoom", {"chatroomId": room, "userId": bob.id}) == {"chatroomId": room}
             sent = await flood_until_cut_off(api, sender, alice, room, content)
             await send(300)  # the room goes on; the silent client is still connected and still not reading

@@ -13,7 +13,7 @@ import pytest
 import socketio
 
 from tests.helpers import Api, SocketClient, User, connect_socket, send_payload
-from tests.process import ServerProcess
+from tests.process import ChatsvcProcess
 
 SENDERS = 4
 
@@ -65,12 +65,12 @@ def stored_client_ids(db_path: Path) -> list[str]:
 
 
 @pytest.fixture
-def spawn() -> Iterator[Callable[[Path], ServerProcess]]:
+def spawn() -> Iterator[Callable[[Path], ChatsvcProcess]]:
     """A factory of server processes; any still running after the test is killed."""
-    started: list[ServerProcess] = []
+    started: list[ChatsvcProcess] = []
 
-    def make(db_path: Path) -> ServerProcess:
-        started.append(ServerProcess(db_path))
+    def make(db_path: Path) -> ChatsvcProcess:
+        started.append(ChatsvcProcess(db_path))
         return started[-1]
 
     yield make
@@ -78,7 +78,7 @@ def spawn() -> Iterator[Callable[[Path], ServerProcess]]:
         process.kill()
 
 
-async def run_senders_then(stop, spawn, tmp_path: Path) -> tuple[list[str], list[object], ServerProcess]:
+async def run_senders_then(stop, spawn, tmp_path: Path) -> tuple[list[str], list[object], ChatsvcProcess]:
     """Start a server, send from every user at full speed, call ``stop`` mid-stream; acked ids and notices."""
     server = spawn(tmp_path / "chat.db")
     await server.start()
@@ -104,7 +104,7 @@ async def run_senders_then(stop, spawn, tmp_path: Path) -> tuple[list[str], list
 
 
 async def test_crash_sigkill_loses_no_acknowledged_message(tmp_path: Path, spawn) -> None:
-    async def kill(server: ServerProcess) -> None:
+    async def kill(server: ChatsvcProcess) -> None:
         server.kill()
         await server.wait(10)
 
@@ -123,7 +123,7 @@ async def test_crash_sigkill_loses_no_acknowledged_message(tmp_path: Path, spawn
 async def test_shutdown_signal_acks_accepted_writes_tells_sockets_and_exits_zero(
     tmp_path: Path, spawn, signum: int
 ) -> None:
-    async def terminate(server: ServerProcess) -> None:
+    async def terminate(server: ChatsvcProcess) -> None:
         server.terminate(signum)
         assert await server.wait(10) == 0
 

@@ -15,7 +15,7 @@ import pytest
 from chatsvc.config import Config
 from chatsvc.testing import run_chatsvc
 from tests.conftest import make_config
-from tests.helpers import EVENT_TIMEOUT, Api, RawSocket, User, raw_connect, send_payload
+from tests.helpers import EVENT_TIMEOUT, Api, HandFramedSocket, User, raw_connect, send_payload
 
 # Long enough for the 16-bit and the 64-bit WebSocket length forms, in a 4-byte character.
 LONG_MESSAGE_CHARS = 17_000
@@ -32,8 +32,8 @@ async def raw_socket(base_url: str) -> AsyncIterator[Any]:
     """Opens RawSockets over WebSocket with a given permessage-deflate setting; closes them after the test."""
     async with aiohttp.ClientSession() as session:
 
-        async def open_raw(user: User, compress: int = 0) -> RawSocket:
-            return RawSocket(await raw_connect(session, base_url, user, compress))
+        async def open_raw(user: User, compress: int = 0) -> HandFramedSocket:
+            return HandFramedSocket(await raw_connect(session, base_url, user, compress))
 
         yield open_raw
 
@@ -85,7 +85,7 @@ async def test_websocket_transport_upgrade_answers_the_open_poll(base_url: str, 
                 async with await open_poll as resp:
                     assert await resp.text() == "6"  # noop: the poll is over, switch to the WebSocket
             await ws.send_str("5")
-            raw = RawSocket(ws)
+            raw = HandFramedSocket(ws)
             assert await raw.call("joinRoom", {"chatroomId": room, "userId": alice.id}) == {"chatroomId": room}
 
 
@@ -130,8 +130,8 @@ async def test_websocket_transport_drops_a_client_that_stops_answering_pings(tmp
         api = Api(base_url, session)
         alice, bob = await api.new_user(), await api.new_user()
         room = await api.one_to_one(alice, bob)
-        silent = RawSocket(await raw_connect(session, base_url, bob))
-        lively = RawSocket(await raw_connect(session, base_url, alice))
+        silent = HandFramedSocket(await raw_connect(session, base_url, bob))
+        lively = HandFramedSocket(await raw_connect(session, base_url, alice))
 
         async def answer_pings() -> None:
             async for message in lively.ws:
