@@ -2,10 +2,12 @@
 
 Each model is a msgspec Struct whose annotations carry the limits
 (``msgspec.Meta``). Three things read them: the validator
-(:func:`validate`), which refuses bad input with the texts clients already
-know ("username is required", "content must be at most 500 characters"); the
-OpenAPI document (chatsvc/openapi.py, through :func:`schema_components` and
-:func:`schema_of`); and the handlers and CLI, which use the typed result.
+(:func:`validate` for bodies and socket payloads, :func:`validate_params` for
+query strings and path segments), which refuses bad input with the texts
+clients already know ("username is required", "content must be at most 500
+characters"); the OpenAPI document (chatsvc/openapi.py, through
+:func:`schema_components` and :func:`parameters_of`); and the handlers and CLI,
+which use the typed result.
 
 msgspec was chosen by measurement (``python -m bench.validate_send``): its
 ``convert`` decodes and checks a ``sendMessage`` payload faster than the
@@ -15,8 +17,8 @@ cannot say: a blank string, lone surrogates, an email's shape) goes through the
 slower field-by-field walk that finds the first fault and names it as before.
 
 A limit that is a runtime setting (the message length, the history page size)
-is passed in: :func:`send_message_model` builds the model for a given limit,
-and the OpenAPI document is built from the same call.
+is passed in: :func:`send_message_model` and :func:`history_query_model` build
+the model for a given limit, and the OpenAPI document is built from the same call.
 """
 
 from __future__ import annotations
