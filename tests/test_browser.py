@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 
 from chatsvc.config import Config
 from tests.conftest import make_config
-from tests.helpers import Api, User, png_bytes, tool_missing
+from tests.helpers import Api, User, png_bytes, send_payload, tool_missing
 from tests.test_profile import codes, logged_code  # noqa: F401  (codes is a fixture)
 
 try:
@@ -286,7 +286,7 @@ async def test_browser_load_older_pages_back_through_history(
     room = await api.one_to_one(alice, bob)
     client = await sockets(bob.token)
     for n in range(1, 61):
-        ack = await client.call("sendMessage", {"chatroomId": room, "message": {"type": "text", "content": f"old {n}"}})
+        ack = await client.call("sendMessage", send_payload(None, room, f"old {n}"))
         assert ack["content"] == f"old {n}", ack
     _, page = await log_in(browser, base_url, alice)
     await open_room(page, room, bob.nick_name)
@@ -320,7 +320,7 @@ async def test_browser_reconnect_catches_up_on_missed_messages(
     await open_room(page, room, bob.nick_name)
     bob_socket = await sockets(bob.token)
     await bob_socket.join(bob, room)
-    await bob_socket.call("sendMessage", {"chatroomId": room, "message": {"type": "text", "content": "before"}})
+    await bob_socket.call("sendMessage", send_payload(None, room, "before"))
     await expect(messages(page)).to_have_count(1)
 
     line_up = False
@@ -329,7 +329,7 @@ async def test_browser_reconnect_catches_up_on_missed_messages(
         await to_page.close()
     await expect(page.locator("#conn")).not_to_have_attribute("data-state", "online")
     for text in ("missed 1", "missed 2"):
-        await bob_socket.call("sendMessage", {"chatroomId": room, "message": {"type": "text", "content": text}})
+        await bob_socket.call("sendMessage", send_payload(None, room, text))
     await expect(messages(page)).to_have_count(1)
 
     line_up = True
@@ -350,7 +350,7 @@ async def test_browser_a_message_that_cannot_be_rendered_shows_as_text_and_the_r
     broken = "http://x/%E0%A4%A"  # a file URL whose percent-encoding does not decode
 
     async def bob_sends(content: str, kind: str = "text") -> None:
-        ack = await bob_socket.call("sendMessage", {"chatroomId": room, "message": {"type": kind, "content": content}})
+        ack = await bob_socket.call("sendMessage", send_payload(None, room, content, kind=kind))
         assert ack["content"] == content, ack
 
     await bob_sends(broken, "file")

@@ -16,10 +16,9 @@ from chatsvc.files import NAME_PATTERN, S3_UPLOAD_PREFIX, new_file_name
 from chatsvc.files.spool import receive_upload
 from chatsvc.http.middleware import caller, public
 from chatsvc.jsonutil import json_response
-from chatsvc.models import OBJECT_NAME_MAX
+from chatsvc.models import PresignedUrlQuery, validate_params
 from chatsvc.state import STATE
 from chatsvc.store.files import find_upload, insert_upload
-from chatsvc.validation import text
 
 routes = web.RouteTableDef()
 
@@ -75,7 +74,7 @@ async def get_file(request: web.Request) -> web.StreamResponse:
 @routes.get("/minio/presignedUrl")
 async def presigned_url(request: web.Request) -> web.Response:
     """A URL to PUT object ``name`` into the bucket for an hour, as the original backend answered (S3 only)."""
-    name = text(request.query.get("name"), "name", max_length=OBJECT_NAME_MAX)
+    name = validate_params(PresignedUrlQuery, request.query).name
     if name.startswith(S3_UPLOAD_PREFIX) or any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise BadRequest(f"name must not start with {S3_UPLOAD_PREFIX!r} nor contain control characters")
     url = await request.app[STATE].files.presigned_put_url(name)
