@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "container"
 WHEELS = WORK / "wheels"
 IMAGE = "chatsvc:latest"
+# The Containerfile labels both of its stages so.
+LABEL = "org.opencontainers.image.title=chatsvc"
 # The Containerfile's own default, and the one made from Debian packages where that cannot be pulled.
 PUBLIC_BASE = "python:3.11-slim-bookworm"
 DEBIAN_BASE = "localhost/chatsvc-base:bookworm"
@@ -82,8 +84,11 @@ class Engine:
 
     def image_config(self, name: str) -> dict[str, object]:
         """The image's configuration: user, volumes, exposed ports, health check, environment."""
-        inspected = json.loads(self.command("image", "inspect", name).stdout)
-        config: dict[str, object] = inspected[0]["Config"]
+        inspected = json.loads(self.command("image", "inspect", name).stdout)[0]
+        config: dict[str, object] = dict(inspected["Config"])
+        # docker keeps the health check in Config, podman beside it.
+        if "Healthcheck" in inspected:
+            config.setdefault("Healthcheck", inspected["Healthcheck"])
         return config
 
 
@@ -269,6 +274,8 @@ def build_image(engine: Engine, base: str, tag: str = IMAGE) -> None:
         str(ROOT),
         timeout=BUILD_TIMEOUT,
     )
+    # Each build leaves its build stage and the image it replaced under that tag untagged: remove ours only.
+    engine.command("image", "prune", "--force", "--filter", f"label={LABEL}", check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
