@@ -81,7 +81,10 @@ def test_deploy_manifests_set_only_documented_settings_with_valid_values() -> No
     for where, name, value in used:
         if value is not None and name in ENVIRONMENT:
             # The same parsing chatsvc does at start: a bad value would stop the container with status 2.
-            Config.from_env({name: value})
+            try:
+                Config.from_env({name: value})
+            except ValueError as exc:
+                pytest.fail(f"{where}: {exc}")
 
 
 def test_deploy_kubernetes_manifests_validate_against_the_kubernetes_schemas() -> None:
@@ -133,7 +136,9 @@ def test_deploy_kubernetes_sidecar_shares_localhost_and_keeps_data_on_a_claim() 
     app = next(c for c in pod["containers"] if not c["image"].startswith("chatsvc"))
     chat_url = next(entry["value"] for entry in app["env"] if entry["name"] == "CHAT_URL")
     assert chat_url == "http://127.0.0.1:3005"
-    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+    }
     assert claims == {"data": "chatsvc-data"}
     # One chatsvc per SQLite file: a rolling update would start a second one beside the first.
     assert deployment["spec"]["strategy"]["type"] == "Recreate" and deployment["spec"]["replicas"] == 1
