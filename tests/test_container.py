@@ -228,6 +228,8 @@ def compose_project(engine: Engine, image: str) -> Iterator[tuple[list[str], dic
         **engine.env,
         "CHATSVC_IMAGE": image,
         "PUBLISH_PORT": str(free_port()),
+        # The profile passes the host's key on: the sidecar API is on.
+        "CHATSVC_API_KEY": uuid.uuid4().hex,
         "COMPOSE_PROJECT_NAME": unique("chatsvc-test"),
     }
     base = [*command, "--file", str(COMPOSE_FILE), "--project-name", env["COMPOSE_PROJECT_NAME"]]
@@ -235,7 +237,7 @@ def compose_project(engine: Engine, image: str) -> Iterator[tuple[list[str], dic
     subprocess.run([*base, "--profile", "single", "down", "--volumes"], env=env, capture_output=True, timeout=120)
 
 
-async def test_container_compose_single_profile_serves_from_its_named_volume(
+async def test_container_compose_single_profile_serves_http_sockets_and_the_sidecar_api(
     compose_project: tuple[list[str], dict[str, str]],
 ) -> None:
     base, env = compose_project
@@ -261,3 +263,11 @@ async def test_container_compose_single_profile_serves_from_its_named_volume(
         user = await api.new_user()
         me = await api.get("/user/info", user.token)
         assert me.status == 200 and me.body["username"] == user.username, me.body
+        # The host application's way in: the sidecar API with the key, then a socket with the token it mints.
+        key = {"X-Api-Key": env["CHATSVC_API_KEY"]}
+        made = await api.request("POST", "/sidecar/v1/users", json={"username": "acct-42"}, headers=key)
+        assert made.status in (200, 201), made.body
+        minted = await api.request("POST", "/sidecar/v1/tokens", json={"username": "acct-42"}, headers=key)
+        assert minted.status == 201, minted.body
+        socket = await connect_socket(url, minted.body["token"])
+        await socket.disconnect()
