@@ -43,7 +43,7 @@ GLIBC_MINOR = 36
 # needs is named here. redis wants async-timeout below 3.11.3, and Debian 12's python3 is 3.11.2.
 FOR_OLDER_PYTHON = ["async-timeout>=4.0.3"]
 # Pulling fails at once where no registry is reachable; a slow registry gets this long.
-PULL_TIMEOUT = 300
+PULL_TIMEOUT = 180
 BUILD_TIMEOUT = 900
 
 
@@ -57,8 +57,8 @@ class Engine:
 
     name: str
     env: dict[str, str] = field(default_factory=dict)
-    # What was adjusted for this machine, for the test's report.
-    notes: list[str] = field(default_factory=list)
+    # The base image, once base_image() has found or made it: it tries a registry only once.
+    base: str | None = None
 
     def command(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run `engine ARGS...` and return its result; raise EngineError with its output if it fails."""
@@ -116,10 +116,12 @@ def find_engine() -> Engine:
 
 
 def podman() -> Engine:
-    """podman, configured for this machine: on a root machine with hybrid cgroups, crun cannot create a
-    container and podman's default open-files limit cannot be set, so runc, the cgroupfs manager and no default
-    ulimits are asked for, through a containers.conf of our own (for podman-compose and builds too)."""
+    """podman, with what this machine needs to run containers."""
     engine = Engine("podman")
+    # As root with hybrid cgroups, crun refuses to create a container ("cgroups in hybrid mode not supported")
+    # and podman's default open-files limit cannot be set ("setrlimit RLIMIT_NOFILE: Operation not permitted"):
+    # runc, the cgroupfs manager and no default ulimits, in a containers.conf that builds and podman-compose
+    # read too.
     if os.geteuid() == 0 and hybrid_cgroups():
         if not shutil.which("runc"):
             raise EngineError("this machine has hybrid cgroups, which crun refuses: install runc")
@@ -130,14 +132,19 @@ def podman() -> Engine:
             '[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\n'
         )
         engine.env["CONTAINERS_CONF"] = str(conf)
-        engine.notes.append("hybrid cgroups as root: podman runs with runc, cgroupfs and no default ulimits")
     return engine
 
 
 def base_image(engine: Engine, wanted: str | None = None) -> str:
     """The base image to build on: `wanted` (CHATSVC_BASE_IMAGE), else the public default when present or
     pullable, else one made from Debian packages (made once, then found in the engine's store)."""
-    wanted = wanted or os.environ.get("CHATSVC_BASE_IMAGE")
+    if engine.base is None:
+        engine.base = find_base_image(engine, wanted or os.environ.get("CHATSVC_BASE_IMAGE"))
+    return engine.base
+
+
+def find_base_image(engine: Engine, wanted: str | None) -> str:
+    """What base_image() answers, found or made anew."""
     if wanted:
         if not engine.has_image(wanted):
             engine.command("pull", wanted, timeout=PULL_TIMEOUT)
