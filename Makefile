@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test bench bench-quick bench-cluster bench-files soak lint fmt clean check-upstream
+.PHONY: install run demo test bench bench-quick bench-cluster bench-files soak lint fmt clean check-upstream image image-test
 
 install: $(STAMP)
 
@@ -27,7 +27,7 @@ demo: install
 	$(PY) -m chatsvc demo
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 # Every workload at full scale against chatsvc, the python-socketio baseline and the Node peer; then A, C, D
 # and I again under the official socket.io-client (shorter windows; skipped without node); then workload A
@@ -61,14 +61,25 @@ soak: install
 check-upstream:
 	PYTHON=$(PYTHON) tools/check_upstream.sh
 
+# The container image chatsvc:latest, with podman or docker, whichever is here: chatsvc's wheel built from the
+# checkout and its dependencies' wheels, installed on python:3.11-slim-bookworm, or where that cannot be pulled on
+# a base made from Debian's python3 (needs mmdebstrap; made once). docs/deploy.md, "As a container".
+image: install
+	$(PY) -m tools.container image
+
+# Runs that image: chat over HTTP and Socket.IO from the host, history across a restart, non-root, read-only
+# root file system, stop within 10 s, and deploy/compose.yaml's single profile (podman-compose or docker compose).
+image-test: image
+	CHATSVC_TEST_IMAGE=chatsvc:latest CHATSVC_CONTAINER_TESTS=required $(PY) -m pytest -q -s tests/test_container.py
+
 lint: install
-	$(VENV)/bin/ruff check chatsvc tests bench
-	$(VENV)/bin/ruff format --check chatsvc tests
-	$(VENV)/bin/mypy chatsvc
+	$(VENV)/bin/ruff check chatsvc tests bench tools
+	$(VENV)/bin/ruff format --check chatsvc tests tools
+	$(VENV)/bin/mypy chatsvc tools
 
 fmt: install
-	$(VENV)/bin/ruff format chatsvc tests
-	$(VENV)/bin/ruff check --fix chatsvc tests
+	$(VENV)/bin/ruff format chatsvc tests tools
+	$(VENV)/bin/ruff check --fix chatsvc tests tools
 
 clean:
 	rm -rf $(VENV) build *.egg-info
