@@ -15,8 +15,7 @@ from chatsvc.jsonutil import json_response
 from chatsvc.metrics import METRICS
 from chatsvc.openapi import openapi_spec
 from chatsvc.state import STATE
-from chatsvc.store.admin import ping_database
-from chatsvc.store.settings import record_write_probe
+from chatsvc.store.settings import ping_database, record_write_probe
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()

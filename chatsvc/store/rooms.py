@@ -193,3 +193,30 @@ async def remove_member(conn: aiosqlite.Connection, chatroom_id: int, user_id: i
         (user_id, chatroom_id),
     )
     return removed is not None
+
+
+async def add_members(conn: aiosqlite.Connection, chatroom_id: int, user_ids: list[int]) -> list[int]:
+    """Make users members of a room with one statement; the ids that were not members before."""
+    rows = await conn.execute_fetchall(
+        """
+        INSERT INTO user_chatroom (user_id, chatroom_id)
+        SELECT value, :room FROM json_each(:ids) WHERE true
+        ON CONFLICT (user_id, chatroom_id) DO NOTHING
+        RETURNING user_id
+        """,
+        {"room": chatroom_id, "ids": orjson.dumps(list(user_ids)).decode()},
+    )
+    return sorted(row[0] for row in rows)
+
+
+async def remove_members(conn: aiosqlite.Connection, chatroom_id: int, user_ids: list[int]) -> list[int]:
+    """End users' memberships of a room with one statement; the ids that were members."""
+    rows = await conn.execute_fetchall(
+        """
+        DELETE FROM user_chatroom
+        WHERE chatroom_id = :room AND user_id IN (SELECT value FROM json_each(:ids))
+        RETURNING user_id
+        """,
+        {"room": chatroom_id, "ids": orjson.dumps(list(user_ids)).decode()},
+    )
+    return sorted(row[0] for row in rows)

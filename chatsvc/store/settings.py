@@ -33,3 +33,14 @@ async def record_write_probe(conn: aiosqlite.Connection) -> None:
         ON CONFLICT (key) DO UPDATE SET value = excluded.value
         """
     )
+
+
+async def find_setting(conn: aiosqlite.Connection, key: str) -> str | None:
+    """The stored value of a service-wide setting, or None."""
+    value: str | None = await fetch_value(conn, "SELECT value FROM setting WHERE key = ?", (key,))
+    return value
+
+
+async def ping_database(conn: aiosqlite.Connection) -> bool:
+    """Whether the database answers a query that reads its schema."""
+    return await fetch_value(conn, "SELECT count(*) >= 0 FROM setting") == 1

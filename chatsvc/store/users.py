@@ -145,3 +145,16 @@ async def revoke_tokens(conn: aiosqlite.Connection, user_id: int) -> dict[str, A
         "UPDATE user SET token_version = token_version + 1 WHERE id = ? RETURNING token_version AS tokenVersion",
         (user_id,),
     )
+
+
+async def list_users_by_usernames(conn: aiosqlite.Connection, usernames: list[str]) -> list[dict[str, Any]]:
+    """Profiles (with token version) of the users with these usernames; unknown names are left out."""
+    return await fetch_all(
+        conn,
+        f"""
+        SELECT {PROFILE_COLUMNS}, token_version AS tokenVersion
+        FROM user WHERE username IN (SELECT value FROM json_each(?))
+        ORDER BY id
+        """,
+        (orjson.dumps(list(usernames)).decode(),),
+    )
