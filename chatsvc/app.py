@@ -12,7 +12,7 @@ from aiohttp import web
 from chatsvc.auth import PasswordHasher, TokenService
 from chatsvc.cluster import cluster_ctx
 from chatsvc.config import Config
-from chatsvc.db import Database
+from chatsvc.db import open_database
 from chatsvc.errors import error_middleware
 from chatsvc.http import chatrooms, demo, favorites, friends, history, ops, sidecar, users
 from chatsvc.http.middleware import auth_middleware, cors_middleware, security_headers
@@ -41,7 +41,7 @@ def create_app(config: Config) -> web.Application:
     )
     state = AppState(
         config=config,
-        db=Database(config.db_path, synchronous=config.sqlite_synchronous),
+        db=open_database(config),
         hasher=PasswordHasher(config.scrypt_n, config.hash_concurrency),
         throttle=Throttle(config.login_failures, config.register_rate),
     )
@@ -66,8 +66,10 @@ def create_app(config: Config) -> web.Application:
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     # Claimed before opening, so a refused process neither migrates nor writes the database.
+    # PostgreSQL needs no such lock: it is made for many clients, and there is no file beside it to lock.
     lock = InstanceLock(state.config.db_path, shared=state.config.redis_url is not None)
-    await asyncio.to_thread(lock.acquire)
+    if state.config.database_url is None:
+        await asyncio.to_thread(lock.acquire)
     try:
         await state.db.open()
         secret = state.config.jwt_secret
@@ -81,7 +83,7 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
         raise
     state.tokens = TokenService(secret, state.config.token_ttl_seconds, state.config.session_max_age_seconds)
     state.writer.start()
-    log.debug("database ready at %s", state.config.db_path)
+    log.debug("database ready at %s", state.db.describe())
     yield
     await state.writer.close()
     await state.db.close()

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from chatsvc import admin
 from chatsvc.auth import TokenService
 from chatsvc.config import Config
-from chatsvc.db import Database
+from chatsvc.db import Database, open_database
 from chatsvc.errors import BadRequest, ChatError
 from chatsvc.models import NICKNAME_MAX, PASSWORD_MAX, PASSWORD_MIN, USERNAME_MAX
 from chatsvc.validation import email, text
@@ -26,12 +26,16 @@ COMMANDS = ("init-db", "user", "token")
 # Commands that only read: they find a database or say there is none, never create an empty one.
 READ_ONLY = ("token",)
 DB_HELP = "SQLite file (CHATSVC_DB, default ./data/chatsvc.db)"
+DATABASE_URL_HELP = (
+    "PostgreSQL database, postgresql://user:password@host:port/name (CHATSVC_DATABASE_URL); wins over --db"
+)
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register init-db, user add and token on the CLI's subcommand parser."""
     init_db = commands.add_parser("init-db", help="create the database file with its schema, then exit")
     init_db.add_argument("--db", help=DB_HELP)
+    init_db.add_argument("--database-url", help=DATABASE_URL_HELP)
     user = commands.add_parser("user", help="manage users")
     user_commands = user.add_subparsers(dest="user_command", required=True)
     add = user_commands.add_parser("add", help="create a user who logs in with a password")
@@ -40,9 +44,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add.add_argument("--nick", help="nickName (default: the username)")
     add.add_argument("--email", help="email address (default: none)")
     add.add_argument("--db", help=DB_HELP)
+    add.add_argument("--database-url", help=DATABASE_URL_HELP)
     token = commands.add_parser("token", help="print a token for a user (signed as the server would)")
     token.add_argument("username")
     token.add_argument("--db", help=DB_HELP)
+    token.add_argument("--database-url", help=DATABASE_URL_HELP)
 
 
 def run_command(args: argparse.Namespace, config: Config) -> int:
@@ -54,7 +60,7 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
         work = functools.partial(_add_user, args=args, config=config)
     else:
         work = functools.partial(_print_token, username=args.username, config=config)
-    if args.command in READ_ONLY and not config.db_path.is_file():
+    if args.command in READ_ONLY and config.database_url is None and not config.db_path.is_file():
         print(
             f"chatsvc: no database at {config.db_path} (give its path with --db or CHATSVC_DB;"
             " `chatsvc serve` or `chatsvc init-db` creates one)",
@@ -70,7 +76,7 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _with_database(config: Config, work: Callable[[Database], Awaitable[None]]) -> None:
-    db = Database(config.db_path, synchronous=config.sqlite_synchronous)
+    db = open_database(config)
     await db.open()
     try:
         await work(db)
@@ -80,7 +86,7 @@ async def _with_database(config: Config, work: Callable[[Database], Awaitable[No
 
 async def _init_db(db: Database) -> None:
     # Opening applies the schema; nothing else to do.
-    print(f"database ready at {db.path}")
+    print(f"database ready at {db.describe()}")
 
 
 async def _add_user(db: Database, args: argparse.Namespace, config: Config) -> None:

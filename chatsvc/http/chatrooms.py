@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiosqlite
 from aiohttp import web
 
 from chatsvc.errors import BadRequest, Forbidden, NotFound
@@ -12,6 +11,7 @@ from chatsvc.http.middleware import caller
 from chatsvc.jsonutil import json_response
 from chatsvc.models import MAX_ID, ROOM_NAME_MAX, USERNAME_MAX
 from chatsvc.state import STATE
+from chatsvc.store import Connection
 from chatsvc.store.rooms import (
     add_member,
     create_group_room,
@@ -84,7 +84,7 @@ def _room_id(raw: str | None, name: str) -> int:
     return value
 
 
-async def _group_of_member(conn: aiosqlite.Connection, room_id: int, user_id: int) -> dict[str, Any]:
+async def _group_of_member(conn: Connection, room_id: int, user_id: int) -> dict[str, Any]:
     """The group room ``room_id``, checked in this order: it exists, the user is a member, it is a group."""
     room = await find_room(conn, room_id)
     if room is None:
