@@ -14,6 +14,8 @@ import pytest
 
 from tests.helpers import Api, User
 
+pytestmark = pytest.mark.both_engines
+
 
 def send_payload(room: int, content: str) -> dict[str, Any]:
     return {"chatroomId": room, "message": {"type": "text", "content": content}}

@@ -8,6 +8,8 @@ import pytest
 
 from tests.helpers import Api, SocketClient, User, assert_ack_error, assert_error, public_profile
 
+pytestmark = pytest.mark.both_engines
+
 
 def send_payload(user: User, room: int, content: str) -> dict[str, Any]:
     return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}

@@ -10,6 +10,8 @@ import pytest
 from chatsvc.config import Config
 from tests.helpers import Api, User, assert_error
 
+pytestmark = pytest.mark.both_engines
+
 ISO_MILLIS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
@@ -79,6 +81,7 @@ async def test_history_lists_messages_ascending_with_their_sender(
     }
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_history_only_holds_the_rooms_own_messages(api: Api, config: Config, room_of_two) -> None:
     alice, bob, room = room_of_two
     carol = await api.new_user()
@@ -103,12 +106,14 @@ async def test_history_needs_login(api: Api, room_of_two) -> None:
     assert_error(resp.status, resp.body, 401)
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_history_default_limit_is_the_newest_hundred(api: Api, config: Config, room_of_two) -> None:
     alice, bob, room = room_of_two
     ids = seed_messages(config, room, [alice, bob], 105)
     assert ids_of(await history(api, alice, room)) == ids[-100:]
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_history_limit_takes_the_newest_messages(api: Api, config: Config, room_of_two) -> None:
     alice, bob, room = room_of_two
     ids = seed_messages(config, room, [alice, bob], 10)
@@ -117,6 +122,7 @@ async def test_history_limit_takes_the_newest_messages(api: Api, config: Config,
     assert ids_of(await history(api, alice, room, limit=1000)) == ids
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_history_empty_limit_counts_as_absent(api: Api, config: Config, room_of_two) -> None:
     alice, bob, room = room_of_two
     ids = seed_messages(config, room, [alice, bob], 3)
@@ -131,6 +137,7 @@ async def test_history_limit_out_of_bounds_is_400(api: Api, room_of_two, limit: 
     assert "limit" in resp.body["message"]
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_history_before_id_pages_backwards(api: Api, config: Config, room_of_two) -> None:
     alice, bob, room = room_of_two
     ids = seed_messages(config, room, [alice, bob], 10)
@@ -143,6 +150,7 @@ async def test_history_before_id_pages_backwards(api: Api, config: Config, room_
     assert await history(api, alice, room, limit=4, beforeId=ids[0]) == []
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_history_after_id_pages_forwards(api: Api, config: Config, room_of_two) -> None:
     alice, bob, room = room_of_two
     ids = seed_messages(config, room, [alice, bob], 10)
@@ -152,6 +160,7 @@ async def test_history_after_id_pages_forwards(api: Api, config: Config, room_of
     assert await history(api, alice, room, afterId=ids[-1]) == []
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_history_both_cursors_give_the_messages_between(api: Api, config: Config, room_of_two) -> None:
     alice, bob, room = room_of_two
     ids = seed_messages(config, room, [alice, bob], 10)

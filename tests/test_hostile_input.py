@@ -50,6 +50,8 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
+
+pytestmark = pytest.mark.both_engines
 # Strings with lone surrogates, control characters and astral-plane characters.
 nasty_text = st.text(st.characters(codec=None, categories=None), max_size=600)
 ids = st.integers(min_value=-(2**70), max_value=2**70) | st.just(0) | st.just(1)
@@ -81,6 +83,7 @@ def assert_rows_valid(db_path, allowed_rooms: dict[int, set[int]]) -> None:
             assert sender in allowed_rooms.get(room, set())
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_hostile_send_message_payloads(api: Api, sockets, config: Config) -> None:
     alice = await api.new_user()
     bob = await api.new_user()

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.helpers import Api, SocketClient, User
+
+pytestmark = pytest.mark.both_engines
 
 
 async def say(client: SocketClient, user: User, room: int, content: str) -> dict[str, Any]:

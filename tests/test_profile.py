@@ -17,6 +17,8 @@ import socketio
 
 from tests.helpers import Api, User, assert_error
 
+pytestmark = pytest.mark.both_engines
+
 
 @pytest.fixture
 def codes(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:

@@ -16,6 +16,8 @@ from chatsvc.app import create_app
 from chatsvc.config import Config
 from tests.helpers import EVENT_TIMEOUT, Api, SocketClient, User, assert_ack_error, connect_socket
 
+pytestmark = pytest.mark.both_engines
+
 Event = dict[str, Any]
 
 

@@ -142,7 +142,7 @@ def _encode_time(value: str | datetime) -> tuple[int]:
 
 async def _init_connection(raw: asyncpg.Connection) -> None:
     await raw.set_type_codec(
-        'timestamptz", schema="pg_catalog", encoder=_encode_time, decoder=_decode_time, format="tuple'
+        "timestamptz", schema="pg_catalog", encoder=_encode_time, decoder=_decode_time, format="tuple"
     )
 
 
@@ -151,12 +151,15 @@ class PostgresConnection:
 
     dialect = DIALECT
 
-    def __init__(self, raw: asyncpg.Connection | asyncpg.Pool) -> None:
+    def __init__(self, raw: asyncpg.Connection | asyncpg.Pool, trace: Callable[[str], Any] | None = None) -> None:
         self.raw = raw
+        self.trace = trace
 
     async def fetch_one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
         """The first row of a query as a dict, or None."""
         text, names = translate(sql)
+        if self.trace is not None:
+            self.trace(text)
         try:
             row = await self.raw.fetchrow(text, *_arguments(names, params))
         except _UNAVAILABLE as exc:
@@ -166,6 +169,8 @@ class PostgresConnection:
     async def fetch_all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
         """Every row of a query as dicts."""
         text, names = translate(sql)
+        if self.trace is not None:
+            self.trace(text)
         try:
             rows = await self.raw.fetch(text, *_arguments(names, params))
         except _UNAVAILABLE as exc:
@@ -175,6 +180,8 @@ class PostgresConnection:
     async def fetch_value(self, sql: str, params: Params = ()) -> Any:
         """The first column of the first row, or None."""
         text, names = translate(sql)
+        if self.trace is not None:
+            self.trace(text)
         try:
             return await self.raw.fetchval(text, *_arguments(names, params))
         except _UNAVAILABLE as exc:
@@ -183,6 +190,8 @@ class PostgresConnection:
     async def fetch_column(self, sql: str, params: Params = ()) -> list[Any]:
         """The first column of every row."""
         text, names = translate(sql)
+        if self.trace is not None:
+            self.trace(text)
         try:
             rows = await self.raw.fetch(text, *_arguments(names, params))
         except _UNAVAILABLE as exc:
@@ -192,6 +201,8 @@ class PostgresConnection:
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run a statement; the number of rows it changed (from its status, e.g. ``DELETE 3``)."""
         text, names = translate(sql)
+        if self.trace is not None:
+            self.trace(text)
         try:
             status = await self.raw.execute(text, *_arguments(names, params))
         except _UNAVAILABLE as exc:
@@ -202,6 +213,8 @@ class PostgresConnection:
     async def execute_many(self, sql: str, rows: Iterable[Params]) -> None:
         """Run one statement once per row of parameters."""
         text, names = translate(sql)
+        if self.trace is not None:
+            self.trace(text)
         try:
             await self.raw.executemany(text, [_arguments(names, row) for row in rows])
         except _UNAVAILABLE as exc:
@@ -231,6 +244,7 @@ class PostgresDatabase:
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._reader: PostgresConnection | None = None
+        self._trace: Callable[[str], Any] | None = None
         # Why the last write failed for lack of storage; None once a write succeeds again.
         self.write_failure: str | None = None
 
@@ -271,7 +285,7 @@ class PostgresDatabase:
             if isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
                 raise StartupError(f"cannot prepare the database {where}: {exc}", exit_status=2) from exc
             raise
-        self._reader = PostgresConnection(self._pool)
+        self._reader = PostgresConnection(self._pool, self._trace)
 
     async def close(self) -> None:
         """Close the pool (idempotent); waits for connections in use, as after the writer has stopped."""
@@ -281,6 +295,12 @@ class PostgresDatabase:
                 await asyncio.wait_for(pool.close(), STATEMENT_TIMEOUT_SECONDS)
             except TimeoutError:
                 pool.terminate()
+
+    async def set_trace(self, callback: Callable[[str], Any] | None) -> None:
+        """Call ``callback`` with every SQL statement the store runs, as sent ($n placeholders); None turns it off."""
+        self._trace = callback
+        if self._reader is not None:
+            self._reader.trace = callback
 
     @property
     def reader(self) -> PostgresConnection:
@@ -306,13 +326,13 @@ class PostgresDatabase:
     async def transaction(self) -> AsyncIterator[Connection]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
         async with self._connection() as raw, raw.transaction():
-            yield PostgresConnection(raw)
+            yield PostgresConnection(raw, self._trace)
         self._write_succeeded()
 
     async def write_statement(self, statement: Callable[[Connection], Awaitable[T]]) -> T:
         """Run one writing statement; outside a transaction block it commits on its own."""
         async with self._connection() as raw:
-            result = await statement(PostgresConnection(raw))
+            result = await statement(PostgresConnection(raw, self._trace))
         self._write_succeeded()
         return result
 
