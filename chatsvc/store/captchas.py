@@ -58,7 +58,10 @@ async def find_captcha(conn: Connection, purpose: str, address: str) -> dict[str
 async def delete_captcha(conn: Connection, purpose: str, address: str, code: str | None = None) -> bool:
     """Remove the address's code (only if it is still ``code``, when given); whether a row went."""
     deleted = await conn.execute(
-        "DELETE FROM captcha WHERE purpose = :purpose AND address = :address AND (CAST(:code AS TEXT) IS NULL OR code = :code)",
+        """
+        DELETE FROM captcha
+        WHERE purpose = :purpose AND address = :address AND (CAST(:code AS TEXT) IS NULL OR code = :code)
+        """,
         {"purpose": purpose, "address": address, "code": code},
     )
     return deleted > 0
