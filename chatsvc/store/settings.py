@@ -38,7 +38,3 @@ async def find_setting(conn: Connection, key: str) -> str | None:
     value: str | None = await fetch_value(conn, "SELECT value FROM setting WHERE key = ?", (key,))
     return value
 
-
-async def ping_database(conn: Connection) -> bool:
-    """Whether the database answers a query that reads its schema."""
-    return await fetch_value(conn, "SELECT count(*) >= 0 FROM setting") == 1
