@@ -37,4 +37,3 @@ async def find_setting(conn: Connection, key: str) -> str | None:
     """The stored value of a service-wide setting, or None."""
     value: str | None = await fetch_value(conn, "SELECT value FROM setting WHERE key = ?", (key,))
     return value
-
