@@ -1,4 +1,4 @@
-"""Administrative commands of the ``chatsvc`` console script: init-db, user add, token.
+"""Administrative commands of the ``chatsvc`` console script: init-db, user add, token, copy-to-postgres.
 
 They work on the database file directly (SQLite in WAL mode lets them run
 beside a serving process) and print what a script needs: ``chatsvc token``
@@ -13,16 +13,18 @@ import functools
 import secrets
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from chatsvc import admin
 from chatsvc.auth import TokenService
-from chatsvc.config import Config
-from chatsvc.db import Database, open_database
+from chatsvc.config import Config, parse_flag, url_without_password
+from chatsvc.db import Database, SqliteDatabase, open_database
 from chatsvc.errors import BadRequest, ChatError
 from chatsvc.models import NICKNAME_MAX, PASSWORD_MAX, PASSWORD_MIN, USERNAME_MAX
+from chatsvc.store import transfer
 from chatsvc.validation import email, text
 
-COMMANDS = ("init-db", "user", "token")
+COMMANDS = ("init-db", "user", "token", "copy-to-postgres")
 # Commands that only read: they find a database or say there is none, never create an empty one.
 READ_ONLY = ("token",)
 DB_HELP = "SQLite file (CHATSVC_DB, default ./data/chatsvc.db)"
@@ -49,10 +51,17 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     token.add_argument("username")
     token.add_argument("--db", help=DB_HELP)
     token.add_argument("--database-url", help=DATABASE_URL_HELP)
+    copy = commands.add_parser(
+        "copy-to-postgres", help="copy every row of an SQLite database into an empty PostgreSQL one, ids and all"
+    )
+    copy.add_argument("--from", dest="source", required=True, help="the SQLite file to copy (left unchanged)")
+    copy.add_argument("--to", dest="target", required=True, help="postgresql://user:password@host:port/name")
 
 
 def run_command(args: argparse.Namespace, config: Config) -> int:
     """Run one of COMMANDS; the process exit status."""
+    if args.command == "copy-to-postgres":
+        return _copy_command(args)
     work: Callable[[Database], Awaitable[None]]
     if args.command == "init-db":
         work = _init_db
@@ -110,3 +119,60 @@ async def _print_token(db: Database, username: str, config: Config) -> None:
     secret = await admin.signing_secret(db, config.jwt_secret)
     tokens = TokenService(secret, config.token_ttl_seconds, config.session_max_age_seconds)
     print(tokens.issue(user["id"], user["username"], user["tokenVersion"]))
+
+
+def _copy_command(args: argparse.Namespace) -> int:
+    try:
+        target = parse_flag("--to", "database_url", args.target)
+    except ValueError as exc:
+        print(f"chatsvc: {exc}", file=sys.stderr)
+        return 2
+    source = Path(args.source)
+    if not source.is_file():
+        print(f"chatsvc: no SQLite database at {source}", file=sys.stderr)
+        return 1
+    try:
+        counts = asyncio.run(copy_to_postgres(source, target))
+    except ChatError as exc:
+        print(f"chatsvc: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"copied {sum(counts.values())} rows from {source} to {url_without_password(target)}:")
+    for table, count in counts.items():
+        print(f"  {table}: {count}")
+    return 0
+
+
+async def copy_to_postgres(source: Path, target_url: str) -> dict[str, int]:
+    """Copy every table of the SQLite database into the empty PostgreSQL one, in one transaction; rows per table.
+
+    Ids are kept, so tokens, room ids and clients' lastMessageId stay valid,
+    and each id sequence is set past the largest id. Raises BadRequest,
+    writing nothing, if the target holds any row.
+    """
+    from chatsvc.store.postgres import PostgresDatabase
+
+    sqlite_db = SqliteDatabase(source)
+    postgres_db = PostgresDatabase(target_url, pool_size=2)
+    await sqlite_db.open()
+    try:
+        await postgres_db.open()
+        try:
+            counts: dict[str, int] = {}
+            async with postgres_db.transaction() as conn:
+                filled = [table for table in transfer.TABLES if await transfer.count_rows(conn, table)]
+                if filled:
+                    raise BadRequest(
+                        f"the target database {postgres_db.describe()} is not empty (rows in {', '.join(filled)}): "
+                        "copy-to-postgres only fills an empty database"
+                    )
+                for table in transfer.TABLES:
+                    counts[table] = 0
+                    async for rows in transfer.read_pages(sqlite_db.reader, table):
+                        await transfer.write_rows(conn, table, rows)
+                        counts[table] += len(rows)
+                await transfer.move_postgres_sequences_past_ids(conn)
+        finally:
+            await postgres_db.close()
+    finally:
+        await sqlite_db.close()
+    return counts

@@ -271,14 +271,16 @@ SKIP_WHEN_EMPTY = {"jwt_secret", "smtp_url", "api_key", "redis_url", "redis_chan
 
 def database_label(config: Config) -> str:
     """Where the data is, for logs and messages: the SQLite path, or the PostgreSQL URL without its password."""
-    if config.database_url is None:
-        return str(config.db_path)
-    parts = urlsplit(config.database_url)
+    return str(config.db_path) if config.database_url is None else url_without_password(config.database_url)
+
+
+def url_without_password(url: str) -> str:
+    """A URL with its password left out, for logs and messages."""
+    parts = urlsplit(url)
     if parts.password is None:
-        return config.database_url
-    host = parts.netloc.rpartition("@")[2]
+        return url
     user = f"{parts.username}@" if parts.username else ""
-    return parts._replace(netloc=f"{user}{host}").geturl()
+    return parts._replace(netloc=user + parts.netloc.rpartition("@")[2]).geturl()
 
 
 def parse_flag(flag: str, field_name: str, raw: str) -> Any:

@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import asyncpg
 
+from chatsvc.config import url_without_password
 from chatsvc.errors import StartupError, StorageUnavailable
 from chatsvc.store import Connection, Params
 
@@ -227,15 +227,6 @@ def _unavailable(exc: BaseException) -> StorageUnavailable:
     return failure
 
 
-def describe_url(url: str) -> str:
-    """The URL without its password, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}@" if parts.username else ""
-    return parts._replace(netloc=user + parts.netloc.rpartition("@")[2]).geturl()
-
-
 class PostgresDatabase:
     """A PostgreSQL database through a pool of asyncpg connections; any number of instances may share it."""
 
@@ -250,7 +241,7 @@ class PostgresDatabase:
 
     def describe(self) -> str:
         """The database URL without its password."""
-        return describe_url(self.url)
+        return url_without_password(self.url)
 
     async def open(self) -> None:
         """Connect the pool and bring the schema up to date.
