@@ -197,9 +197,9 @@ def test_placeholders_are_translated_outside_strings_and_casts() -> None:
 
 
 @pytest.fixture
-async def own_postgres() -> AsyncIterator[PostgresServer]:
-    """A PostgreSQL server of this test alone, which it may stop and start."""
-    server = PostgresServer()
+async def own_postgres(postgres_server: PostgresServer) -> AsyncIterator[PostgresServer]:
+    """A PostgreSQL server of this test alone, which it may stop and start (skipped as the session's is)."""
+    server = PostgresServer(postgres_server.bindir)
     await asyncio.to_thread(server.start)
     try:
         yield server
