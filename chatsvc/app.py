@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -17,7 +16,6 @@ from chatsvc.errors import error_middleware
 from chatsvc.http import chatrooms, demo, favorites, friends, history, ops, sidecar, users
 from chatsvc.http.middleware import auth_middleware, cors_middleware, security_headers
 from chatsvc.http.observe import observe_middleware
-from chatsvc.instance_lock import InstanceLock
 from chatsvc.metrics import METRICS, Metrics
 from chatsvc.realtime import create_socket_server
 from chatsvc.state import STATE, AppState
@@ -66,10 +64,7 @@ def create_app(config: Config) -> web.Application:
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     # Claimed before opening, so a refused process neither migrates nor writes the database.
-    # PostgreSQL needs no such lock: it is made for many clients, and there is no file beside it to lock.
-    lock = InstanceLock(state.config.db_path, shared=state.config.redis_url is not None)
-    if state.config.database_url is None:
-        await asyncio.to_thread(lock.acquire)
+    await state.db.claim(shared=state.config.redis_url is not None)
     try:
         await state.db.open()
         secret = state.config.jwt_secret
@@ -79,7 +74,6 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
                 secret = await get_or_create_setting(conn, "jwt_secret", secrets.token_urlsafe(48))
     except BaseException:
         await state.db.close()
-        lock.release()
         raise
     state.tokens = TokenService(secret, state.config.token_ttl_seconds, state.config.session_max_age_seconds)
     state.writer.start()
@@ -87,7 +81,6 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await state.writer.close()
     await state.db.close()
-    lock.release()
 
 
 async def _close_sockets(app: web.Application) -> None:

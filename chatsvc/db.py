@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import aiosqlite
 
@@ -37,6 +37,9 @@ from chatsvc.errors import StartupError
 from chatsvc.migrate import migrate
 from chatsvc.store import Connection
 from chatsvc.store.sqlite import SqliteConnection, is_busy, ping, storage_failure
+
+if TYPE_CHECKING:
+    from chatsvc.instance_lock import InstanceLock
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +136,18 @@ class Database(Protocol):
     # Why the last write failed for lack of storage; None once a write succeeds again.
     write_failure: str | None
 
+    async def claim(self, *, shared: bool) -> None:
+        """Hold, until close, the mark of a serving process; StartupError (exit 2) if another one conflicts.
+
+        Exclusive without Redis (one process serves the database), shared
+        with it (instances that share rooms through Redis).
+        """
+
     async def open(self) -> None:
         """Connect and bring the schema up to date; StartupError (exit status 2) if that cannot be done."""
 
     async def close(self) -> None:
-        """Close every connection (idempotent)."""
+        """Close every connection and give up the claim (idempotent)."""
 
     @property
     def reader(self) -> Connection:
@@ -186,6 +196,15 @@ class SqliteDatabase:
         self._write_lock = asyncio.Lock()
         # Why the last write failed for lack of storage; None once a write succeeds again.
         self.write_failure: str | None = None
+        self._claim: InstanceLock | None = None
+
+    async def claim(self, *, shared: bool) -> None:
+        """Hold the lock file beside the database (chatsvc/instance_lock.py) until close."""
+        from chatsvc.instance_lock import InstanceLock  # it uses this module's file helpers
+
+        lock = InstanceLock(self.path, shared=shared)
+        await asyncio.to_thread(lock.acquire)
+        self._claim = lock
 
     async def open(self) -> None:
         """Create the file and its folder if needed, bring the schema up to date, open both connections.
@@ -231,6 +250,9 @@ class SqliteDatabase:
                 await conn.close()
         self._reader = self._writer = None
         self._reader_conn = self._writer_conn = None
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
 
     def describe(self) -> str:
         """The database file's path."""

@@ -225,3 +225,19 @@ async def test_postgres_down_answers_503_and_the_pool_reconnects_when_it_is_back
             assert (await api.get("/readyz")).status == 200
             assert (await api.get("/user/info", alice.token)).body["username"] == "alice"
             assert (await api.new_user("bob")).username == "bob"
+
+
+async def test_a_second_process_without_redis_on_one_postgres_database_is_refused(
+    tmp_path: Path, postgres_database_url: str
+) -> None:
+    first = make_config(tmp_path / "one", database_url=postgres_database_url)
+    second = make_config(tmp_path / "two", database_url=postgres_database_url)
+    async with run_chatsvc(first):
+        with pytest.raises(StartupError) as refused:
+            async with run_chatsvc(second):
+                pass
+    assert refused.value.exit_status == 2
+    assert "another chatsvc process is serving postgresql://postgres@" in refused.value.message
+    # Once the first has stopped, the database is free again.
+    async with run_chatsvc(second) as server, aiohttp.ClientSession() as session:
+        assert (await Api(server.base_url, session).get("/readyz")).status == 200

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# The advisory lock a serving process holds on its database (see PostgresDatabase.claim).
+SERVING_LOCK_KEY = 0x636861747376630A
 # How long a request waits for a free pooled connection, and for one statement, before answering 503.
 ACQUIRE_TIMEOUT_SECONDS = 5.0
 STATEMENT_TIMEOUT_SECONDS = 10.0
@@ -236,12 +238,44 @@ class PostgresDatabase:
         self._pool: asyncpg.Pool | None = None
         self._reader: PostgresConnection | None = None
         self._trace: Callable[[str], Any] | None = None
+        self._claim: asyncpg.Connection | None = None
         # Why the last write failed for lack of storage; None once a write succeeds again.
         self.write_failure: str | None = None
 
     def describe(self) -> str:
         """The database URL without its password."""
         return url_without_password(self.url)
+
+    async def claim(self, *, shared: bool) -> None:
+        """Hold an advisory lock on the database, on a connection of its own, until close.
+
+        As the lock file does for SQLite (chatsvc/instance_lock.py), but across
+        hosts: exclusive without Redis, shared by instances that share rooms
+        through Redis. The server releases it if this process dies.
+        """
+        where = self.describe()
+        try:
+            raw = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT_SECONDS)
+        except (asyncpg.ClientConfigurationError, ValueError) as exc:
+            raise StartupError(f"invalid database URL {where}: {exc}", exit_status=2) from exc
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StartupError(f"cannot connect to the database {where}: {exc}", exit_status=2) from exc
+        lock = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+        if await raw.fetchval(f"SELECT {lock}($1)", SERVING_LOCK_KEY):
+            self._claim = raw
+            return
+        await raw.close()
+        if shared:
+            message = (
+                f"a chatsvc process without CHATSVC_REDIS_URL is serving {where}: stop it, "
+                "or set CHATSVC_REDIS_URL on every instance that serves this database"
+            )
+        else:
+            message = (
+                f"another chatsvc process is serving {where}: to run several instances on one database, "
+                "set CHATSVC_REDIS_URL on every one of them (docs/deploy.md)"
+            )
+        raise StartupError(message, exit_status=2)
 
     async def open(self) -> None:
         """Connect the pool and bring the schema up to date.
@@ -281,6 +315,13 @@ class PostgresDatabase:
     async def close(self) -> None:
         """Close the pool (idempotent); waits for connections in use, as after the writer has stopped."""
         pool, self._pool, self._reader = self._pool, None, None
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            # Ending the session releases the lock; a server that is gone has released it already.
+            try:
+                await asyncio.wait_for(claim.close(), STATEMENT_TIMEOUT_SECONDS)
+            except Exception:
+                claim.terminate()
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), STATEMENT_TIMEOUT_SECONDS)
