@@ -25,6 +25,8 @@ from chatsvc.config import Config
 from chatsvc.transport import MALFORMED_LOG_BURST, MALFORMED_LOG_PER_MINUTE
 from tests.helpers import EVENT_TIMEOUT, Api, SocketClient, User
 
+pytestmark = pytest.mark.both_engines
+
 # Socket.IO packets no client library sends, each of which python-socketio answered with a traceback.
 MALFORMED_SOCKETIO = [
     "4",  # an empty Socket.IO packet
@@ -51,7 +53,6 @@ json_values = st.recursive(
     max_leaves=8,
 )
 
-pytestmark = pytest.mark.both_engines
 # Strings with lone surrogates, control characters and astral-plane characters.
 nasty_text = st.text(st.characters(codec=None, categories=None), max_size=600)
 ids = st.integers(min_value=-(2**70), max_value=2**70) | st.just(0) | st.just(1)
