@@ -80,6 +80,8 @@ def text(value: Any, name: str, *, max_length: int, required: bool = True, allow
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise BadRequest(f"{name} contains invalid unicode (lone surrogates)") from None
+    if "\x00" in value:  # PostgreSQL's text cannot hold it: refused on both engines alike
+        raise BadRequest(f"{name} must not contain the NUL character")
     return value
 
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from chatsvc.config import url_without_password
-from chatsvc.errors import StartupError, StorageUnavailable
+from chatsvc.errors import BadRequest, StartupError, StorageUnavailable
 from chatsvc.store import Connection, Params
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,8 @@ class PostgresConnection:
             row = await self.raw.fetchrow(text, *_arguments(names, params))
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
+        except _UNSTORABLE_TEXT as exc:
+            raise BadRequest("Text must not contain the NUL character") from exc
         return dict(row) if row is not None else None
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
@@ -177,6 +179,8 @@ class PostgresConnection:
             rows = await self.raw.fetch(text, *_arguments(names, params))
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
+        except _UNSTORABLE_TEXT as exc:
+            raise BadRequest("Text must not contain the NUL character") from exc
         return [dict(row) for row in rows]
 
     async def fetch_value(self, sql: str, params: Params = ()) -> Any:
@@ -188,6 +192,8 @@ class PostgresConnection:
             return await self.raw.fetchval(text, *_arguments(names, params))
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
+        except _UNSTORABLE_TEXT as exc:
+            raise BadRequest("Text must not contain the NUL character") from exc
 
     async def fetch_column(self, sql: str, params: Params = ()) -> list[Any]:
         """The first column of every row."""
@@ -198,6 +204,8 @@ class PostgresConnection:
             rows = await self.raw.fetch(text, *_arguments(names, params))
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
+        except _UNSTORABLE_TEXT as exc:
+            raise BadRequest("Text must not contain the NUL character") from exc
         return [row[0] for row in rows]
 
     async def execute(self, sql: str, params: Params = ()) -> int:
@@ -209,6 +217,8 @@ class PostgresConnection:
             status = await self.raw.execute(text, *_arguments(names, params))
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
+        except _UNSTORABLE_TEXT as exc:
+            raise BadRequest("Text must not contain the NUL character") from exc
         count = status.rpartition(" ")[2]
         return int(count) if count.isdigit() else 0
 
@@ -221,6 +231,12 @@ class PostgresConnection:
             await self.raw.executemany(text, [_arguments(names, row) for row in rows])
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
+        except _UNSTORABLE_TEXT as exc:
+            raise BadRequest("Text must not contain the NUL character") from exc
+
+
+# Text PostgreSQL cannot store (a NUL character): the request's fault. Validation refuses it first; this is the net.
+_UNSTORABLE_TEXT = (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError)
 
 
 def _unavailable(exc: BaseException) -> StorageUnavailable:
