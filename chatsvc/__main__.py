@@ -1,4 +1,5 @@
-"""Command line: ``chatsvc serve [--host H] [--port P] [--db PATH]``, ``init-db``, ``user add``, ``token``, ``demo``."""
+"""Command line: ``chatsvc serve [--host H] [--port P] [--db PATH | --database-url URL]``, ``init-db``, ``user add``,
+``token``, ``demo``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from chatsvc import __version__, cli
 from chatsvc.app import create_app
-from chatsvc.config import Config, parse_flag
+from chatsvc.config import Config, database_label, parse_flag
 from chatsvc.demo import demo_banner, open_in_browser, prepare_demo
 from chatsvc.errors import StartupError
 from chatsvc.listen import ListenError, bind_sockets, serving_urls, socket_url
@@ -35,19 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (CHATSVC_HOST, default 0.0.0.0)")
     serve.add_argument("--port", help="port to listen on (CHATSVC_PORT, default 3005)")
     serve.add_argument("--db", help="SQLite file (CHATSVC_DB, default ./data/chatsvc.db)")
+    serve.add_argument("--database-url", help=cli.DATABASE_URL_HELP)
     demo = commands.add_parser("demo", help="add demo users, rooms and messages if missing, then serve")
     demo.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: the password is public)"
     )
     demo.add_argument("--port", help="port to listen on (CHATSVC_PORT, default 3005)")
     demo.add_argument("--db", help="SQLite file (CHATSVC_DB, default ./data/chatsvc.db)")
+    demo.add_argument("--database-url", help=cli.DATABASE_URL_HELP)
     demo.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
     cli.add_commands(commands)
     return parser
 
 
 # Flag -> the Config field it sets (the same field as its environment variable).
-FLAGS = {"host": "host", "port": "port", "db": "db_path"}
+FLAGS = {"host": "host", "port": "port", "db": "db_path", "database_url": "database_url"}
 
 
 def config_from(args: argparse.Namespace) -> Config:
@@ -56,7 +59,7 @@ def config_from(args: argparse.Namespace) -> Config:
     for flag, field_name in FLAGS.items():
         raw = getattr(args, flag, None)
         if raw is not None:
-            overrides[field_name] = parse_flag(f"--{flag}", field_name, raw)
+            overrides[field_name] = parse_flag(f"--{flag.replace('_', '-')}", field_name, raw)
     return Config.from_env(**overrides)
 
 
@@ -120,9 +123,9 @@ def _announce(config: Config, urls: list[str], _aiohttp_banner: str = "") -> Non
         "chatsvc %s serving %s; database %s; socket auth: %s",
         __version__,
         " and ".join(urls),
-        config.db_path,
+        database_label(config),
         auth,
-        extra={"urls": urls, "db_path": str(config.db_path), "socket_auth": config.socket_auth},
+        extra={"urls": urls, "db_path": database_label(config), "socket_auth": config.socket_auth},
     )
 
 

@@ -13,16 +13,17 @@ from typing import Any, Literal
 from chatsvc.auth import hash_password
 from chatsvc.db import Database
 from chatsvc.errors import BadRequest, NotFound
-from chatsvc.store.admin import add_members, find_setting, list_users_by_usernames, remove_members
 from chatsvc.store.rooms import (
+    add_members,
     create_group_room,
     create_one_to_one_room,
     find_one_to_one_room,
     find_room,
     list_member_profiles,
+    remove_members,
 )
-from chatsvc.store.settings import SYSTEM_USER_SETTING, find_system_user_id, get_or_create_setting
-from chatsvc.store.users import find_user_by_username, insert_user, update_user_profile
+from chatsvc.store.settings import SYSTEM_USER_SETTING, find_setting, find_system_user_id, get_or_create_setting
+from chatsvc.store.users import find_user_by_username, insert_user, list_users_by_usernames, update_user_profile
 from chatsvc.validation import not_reserved
 
 RoomKind = Literal["group", "one-to-one"]

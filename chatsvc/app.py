@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -12,14 +11,13 @@ from aiohttp import web
 from chatsvc.auth import PasswordHasher, TokenService
 from chatsvc.cluster import cluster_ctx
 from chatsvc.config import Config
-from chatsvc.db import Database
+from chatsvc.db import open_database
 from chatsvc.errors import error_middleware
 from chatsvc.files import make_file_store
 from chatsvc.files.sweep import UploadSweeper
 from chatsvc.http import chatrooms, demo, favorites, files, friends, history, ops, sidecar, users
 from chatsvc.http.middleware import auth_middleware, cors_middleware, security_headers
 from chatsvc.http.observe import observe_middleware
-from chatsvc.instance_lock import InstanceLock
 from chatsvc.metrics import METRICS, Metrics
 from chatsvc.realtime import create_socket_server
 from chatsvc.state import STATE, AppState
@@ -41,7 +39,7 @@ def create_app(config: Config) -> web.Application:
         # request's headers are complete, and bytes trickling in do not reset it: it bounds slow headers.
         handler_args={"keepalive_timeout": config.header_timeout},
     )
-    db = Database(config.db_path, synchronous=config.sqlite_synchronous)
+    db = open_database(config)
     file_store = make_file_store(config)
     state = AppState(
         config=config,
@@ -75,8 +73,7 @@ def create_app(config: Config) -> web.Application:
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     # Claimed before opening, so a refused process neither migrates nor writes the database.
-    lock = InstanceLock(state.config.db_path, shared=state.config.redis_url is not None)
-    await asyncio.to_thread(lock.acquire)
+    await state.db.claim(shared=state.config.redis_url is not None)
     try:
         await state.db.open()
         secret = state.config.jwt_secret
@@ -86,15 +83,13 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
                 secret = await get_or_create_setting(conn, "jwt_secret", secrets.token_urlsafe(48))
     except BaseException:
         await state.db.close()
-        lock.release()
         raise
     state.tokens = TokenService(secret, state.config.token_ttl_seconds, state.config.session_max_age_seconds)
     state.writer.start()
-    log.debug("database ready at %s", state.config.db_path)
+    log.debug("database ready at %s", state.db.describe())
     yield
     await state.writer.close()
     await state.db.close()
-    lock.release()
 
 
 async def _files_ctx(app: web.Application) -> AsyncIterator[None]:

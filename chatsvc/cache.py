@@ -15,8 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import aiosqlite
-
+from chatsvc.store import Connection
 from chatsvc.store.rooms import list_member_ids
 from chatsvc.store.users import list_users_by_ids
 
@@ -33,7 +32,7 @@ class MembershipCache:
         # since it may have read the membership from before the change.
         self._generation = 0
 
-    async def members(self, conn: aiosqlite.Connection, chatroom_id: int) -> frozenset[int]:
+    async def members(self, conn: Connection, chatroom_id: int) -> frozenset[int]:
         """The room's member ids (empty for a room that does not exist)."""
         found = self._members.get(chatroom_id)
         if found is None:
@@ -48,7 +47,7 @@ class MembershipCache:
             self._members[chatroom_id] = found
         return found
 
-    async def is_member(self, conn: aiosqlite.Connection, user_id: int, chatroom_id: int) -> bool:
+    async def is_member(self, conn: Connection, user_id: int, chatroom_id: int) -> bool:
         """Whether the user is a member of the room."""
         return user_id in await self.members(conn, chatroom_id)
 
@@ -78,7 +77,7 @@ class ProfileCache:
         self.on_forget: Callable[[int], None] | None = None  # as in MembershipCache
         self._generation = 0  # as in MembershipCache
 
-    async def profiles(self, conn: aiosqlite.Connection, user_ids: set[int]) -> dict[int, dict[str, Any]]:
+    async def profiles(self, conn: Connection, user_ids: set[int]) -> dict[int, dict[str, Any]]:
         """Profiles of the given users by id, loading the missing ones with one query."""
         found = {user_id: self._profiles[user_id] for user_id in user_ids if user_id in self._profiles}
         missing = [user_id for user_id in user_ids if user_id not in found]

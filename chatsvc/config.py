@@ -31,6 +31,10 @@ class Config:
     host: str = "0.0.0.0"
     port: int = 3005
     db_path: Path = Path("data/chatsvc.db")
+    # postgresql://user:password@host:port/database: PostgreSQL instead of the SQLite file of db_path.
+    database_url: str | None = None
+    # Most connections each instance opens to PostgreSQL.
+    database_pool_size: int = 10
     # None: a random secret is generated once and kept in the database.
     jwt_secret: str | None = None
     token_ttl_seconds: int = 7 * 24 * 3600
@@ -191,6 +195,19 @@ def _redis_url(name: str, raw: str) -> str:
     return raw
 
 
+def _database_url(name: str, raw: str) -> str:
+    # Checked whole here so that a typo stops the start with one line, before anything connects.
+    if not raw.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f"{name} must be a postgresql:// URL such as postgresql://user:password@host:5432/chatsvc")
+    parts = urlsplit(raw)
+    _check_url_port(name, raw)
+    if not parts.hostname and "host=" not in parts.query:
+        raise ValueError(f"{name} must name a host, as in postgresql://user:password@host:5432/chatsvc")
+    if not parts.path.strip("/"):
+        raise ValueError(f"{name} must name a database, as in postgresql://user:password@host:5432/chatsvc")
+    return raw
+
+
 def _check_url_port(name: str, raw: str) -> None:
     # urlsplit reads the port lazily: asking for it is what raises on a bad one.
     try:
@@ -258,6 +275,8 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_HOST": ("host", _text),
     "CHATSVC_PORT": ("port", _int(minimum=0, maximum=65535)),
     "CHATSVC_DB": ("db_path", _path),
+    "CHATSVC_DATABASE_URL": ("database_url", _database_url),
+    "CHATSVC_DATABASE_POOL_SIZE": ("database_pool_size", _int(minimum=1, maximum=1000)),
     "CHATSVC_JWT_SECRET": ("jwt_secret", _secret),
     "CHATSVC_TOKEN_TTL": ("token_ttl_seconds", _int(minimum=1)),
     "CHATSVC_CORS_ORIGINS": ("cors_origins", _cors_origins),
@@ -310,7 +329,22 @@ SKIP_WHEN_EMPTY = {
     "s3_url",
     "s3_public_url",
     "public_url",
+    "database_url",
 }
+
+
+def database_label(config: Config) -> str:
+    """Where the data is, for logs and messages: the SQLite path, or the PostgreSQL URL without its password."""
+    return str(config.db_path) if config.database_url is None else url_without_password(config.database_url)
+
+
+def url_without_password(url: str) -> str:
+    """A URL with its password left out, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}@" if parts.username else ""
+    return parts._replace(netloc=user + parts.netloc.rpartition("@")[2]).geturl()
 
 
 def parse_flag(flag: str, field_name: str, raw: str) -> Any:

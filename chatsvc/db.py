@@ -1,4 +1,7 @@
-"""The SQLite database: connections, PRAGMAs, schema, and the write path.
+"""The database: the interface both engines offer, and the SQLite one (connections, PRAGMAs, the write path).
+
+:func:`open_database` picks the engine from the settings: PostgreSQL
+(chatsvc/store/postgres.py) when a database URL is set, else the SQLite file.
 
 One connection writes and one reads. WAL lets reads proceed while a write is
 in progress, and a lock around write transactions keeps coroutines sharing
@@ -22,15 +25,21 @@ import os
 import sqlite3
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import aiosqlite
 
-from chatsvc.errors import StartupError, StorageUnavailable
+from chatsvc.config import Config
+from chatsvc.errors import StartupError
 from chatsvc.migrate import migrate
+from chatsvc.store import Connection
+from chatsvc.store.sqlite import SqliteConnection, is_busy, ping, storage_failure
+
+if TYPE_CHECKING:
+    from chatsvc.instance_lock import InstanceLock
 
 log = logging.getLogger(__name__)
 
@@ -51,29 +60,6 @@ T = TypeVar("T")
 def schema_sql() -> str:
     """The DDL shipped with the package (a link to the repository's schema.sql)."""
     return resources.files("chatsvc").joinpath("schema.sql").read_text(encoding="utf-8")
-
-
-def is_busy(exc: BaseException) -> bool:
-    """Whether an error is SQLite's "database is locked": another connection holds the write lock."""
-    if not isinstance(exc, sqlite3.OperationalError):
-        return False
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF == sqlite3.SQLITE_BUSY
-    return "database is locked" in str(exc)
-
-
-def storage_failure(exc: BaseException) -> StorageUnavailable | None:
-    """The 503 to answer for a write that failed because the disk is full or failing; None for other errors."""
-    if not isinstance(exc, sqlite3.DatabaseError):
-        return None
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = code & 0xFF if code is not None else None
-    if primary == sqlite3.SQLITE_FULL or (primary is None and "database or disk is full" in str(exc)):
-        return StorageUnavailable("The server's disk is full: nothing was saved, please try again later")
-    if primary == sqlite3.SQLITE_IOERR or (primary is None and "disk I/O error" in str(exc)):
-        return StorageUnavailable("The server cannot write to its disk: nothing was saved, please try again later")
-    return None
 
 
 @contextmanager
@@ -144,7 +130,58 @@ async def retry_busy(operation: Callable[[], Awaitable[T]], *, retries: int = BU
     return await operation()
 
 
-class Database:
+class Database(Protocol):
+    """What the service needs of a database, whichever the engine."""
+
+    # Why the last write failed for lack of storage; None once a write succeeds again.
+    write_failure: str | None
+
+    async def claim(self, *, shared: bool) -> None:
+        """Hold, until close, the mark of a serving process; StartupError (exit 2) if another one conflicts.
+
+        Exclusive without Redis (one process serves the database), shared
+        with it (instances that share rooms through Redis).
+        """
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date; StartupError (exit status 2) if that cannot be done."""
+
+    async def close(self) -> None:
+        """Close every connection and give up the claim (idempotent)."""
+
+    @property
+    def reader(self) -> Connection:
+        """The connection for queries outside a write transaction."""
+
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """A write transaction: committed when the block ends, rolled back if it raises."""
+
+    async def write_statement(self, statement: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run one writing statement as its own transaction."""
+
+    async def ping(self) -> bool:
+        """Whether the database answers a query that reads its schema."""
+
+    def describe(self) -> str:
+        """Where the data is, for logs and messages (no password)."""
+
+
+def open_database(config: Config) -> Database:
+    """The database the settings name: PostgreSQL if a database URL is set, else the SQLite file."""
+    if config.database_url is not None:
+        try:
+            from chatsvc.store.postgres import PostgresDatabase
+        except ImportError as exc:
+            raise StartupError(
+                f"CHATSVC_DATABASE_URL needs the PostgreSQL driver ({exc}): pip install 'chatsvc[postgres]'",
+                exit_status=2,
+            ) from exc
+
+        return PostgresDatabase(config.database_url, pool_size=config.database_pool_size)
+    return SqliteDatabase(config.db_path, synchronous=config.sqlite_synchronous)
+
+
+class SqliteDatabase:
     """The service's SQLite file, with a write connection and a read connection."""
 
     def __init__(self, path: Path, *, synchronous: str = "FULL", busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
@@ -153,9 +190,21 @@ class Database:
         self.busy_timeout_ms = busy_timeout_ms
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        # The store's view of each connection.
+        self._writer_conn: SqliteConnection | None = None
+        self._reader_conn: SqliteConnection | None = None
         self._write_lock = asyncio.Lock()
         # Why the last write failed for lack of storage; None once a write succeeds again.
         self.write_failure: str | None = None
+        self._claim: InstanceLock | None = None
+
+    async def claim(self, *, shared: bool) -> None:
+        """Hold the lock file beside the database (chatsvc/instance_lock.py) until close."""
+        from chatsvc.instance_lock import InstanceLock  # it uses this module's file helpers
+
+        lock = InstanceLock(self.path, shared=shared)
+        await asyncio.to_thread(lock.acquire)
+        self._claim = lock
 
     async def open(self) -> None:
         """Create the file and its folder if needed, bring the schema up to date, open both connections.
@@ -170,6 +219,8 @@ class Database:
             await migrate(writer, self.path, schema_sql())
             self._reader = await self._connect()
             await self._reader.execute("PRAGMA query_only = ON")
+            self._writer_conn = SqliteConnection(writer)
+            self._reader_conn = SqliteConnection(self._reader)
         except BaseException as exc:
             await self.close()
             if isinstance(exc, (sqlite3.Error, OSError)):
@@ -198,6 +249,18 @@ class Database:
             if conn is not None:
                 await conn.close()
         self._reader = self._writer = None
+        self._reader_conn = self._writer_conn = None
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
+
+    def describe(self) -> str:
+        """The database file's path."""
+        return str(self.path)
+
+    async def ping(self) -> bool:
+        """Whether the database answers a query that reads its schema."""
+        return await ping(self.reader)
 
     async def set_trace(self, callback: Callable[[str], Any] | None) -> None:
         """Call ``callback`` with every SQL statement either connection runs (None turns it off)."""
@@ -206,23 +269,23 @@ class Database:
                 await conn.set_trace_callback(callback)  # type: ignore[arg-type]  # None turns it off
 
     @property
-    def reader(self) -> aiosqlite.Connection:
+    def reader(self) -> SqliteConnection:
         """The connection for queries outside a write transaction."""
-        assert self._reader is not None, "database is not open"
-        return self._reader
+        assert self._reader_conn is not None, "database is not open"
+        return self._reader_conn
 
     @asynccontextmanager
-    async def single_statement(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def single_statement(self) -> AsyncIterator[SqliteConnection]:
         """The write connection for one statement, which autocommit makes its own transaction.
 
         Cheaper than :meth:`transaction` (no BEGIN and COMMIT round trips), for
         a write that is one statement, such as a batch of messages.
         """
-        assert self._writer is not None, "database is not open"
+        assert self._writer_conn is not None, "database is not open"
         async with self._write_lock:
-            yield self._writer
+            yield self._writer_conn
 
-    async def write_statement(self, statement: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    async def write_statement(self, statement: Callable[[Connection], Awaitable[T]]) -> T:
         """Run one writing statement in autocommit mode, retried while another process holds the lock.
 
         A statement that failed with "database is locked" wrote nothing, so running it again is safe.
@@ -237,9 +300,9 @@ class Database:
         return result
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(self) -> AsyncIterator[SqliteConnection]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
-        assert self._writer is not None, "database is not open"
+        assert self._writer is not None and self._writer_conn is not None, "database is not open"
         async with self._write_lock:
             conn = self._writer
             # BEGIN IMMEDIATE takes the write lock at once, so a busy database shows here, before any work.
@@ -249,7 +312,7 @@ class Database:
                 self._raise_if_storage_failed(exc)
                 raise
             try:
-                yield conn
+                yield self._writer_conn
                 await conn.execute("COMMIT")
             except BaseException as exc:
                 await self._roll_back(conn)

@@ -9,11 +9,10 @@ import threading
 import webbrowser
 from dataclasses import dataclass
 
-import aiosqlite
-
 from chatsvc.auth import PasswordHasher, hash_password
-from chatsvc.config import Config
-from chatsvc.db import Database
+from chatsvc.config import Config, database_label
+from chatsvc.db import Database, open_database
+from chatsvc.store import Connection
 from chatsvc.store.friends import insert_friendship
 from chatsvc.store.messages import TEXT, insert_message
 from chatsvc.store.rooms import add_member, create_group_room, create_one_to_one_room
@@ -82,7 +81,7 @@ async def seed_demo(db: Database, *, scrypt_n: int) -> DemoSeed:
     )
 
 
-async def _seed_rooms(conn: aiosqlite.Connection, ids: dict[str, int]) -> None:
+async def _seed_rooms(conn: Connection, ids: dict[str, int]) -> None:
     alice, bob, carol = ids["alice"], ids["bob"], ids["carol"]
     for a, b in ((alice, bob), (alice, carol), (bob, carol)):
         await insert_friendship(conn, a, b)
@@ -98,7 +97,7 @@ async def _seed_rooms(conn: aiosqlite.Connection, ids: dict[str, int]) -> None:
 
 async def prepare_demo(config: Config) -> DemoSeed:
     """Open the configured database (creating it if needed), seed the demo data, close it."""
-    db = Database(config.db_path, synchronous=config.sqlite_synchronous)
+    db = open_database(config)
     await db.open()
     try:
         return await seed_demo(db, scrypt_n=config.scrypt_n)
@@ -115,15 +114,16 @@ def _names(usernames: tuple[str, ...] | list[str], last: str = "and") -> str:
 def demo_banner(config: Config, seed: DemoSeed, page: str) -> str:
     """What ``chatsvc demo`` prints before serving: what it did, where to go and how to log in."""
     lines = []
+    where = database_label(config)
     if seed.created:
         lines.append(
-            f"Created demo user{'s' if len(seed.created) > 1 else ''} {_names(seed.created)} in {config.db_path},"
+            f"Created demo user{'s' if len(seed.created) > 1 else ''} {_names(seed.created)} in {where},"
             " with friendships, a group and a few messages."
         )
     if seed.existing:
         one = len(seed.existing) == 1
         lines.append(
-            f"{_names(seed.existing)} already existed in {config.db_path}: "
+            f"{_names(seed.existing)} already existed in {where}: "
             f"{'its password was' if one else 'their passwords were'} not changed."
         )
     own = [username for username, _ in DEMO_USERS if username not in seed.demo_password]

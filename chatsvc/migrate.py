@@ -18,6 +18,13 @@ idempotent), so a new table or index may be added there alone; a change to an
 existing table needs a step file as well, and ``schema.sql`` updated to match.
 Several processes may start at once on one database: each transaction reads
 the version again after taking the write lock, so a step runs once.
+
+PostgreSQL (:func:`migrate_postgres`) has its own steps, with the same
+numbers, in ``chatsvc/migrations/postgres/``: every SQLite step has its
+PostgreSQL twin. There a new database is made by running every step from
+``001_baseline.sql`` (``schema-postgres.sql`` is the readable result, tested
+equal), the version is the largest in the ``schema_migration`` table, and
+instances starting together take turns through an advisory lock.
 """
 
 from __future__ import annotations
@@ -32,10 +39,14 @@ from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiosqlite
 
 from chatsvc.errors import StartupError
+
+if TYPE_CHECKING:
+    import asyncpg
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,8 @@ BASELINE_VERSION = 1
 MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 # How long a starting process waits for another one that holds the write lock (e.g. migrating).
 LOCK_WAIT_SECONDS = 60.0
+# The advisory lock PostgreSQL migrations hold (any number unlikely to be used by another application).
+POSTGRES_LOCK_KEY = 0x63686174737663
 
 
 @dataclass(frozen=True)
@@ -60,12 +73,17 @@ class Migration:
         return f"{self.version:03d}_{self.name}"
 
 
+def postgres_migrations_folder() -> Traversable:
+    """The package's folder of PostgreSQL steps."""
+    return resources.files("chatsvc").joinpath("migrations").joinpath("postgres")
+
+
 def load_migrations(folder: Traversable | None = None) -> list[Migration]:
-    """The steps in ``folder`` (default: the package's ``migrations``), by version; ValueError if misnumbered."""
+    """The steps in ``folder`` (default: the package's SQLite ``migrations``), by version; ValueError if misnumbered."""
     folder = folder if folder is not None else resources.files("chatsvc").joinpath("migrations")
     steps = []
     for entry in folder.iterdir():
-        if not entry.name.endswith(".sql"):
+        if not entry.name.endswith(".sql") or not entry.is_file():
             continue
         match = MIGRATION_FILE.match(entry.name)
         if match is None:
@@ -181,7 +199,7 @@ async def _exclusive(conn: aiosqlite.Connection) -> AsyncIterator[None]:
         raise
 
 
-def _refuse_newer(version: int, latest: int, path: Path) -> None:
+def _refuse_newer(version: int, latest: int, path: Path | str) -> None:
     if version > latest:
         raise StartupError(
             f"the database {path} has schema version {version}, newer than this chatsvc knows ({latest}): "
@@ -209,3 +227,44 @@ async def _set_user_version(conn: aiosqlite.Connection, version: int) -> None:
 async def _has_tables(conn: aiosqlite.Connection) -> bool:
     rows = list(await conn.execute_fetchall("SELECT count(*) FROM sqlite_master WHERE type = 'table'"))
     return int(rows[0][0]) > 0
+
+
+async def migrate_postgres(conn: asyncpg.Connection, where: str, steps: list[Migration] | None = None) -> int:
+    """Bring the PostgreSQL database behind ``conn`` to the newest version, one transaction per step; returns it.
+
+    Raises StartupError (exit status 2) if the database is newer than this
+    code, and StartupError naming the step if a step fails (the database is
+    then left at the version before it).
+    """
+    import asyncpg  # the optional driver: only a PostgreSQL database needs it
+
+    steps = load_migrations(postgres_migrations_folder()) if steps is None else steps
+    latest = latest_version(steps)
+    version = 0
+    for step in [None, *steps]:
+        async with conn.transaction():
+            # Transaction-scoped: released by the commit, and by the server if this process dies.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", POSTGRES_LOCK_KEY)
+            await conn.execute(
+                """
+                CREATE TABLE IF NOT EXISTS schema_migration (
+                    version    INTEGER PRIMARY KEY,
+                    name       TEXT NOT NULL,
+                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                )
+                """
+            )
+            version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migration")
+            _refuse_newer(version, latest, where)
+            if step is None or version >= step.version:
+                continue
+            try:
+                await conn.execute(step.sql)
+            except asyncpg.PostgresError as exc:
+                raise StartupError(
+                    f"migration {step.label} failed on {where}: {exc}; the database is left at version {version}"
+                ) from exc
+            await conn.execute("INSERT INTO schema_migration (version, name) VALUES ($1, $2)", step.version, step.name)
+        log.info("migrated the database %s to schema version %d (%s)", where, step.version, step.label)
+        version = step.version
+    return version

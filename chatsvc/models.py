@@ -683,6 +683,8 @@ def _check_text(check: _Check, value: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise BadRequest(f"{check.label} contains invalid unicode (lone surrogates)") from None
+    if "\x00" in value:  # PostgreSQL's text cannot hold it: refused on both engines alike
+        raise BadRequest(f"{check.label} must not contain the NUL character")
     if check.email and not EMAIL_RE.match(value):
         raise BadRequest(f"{check.label} is not a valid email address")
     if check.min_length is not None and check.min_length > 1 and len(value) < check.min_length:
@@ -769,7 +771,7 @@ def _post_text(check: _Check, value: str) -> None:
     # convert checked type and length already; ASCII has no blank-only surprises beyond strip, nor surrogates.
     if not check.blank and not value.strip():
         raise BadRequest(f"{check.label} must not be empty")
-    if not value.isascii() or check.email or (check.min_length or 0) > 1:
+    if not value.isascii() or check.email or (check.min_length or 0) > 1 or "\x00" in value:
         _check_text(check, value)
 
 

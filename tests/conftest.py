@@ -1,7 +1,17 @@
-"""The real application on a real loopback port over a temporary SQLite file; a real PostgreSQL server."""
+"""The real application on a real loopback port over a temporary SQLite file or a real PostgreSQL database.
+
+A test that runs a server runs on SQLite; in a module marked ``both_engines``
+it runs on PostgreSQL too (``test_x[sqlite]``, ``test_x[postgres]``), with a
+fresh database of its own on the session's PostgreSQL server. A test of such
+a module that looks into the SQLite file itself is marked ``sqlite_only``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,9 +36,76 @@ def config(tmp_path: Path) -> Config:
     return make_config(tmp_path)
 
 
+ENGINES = ("sqlite", "postgres")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the tests of ``both_engines`` modules on each engine; every other test on SQLite."""
+    if "engine" not in metafunc.fixturenames:
+        return
+    both = metafunc.definition.get_closest_marker("both_engines") is not None
+    sqlite_only = metafunc.definition.get_closest_marker("sqlite_only") is not None
+    metafunc.parametrize("engine", ENGINES if both and not sqlite_only else ENGINES[:1], indirect=True)
+
+
 @pytest.fixture
-async def server(config: Config) -> AsyncIterator[ChatsvcServer]:
+def engine(request: pytest.FixtureRequest) -> str:
+    """The storage engine of this test's server: "sqlite" or "postgres"."""
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(engine: str, request: pytest.FixtureRequest) -> str | None:
+    """A fresh PostgreSQL database for this test on the postgres leg; None on SQLite."""
+    if engine == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_database_url")
+    return url
+
+
+Rows = list[tuple[Any, ...]]
+
+
+@pytest.fixture
+def db_rows(config: Config, database_url: str | None) -> Callable[..., Rows]:
+    """Run one statement (``?`` placeholders) on this test's database from a connection of its own; its rows.
+
+    Synchronous, as a test looks into the database between two requests: on
+    PostgreSQL the query runs on a loop of its own in another thread.
+    """
+    if database_url is None:
+
+        def sqlite_rows(sql: str, params: tuple[Any, ...] = ()) -> Rows:
+            with contextlib.closing(sqlite3.connect(config.db_path, timeout=5)) as conn, conn:
+                return conn.execute(sql, params).fetchall()
+
+        return sqlite_rows
+    url = database_url
+
+    def postgres_rows(sql: str, params: tuple[Any, ...] = ()) -> Rows:
+        from chatsvc.store.postgres import PostgresDatabase
+
+        async def query() -> Rows:
+            db = PostgresDatabase(url, pool_size=1)
+            await db.open()
+            try:
+                async with db.transaction() as conn:
+                    found = await conn.fetch_all(sql, params)
+            finally:
+                await db.close()
+            return [tuple(row.values()) for row in found]
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, query()).result()
+
+    return postgres_rows
+
+
+@pytest.fixture
+async def server(config: Config, database_url: str | None) -> AsyncIterator[ChatsvcServer]:
     """The chatsvc app built by the real factory, listening on 127.0.0.1 (chatsvc.testing, as other projects use it)."""
+    if database_url is not None:
+        config = config.with_changes(database_url=database_url)
     async with run_chatsvc(config) as running:
         yield running
 

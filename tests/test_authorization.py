@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import jwt
 import pytest
 import socketio
 
-from chatsvc.config import Config
 from tests.helpers import Api, User, assert_ack_error, assert_error, send_payload
+
+pytestmark = pytest.mark.both_engines
 
 TABLES = ("user", "chatroom", "user_chatroom", "chat_history", "friendship", "friend_request", "favorite", "setting")
 
 
-def snapshot(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    with sqlite3.connect(db_path) as conn:
-        return {table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall() for table in TABLES}
+def snapshot(db_rows: Callable[..., list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
+    return {table: db_rows(f'SELECT * FROM "{table}" ORDER BY 1, 2') for table in TABLES}
 
 
 @pytest.fixture
@@ -78,43 +77,40 @@ async def call(api: Api, method: str, path: str, args: dict[str, Any], token: st
     return await api.request("POST", path, token=token, json=args)
 
 
-def expired_token(db_path: Path, user: User) -> str:
+def expired_token(db_rows: Callable[..., list[tuple[Any, ...]]], user: User) -> str:
     """A token of a real user, signed with the service's own secret, that expired a minute ago."""
-    with sqlite3.connect(db_path) as conn:
-        (secret,) = conn.execute("SELECT value FROM setting WHERE key = 'jwt_secret'").fetchone()
+    [(secret,)] = db_rows("SELECT value FROM setting WHERE key = 'jwt_secret'")
     now = int(time.time())
     claims = {"userId": user.id, "username": user.username, "tv": 0, "iat": now - 120, "exp": now - 60}
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
 async def test_authorization_anonymous_expired_and_badly_signed_tokens_are_refused_and_change_nothing(
-    api: Api, world, config: Config
+    api: Api, world, db_rows
 ) -> None:
-    before = snapshot(config.db_path)
+    before = snapshot(db_rows)
     routes = [(m, p, a) for m, p, a, _ in room_routes(world)] + LOGIN_ONLY_ROUTES
-    bad_tokens = (None, "not-a-token", world["ann"].token + "x", expired_token(config.db_path, world["ann"]))
+    bad_tokens = (None, "not-a-token", world["ann"].token + "x", expired_token(db_rows, world["ann"]))
     for method, path, args in routes:
         for token in bad_tokens:
             resp = await call(api, method, path, args, token)
             assert_error(resp.status, resp.body, 401)
-    assert snapshot(config.db_path) == before
+    assert snapshot(db_rows) == before
 
 
-async def test_authorization_outsiders_are_refused_and_change_nothing(api: Api, world, config: Config) -> None:
-    before = snapshot(config.db_path)
+async def test_authorization_outsiders_are_refused_and_change_nothing(api: Api, world, db_rows) -> None:
+    before = snapshot(db_rows)
     for method, path, args, status in room_routes(world):
         resp = await call(api, method, path, args, world["out"].token)
         assert_error(resp.status, resp.body, status)
         assert "secret" not in str(resp.body)
-    assert snapshot(config.db_path) == before
+    assert snapshot(db_rows) == before
 
 
-async def test_authorization_socket_outsiders_cannot_join_send_or_recover(
-    api: Api, sockets, world, config: Config
-) -> None:
+async def test_authorization_socket_outsiders_cannot_join_send_or_recover(api: Api, sockets, world, db_rows) -> None:
     with pytest.raises(socketio.exceptions.ConnectionError):
         await sockets(None)
-    before = snapshot(config.db_path)
+    before = snapshot(db_rows)
     out: User = world["out"]
     client = await sockets(out.token)
     for room in (world["pair"], world["group"]):
@@ -124,4 +120,4 @@ async def test_authorization_socket_outsiders_cannot_join_send_or_recover(
         # Claiming to be a member does not help.
         assert_ack_error(await client.call("sendMessage", send_payload(world["ann"], room, "hi")), 403)
     assert client.drain() == []
-    assert snapshot(config.db_path) == before
+    assert snapshot(db_rows) == before

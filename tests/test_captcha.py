@@ -28,6 +28,8 @@ from chatsvc.config import Config
 from chatsvc.mail import SmtpTarget, parse_smtp_url
 from tests.helpers import Api, assert_error, serve
 
+pytestmark = pytest.mark.both_engines
+
 MAIL_TIMEOUT = 5.0
 SMTP_USER = "mailer"
 SMTP_PASSWORD = "p@ss word/1"
@@ -136,6 +138,7 @@ async def request_code(api: Api, sink: MailSink, address: str) -> str:
     return mail.code
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_register_captcha_is_mailed_and_register_accepts_it(api: Api, sink: MailSink, config: Config) -> None:
     resp = await api.get("/user/register-captcha", address="ann@example.com")
     assert resp.status == 200 and resp.body == "Verification code sent"
@@ -155,6 +158,7 @@ async def test_register_captcha_is_mailed_and_register_accepts_it(api: Api, sink
     assert run_sql(config.db_path, "SELECT count(*) FROM captcha") == [(0,)]
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_register_captcha_lives_five_minutes_others_ten(api: Api, sink: MailSink, config: Config) -> None:
     code = await request_code(api, sink, "ben@example.com")
     assert (await api.post("/user/register", registration("ben", code))).status == 201
@@ -186,6 +190,7 @@ def wrong_codes(code: str, count: int) -> list[str]:
     return [f"{(int(code) + k) % 10**6:06d}" for k in range(1, count + 1)]
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_register_code_survives_four_wrong_guesses(api: Api, sink: MailSink, config: Config) -> None:
     code = await request_code(api, sink, "dan@example.com")
     for wrong in wrong_codes(code, 4):
@@ -215,6 +220,7 @@ async def test_register_code_dies_at_its_fifth_wrong_guess(api: Api, sink: MailS
     assert_error(login.status, login.body, 400)
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_register_new_code_starts_with_no_wrong_guesses(api: Api, sink: MailSink, config: Config) -> None:
     code = await request_code(api, sink, "dee@example.com")
     for wrong in wrong_codes(code, 4):
@@ -247,6 +253,7 @@ async def test_register_captcha_is_bound_to_its_address(api: Api, sink: MailSink
     assert (await api.post("/user/register", registration("fay", code, "Fay@Example.com"))).status == 201
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_register_expired_captcha_refused(api: Api, sink: MailSink, config: Config) -> None:
     code = await request_code(api, sink, "gus@example.com")
     run_sql(
@@ -270,6 +277,7 @@ async def test_register_taken_username_keeps_the_code_usable(api: Api, sink: Mai
     assert (await api.post("/user/register", registration("hal2", code))).status == 201
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_captcha_rate_limited_per_address_and_purpose(api: Api, sink: MailSink, config: Config) -> None:
     assert (await api.get("/user/register-captcha", address="ida@example.com")).status == 200
     first = await sink.next_mail()
@@ -349,6 +357,7 @@ async def test_update_password_by_mailed_code(api: Api, sink: MailSink) -> None:
     await api.login("max", "brand-new")
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_update_password_naming_another_account_leaves_the_code_alone(
     api: Api, sink: MailSink, config: Config
 ) -> None:

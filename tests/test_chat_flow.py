@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import Api, send_payload
+
+pytestmark = pytest.mark.both_engines
 
 
 async def test_two_users_chat_live_and_history_lists_it(api: Api, sockets) -> None:

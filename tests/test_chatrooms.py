@@ -13,6 +13,8 @@ from chatsvc.state import STATE
 from chatsvc.store.rooms import create_group_room
 from tests.helpers import Api, User, assert_error
 
+pytestmark = pytest.mark.both_engines
+
 
 async def make_group(server: TestServer, name: str, members: list[User]) -> int:
     """A group room with these members (there is no HTTP route for groups in the chat core)."""
@@ -34,6 +36,7 @@ def count_rows(config: Config, sql: str, *params: object) -> int:
 # -- create-one-to-one ----------------------------------------------------------
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_create_one_to_one_returns_a_bare_id_and_makes_both_members(api: Api, config: Config) -> None:
     alice = await api.new_user()
     bob = await api.new_user()
@@ -46,6 +49,7 @@ async def test_create_one_to_one_returns_a_bare_id_and_makes_both_members(api: A
         assert [row[0] for row in members] == sorted([alice.id, bob.id])
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_create_one_to_one_is_idempotent_from_both_sides(api: Api, config: Config, pair) -> None:
     alice, bob, first = pair
     assert await api.one_to_one(alice, bob) == first
@@ -54,6 +58,7 @@ async def test_create_one_to_one_is_idempotent_from_both_sides(api: Api, config:
     assert count_rows(config, "SELECT count(*) FROM user_chatroom") == 2
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_create_one_to_one_concurrent_calls_from_both_sides_make_one_room(api: Api, config: Config) -> None:
     alice = await api.new_user()
     bob = await api.new_user()
@@ -71,6 +76,7 @@ async def test_create_one_to_one_rooms_of_different_pairs_differ(api: Api) -> No
     assert await api.one_to_one(alice, bob) != await api.one_to_one(alice, carol)
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_create_one_to_one_with_yourself_is_400(api: Api, config: Config) -> None:
     alice = await api.new_user()
     resp = await api.get("/chatroom/create-one-to-one", alice.token, friendId=alice.id)
@@ -78,6 +84,7 @@ async def test_create_one_to_one_with_yourself_is_400(api: Api, config: Config) 
     assert count_rows(config, "SELECT count(*) FROM chatroom") == 0
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_create_one_to_one_with_an_unknown_user_is_400(api: Api, config: Config) -> None:
     alice = await api.new_user()
     resp = await api.get("/chatroom/create-one-to-one", alice.token, friendId=alice.id + 1000)

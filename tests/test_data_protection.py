@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from chatsvc.config import Config
-from chatsvc.db import Database
+from chatsvc.db import SqliteDatabase
 from chatsvc.instance_lock import instance_lock_path
 from chatsvc.testing import run_chatsvc
 from tests.conftest import make_config
@@ -59,11 +59,11 @@ async def test_start_warns_when_other_users_can_read_an_existing_database(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "data" / "chat.db"
-    db = Database(path)
+    db = SqliteDatabase(path)
     await db.open()
     await db.close()
     caplog.set_level(logging.WARNING, logger="chatsvc.db")
-    db = Database(path)
+    db = SqliteDatabase(path)
     await db.open()
     await db.close()
     assert not caplog.records, "private files: no warning"

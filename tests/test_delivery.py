@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 import pytest
 
 from chatsvc.config import Config
 from tests.conftest import make_config
 from tests.helpers import Api, SocketClient, User, assert_ack_error, send_payload
+
+pytestmark = pytest.mark.both_engines
 
 
 async def collect_chats(client: SocketClient, until_id: int) -> list[int]:
@@ -136,13 +137,9 @@ def config(tmp_path) -> Config:
     return make_config(tmp_path, rate_limit=1000, rate_burst=1000, recovery_limit=20, max_connections_per_user=3)
 
 
-async def test_delivery_ack_means_the_row_is_committed(config: Config, api: Api, sockets, pair) -> None:
+async def test_delivery_ack_means_the_row_is_committed(api: Api, sockets, pair, db_rows) -> None:
     alice, _, room = pair
     a = await sockets(alice.token)
     ack = await a.call("sendMessage", send_payload(alice, room, "durable"))
     # A separate connection sees the row the moment the ack arrives.
-    with sqlite3.connect(config.db_path) as conn:
-        row = conn.execute("SELECT content FROM chat_history WHERE id = ?", (ack["id"],)).fetchone()
-        sync = conn.execute("PRAGMA synchronous").fetchone()
-    assert row == ("durable",)
-    assert sync is not None
+    assert db_rows("SELECT content FROM chat_history WHERE id = ?", (ack["id"],)) == [("durable",)]

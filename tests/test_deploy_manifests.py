@@ -20,9 +20,6 @@ COMPOSE = ROOT / "deploy" / "compose.yaml"
 KUBERNETES = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
 CONTAINERFILE = ROOT / "Containerfile"
 CONFIGURATION_DOC = ROOT / "docs" / "configuration.md"
-# Settings the manifests use that another branch adds: PostgreSQL support (issue 14) reads CHATSVC_DATABASE_URL.
-# Once config.py has it, this entry is redundant and can go.
-ON_ANOTHER_BRANCH = {"CHATSVC_DATABASE_URL"}
 # The oldest Kubernetes release the manifests are for, and the newest whose schemas the validator ships.
 KUBERNETES_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
 
@@ -74,9 +71,9 @@ def test_deploy_manifests_set_only_documented_settings_with_valid_values() -> No
     used = settings_used()
     assert {name for _, name, _ in used} >= {"CHATSVC_DB", "CHATSVC_API_KEY", "CHATSVC_REDIS_URL", "CHATSVC_HOST"}
     documented = set(re.findall(r"`(CHATSVC_[A-Z_]+)`", CONFIGURATION_DOC.read_text()))
-    unknown = [(where, name) for where, name, _ in used if name not in ENVIRONMENT and name not in ON_ANOTHER_BRANCH]
+    unknown = [(where, name) for where, name, _ in used if name not in ENVIRONMENT]
     assert unknown == [], "not a setting in chatsvc/config.py's ENVIRONMENT"
-    undocumented = [(where, name) for where, name, _ in used if name not in documented | ON_ANOTHER_BRANCH]
+    undocumented = [(where, name) for where, name, _ in used if name not in documented]
     assert undocumented == [], "not in docs/configuration.md"
     for where, name, value in used:
         if value is not None and name in ENVIRONMENT:

@@ -14,6 +14,8 @@ import pytest
 
 from tests.helpers import Api, User, send_payload
 
+pytestmark = pytest.mark.both_engines
+
 
 def mentions(body: Any, user: User) -> bool:
     """Whether the user's email address appears anywhere in a JSON answer or event."""

@@ -12,6 +12,8 @@ from chatsvc.state import STATE
 from tests.helpers import Api, User, assert_error
 from tests.test_query_plans import NOT_QUERIES, plan_scans
 
+pytestmark = pytest.mark.both_engines
+
 FAVORITE_KEYS = {"id", "chatHistoryId", "userId", "createTime"}
 NOT_VISIBLE = "You can only save messages of chatrooms you are a member of"
 
@@ -167,7 +169,9 @@ async def test_favorite_routes_need_login(api: Api, path: str) -> None:
     assert_error(bad.status, bad.body, 401)
 
 
-async def test_favorite_queries_use_indexes(server: TestServer, config: Config, api: Api, chat) -> None:
+async def test_favorite_queries_use_indexes(
+    server: TestServer, config: Config, api: Api, chat, database_url: str | None
+) -> None:
     alice, carol, hello = chat["alice"], chat["carol"], chat["hello"]
     statements: set[str] = set()
     db = server.app[STATE].db
@@ -181,4 +185,4 @@ async def test_favorite_queries_use_indexes(server: TestServer, config: Config, 
     # The favorite statements, and the visibility check that joins a message to the caller's membership.
     queries = {s for s in statements if not NOT_QUERIES.match(s) and ("favorite" in s or "user_chatroom AS m" in s)}
     assert len(queries) >= 5, queries
-    assert plan_scans(config.db_path, queries) == {}
+    assert plan_scans(config.db_path, queries, database_url) == {}

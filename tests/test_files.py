@@ -21,6 +21,8 @@ from tests.conftest import make_config
 from tests.helpers import Api, assert_error, png_bytes, until, upload_file
 from tests.test_profile import codes, request_update_code  # noqa: F401  (codes is a fixture)
 
+pytestmark = pytest.mark.both_engines
+
 LIMIT = 256 * 1024
 PDF = b"%PDF-1.4\n" + b"1 0 obj << >> endobj\n" * 50 + b"%%EOF\n"
 

@@ -13,6 +13,8 @@ from chatsvc.store.friends import insert_friend_request
 from tests.helpers import Api, User, assert_error, public_profile
 from tests.test_query_plans import NOT_QUERIES, plan_scans
 
+pytestmark = pytest.mark.both_engines
+
 REQUEST_KEYS = {"id", "fromUserId", "toUserId", "reason", "status", "createTime", "updateTime"}
 
 
@@ -294,7 +296,9 @@ async def test_friendship_routes_need_login(api: Api, method: str, path: str) ->
     assert_error(bad.status, bad.body, 401)
 
 
-async def test_friendship_queries_use_indexes(server: TestServer, config: Config, api: Api, trio) -> None:
+async def test_friendship_queries_use_indexes(
+    server: TestServer, config: Config, api: Api, trio, database_url: str | None
+) -> None:
     alice, bob, carol = trio
     statements: set[str] = set()
     db = server.app[STATE].db
@@ -311,4 +315,4 @@ async def test_friendship_queries_use_indexes(server: TestServer, config: Config
     await db.set_trace(None)
     queries = {s for s in statements if not NOT_QUERIES.match(s) and "friend" in s}
     assert len(queries) >= 7, queries
-    assert plan_scans(config.db_path, queries) == {}
+    assert plan_scans(config.db_path, queries, database_url) == {}

@@ -8,6 +8,8 @@ import pytest
 
 from tests.helpers import Api, SocketClient, User, assert_ack_error, assert_error, public_profile, send_payload
 
+pytestmark = pytest.mark.both_engines
+
 
 async def create_group(api: Api, owner: User, name: str = "Team") -> int:
     resp = await api.get("/chatroom/create-group", owner.token, name=name)

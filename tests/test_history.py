@@ -10,6 +10,8 @@ import pytest
 from chatsvc.config import Config
 from tests.helpers import Api, User, assert_error, send_payload
 
+pytestmark = pytest.mark.both_engines
+
 ISO_MILLIS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
@@ -59,6 +61,7 @@ async def test_history_lists_messages_ascending_with_their_sender(api: Api, conf
     }
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_history_only_holds_the_rooms_own_messages(api: Api, config: Config, pair) -> None:
     alice, bob, room = pair
     carol = await api.new_user()
@@ -83,12 +86,14 @@ async def test_history_needs_login(api: Api, pair) -> None:
     assert_error(resp.status, resp.body, 401)
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_history_default_limit_is_the_newest_hundred(api: Api, config: Config, pair) -> None:
     alice, bob, room = pair
     ids = seed_messages(config, room, [alice, bob], 105)
     assert ids_of(await api.history(alice, room)) == ids[-100:]
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_history_limit_takes_the_newest_messages(api: Api, config: Config, pair) -> None:
     alice, bob, room = pair
     ids = seed_messages(config, room, [alice, bob], 10)
@@ -97,6 +102,7 @@ async def test_history_limit_takes_the_newest_messages(api: Api, config: Config,
     assert ids_of(await api.history(alice, room, limit=1000)) == ids
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_history_empty_limit_counts_as_absent(api: Api, config: Config, pair) -> None:
     alice, bob, room = pair
     ids = seed_messages(config, room, [alice, bob], 3)
@@ -111,6 +117,7 @@ async def test_history_limit_out_of_bounds_is_400(api: Api, pair, limit: str) ->
     assert "limit" in resp.body["message"]
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_history_before_id_pages_backwards(api: Api, config: Config, pair) -> None:
     alice, bob, room = pair
     ids = seed_messages(config, room, [alice, bob], 10)
@@ -123,6 +130,7 @@ async def test_history_before_id_pages_backwards(api: Api, config: Config, pair)
     assert await api.history(alice, room, limit=4, beforeId=ids[0]) == []
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_history_after_id_pages_forwards(api: Api, config: Config, pair) -> None:
     alice, bob, room = pair
     ids = seed_messages(config, room, [alice, bob], 10)
@@ -132,6 +140,7 @@ async def test_history_after_id_pages_forwards(api: Api, config: Config, pair) -
     assert await api.history(alice, room, afterId=ids[-1]) == []
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_history_both_cursors_give_the_messages_between(api: Api, config: Config, pair) -> None:
     alice, bob, room = pair
     ids = seed_messages(config, room, [alice, bob], 10)

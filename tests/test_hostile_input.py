@@ -23,7 +23,9 @@ from hypothesis import strategies as st
 
 from chatsvc.config import Config
 from chatsvc.transport import MALFORMED_LOG_BURST, MALFORMED_LOG_PER_MINUTE
-from tests.helpers import EVENT_TIMEOUT, Api, SocketClient, User
+from tests.helpers import EVENT_TIMEOUT, Api, SocketClient, User, assert_ack_error, assert_error
+
+pytestmark = pytest.mark.both_engines
 
 # Socket.IO packets no client library sends, each of which python-socketio answered with a traceback.
 MALFORMED_SOCKETIO = [
@@ -50,6 +52,7 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
+
 # Strings with lone surrogates, control characters and astral-plane characters.
 nasty_text = st.text(st.characters(codec=None, categories=None), max_size=600)
 ids = st.integers(min_value=-(2**70), max_value=2**70) | st.just(0) | st.just(1)
@@ -81,6 +84,7 @@ def assert_rows_valid(db_path, allowed_rooms: dict[int, set[int]]) -> None:
             assert sender in allowed_rooms.get(room, set())
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_hostile_send_message_payloads(api: Api, sockets, config: Config, pair) -> None:
     alice, bob, room = pair
     client = await sockets(alice.token)
@@ -250,3 +254,22 @@ async def test_hostile_malformed_packets_are_logged_in_one_throttled_warning_lin
     assert lines and all(r.levelno == logging.WARNING and "\n" not in r.getMessage() for r in lines)
     allowed = MALFORMED_LOG_BURST + math.ceil(elapsed * MALFORMED_LOG_PER_MINUTE / 60)
     assert len(lines) <= allowed < sent
+
+
+async def test_a_nul_character_is_refused_and_spoils_no_one_elses_message(api: Api, sockets) -> None:
+    # PostgreSQL's text cannot hold NUL: both engines refuse it up front, so it never reaches a batch insert.
+    alice, bob = await api.new_user("alice"), await api.new_user("bob")
+    room = await api.one_to_one(alice, bob)
+    resp = await api.get("/chatroom/list", alice.token, name="a\x00b")
+    assert_error(resp.status, resp.body, 400)
+    assert "NUL" in resp.body["message"]
+    a, b = await sockets(alice.token), await sockets(bob.token)
+    await a.join(alice, room)
+    await b.join(bob, room)
+    send = {"sendUserId": alice.id, "chatroomId": room}
+    refused, stored = await asyncio.gather(
+        a.call("sendMessage", {**send, "message": {"type": "text", "content": "bad\x00"}}),
+        b.call("sendMessage", {**send, "sendUserId": bob.id, "message": {"type": "text", "content": "fine"}}),
+    )
+    assert_ack_error(refused, 400)
+    assert stored["content"] == "fine" and stored["id"] > 0

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import Api
+
+pytestmark = pytest.mark.both_engines
 
 
 async def test_journey_register_befriend_chat_group_quit_favorite(api: Api, sockets) -> None:

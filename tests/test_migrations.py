@@ -19,7 +19,7 @@ import pytest
 
 from chatsvc.auth import hash_password
 from chatsvc.config import Config
-from chatsvc.db import Database, schema_sql
+from chatsvc.db import SqliteDatabase, schema_sql
 from chatsvc.errors import StartupError
 from chatsvc.migrate import Migration, latest_version, load_migrations, migrate, split_statements
 from chatsvc.testing import TEST_SCRYPT_N, run_chatsvc
@@ -108,7 +108,7 @@ def schema_of(path: Path) -> dict[str, Any]:
 
 
 async def open_and_close(path: Path) -> None:
-    db = Database(path)
+    db = SqliteDatabase(path)
     await db.open()
     await db.close()
 

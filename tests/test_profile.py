@@ -16,6 +16,8 @@ import socketio
 
 from tests.helpers import Api, User, assert_error, send_payload
 
+pytestmark = pytest.mark.both_engines
+
 
 @pytest.fixture
 def codes(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:

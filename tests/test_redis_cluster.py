@@ -27,7 +27,7 @@ from bench.servers import RedisServer
 from chatsvc.app import create_app
 from chatsvc.cluster import OrderLock, order_lock_path
 from chatsvc.config import Config
-from chatsvc.db import Database
+from chatsvc.db import SqliteDatabase
 from chatsvc.fanout import LeanEmitMixin, LeanManager
 from chatsvc.redis_fanout import RedisFanout
 from chatsvc.state import STATE, AppState
@@ -422,7 +422,7 @@ async def test_cluster_instance_stores_and_publishes_only_under_the_shared_order
 
 async def test_cluster_database_write_waits_out_another_process_lock(tmp_path: Path) -> None:
     path = tmp_path / "busy.db"
-    db = Database(path, busy_timeout_ms=20)
+    db = SqliteDatabase(path, busy_timeout_ms=20)
     await db.open()
     holder = sqlite3.connect(path, isolation_level=None)
     try:

@@ -17,6 +17,8 @@ from chatsvc.config import Config
 from tests.conftest import make_config
 from tests.helpers import EVENT_TIMEOUT, Api, User, assert_error
 
+pytestmark = pytest.mark.both_engines
+
 MAX_AGE = 3 * 3600
 TTL = 3600
 
@@ -76,6 +78,7 @@ async def test_logout_needs_a_login(api: Api) -> None:
     assert_error(anonymous.status, anonymous.body, 401)
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_renewed_tokens_keep_the_login_time(api: Api, config: Config) -> None:
     alice = await api.new_user("alice")
     logged_in = claims_of(config, alice.token)
@@ -88,6 +91,7 @@ async def test_renewed_tokens_keep_the_login_time(api: Api, config: Config) -> N
     assert claims_of(config, twice)["auth_time"] == earlier
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_renewal_stops_at_the_end_of_the_session(api: Api, config: Config) -> None:
     alice = await api.new_user("alice")
     # Ten minutes of session left: the renewed token lasts ten minutes, not the full TTL.
@@ -96,6 +100,7 @@ async def test_renewal_stops_at_the_end_of_the_session(api: Api, config: Config)
     assert claims_of(config, renewed)["exp"] == started + MAX_AGE
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_tokens_past_the_session_age_are_refused(api: Api, config: Config, sockets) -> None:
     alice = await api.new_user("alice")
     # Its own exp is an hour away, but the login was longer ago than the session may last.

@@ -16,6 +16,8 @@ from chatsvc.testing import ChatsvcServer, run_chatsvc
 from tests.conftest import make_config
 from tests.helpers import Api, Response, User, assert_error, send_payload
 
+pytestmark = pytest.mark.both_engines
+
 API_KEY = "test-sidecar-key"
 SIDECAR_DOCS = Path(__file__).resolve().parent.parent / "docs" / "sidecar.md"
 P = "/sidecar/v1"

@@ -15,6 +15,8 @@ from chatsvc.app import create_app
 from chatsvc.config import Config
 from tests.helpers import EVENT_TIMEOUT, Api, SocketClient, assert_ack_error, connect_socket, send_payload, serve
 
+pytestmark = pytest.mark.both_engines
+
 Event = dict[str, Any]
 
 

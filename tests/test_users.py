@@ -16,6 +16,8 @@ from chatsvc.app import create_app
 from chatsvc.config import Config
 from tests.helpers import Api, assert_error
 
+pytestmark = pytest.mark.both_engines
+
 ISO_MILLIS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 PROFILE_KEYS = {"id", "username", "nickName", "email", "headPic", "createTime"}
 SEVEN_DAYS = 7 * 24 * 3600
@@ -111,6 +113,7 @@ async def test_register_duplicate_username_is_refused(api: Api) -> None:
     assert login.body["user"]["nickName"] == "Alice"
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_register_stores_only_a_salted_scrypt_hash(api: Api, config: Config) -> None:
     await api.post("/user/register", register_body("alice", password="same-password"))
     await api.post("/user/register", register_body("bob", password="same-password"))
@@ -126,6 +129,7 @@ async def test_register_stores_only_a_salted_scrypt_hash(api: Api, config: Confi
     assert hashes["alice"] != hashes["bob"]
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_login_returns_user_and_a_seven_day_token(api: Api, config: Config) -> None:
     created = (await api.post("/user/register", register_body())).body
     resp = await api.post("/user/login", {"username": "alice", "password": "secret123"})
@@ -172,6 +176,7 @@ async def test_user_info_without_a_valid_token_is_401(api: Api, authorization: s
     assert "token" not in resp.headers
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_user_info_refuses_expired_and_foreign_tokens(api: Api, config: Config) -> None:
     alice = await api.new_user()
     now = int(time.time())
@@ -187,6 +192,7 @@ async def test_user_info_refuses_expired_and_foreign_tokens(api: Api, config: Co
         assert_error(resp.status, resp.body, 401)
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_authenticated_response_carries_a_refreshed_token(api: Api, config: Config) -> None:
     alice = await api.new_user()
     resp = await api.get("/user/info", alice.token)
@@ -198,6 +204,7 @@ async def test_authenticated_response_carries_a_refreshed_token(api: Api, config
     assert again.status == 200 and again.body["id"] == alice.id
 
 
+@pytest.mark.sqlite_only  # looks into the SQLite file
 async def test_public_routes_ignore_a_bad_or_expired_authorization_header(api: Api, config: Config) -> None:
     alice = await api.new_user("alice")
     now = int(time.time())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiosqlite
 from aiohttp import web
 
 from chatsvc import models
@@ -13,6 +12,7 @@ from chatsvc.http.middleware import caller
 from chatsvc.jsonutil import json_response
 from chatsvc.models import validate_params
 from chatsvc.state import STATE
+from chatsvc.store import Connection
 from chatsvc.store.rooms import (
     add_member,
     create_group_room,
@@ -77,7 +77,7 @@ async def list_chatrooms(request: web.Request) -> web.Response:
     return json_response(rooms)
 
 
-async def _group_of_member(conn: aiosqlite.Connection, room_id: int, user_id: int) -> dict[str, Any]:
+async def _group_of_member(conn: Connection, room_id: int, user_id: int) -> dict[str, Any]:
     """The group room ``room_id``, checked in this order: it exists, the user is a member, it is a group."""
     room = await find_room(conn, room_id)
     if room is None:

@@ -15,7 +15,6 @@ from chatsvc.jsonutil import json_response
 from chatsvc.metrics import METRICS
 from chatsvc.openapi import openapi_spec
 from chatsvc.state import STATE
-from chatsvc.store.admin import ping_database
 from chatsvc.store.settings import record_write_probe
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ async def readyz(request: web.Request) -> web.Response:
     db = request.app[STATE].db
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-            ready = await ping_database(db.reader)
+            ready = await db.ping()
     except Exception as exc:  # a closed or broken database is "not ready", never a 500
         log.warning("readiness check failed: %r", exc)
         ready = False

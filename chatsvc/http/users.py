@@ -20,7 +20,6 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-import aiosqlite
 from aiohttp import web
 
 from chatsvc import models
@@ -30,7 +29,7 @@ from chatsvc.jsonutil import json_response
 from chatsvc.mail import MailUnavailable, send_code
 from chatsvc.models import validate, validate_field, validate_params
 from chatsvc.state import STATE, AppState
-from chatsvc.store import captchas
+from chatsvc.store import Connection, captchas
 from chatsvc.store.users import (
     find_user_by_username,
     find_user_by_username_and_email,
@@ -97,13 +96,13 @@ async def issue_code(state: AppState, purpose: CodePurpose, address: str) -> Non
         raise
 
 
-async def live_code(conn: aiosqlite.Connection, purpose: CodePurpose, address: str) -> bool:
+async def live_code(conn: Connection, purpose: CodePurpose, address: str) -> bool:
     """Whether the address has a code for the purpose that can still be used."""
     found = await captchas.find_captcha(conn, purpose.name, address.lower())
     return found is not None and bool(found["code"]) and bool(found["live"])
 
 
-async def consume_code(conn: aiosqlite.Connection, purpose: CodePurpose, address: str, code: str) -> str | None:
+async def consume_code(conn: Connection, purpose: CodePurpose, address: str, code: str) -> str | None:
     """Use up the address's code if ``code`` matches it: None, or why it was refused.
 
     Runs inside the caller's write transaction, so the code is gone exactly
@@ -123,7 +122,7 @@ async def consume_code(conn: aiosqlite.Connection, purpose: CodePurpose, address
     return None
 
 
-async def reset_code_problem(conn: aiosqlite.Connection, username: str, address: str, code: str) -> str | None:
+async def reset_code_problem(conn: Connection, username: str, address: str, code: str) -> str | None:
     """Use up the password reset code of the account named by username and email: None, or why it was refused.
 
     A request that names no account leaves the code alone, so no one can

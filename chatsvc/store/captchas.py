@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiosqlite
-
-from chatsvc.store import fetch_one
+from chatsvc.store import Connection, fetch_one
 
 # Purposes, as stored in captcha.purpose.
 REGISTER = "register"
 UPDATE_PASSWORD = "update_password"
 UPDATE_USER = "update_user"
 
-_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
-
 
 async def store_captcha(
-    conn: aiosqlite.Connection, purpose: str, address: str, code: str, *, ttl_seconds: int, interval_seconds: int
+    conn: Connection, purpose: str, address: str, code: str, *, ttl_seconds: int, interval_seconds: int
 ) -> dict[str, Any] | None:
     """Save a new code for the address, replacing the old one; None if the last was issued too recently.
 
@@ -25,49 +21,53 @@ async def store_captcha(
     row created at least ``interval_seconds`` ago, so two racing requests
     cannot both pass the check.
     """
+    dialect = conn.dialect
     return await fetch_one(
         conn,
         f"""
         INSERT INTO captcha (purpose, address, code, expires_at, created_at)
-        VALUES (:purpose, :address, :code, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', :ttl), {_NOW})
+        VALUES (:purpose, :address, :code, {dialect.seconds_from_now(":ttl")}, {dialect.now})
         ON CONFLICT (purpose, address) DO UPDATE
             SET code = excluded.code, expires_at = excluded.expires_at, created_at = excluded.created_at,
                 attempts = 0
-            WHERE captcha.created_at <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', :interval)
-        RETURNING purpose, address, expires_at AS expiresAt, created_at AS createdAt
+            WHERE captcha.created_at <= {dialect.seconds_from_now(":interval")}
+        RETURNING purpose, address, expires_at AS "expiresAt", created_at AS "createdAt"
         """,
         {
             "purpose": purpose,
             "address": address,
             "code": code,
-            "ttl": f"+{ttl_seconds} seconds",
-            "interval": f"-{interval_seconds} seconds",
+            "ttl": ttl_seconds,
+            "interval": -interval_seconds,
         },
     )
 
 
-async def find_captcha(conn: aiosqlite.Connection, purpose: str, address: str) -> dict[str, Any] | None:
+async def find_captcha(conn: Connection, purpose: str, address: str) -> dict[str, Any] | None:
     """The code stored for the address and whether it is still valid, or None."""
     return await fetch_one(
         conn,
         f"""
-        SELECT code, expires_at AS expiresAt, expires_at > {_NOW} AS live
+        SELECT code, expires_at AS "expiresAt", expires_at > {conn.dialect.now} AS live
         FROM captcha WHERE purpose = ? AND address = ?
         """,
         (purpose, address),
     )
 
 
-async def delete_captcha(conn: aiosqlite.Connection, purpose: str, address: str, code: str | None = None) -> bool:
+async def delete_captcha(conn: Connection, purpose: str, address: str, code: str | None = None) -> bool:
     """Remove the address's code (only if it is still ``code``, when given); whether a row went."""
-    cursor = await conn.execute(
-        "DELETE FROM captcha WHERE purpose = ? AND address = ? AND (? IS NULL OR code = ?)",
-        (purpose, address, code, code),
+    deleted = await conn.execute(
+        """
+        DELETE FROM captcha
+        WHERE purpose = :purpose AND address = :address AND (CAST(:code AS TEXT) IS NULL OR code = :code)
+        """,
+        {"purpose": purpose, "address": address, "code": code},
     )
-    return cursor.rowcount > 0
+    return deleted > 0
 
 
-async def count_wrong_guess(conn: aiosqlite.Connection, purpose: str, address: str, *, max_attempts: int) -> int:
+async def count_wrong_guess(conn: Connection, purpose: str, address: str, *, max_attempts: int) -> int:
     """Count a wrong guess at the address's code, burning the code at the ``max_attempts``-th; guesses so far.
 
     A burnt code keeps its row (with an empty code), so the request rate limit still holds.
@@ -86,6 +86,6 @@ async def count_wrong_guess(conn: aiosqlite.Connection, purpose: str, address: s
     return max_attempts if row is None else int(row["attempts"])
 
 
-async def purge_expired_captchas(conn: aiosqlite.Connection) -> None:
+async def purge_expired_captchas(conn: Connection) -> None:
     """Drop every expired code, so the table only holds codes issued in the last few minutes."""
-    await conn.execute(f"DELETE FROM captcha WHERE expires_at <= {_NOW}")
+    await conn.execute(f"DELETE FROM captcha WHERE expires_at <= {conn.dialect.now}")

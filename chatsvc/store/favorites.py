@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiosqlite
-
-from chatsvc.store import fetch_all, fetch_one, fetch_value
+from chatsvc.store import Connection, fetch_all, fetch_one, fetch_value
 from chatsvc.store.messages import MESSAGE_WITH_SENDER, nest_sender
 
 FAVORITE_COLUMNS = """
-    id, chat_history_id AS chatHistoryId, user_id AS userId, create_time AS createTime
+    id, chat_history_id AS "chatHistoryId", user_id AS "userId", create_time AS "createTime"
 """
 
 
-async def can_see_message(conn: aiosqlite.Connection, user_id: int, chat_history_id: int) -> bool:
+async def can_see_message(conn: Connection, user_id: int, chat_history_id: int) -> bool:
     """Whether the message exists in a room the user is a member of."""
     found = await fetch_value(
         conn,
@@ -28,7 +26,7 @@ async def can_see_message(conn: aiosqlite.Connection, user_id: int, chat_history
     return found is not None
 
 
-async def save_favorite(conn: aiosqlite.Connection, user_id: int, chat_history_id: int) -> dict[str, Any]:
+async def save_favorite(conn: Connection, user_id: int, chat_history_id: int) -> dict[str, Any]:
     """Save a message for the user, or return the favorite already saved; inside a write transaction."""
     created = await fetch_one(
         conn,
@@ -50,16 +48,16 @@ async def save_favorite(conn: aiosqlite.Connection, user_id: int, chat_history_i
     return existing
 
 
-async def list_favorites(conn: aiosqlite.Connection, user_id: int) -> list[dict[str, Any]]:
+async def list_favorites(conn: Connection, user_id: int) -> list[dict[str, Any]]:
     """The user's favorites, newest first, each with ``chatHistory``: the message and its sender."""
     rows = await fetch_all(
         conn,
         f"""
-        SELECT f.id AS f_id, f.chat_history_id AS f_chatHistoryId, f.user_id AS f_userId,
-               f.create_time AS f_createTime, {MESSAGE_WITH_SENDER}
+        SELECT f.id AS f_id, f.chat_history_id AS "f_chatHistoryId", f.user_id AS "f_userId",
+               f.create_time AS "f_createTime", {MESSAGE_WITH_SENDER}
         FROM favorite AS f
         JOIN chat_history AS h ON h.id = f.chat_history_id
-        JOIN user AS u ON u.id = h.sender_id
+        JOIN "user" AS u ON u.id = h.sender_id
         WHERE f.user_id = ?
         ORDER BY f.id DESC
         """,
@@ -73,7 +71,7 @@ async def list_favorites(conn: aiosqlite.Connection, user_id: int) -> list[dict[
     return favorites
 
 
-async def delete_favorite(conn: aiosqlite.Connection, user_id: int, favorite_id: int) -> dict[str, Any] | None:
+async def delete_favorite(conn: Connection, user_id: int, favorite_id: int) -> dict[str, Any] | None:
     """Delete one of the user's favorites and return it; None if the user has no favorite with that id."""
     return await fetch_one(
         conn,

@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import aiosqlite
-
-from chatsvc.store import fetch_all, fetch_one, fetch_value
+from chatsvc.store import Connection, fetch_all, fetch_one, fetch_value
 
 # How far the sweep has read chat_history for references (chatsvc/files/sweep.py).
 CHECKED_MESSAGE_SETTING = "upload_checked_message_id"
@@ -19,7 +17,7 @@ _FILE_URL = re.compile(r"/file/([0-9a-f]{32})(?![0-9a-f])")
 
 
 async def insert_upload(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     *,
     name: str,
     original_name: str,
@@ -33,7 +31,7 @@ async def insert_upload(
         """
         INSERT INTO upload (name, original_name, content_type, size, uploader_id)
         VALUES (:name, :original_name, :content_type, :size, :uploader_id)
-        RETURNING name, original_name AS originalName, content_type AS contentType, size, create_time AS createTime
+        RETURNING name, original_name AS "originalName", content_type AS "contentType", size, create_time AS "createTime"
         """,
         {
             "name": name,
@@ -47,12 +45,12 @@ async def insert_upload(
     return row
 
 
-async def find_upload(conn: aiosqlite.Connection, name: str) -> dict[str, Any] | None:
+async def find_upload(conn: Connection, name: str) -> dict[str, Any] | None:
     """A stored file by name, or None."""
     return await fetch_one(
         conn,
         """
-        SELECT name, original_name AS originalName, content_type AS contentType, size, create_time AS createTime
+        SELECT name, original_name AS "originalName", content_type AS "contentType", size, create_time AS "createTime"
         FROM upload WHERE name = ?
         """,
         (name,),
@@ -64,20 +62,22 @@ def referenced_names(texts: list[str]) -> set[str]:
     return {match for text in texts for match in _FILE_URL.findall(text)}
 
 
-async def mark_uploads_used(conn: aiosqlite.Connection, names: set[str]) -> None:
+async def mark_uploads_used(conn: Connection, names: set[str]) -> None:
     """Mark these uploads as referred to, so the sweep keeps them."""
     if names:
-        marks = ", ".join("?" for _ in names)
-        await conn.execute(f"UPDATE upload SET used = 1 WHERE used = 0 AND name IN ({marks})", sorted(names))
+        await conn.execute(
+            f"UPDATE upload SET used = 1 WHERE used = 0 AND name IN {conn.dialect.in_list('?', 'text')}",
+            (conn.dialect.list_value(sorted(names)),),
+        )
 
 
-async def checked_message_id(conn: aiosqlite.Connection) -> int:
+async def checked_message_id(conn: Connection) -> int:
     """The id of the last message the sweep has read for references (0 before the first sweep)."""
     value = await fetch_value(conn, "SELECT value FROM setting WHERE key = ?", (CHECKED_MESSAGE_SETTING,))
     return int(value or 0)
 
 
-async def save_checked_message_id(conn: aiosqlite.Connection, message_id: int) -> None:
+async def save_checked_message_id(conn: Connection, message_id: int) -> None:
     """Remember that messages up to ``message_id`` have been read for references."""
     await conn.execute(
         "INSERT INTO setting (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -85,7 +85,7 @@ async def save_checked_message_id(conn: aiosqlite.Connection, message_id: int) -
     )
 
 
-async def find_referenced_uploads(conn: aiosqlite.Connection, after_id: int) -> tuple[set[str], int]:
+async def find_referenced_uploads(conn: Connection, after_id: int) -> tuple[set[str], int]:
     """The upload names image and file messages after ``after_id`` refer to, and the newest message id read.
 
     Reads forward by id in batches, so a sweep reads each message once
@@ -108,28 +108,28 @@ async def find_referenced_uploads(conn: aiosqlite.Connection, after_id: int) -> 
     return names, max(checked, int(newest or 0))
 
 
-async def mark_uploads_used_by_profiles(conn: aiosqlite.Connection, max_age_seconds: int) -> None:
+async def mark_uploads_used_by_profiles(conn: Connection, max_age_seconds: int) -> None:
     """Mark the sweep's candidates (unused, older than ``max_age_seconds``) that are someone's profile picture."""
     await conn.execute(
-        """
+        f"""
         UPDATE upload SET used = 1
         WHERE used = 0
-          AND create_time <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', :age)
-          AND EXISTS (SELECT 1 FROM user WHERE user.head_pic LIKE '%/file/' || upload.name)
+          AND create_time <= {conn.dialect.seconds_from_now(":age")}
+          AND EXISTS (SELECT 1 FROM "user" WHERE "user".head_pic LIKE '%/file/' || upload.name)
         """,
-        {"age": f"-{max_age_seconds} seconds"},
+        {"age": -max_age_seconds},
     )
 
 
-async def delete_unused_uploads(conn: aiosqlite.Connection, max_age_seconds: int) -> list[str]:
+async def delete_unused_uploads(conn: Connection, max_age_seconds: int) -> list[str]:
     """Delete the rows of uploads nothing refers to, made more than ``max_age_seconds`` ago; their names."""
     rows = await fetch_all(
         conn,
-        """
+        f"""
         DELETE FROM upload
-        WHERE used = 0 AND create_time <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', :age)
+        WHERE used = 0 AND create_time <= {conn.dialect.seconds_from_now(":age")}
         RETURNING name
         """,
-        {"age": f"-{max_age_seconds} seconds"},
+        {"age": -max_age_seconds},
     )
     return [row["name"] for row in rows]

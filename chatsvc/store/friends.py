@@ -8,36 +8,32 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiosqlite
-
-from chatsvc.store import fetch_all, fetch_one, fetch_value
+from chatsvc.store import Connection, fetch_all, fetch_one, fetch_value
 
 PENDING, AGREED, REJECTED = 0, 1, 2
 
 REQUEST_COLUMNS = """
-    r.id AS id, r.from_user_id AS fromUserId, r.to_user_id AS toUserId, r.reason AS reason, r.status AS status,
-    r.create_time AS createTime, r.update_time AS updateTime
+    r.id AS id, r.from_user_id AS "fromUserId", r.to_user_id AS "toUserId", r.reason AS reason, r.status AS status,
+    r.create_time AS "createTime", r.update_time AS "updateTime"
 """
 
 # The other party's public profile (no email: a request comes from someone who is not yet a friend), flat;
 # request lists nest it.
 _OTHER_USER_COLUMNS = """
-    u.id AS u_id, u.username AS u_username, u.nick_name AS u_nickName,
-    u.head_pic AS u_headPic, u.create_time AS u_createTime
+    u.id AS u_id, u.username AS u_username, u.nick_name AS "u_nickName",
+    u.head_pic AS "u_headPic", u.create_time AS "u_createTime"
 """
 _OTHER_USER_KEYS = ("id", "username", "nickName", "headPic", "createTime")
 
 
-async def insert_friend_request(
-    conn: aiosqlite.Connection, from_user_id: int, to_user_id: int, reason: str
-) -> dict[str, Any]:
+async def insert_friend_request(conn: Connection, from_user_id: int, to_user_id: int, reason: str) -> dict[str, Any]:
     """Store a pending request and return it; inside a write transaction."""
     row = await fetch_one(
         conn,
         """
         INSERT INTO friend_request (from_user_id, to_user_id, reason, status) VALUES (?, ?, ?, 0)
-        RETURNING id, from_user_id AS fromUserId, to_user_id AS toUserId, reason, status,
-                  create_time AS createTime, update_time AS updateTime
+        RETURNING id, from_user_id AS "fromUserId", to_user_id AS "toUserId", reason, status,
+                  create_time AS "createTime", update_time AS "updateTime"
         """,
         (from_user_id, to_user_id, reason),
     )
@@ -45,7 +41,7 @@ async def insert_friend_request(
     return row
 
 
-async def find_pending_request_between(conn: aiosqlite.Connection, user_a: int, user_b: int) -> dict[str, Any] | None:
+async def find_pending_request_between(conn: Connection, user_a: int, user_b: int) -> dict[str, Any] | None:
     """A pending request from either user to the other, or None."""
     return await fetch_one(
         conn,
@@ -60,7 +56,7 @@ async def find_pending_request_between(conn: aiosqlite.Connection, user_a: int, 
     )
 
 
-async def list_friend_requests(conn: aiosqlite.Connection, user_id: int) -> dict[str, list[dict[str, Any]]]:
+async def list_friend_requests(conn: Connection, user_id: int) -> dict[str, list[dict[str, Any]]]:
     """Requests to and from the user, any status, newest first, each with the other user's public profile.
 
     One statement: both directions come from one UNION ALL, each half served
@@ -70,11 +66,11 @@ async def list_friend_requests(conn: aiosqlite.Connection, user_id: int) -> dict
         conn,
         f"""
         SELECT 'toMe' AS box, {REQUEST_COLUMNS}, {_OTHER_USER_COLUMNS}
-        FROM friend_request AS r JOIN user AS u ON u.id = r.from_user_id
+        FROM friend_request AS r JOIN "user" AS u ON u.id = r.from_user_id
         WHERE r.to_user_id = :me
         UNION ALL
         SELECT 'fromMe' AS box, {REQUEST_COLUMNS}, {_OTHER_USER_COLUMNS}
-        FROM friend_request AS r JOIN user AS u ON u.id = r.to_user_id
+        FROM friend_request AS r JOIN "user" AS u ON u.id = r.to_user_id
         WHERE r.from_user_id = :me
         ORDER BY id DESC
         """,
@@ -90,7 +86,7 @@ async def list_friend_requests(conn: aiosqlite.Connection, user_id: int) -> dict
 
 
 async def settle_friend_request(
-    conn: aiosqlite.Connection, from_user_id: int, to_user_id: int, status: int
+    conn: Connection, from_user_id: int, to_user_id: int, status: int
 ) -> dict[str, Any] | None:
     """Mark the pending request from one user to another agreed or rejected; the request, or None if none pends.
 
@@ -99,19 +95,19 @@ async def settle_friend_request(
     """
     rows = await fetch_all(
         conn,
-        """
+        f"""
         UPDATE friend_request
-        SET status = :status, update_time = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+        SET status = :status, update_time = {conn.dialect.now}
         WHERE to_user_id = :to AND status = 0 AND from_user_id = :from
-        RETURNING id, from_user_id AS fromUserId, to_user_id AS toUserId, reason, status,
-                  create_time AS createTime, update_time AS updateTime
+        RETURNING id, from_user_id AS "fromUserId", to_user_id AS "toUserId", reason, status,
+                  create_time AS "createTime", update_time AS "updateTime"
         """,
         {"status": status, "from": from_user_id, "to": to_user_id},
     )
     return max(rows, key=lambda row: row["id"]) if rows else None
 
 
-async def is_friend(conn: aiosqlite.Connection, user_id: int, friend_id: int) -> bool:
+async def is_friend(conn: Connection, user_id: int, friend_id: int) -> bool:
     """Whether the two users are friends."""
     found = await fetch_value(
         conn, "SELECT 1 FROM friendship WHERE user_id = ? AND friend_id = ?", (user_id, friend_id)
@@ -119,7 +115,7 @@ async def is_friend(conn: aiosqlite.Connection, user_id: int, friend_id: int) ->
     return found is not None
 
 
-async def insert_friendship(conn: aiosqlite.Connection, user_a: int, user_b: int) -> None:
+async def insert_friendship(conn: Connection, user_a: int, user_b: int) -> None:
     """Make two users friends, both directions; a no-op if they already are."""
     await conn.execute(
         """
@@ -130,7 +126,7 @@ async def insert_friendship(conn: aiosqlite.Connection, user_a: int, user_b: int
     )
 
 
-async def delete_friendship(conn: aiosqlite.Connection, user_a: int, user_b: int) -> bool:
+async def delete_friendship(conn: Connection, user_a: int, user_b: int) -> bool:
     """End the friendship of two users, both directions; False if they were not friends."""
     rows = await fetch_all(
         conn,
@@ -144,17 +140,17 @@ async def delete_friendship(conn: aiosqlite.Connection, user_a: int, user_b: int
     return bool(rows)
 
 
-async def list_friends(conn: aiosqlite.Connection, user_id: int, name_filter: str = "") -> list[dict[str, Any]]:
+async def list_friends(conn: Connection, user_id: int, name_filter: str = "") -> list[dict[str, Any]]:
     """The user's friends, emails included, in id order; with ``name_filter``, those whose nickName contains it.
 
     The filter ignores case for ASCII letters only.
     """
     return await fetch_all(
         conn,
-        """
-        SELECT u.id, u.username, u.nick_name AS nickName, u.email, u.head_pic AS headPic
-        FROM friendship AS f JOIN user AS u ON u.id = f.friend_id
-        WHERE f.user_id = :me AND (:name = '' OR instr(lower(u.nick_name), lower(:name)) > 0)
+        f"""
+        SELECT u.id, u.username, u.nick_name AS "nickName", u.email, u.head_pic AS "headPic"
+        FROM friendship AS f JOIN "user" AS u ON u.id = f.friend_id
+        WHERE f.user_id = :me AND (:name = '' OR {conn.dialect.contains("lower(u.nick_name)", "lower(:name)")})
         ORDER BY f.friend_id
         """,
         {"me": user_id, "name": name_filter},

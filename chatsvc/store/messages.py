@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiosqlite
-import orjson
-
-from chatsvc.store import fetch_all, fetch_one
+from chatsvc.store import Connection, fetch_all, fetch_one
 from chatsvc.store.settings import SYSTEM_USER_SETTING
 
 TEXT, IMAGE, FILE = 0, 1, 2
@@ -20,17 +17,17 @@ _SYSTEM_USER_ID = f"(SELECT CAST(value AS INTEGER) FROM setting WHERE key = '{SY
 def _from_system(sender_id: str) -> str:
     """Whether the sender is the system user: the mark of a system message, which no one else can send.
 
-    IS, not =, so that "no system user yet" is false rather than NULL.
+    IS NOT DISTINCT FROM, not =, so that "no system user yet" is false rather than NULL.
     """
-    return f"{sender_id} IS {_SYSTEM_USER_ID}"
+    return f"{sender_id} IS NOT DISTINCT FROM {_SYSTEM_USER_ID}"
 
 
 # A message joined with its sender's public profile (no email), flat; nest_sender() shapes it.
 MESSAGE_WITH_SENDER = f"""
-    h.id, h.content, h.type, h.chatroom_id AS chatroomId, h.sender_id AS senderId,
+    h.id, h.content, h.type, h.chatroom_id AS "chatroomId", h.sender_id AS "senderId",
     {_from_system("h.sender_id")} AS system,
-    h.client_msg_id AS clientMsgId, h.create_time AS createTime, h.update_time AS updateTime,
-    u.username AS s_username, u.nick_name AS s_nickName, u.head_pic AS s_headPic, u.create_time AS s_createTime
+    h.client_msg_id AS "clientMsgId", h.create_time AS "createTime", h.update_time AS "updateTime",
+    u.username AS s_username, u.nick_name AS "s_nickName", u.head_pic AS "s_headPic", u.create_time AS "s_createTime"
 """
 
 
@@ -45,7 +42,7 @@ def nest_sender(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def insert_message(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     *,
     chatroom_id: int,
     sender_id: int,
@@ -54,27 +51,30 @@ async def insert_message(
     client_msg_id: str | None = None,
 ) -> dict[str, Any]:
     """Store a message and return it with its sender; inside a write transaction."""
-    cursor = await conn.execute(
-        "INSERT INTO chat_history (content, type, chatroom_id, sender_id, client_msg_id) VALUES (?, ?, ?, ?, ?)",
+    message_id = await conn.fetch_value(
+        """
+        INSERT INTO chat_history (content, type, chatroom_id, sender_id, client_msg_id) VALUES (?, ?, ?, ?, ?)
+        RETURNING id
+        """,
         (content, type, chatroom_id, sender_id, client_msg_id),
     )
-    message = await find_message(conn, int(cursor.lastrowid or 0))
+    message = await find_message(conn, int(message_id))
     assert message is not None
     return message
 
 
-async def find_message(conn: aiosqlite.Connection, message_id: int) -> dict[str, Any] | None:
+async def find_message(conn: Connection, message_id: int) -> dict[str, Any] | None:
     """One message with its sender, or None."""
     row = await fetch_one(
         conn,
-        f"SELECT {MESSAGE_WITH_SENDER} FROM chat_history AS h JOIN user AS u ON u.id = h.sender_id WHERE h.id = ?",
+        f'SELECT {MESSAGE_WITH_SENDER} FROM chat_history AS h JOIN "user" AS u ON u.id = h.sender_id WHERE h.id = ?',
         (message_id,),
     )
     return nest_sender(row) if row is not None else None
 
 
 async def list_history(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     chatroom_id: int,
     *,
     limit: int,
@@ -98,7 +98,7 @@ async def list_history(
     rows = await fetch_all(
         conn,
         f"""
-        SELECT {MESSAGE_WITH_SENDER} FROM chat_history AS h JOIN user AS u ON u.id = h.sender_id
+        SELECT {MESSAGE_WITH_SENDER} FROM chat_history AS h JOIN "user" AS u ON u.id = h.sender_id
         WHERE {" AND ".join(conditions)}
         ORDER BY h.id {order} LIMIT :limit
         """,
@@ -113,7 +113,7 @@ async def list_history(
 MAX_ROWS_PER_INSERT = 1000
 
 
-async def insert_messages(conn: aiosqlite.Connection, drafts: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+async def insert_messages(conn: Connection, drafts: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     """Store ``(content, type, chatroom_id, sender_id, client_msg_id)`` rows with one statement.
 
     At most MAX_ROWS_PER_INSERT rows. Run in autocommit mode the statement is
@@ -130,9 +130,9 @@ async def insert_messages(conn: aiosqlite.Connection, drafts: list[tuple[Any, ..
         f"""
         INSERT INTO chat_history (content, type, chatroom_id, sender_id, client_msg_id) VALUES {values}
         ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING
-        RETURNING id, content, type, chatroom_id AS chatroomId, sender_id AS senderId,
+        RETURNING id, content, type, chatroom_id AS "chatroomId", sender_id AS "senderId",
                   {_from_system("sender_id")} AS system,
-                  client_msg_id AS clientMsgId, create_time AS createTime, update_time AS updateTime
+                  client_msg_id AS "clientMsgId", create_time AS "createTime", update_time AS "updateTime"
         """,
         [value for draft in drafts for value in draft],
     )
@@ -143,20 +143,20 @@ async def insert_messages(conn: aiosqlite.Connection, drafts: list[tuple[Any, ..
 
 
 async def find_messages_by_client_ids(
-    conn: aiosqlite.Connection, keys: list[tuple[int, str]]
+    conn: Connection, keys: list[tuple[int, str]]
 ) -> dict[tuple[int, str], dict[str, Any]]:
     """Messages already stored under ``(sender_id, client_msg_id)`` keys, with senders, by key."""
     if not keys:
         return {}
+    # One indexed lookup per key (a batch holds at most MAX_ROWS_PER_INSERT), written the same on both engines.
+    matches = " OR ".join(["(h.sender_id = ? AND h.client_msg_id = ?)"] * len(keys))
     rows = await fetch_all(
         conn,
         f"""
         SELECT {MESSAGE_WITH_SENDER}
-        FROM json_each(?) AS k
-        JOIN chat_history AS h
-          ON h.sender_id = json_extract(k.value, '$[0]') AND h.client_msg_id = json_extract(k.value, '$[1]')
-        JOIN user AS u ON u.id = h.sender_id
+        FROM chat_history AS h JOIN "user" AS u ON u.id = h.sender_id
+        WHERE {matches}
         """,
-        (orjson.dumps(keys).decode(),),
+        [value for key in keys for value in key],
     )
     return {(row["senderId"], row["clientMsgId"]): nest_sender(row) for row in rows}

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiosqlite
 import orjson
 
-from chatsvc.store import fetch_all, fetch_one, fetch_value
+from chatsvc.store import Connection, fetch_all, fetch_one, fetch_value
 from chatsvc.store.users import PROFILE_COLUMNS, PROFILE_SEEN_BY_VIEWER, without_hidden_email
 
 ONE_TO_ONE = 0
@@ -20,7 +19,7 @@ def pair_key(user_a: int, user_b: int) -> str:
     return f"{low}:{high}"
 
 
-async def find_one_to_one_room(conn: aiosqlite.Connection, user_a: int, user_b: int) -> int | None:
+async def find_one_to_one_room(conn: Connection, user_a: int, user_b: int) -> int | None:
     """The id of the one-to-one room both users are members of, or None."""
     room_id: int | None = await fetch_value(
         conn,
@@ -38,7 +37,7 @@ async def find_one_to_one_room(conn: aiosqlite.Connection, user_a: int, user_b: 
     return room_id
 
 
-async def create_one_to_one_room(conn: aiosqlite.Connection, user_a: int, user_b: int, name: str) -> int:
+async def create_one_to_one_room(conn: Connection, user_a: int, user_b: int, name: str) -> int:
     """Create the one-to-one room of two users, or return the existing one.
 
     Must run inside a write transaction: the insert and the membership rows
@@ -64,19 +63,19 @@ async def create_one_to_one_room(conn: aiosqlite.Connection, user_a: int, user_b
     return int(created)
 
 
-async def create_group_room(conn: aiosqlite.Connection, name: str, owner_id: int) -> int:
+async def create_group_room(conn: Connection, name: str, owner_id: int) -> int:
     """Create a group room with its first member; inside a write transaction."""
     room_id: int = await fetch_value(conn, "INSERT INTO chatroom (name, type) VALUES (?, 1) RETURNING id", (name,))
     await conn.execute("INSERT INTO user_chatroom (user_id, chatroom_id) VALUES (?, ?)", (owner_id, room_id))
     return room_id
 
 
-async def find_room(conn: aiosqlite.Connection, room_id: int) -> dict[str, Any] | None:
+async def find_room(conn: Connection, room_id: int) -> dict[str, Any] | None:
     """A room's own row (id, name, type as bool, times), or None."""
     room = await fetch_one(
         conn,
         """
-        SELECT id, name, type, create_time AS createTime, update_time AS updateTime
+        SELECT id, name, type, create_time AS "createTime", update_time AS "updateTime"
         FROM chatroom WHERE id = ?
         """,
         (room_id,),
@@ -86,7 +85,7 @@ async def find_room(conn: aiosqlite.Connection, room_id: int) -> dict[str, Any] 
     return room
 
 
-async def is_member(conn: aiosqlite.Connection, user_id: int, room_id: int) -> bool:
+async def is_member(conn: Connection, user_id: int, room_id: int) -> bool:
     """Whether the user is a member of the room."""
     found = await fetch_value(
         conn, "SELECT 1 FROM user_chatroom WHERE user_id = ? AND chatroom_id = ?", (user_id, room_id)
@@ -94,38 +93,38 @@ async def is_member(conn: aiosqlite.Connection, user_id: int, room_id: int) -> b
     return found is not None
 
 
-async def list_member_ids(conn: aiosqlite.Connection, chatroom_id: int) -> list[int]:
+async def list_member_ids(conn: Connection, chatroom_id: int) -> list[int]:
     """Ids of the room's members."""
-    rows = await conn.execute_fetchall(
+    return await conn.fetch_column(
         "SELECT user_id FROM user_chatroom WHERE chatroom_id = ? ORDER BY user_id", (chatroom_id,)
     )
-    return [row[0] for row in rows]
 
 
-async def list_rooms_of_user(conn: aiosqlite.Connection, user_id: int, name_filter: str = "") -> list[dict[str, Any]]:
+async def list_rooms_of_user(conn: Connection, user_id: int, name_filter: str = "") -> list[dict[str, Any]]:
     """The user's rooms with member ids, one-to-one rooms named after the other member.
 
     One statement: names and member lists come from correlated subqueries
     served by the membership indexes, not from a query per room.
     """
+    dialect = conn.dialect
     rows = await fetch_all(
         conn,
-        """
+        f"""
         SELECT * FROM (
             SELECT
                 c.id,
                 CASE WHEN c.type = 0 THEN coalesce((
-                    SELECT u.nick_name FROM user_chatroom AS o JOIN user AS u ON u.id = o.user_id
+                    SELECT u.nick_name FROM user_chatroom AS o JOIN "user" AS u ON u.id = o.user_id
                     WHERE o.chatroom_id = c.id AND o.user_id != :me LIMIT 1
                 ), c.name) ELSE c.name END AS name,
                 c.type,
-                c.create_time AS createTime,
-                (SELECT json_group_array(user_id) FROM user_chatroom WHERE chatroom_id = c.id) AS userIds
+                c.create_time AS "createTime",
+                (SELECT {dialect.json_array("user_id")} FROM user_chatroom WHERE chatroom_id = c.id) AS "userIds"
             FROM user_chatroom AS m
             JOIN chatroom AS c ON c.id = m.chatroom_id
             WHERE m.user_id = :me
-        )
-        WHERE :name = '' OR instr(lower(name), lower(:name)) > 0
+        ) AS room
+        WHERE :name = '' OR {dialect.contains("lower(name)", "lower(:name)")}
         ORDER BY id
         """,
         {"me": user_id, "name": name_filter},
@@ -137,9 +136,7 @@ async def list_rooms_of_user(conn: aiosqlite.Connection, user_id: int, name_filt
     return rows
 
 
-async def list_member_profiles(
-    conn: aiosqlite.Connection, chatroom_id: int, *, seen_by: int | None
-) -> list[dict[str, Any]]:
+async def list_member_profiles(conn: Connection, chatroom_id: int, *, seen_by: int | None) -> list[dict[str, Any]]:
     """Profiles of the room's members in id order (empty for a room that does not exist).
 
     As user ``seen_by`` may see them: emails only of that user and their
@@ -151,7 +148,7 @@ async def list_member_profiles(
             f"""
             SELECT {PROFILE_COLUMNS}
             FROM user_chatroom AS m
-            JOIN user ON user.id = m.user_id
+            JOIN "user" ON "user".id = m.user_id
             WHERE m.chatroom_id = ?
             ORDER BY m.user_id
             """,
@@ -162,7 +159,7 @@ async def list_member_profiles(
         f"""
         SELECT {PROFILE_SEEN_BY_VIEWER}
         FROM user_chatroom AS m
-        JOIN user AS u ON u.id = m.user_id
+        JOIN "user" AS u ON u.id = m.user_id
         WHERE m.chatroom_id = :room
         ORDER BY m.user_id
         """,
@@ -171,7 +168,7 @@ async def list_member_profiles(
     return [without_hidden_email(row) for row in rows]
 
 
-async def add_member(conn: aiosqlite.Connection, chatroom_id: int, user_id: int) -> bool:
+async def add_member(conn: Connection, chatroom_id: int, user_id: int) -> bool:
     """Make the user a member of the room; False if they already were."""
     added = await fetch_value(
         conn,
@@ -185,7 +182,7 @@ async def add_member(conn: aiosqlite.Connection, chatroom_id: int, user_id: int)
     return added is not None
 
 
-async def remove_member(conn: aiosqlite.Connection, chatroom_id: int, user_id: int) -> bool:
+async def remove_member(conn: Connection, chatroom_id: int, user_id: int) -> bool:
     """End the user's membership of the room; False if they were not a member."""
     removed = await fetch_value(
         conn,
@@ -193,3 +190,31 @@ async def remove_member(conn: aiosqlite.Connection, chatroom_id: int, user_id: i
         (user_id, chatroom_id),
     )
     return removed is not None
+
+
+async def add_members(conn: Connection, chatroom_id: int, user_ids: list[int]) -> list[int]:
+    """Make users members of a room with one statement; the ids that were not members before."""
+    # WHERE true: without it SQLite would read ON CONFLICT as part of the SELECT's join.
+    added = await conn.fetch_column(
+        f"""
+        INSERT INTO user_chatroom (user_id, chatroom_id)
+        SELECT ids.value, CAST(:room AS BIGINT) FROM {conn.dialect.in_list(":ids", "int")} AS ids WHERE true
+        ON CONFLICT (user_id, chatroom_id) DO NOTHING
+        RETURNING user_id
+        """,
+        {"room": chatroom_id, "ids": conn.dialect.list_value(user_ids)},
+    )
+    return sorted(added)
+
+
+async def remove_members(conn: Connection, chatroom_id: int, user_ids: list[int]) -> list[int]:
+    """End users' memberships of a room with one statement; the ids that were members."""
+    removed = await conn.fetch_column(
+        f"""
+        DELETE FROM user_chatroom
+        WHERE chatroom_id = :room AND user_id IN {conn.dialect.in_list(":ids", "int")}
+        RETURNING user_id
+        """,
+        {"room": chatroom_id, "ids": conn.dialect.list_value(user_ids)},
+    )
+    return sorted(removed)

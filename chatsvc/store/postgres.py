@@ -1,0 +1,399 @@
+"""PostgreSQL's side of the store: its dialect, placeholders, times, errors, and the pooled database.
+
+The store's SQL is written with SQLite's ``?`` and ``:name`` placeholders;
+:func:`translate` rewrites them to PostgreSQL's ``$1...`` once per distinct
+statement. Times are ``timestamptz`` columns, decoded straight to the text the
+API has always returned (``2024-05-01T12:00:00.123Z``), so a JSON response is
+the same on both engines. Losing the server (refused, restarted, out of disk
+or connections, a pool that cannot hand out a connection in time) raises
+StorageUnavailable: the client gets a 503, never a 500 or a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import asyncpg
+
+from chatsvc.config import url_without_password
+from chatsvc.errors import BadRequest, StartupError, StorageUnavailable
+from chatsvc.store import Connection, Params
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The advisory lock a serving process holds on its database (see PostgresDatabase.claim).
+SERVING_LOCK_KEY = 0x636861747376630A
+# How long a request waits for a free pooled connection, and for one statement, before answering 503.
+ACQUIRE_TIMEOUT_SECONDS = 5.0
+STATEMENT_TIMEOUT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+# PostgreSQL's timestamps count microseconds from this instant.
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+class PostgresDialect:
+    """PostgreSQL's spelling of the fragments in chatsvc.store.Dialect."""
+
+    name = "postgres"
+    now = "now()"
+
+    def seconds_from_now(self, param: str) -> str:
+        """The time ``param`` seconds from now."""
+        return f"(now() + CAST({param} AS integer) * interval '1 second')"
+
+    def contains(self, text: str, part: str) -> str:
+        """``part`` occurs in ``text``."""
+        return f"strpos({text}, {part}) > 0"
+
+    def json_array(self, column: str) -> str:
+        """The group's values as a JSON array, ascending."""
+        return f"json_agg({column} ORDER BY {column})"
+
+    def in_list(self, param: str, kind: str) -> str:
+        """The elements of an array parameter, as a one-column subquery named ``value``."""
+        element = {"int": "bigint", "text": "text"}[kind]
+        return f"(SELECT unnest(CAST({param} AS {element}[])) AS value)"
+
+    def list_value(self, values: Iterable[Any]) -> Any:
+        """A list, which asyncpg sends as an array."""
+        return list(values)
+
+
+DIALECT = PostgresDialect()
+
+# Strings, quoted identifiers and comments are skipped; "::" is PostgreSQL's cast, not a parameter.
+_PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"|--[^\n]*|::|\?|(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@functools.lru_cache(maxsize=2048)
+def translate(sql: str) -> tuple[str, tuple[str, ...] | None]:
+    """``sql`` with ``$n`` placeholders, and the parameter names in order (None for positional ``?``)."""
+    names: list[str] = []
+    positional = 0
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal positional
+        token = match.group(0)
+        if token == "?":
+            positional += 1
+            return f"${positional}"
+        name = match.group(1)
+        if name is None:
+            return token
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    translated = _PLACEHOLDER.sub(replace, sql)
+    if positional and names:
+        raise ValueError(f"a statement mixes ? and :name placeholders: {sql[:80]!r}")
+    return translated, (tuple(names) if names else None)
+
+
+def _arguments(names: tuple[str, ...] | None, params: Params) -> Sequence[Any]:
+    if names is None:
+        return params if isinstance(params, Sequence) else list(params)
+    assert isinstance(params, dict), "named placeholders take a dict of parameters"
+    return [params[name] for name in names]
+
+
+# Errors that mean the database cannot be reached or cannot store anything now; trying later may work.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.PostgresSystemError,
+    asyncpg.ReadOnlySQLTransactionError,
+)
+
+
+def storage_failure(exc: BaseException) -> StorageUnavailable | None:
+    """The 503 to answer for an error that means PostgreSQL is out of reach or out of room; None for others."""
+    if isinstance(exc, asyncpg.InsufficientResourcesError):
+        return StorageUnavailable("The database server is out of resources: nothing was saved, please try again later")
+    if isinstance(exc, _UNAVAILABLE):
+        return StorageUnavailable("The database is unavailable: nothing was saved, please try again later")
+    return None
+
+
+def _decode_time(value: tuple[int]) -> str:
+    moment = _PG_EPOCH + timedelta(microseconds=value[0])
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+
+def _encode_time(value: str | datetime) -> tuple[int]:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return ((value - _PG_EPOCH) // timedelta(microseconds=1),)
+
+
+async def _init_connection(raw: asyncpg.Connection) -> None:
+    await raw.set_type_codec(
+        "timestamptz", schema="pg_catalog", encoder=_encode_time, decoder=_decode_time, format="tuple"
+    )
+
+
+class PostgresConnection:
+    """An asyncpg connection, or the pool (one pooled connection per statement), behind the store's interface."""
+
+    dialect = DIALECT
+
+    def __init__(self, raw: asyncpg.Connection | asyncpg.Pool, trace: Callable[[str], Any] | None = None) -> None:
+        self.raw = raw
+        self.trace = trace
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
+        """The first row of a query as a dict, or None."""
+        text, names = translate(sql)
+        if self.trace is not None:
+            self.trace(text)
+        try:
+            row = await self.raw.fetchrow(text, *_arguments(names, params))
+        except _UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
+        except _UNSTORABLE_TEXT as exc:
+            raise BadRequest("Text must not contain the NUL character") from exc
+        return dict(row) if row is not None else None
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
+        """Every row of a query as dicts."""
+        text, names = translate(sql)
+        if self.trace is not None:
+            self.trace(text)
+        try:
+            rows = await self.raw.fetch(text, *_arguments(names, params))
+        except _UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
+        except _UNSTORABLE_TEXT as exc:
+            raise BadRequest("Text must not contain the NUL character") from exc
+        return [dict(row) for row in rows]
+
+    async def fetch_value(self, sql: str, params: Params = ()) -> Any:
+        """The first column of the first row, or None."""
+        text, names = translate(sql)
+        if self.trace is not None:
+            self.trace(text)
+        try:
+            return await self.raw.fetchval(text, *_arguments(names, params))
+        except _UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
+        except _UNSTORABLE_TEXT as exc:
+            raise BadRequest("Text must not contain the NUL character") from exc
+
+    async def fetch_column(self, sql: str, params: Params = ()) -> list[Any]:
+        """The first column of every row."""
+        text, names = translate(sql)
+        if self.trace is not None:
+            self.trace(text)
+        try:
+            rows = await self.raw.fetch(text, *_arguments(names, params))
+        except _UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
+        except _UNSTORABLE_TEXT as exc:
+            raise BadRequest("Text must not contain the NUL character") from exc
+        return [row[0] for row in rows]
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run a statement; the number of rows it changed (from its status, e.g. ``DELETE 3``)."""
+        text, names = translate(sql)
+        if self.trace is not None:
+            self.trace(text)
+        try:
+            status = await self.raw.execute(text, *_arguments(names, params))
+        except _UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
+        except _UNSTORABLE_TEXT as exc:
+            raise BadRequest("Text must not contain the NUL character") from exc
+        count = status.rpartition(" ")[2]
+        return int(count) if count.isdigit() else 0
+
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> None:
+        """Run one statement once per row of parameters."""
+        text, names = translate(sql)
+        if self.trace is not None:
+            self.trace(text)
+        try:
+            await self.raw.executemany(text, [_arguments(names, row) for row in rows])
+        except _UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
+        except _UNSTORABLE_TEXT as exc:
+            raise BadRequest("Text must not contain the NUL character") from exc
+
+
+# Text PostgreSQL cannot store (a NUL character): the request's fault. Validation refuses it first; this is the net.
+_UNSTORABLE_TEXT = (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError)
+
+
+def _unavailable(exc: BaseException) -> StorageUnavailable:
+    failure = storage_failure(exc)
+    assert failure is not None
+    return failure
+
+
+class PostgresDatabase:
+    """A PostgreSQL database through a pool of asyncpg connections; any number of instances may share it."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._reader: PostgresConnection | None = None
+        self._trace: Callable[[str], Any] | None = None
+        self._claim: asyncpg.Connection | None = None
+        # Why the last write failed for lack of storage; None once a write succeeds again.
+        self.write_failure: str | None = None
+
+    def describe(self) -> str:
+        """The database URL without its password."""
+        return url_without_password(self.url)
+
+    async def claim(self, *, shared: bool) -> None:
+        """Hold an advisory lock on the database, on a connection of its own, until close.
+
+        As the lock file does for SQLite (chatsvc/instance_lock.py), but across
+        hosts: exclusive without Redis, shared by instances that share rooms
+        through Redis. The server releases it if this process dies.
+        """
+        where = self.describe()
+        try:
+            raw = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT_SECONDS)
+        except (asyncpg.ClientConfigurationError, ValueError) as exc:
+            raise StartupError(f"invalid database URL {where}: {exc}", exit_status=2) from exc
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StartupError(f"cannot connect to the database {where}: {exc}", exit_status=2) from exc
+        lock = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+        if await raw.fetchval(f"SELECT {lock}($1)", SERVING_LOCK_KEY):
+            self._claim = raw
+            return
+        await raw.close()
+        if shared:
+            message = (
+                f"a chatsvc process without CHATSVC_REDIS_URL is serving {where}: stop it, "
+                "or set CHATSVC_REDIS_URL on every instance that serves this database"
+            )
+        else:
+            message = (
+                f"another chatsvc process is serving {where}: to run several instances on one database, "
+                "set CHATSVC_REDIS_URL on every one of them (docs/deploy.md)"
+            )
+        raise StartupError(message, exit_status=2)
+
+    async def open(self) -> None:
+        """Connect the pool and bring the schema up to date.
+
+        Raises StartupError (exit status 2) when the URL is not one asyncpg
+        accepts, the server cannot be reached or refuses the login, or its
+        schema is newer than this code.
+        """
+        from chatsvc.migrate import migrate_postgres
+
+        where = self.describe()
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=1,
+                max_size=self.pool_size,
+                init=_init_connection,
+                timeout=CONNECT_TIMEOUT_SECONDS,
+                command_timeout=STATEMENT_TIMEOUT_SECONDS,
+                # An acknowledged message is on the server's disk; times are UTC whatever the server's zone.
+                server_settings={"synchronous_commit": "on", "timezone": "UTC", "application_name": "chatsvc"},
+            )
+        except (asyncpg.ClientConfigurationError, ValueError) as exc:
+            raise StartupError(f"invalid database URL {where}: {exc}", exit_status=2) from exc
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StartupError(f"cannot connect to the database {where}: {exc}", exit_status=2) from exc
+        try:
+            async with self._pool.acquire() as raw:
+                await migrate_postgres(raw, where)
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+                raise StartupError(f"cannot prepare the database {where}: {exc}", exit_status=2) from exc
+            raise
+        self._reader = PostgresConnection(self._pool, self._trace)
+
+    async def close(self) -> None:
+        """Close the pool (idempotent); waits for connections in use, as after the writer has stopped."""
+        pool, self._pool, self._reader = self._pool, None, None
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            # Ending the session releases the lock; a server that is gone has released it already.
+            try:
+                await asyncio.wait_for(claim.close(), STATEMENT_TIMEOUT_SECONDS)
+            except Exception:
+                claim.terminate()
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), STATEMENT_TIMEOUT_SECONDS)
+            except TimeoutError:
+                pool.terminate()
+
+    async def set_trace(self, callback: Callable[[str], Any] | None) -> None:
+        """Call ``callback`` with every SQL statement the store runs, as sent ($n placeholders); None turns it off."""
+        self._trace = callback
+        if self._reader is not None:
+            self._reader.trace = callback
+
+    @property
+    def reader(self) -> PostgresConnection:
+        """The pool, for queries outside a write transaction: each takes a connection for its statement."""
+        assert self._reader is not None, "database is not open"
+        return self._reader
+
+    async def ping(self) -> bool:
+        """Whether the database answers a query that reads its schema."""
+        return await self.reader.fetch_value("SELECT count(*) >= 0 FROM setting") is True
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        assert self._pool is not None, "database is not open"
+        try:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS) as raw:
+                yield raw
+        except BaseException as exc:
+            self._raise_if_storage_failed(exc)
+            raise
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """A write transaction: committed when the block ends, rolled back if it raises."""
+        async with self._connection() as raw, raw.transaction():
+            yield PostgresConnection(raw, self._trace)
+        self._write_succeeded()
+
+    async def write_statement(self, statement: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run one writing statement; outside a transaction block it commits on its own."""
+        async with self._connection() as raw:
+            result = await statement(PostgresConnection(raw, self._trace))
+        self._write_succeeded()
+        return result
+
+    def _raise_if_storage_failed(self, exc: BaseException) -> None:
+        unavailable = exc if isinstance(exc, StorageUnavailable) else storage_failure(exc)
+        if unavailable is not None:
+            if self.write_failure is None:
+                log.error("the database %s fails (%s): answering 503 until it works", self.describe(), exc)
+            self.write_failure = str(exc.__cause__ or exc)
+            if unavailable is not exc:
+                raise unavailable from exc
+
+    def _write_succeeded(self) -> None:
+        if self.write_failure is not None:
+            log.warning("the database %s works again", self.describe())
+            self.write_failure = None
