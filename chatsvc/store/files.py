@@ -31,7 +31,8 @@ async def insert_upload(
         """
         INSERT INTO upload (name, original_name, content_type, size, uploader_id)
         VALUES (:name, :original_name, :content_type, :size, :uploader_id)
-        RETURNING name, original_name AS "originalName", content_type AS "contentType", size, create_time AS "createTime"
+        RETURNING name, original_name AS "originalName", content_type AS "contentType", size,
+            create_time AS "createTime"
         """,
         {
             "name": name,
