@@ -21,6 +21,7 @@ import hashlib
 import inspect
 import io
 import logging
+import re
 import textwrap
 import time
 import tokenize
@@ -35,6 +36,8 @@ import socketio
 from aiohttp import abc as aiohttp_abc
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from engineio import async_server as eio_async_server
+from engineio import async_socket as eio_async_socket
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio import payload as eio_payload
@@ -144,7 +147,7 @@ TOUCHES = [
           "redis_fanout.py RedisFanout._redis_listen_with_retries"),
     # aiohttp
     Touch(aiohttp_abc.AbstractStreamWriter, "drain", "async def", "(self)",
-          "transport.py _write_queued (await request.writer.drain() after raw writes)"),
+          "transport.py _FrameWriter (await request.writer.drain() after raw writes)"),
 ]  # fmt: skip
 
 
@@ -188,7 +191,7 @@ def test_aiohttp_websocket_response_takes_the_options_chatsvc_passes() -> None:
         )
     for owner, name in ((web.BaseRequest, "transport"), (web.BaseRequest, "writer")):
         assert isinstance(inspect.getattr_static(owner, name, None), property), (
-            f"{upstream_name(owner, name)} is no longer a property: chatsvc/transport.py _write_queued "
+            f"{upstream_name(owner, name)} is no longer a property: chatsvc/transport.py _FrameWriter "
             "writes frames to request.transport and waits on request.writer.drain()"
         )
 
@@ -210,7 +213,7 @@ def test_engineio_socket_has_the_fields_chatsvc_reads_and_sets() -> None:
     )
     assert isinstance(socket.queue, asyncio.Queue), (
         "engineio.base_socket.BaseSocket.queue is no longer an asyncio.Queue (AsyncServer.create_queue): "
-        "chatsvc/transport.py _write_queued and chatsvc/fanout.py LeanEmitMixin.emit call put_nowait/get_nowait on it"
+        "chatsvc/transport.py _FrameWriter and chatsvc/fanout.py LeanEmitMixin.emit call put_nowait/get_nowait on it"
     )
     assert (socket.connected, socket.upgrading, socket.upgraded, socket.closing, socket.closed) == (
         False,
@@ -222,6 +225,23 @@ def test_engineio_socket_has_the_fields_chatsvc_reads_and_sets() -> None:
     assert isinstance(socket.last_ping, float), (
         "engineio.base_socket.BaseSocket.last_ping is no longer a time.time() float: chatsvc/transport.py "
         "_send_ping sets it like AsyncSocket._send_ping, and schedule_ping only restarts pings when it is set"
+    )
+
+
+def test_engineio_uses_only_the_queue_methods_chatsvc_send_queue_has() -> None:
+    # chatsvc/transport.py SendQueue is not an asyncio.Queue: it has the part of its interface that
+    # python-engineio calls on socket.queue (AsyncSocket.poll, send, close; AsyncServer), mirrored.
+    used = set()
+    for module in (eio_async_socket, eio_async_server):
+        used |= set(re.findall(r"\bqueue\.(\w+)", inspect.getsource(module)))
+    missing = sorted(name for name in used if not hasattr(transport.SendQueue, name))
+    assert missing == [], (
+        f"python-engineio now calls {missing} on a socket's queue: chatsvc/transport.py SendQueue "
+        "mirrors asyncio.Queue's get/get_nowait/put/put_nowait/task_done/join/empty/qsize only"
+    )
+    assert "asyncio.QueueEmpty" in inspect.getsource(AsyncSocket.poll), (
+        "engineio.async_socket.AsyncSocket.poll no longer catches asyncio.QueueEmpty, which "
+        "chatsvc/transport.py SendQueue.get_nowait raises"
     )
 
 
@@ -776,11 +796,11 @@ async def test_aiohttp_raw_writes_to_request_transport_interleave_with_the_webso
         closing = await ws.receive(timeout=EVENT_TIMEOUT)
     assert received == ["raw", "api", "x" * 200, b"\x01"], (
         "frames written to aiohttp's request.transport after WebSocketResponse.prepare no longer reach the client "
-        f"in order with the response's own ({received}): chatsvc/transport.py _write_queued writes them so"
+        f"in order with the response's own ({received}): chatsvc/transport.py _FrameWriter writes them so"
     )
     assert facts == {"same connection": True, "same flow control": True, "reply": "bye"}, (
         "aiohttp's request.transport / request.writer are no longer the WebSocket's connection after prepare "
-        f"({facts}): chatsvc/transport.py _write_queued writes there and waits on request.writer.drain()"
+        f"({facts}): chatsvc/transport.py _FrameWriter writes there and waits on request.writer.drain()"
     )
     assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
 
