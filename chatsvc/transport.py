@@ -720,9 +720,39 @@ class _Body:
         return self._body if length < 0 else self._body[:length]
 
 
+# The keys of python-engineio's aiohttp environ that python-engineio, python-socketio or chatsvc read
+# (tests/test_upstream_contract.py checks the libraries read no other). A WebSocket session's request
+# handler holds its environ as long as the connection lives: the other headers and the WSGI constants
+# would cost every idle socket a dict twice the size and a string per header name.
+ENVIRON_KEYS = frozenset(
+    {
+        "wsgi.input",
+        "wsgi.url_scheme",
+        "REQUEST_METHOD",
+        "QUERY_STRING",
+        "PATH_INFO",
+        "SCRIPT_NAME",
+        "REMOTE_ADDR",
+        "CONTENT_TYPE",
+        "CONTENT_LENGTH",
+        "HTTP_HOST",
+        "HTTP_ORIGIN",
+        "HTTP_UPGRADE",
+        "HTTP_CONNECTION",
+        "HTTP_ACCEPT_ENCODING",
+        "HTTP_ACCESS_CONTROL_REQUEST_HEADERS",
+        "HTTP_X_FORWARDED_PROTO",
+        "HTTP_X_FORWARDED_HOST",
+        "HTTP_AUTHORIZATION",
+        "aiohttp.request",
+    }
+)
+
+
 def _translate_request(request: web.Request) -> dict[str, Any]:
     # python-engineio's aiohttp translation, reading a long-polling body from where the check above left it.
-    environ: dict[str, Any] = eio_aiohttp.translate_request(request)
+    full: dict[str, Any] = eio_aiohttp.translate_request(request)
+    environ = {key: value for key, value in full.items() if key in ENVIRON_KEYS}
     body = request.get(_POLLING_BODY)
     if body is not None:
         environ["wsgi.input"] = _Body(body)

@@ -21,6 +21,7 @@ import hashlib
 import inspect
 import io
 import logging
+import pathlib
 import re
 import textwrap
 import time
@@ -225,6 +226,25 @@ def test_engineio_socket_has_the_fields_chatsvc_reads_and_sets() -> None:
     assert isinstance(socket.last_ping, float), (
         "engineio.base_socket.BaseSocket.last_ping is no longer a time.time() float: chatsvc/transport.py "
         "_send_ping sets it like AsyncSocket._send_ping, and schedule_ping only restarts pings when it is set"
+    )
+
+
+def test_engineio_and_socketio_read_no_environ_key_chatsvc_drops() -> None:
+    # chatsvc/transport.py _translate_request keeps only ENVIRON_KEYS of python-engineio's aiohttp environ
+    # (engineio.async_drivers.aiohttp.translate_request).
+    other_drivers = re.compile(r"^(asgi\.|eventlet\.|gunicorn\.|sanic\.|tornado\.|wsgi\.websocket$)")
+    pattern = re.compile(
+        r"environ\[['\"]([\w.]+)['\"]\]|environ\.get\(['\"]([\w.]+)['\"]|['\"]([\w.]+)['\"] in environ"
+    )
+    read: set[str] = set()
+    for package in (engineio, socketio):
+        for path in sorted(pathlib.Path(package.__file__).parent.rglob("*.py")):
+            for match in pattern.finditer(path.read_text(encoding="utf-8")):
+                read.add(next(group for group in match.groups() if group))
+    dropped = sorted(key for key in read if not other_drivers.match(key) and key not in transport.ENVIRON_KEYS)
+    assert dropped == [], (
+        f"python-engineio or python-socketio now read {dropped} from the environ: add them to "
+        "chatsvc/transport.py ENVIRON_KEYS, which _translate_request keeps"
     )
 
 
