@@ -854,7 +854,7 @@ FORKS = [
     Fork(
         AsyncSocket,
         "_websocket_handler",
-        "chatsvc/transport.py serve_websocket, _upgrade, _write_queued",
+        "chatsvc/transport.py serve_websocket, _upgrade, _FrameWriter",
         "5cece101ba931afc",
     ),
     Fork(AsyncSocket, "_send_ping", "chatsvc/transport.py _send_ping", "fe340a2c86787979"),
