@@ -20,6 +20,8 @@ from aiohttp import web
 
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID_KEY = web.RequestKey("chatsvc_request_id", str)
+# Where a Socket.IO session's compact environ keeps that id.
+REQUEST_ID_ENVIRON = "chatsvc.request_id"
 # A client's id is kept only if it is short and plain, so it cannot forge log lines.
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -42,7 +44,11 @@ def request_id_for(header: str | None) -> str:
 
 def request_id_of_environ(environ: dict[str, Any] | None) -> str | None:
     """The request id of the HTTP request that opened a Socket.IO connection, if known."""
-    request = (environ or {}).get("aiohttp.request")
+    environ = environ or {}
+    if REQUEST_ID_ENVIRON in environ:  # the compact environ a session keeps (chatsvc/socket_server.py)
+        kept: str | None = environ[REQUEST_ID_ENVIRON]
+        return kept
+    request = environ.get("aiohttp.request")
     if isinstance(request, web.BaseRequest):
         return request.get(REQUEST_ID_KEY)
     return None

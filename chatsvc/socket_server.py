@@ -20,6 +20,7 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
+from chatsvc.logs import REQUEST_ID_ENVIRON, request_id_of_environ
 from chatsvc.transport import ChatEngineServer, SharedPacket, describe_error
 
 # Seconds live transports get on shutdown to send their CLOSE packet.
@@ -38,6 +39,20 @@ _ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack_reque
 def ack_requested() -> bool:
     """Whether the client wants an acknowledgement for the event being handled."""
     return _ack_requested.get()
+
+
+# What a Socket.IO session keeps of the request that opened it: what the connect handler reads (the token may
+# come in a header or the query) and what the log says about the session.
+_KEPT_ENVIRON = ("REQUEST_METHOD", "QUERY_STRING", "PATH_INFO", "HTTP_AUTHORIZATION")
+
+
+def session_environ(environ: dict[str, Any]) -> dict[str, Any]:
+    """A compact environ for a session: the keys chatsvc reads, the client's address and the request id."""
+    kept = {key: environ[key] for key in _KEPT_ENVIRON if key in environ}
+    request = environ.get("aiohttp.request")
+    kept["REMOTE_ADDR"] = getattr(request, "remote", None) or ""
+    kept[REQUEST_ID_ENVIRON] = request_id_of_environ(environ)
+    return kept
 
 
 class ChatSocketServer(socketio.AsyncServer):
@@ -61,9 +76,12 @@ class ChatSocketServer(socketio.AsyncServer):
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         # A new Engine.IO session counts as pending until its Socket.IO connect succeeds.
-        request = environ.get("aiohttp.request")
-        self.eio.pending.opened(eio_sid, getattr(request, "remote", None) or "")
-        return await super()._handle_eio_connect(eio_sid, environ)
+        kept = session_environ(environ)
+        self.eio.pending.opened(eio_sid, kept["REMOTE_ADDR"])
+        # python-socketio keeps the environ for the session's life (get_environ, the connect handler):
+        # a compact copy instead of the WSGI-style dict and the aiohttp request it holds, which for a
+        # long-polling client is a finished request, its headers and its connection's state.
+        return await super()._handle_eio_connect(eio_sid, kept)
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         await super()._handle_connect(eio_sid, namespace, data)
@@ -78,11 +96,10 @@ class ChatSocketServer(socketio.AsyncServer):
             # python-socketio what it does not expect (a binary packet before the connect). Event
             # handlers answer their own errors, so nothing else raises here.
             environ = self.environ.get(eio_sid) or {}
-            request = environ.get("aiohttp.request")
             self.eio.malformed_input.warning(
                 "%s: malformed Socket.IO packet from %s: %s",
                 eio_sid,
-                getattr(request, "remote", None),
+                environ.get("REMOTE_ADDR"),
                 describe_error(exc),
             )
 

@@ -34,6 +34,7 @@ import logging
 import struct
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -143,7 +144,7 @@ class SocketLimits:
     pending_sessions_per_address: int = 1_000
 
 
-class SendQueue(asyncio.Queue[Any]):
+class SendQueue:
     """An Engine.IO socket's send queue, bounded in packets and bytes.
 
     Fan-out puts packets on it without waiting (chatsvc/fanout.py), so a client
@@ -152,18 +153,48 @@ class SendQueue(asyncio.Queue[Any]):
     which cuts the socket off: the client got a gap-free prefix and rejoins with
     ``lastMessageId`` for the rest. Other packets (pings, the close packet, the
     writer's stop marker ``None``) are always taken: they are few and small.
+
+    It has the interface of ``asyncio.Queue`` that python-engineio uses (its
+    long-polling ``AsyncSocket.poll`` awaits ``get`` under ``wait_for`` and
+    catches ``asyncio.QueueEmpty``; ``close`` awaits ``join``), but holds one
+    deque where ``asyncio.Queue`` allocates four (items, getters, putters and
+    the ``join`` event's waiters: 3 KB per idle socket). Over WebSocket nothing
+    waits on it: ``put_nowait`` schedules the socket's ``_FrameWriter`` for the
+    end of the loop turn instead of waking a writer task.
     """
 
+    __slots__ = (
+        "_getters",
+        "_joiners",
+        "_on_overflow",
+        "_queue",
+        "_unfinished",
+        "_writer",
+        "_writer_scheduled",
+        "bytes",
+        "max_bytes",
+        "max_packets",
+        "overflowed",
+        "transport",
+    )
+
     def __init__(self, max_packets: int, max_bytes: int, on_overflow: Callable[[SendQueue], None]) -> None:
-        super().__init__()
         self.max_packets = max_packets
         self.max_bytes = max_bytes
-        # What the queued messages hold (packet_bytes), kept up to date by put_nowait and _get.
+        # What the queued messages hold (packet_bytes), kept up to date by put_nowait and _pop.
         self.bytes = 0
         self.overflowed = False
         # The connection of the WebSocket writer draining this queue, if there is one.
         self.transport: asyncio.BaseTransport | None = None
         self._on_overflow = on_overflow
+        self._queue: deque[Any] = deque()
+        # Made when first needed: only a long-polling request waits in get(), and only close() in join().
+        self._getters: list[asyncio.Future[None]] | None = None
+        self._unfinished = 0
+        self._joiners: list[asyncio.Future[None]] | None = None
+        # The WebSocket writer, called soon after a put (see _FrameWriter).
+        self._writer: _FrameWriter | None = None
+        self._writer_scheduled = False
 
     def put_nowait(self, item: Any) -> None:
         """Queue a packet; a message past the bounds is dropped and the socket is reported (once)."""
@@ -172,31 +203,70 @@ class SendQueue(asyncio.Queue[Any]):
             if self.overflowed:
                 return
             size = item._nbytes if type(item) is SharedPacket and item._nbytes is not None else packet_bytes(item)
-            if len(self._queue) >= self.max_packets or self.bytes + size > self.max_bytes:  # type: ignore[attr-defined]
+            if len(self._queue) >= self.max_packets or self.bytes + size > self.max_bytes:
                 self.overflowed = True
                 self._on_overflow(self)
                 return
             self.bytes += size
-        _queue_put_nowait(self, item)
+        self._append(item)
+
+    async def put(self, item: Any) -> None:
+        """As put_nowait: the queue never makes a producer wait."""
+        self.put_nowait(item)
 
     def put_final(self, item: Any) -> None:
         """Queue a packet whatever the bounds: the last words to a socket that is cut off."""
         if item is not None and item.packet_type == _MESSAGE:
             self.bytes += packet_bytes(item)
-        _queue_put_nowait(self, item)
+        self._append(item)
 
-    def discard_backlog(self) -> int:
-        """Drop everything queued (a cut-off socket will not get it); how many packets that was."""
-        dropped = 0
-        while not self.empty():
-            self.get_nowait()
-            self.task_done()
-            dropped += 1
-        return dropped
+    def _append(self, item: Any) -> None:
+        self._queue.append(item)
+        self._unfinished += 1
+        writer = self._writer
+        if writer is not None:
+            if not self._writer_scheduled:
+                self._writer_scheduled = True
+                writer.loop.call_soon(writer.flush)
+        elif self._getters:
+            for getter in self._getters:
+                if not getter.done():
+                    getter.set_result(None)
+                    break
 
-    def _get(self) -> Any:
-        # asyncio.Queue's hook behind get() and get_nowait(), as PriorityQueue overrides it.
-        item = self._queue.popleft()  # type: ignore[attr-defined]
+    def get_nowait(self) -> Any:
+        """The oldest packet; asyncio.QueueEmpty if there is none."""
+        if not self._queue:
+            raise asyncio.QueueEmpty
+        return self._pop()
+
+    async def get(self) -> Any:
+        """The oldest packet, once there is one."""
+        while not self._queue:
+            getter = asyncio.get_running_loop().create_future()
+            if self._getters is None:
+                self._getters = []
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()
+                if not getter.cancelled() and self._queue:
+                    # Woken and cancelled at once: pass the wake-up on, as asyncio.Queue does.
+                    self._wake_next_getter()
+                raise
+            finally:
+                self._getters.remove(getter)
+        return self._pop()
+
+    def _wake_next_getter(self) -> None:
+        for getter in self._getters or ():
+            if not getter.done():
+                getter.set_result(None)
+                return
+
+    def _pop(self) -> Any:
+        item = self._queue.popleft()
         if item is not None and item.packet_type == _MESSAGE:
             # The same as when it was put: a packet does not change, and a broadcast's size is kept on it.
             self.bytes -= (
@@ -204,9 +274,45 @@ class SendQueue(asyncio.Queue[Any]):
             )
         return item
 
+    def task_done(self) -> None:
+        """A packet taken from the queue has been handled (asyncio.Queue's counting, for join)."""
+        if self._unfinished <= 0:
+            raise ValueError("task_done() called too many times")
+        self._unfinished -= 1
+        if self._unfinished == 0 and self._joiners:
+            for joiner in self._joiners:
+                if not joiner.done():
+                    joiner.set_result(None)
+            self._joiners = None
+
+    async def join(self) -> None:
+        """Wait until every packet put has been taken and handled."""
+        if self._unfinished:
+            joiner = asyncio.get_running_loop().create_future()
+            if self._joiners is None:
+                self._joiners = []
+            self._joiners.append(joiner)
+            await joiner
+
+    def empty(self) -> bool:
+        """Whether nothing is queued."""
+        return not self._queue
+
+    def qsize(self) -> int:
+        """How many packets are queued."""
+        return len(self._queue)
+
+    def discard_backlog(self) -> int:
+        """Drop everything queued (a cut-off socket will not get it); how many packets that was."""
+        dropped = 0
+        while self._queue:
+            self._pop()
+            self.task_done()
+            dropped += 1
+        return dropped
+
 
 _MESSAGE = eio_packet.MESSAGE
-_queue_put_nowait = asyncio.Queue.put_nowait
 
 
 class LeanWebSocket:
@@ -286,7 +392,7 @@ async def _upgrade(socket: Any, ws: web.WebSocketResponse, timeout: float, limit
 
 
 async def serve_websocket(socket: Any, ws: web.WebSocketResponse, request: web.Request) -> None:
-    """Run one Engine.IO socket over an accepted WebSocket: a reader here, a writer task beside it."""
+    """Run one Engine.IO socket over an accepted WebSocket: a reader here, a _FrameWriter beside it."""
     server = socket.server
     timeout = server.ping_interval + server.ping_timeout
     limit = server.max_http_buffer_size
@@ -297,7 +403,8 @@ async def serve_websocket(socket: Any, ws: web.WebSocketResponse, request: web.R
         socket.connected = True
         socket.upgraded = True
 
-    writer = asyncio.ensure_future(_write_queued(socket, ws, request))
+    writer = _FrameWriter(socket, ws, request)
+    writer.start()
     try:
         while True:
             # No timeout (a timer per frame): a client that misses a pong, or stays after its
@@ -325,45 +432,121 @@ async def serve_websocket(socket: Any, ws: web.WebSocketResponse, request: web.R
                 log.exception("%s: error while handling a packet", socket.sid)
     finally:
         await socket.queue.put(None)  # lets the writer finish what is queued and stop
-        await writer
+        await writer.wait_closed()
     await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
 
 
-async def _write_queued(socket: Any, ws: web.WebSocketResponse, request: web.Request) -> None:
-    """Send what is queued on the socket, what piled up in one write (up to a bound), until None is queued."""
-    queue: asyncio.Queue[Any] = socket.queue
-    transport = request.transport
-    if isinstance(queue, SendQueue):
-        queue.transport = transport
-    try:
-        stop = False
-        while not stop:
-            packet = await queue.get()
-            queue.task_done()
-            frames: list[bytes] = []
-            size = 0
-            while True:
-                if packet is None:
-                    stop = True
-                    break
-                frame = _frame_of(packet)
-                frames.append(frame)
-                size += len(frame)
-                # Bounded, so a client that does not read holds at most this much in the transport's buffer.
-                if size >= WRITE_BATCH_BYTES or queue.empty():
-                    break
-                packet = queue.get_nowait()
-                queue.task_done()
-            if frames:
-                if transport is None or transport.is_closing():
-                    break
-                transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
-                if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
-                    await request.writer.drain()
-    except Exception:  # the connection is gone; the reader sees it too and ends the session
-        log.debug("%s: WebSocket write failed", socket.sid, exc_info=True)
-    finally:
-        await ws.close()
+class _FrameWriter:
+    """Sends what is queued on a socket to its WebSocket: everything that piled up in one write (up to a bound).
+
+    python-engineio drains a socket's queue in a writer task; here the queue
+    calls ``flush`` once per loop turn in which something was queued, from
+    the loop's ready list: no task, no coroutine frame and no future per
+    socket, and one callback instead of a task wake-up per delivery. A flush
+    writes up to ``WRITE_BATCH_BYTES`` at a time; once the connection's
+    buffer is over ``WRITE_BUFFER_LIMIT`` it stops and a task waits for the
+    client to read (aiohttp's ``drain``). ``None`` in the queue stops it and
+    closes the WebSocket.
+    """
+
+    __slots__ = ("_closed", "_closing", "_draining", "_stopped", "loop", "queue", "request", "sid", "transport", "ws")
+
+    def __init__(self, socket: Any, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.queue: SendQueue = socket.queue
+        self.ws = ws
+        self.request = request
+        self.transport = request.transport
+        self.loop = asyncio.get_running_loop()
+        self.sid: str = socket.sid
+        self._draining = False
+        self._stopped = False
+        self._closing: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
+
+    def start(self) -> None:
+        """Take over the queue, and send what is already on it."""
+        queue = self.queue
+        queue.transport = self.transport
+        queue._writer = self
+        if queue._queue and not queue._writer_scheduled:
+            queue._writer_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what is queued (called by the loop, soon after a put)."""
+        queue = self.queue
+        queue._writer_scheduled = False
+        if self._draining or self._stopped:
+            return
+        transport = self.transport
+        try:
+            while queue._queue:
+                frames: list[bytes] = []
+                size = 0
+                stop = False
+                while queue._queue:
+                    packet = queue._pop()
+                    queue.task_done()
+                    if packet is None:
+                        stop = True
+                        break
+                    frame = _frame_of(packet)
+                    frames.append(frame)
+                    size += len(frame)
+                    # Bounded, so a client that does not read holds at most this much in the transport's buffer.
+                    if size >= WRITE_BATCH_BYTES:
+                        break
+                if frames:
+                    if transport is None or transport.is_closing():
+                        stop = True
+                    else:
+                        transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                if stop:
+                    self._stop()
+                    return
+                if transport is not None and transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+                    self._draining = True
+                    self._closing = asyncio.ensure_future(self._drain())
+                    return
+        except Exception:  # the connection is gone; the reader sees it too and ends the session
+            log.debug("%s: WebSocket write failed", self.sid, exc_info=True)
+            self._stop()
+
+    async def _drain(self) -> None:
+        try:
+            await self.request.writer.drain()
+        except Exception:
+            log.debug("%s: WebSocket write failed", self.sid, exc_info=True)
+            self._draining = False
+            self._stop()
+            return
+        self._draining = False
+        self.flush()
+
+    def _stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.queue._writer = None
+        self._closing = asyncio.ensure_future(self._close())
+
+    async def _close(self) -> None:
+        try:
+            await self.ws.close()
+        finally:
+            self._closed_now()
+
+    def _closed_now(self) -> None:
+        if self._closed is None:
+            self._closed = self.loop.create_future()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    async def wait_closed(self) -> None:
+        """Wait until the writer has stopped and closed the WebSocket."""
+        if self._closed is None:
+            self._closed = self.loop.create_future()
+        await self._closed
 
 
 class ChatEngineServer(engineio.AsyncServer):
@@ -537,9 +720,39 @@ class _Body:
         return self._body if length < 0 else self._body[:length]
 
 
+# The keys of python-engineio's aiohttp environ that python-engineio, python-socketio or chatsvc read
+# (tests/test_upstream_contract.py checks the libraries read no other). A WebSocket session's request
+# handler holds its environ as long as the connection lives: the other headers and the WSGI constants
+# would cost every idle socket a dict twice the size and a string per header name.
+ENVIRON_KEYS = frozenset(
+    {
+        "wsgi.input",
+        "wsgi.url_scheme",
+        "REQUEST_METHOD",
+        "QUERY_STRING",
+        "PATH_INFO",
+        "SCRIPT_NAME",
+        "REMOTE_ADDR",
+        "CONTENT_TYPE",
+        "CONTENT_LENGTH",
+        "HTTP_HOST",
+        "HTTP_ORIGIN",
+        "HTTP_UPGRADE",
+        "HTTP_CONNECTION",
+        "HTTP_ACCEPT_ENCODING",
+        "HTTP_ACCESS_CONTROL_REQUEST_HEADERS",
+        "HTTP_X_FORWARDED_PROTO",
+        "HTTP_X_FORWARDED_HOST",
+        "HTTP_AUTHORIZATION",
+        "aiohttp.request",
+    }
+)
+
+
 def _translate_request(request: web.Request) -> dict[str, Any]:
     # python-engineio's aiohttp translation, reading a long-polling body from where the check above left it.
-    environ: dict[str, Any] = eio_aiohttp.translate_request(request)
+    full: dict[str, Any] = eio_aiohttp.translate_request(request)
+    environ = {key: value for key, value in full.items() if key in ENVIRON_KEYS}
     body = request.get(_POLLING_BODY)
     if body is not None:
         environ["wsgi.input"] = _Body(body)

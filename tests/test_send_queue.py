@@ -9,9 +9,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from engineio.packet import MESSAGE, PING, Packet
 
 from chatsvc.config import Config
 from chatsvc.socket_server import CUT_OFF_MESSAGE
+from chatsvc.transport import SendQueue
 from tests.conftest import make_config
 from tests.helpers import EVENT_TIMEOUT, Api, HandFramedSocket, User, connect_socket, raw_connect, send_payload
 from tests.process import ChatsvcProcess
@@ -187,3 +189,27 @@ async def test_send_queue_a_client_that_never_reads_leaves_no_memory_behind_once
     finally:
         server.kill()
         await server.wait(10)
+
+
+async def test_send_queue_behaves_as_the_asyncio_queue_long_polling_waits_on() -> None:
+    # python-engineio's long-polling AsyncSocket.poll awaits get() under wait_for, and close() awaits join().
+    queue = SendQueue(10, 1024 * 1024, lambda _: None)
+    with pytest.raises(asyncio.QueueEmpty):
+        queue.get_nowait()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(queue.get(), 0.01)  # a timed-out poll leaves nothing waiting behind
+    waiting = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    ping = Packet(PING)
+    queue.put_nowait(ping)
+    assert await asyncio.wait_for(waiting, EVENT_TIMEOUT) is ping
+    joined = asyncio.ensure_future(queue.join())
+    await asyncio.sleep(0)
+    assert not joined.done(), "join returned before the packet taken was marked done"
+    queue.task_done()
+    await asyncio.wait_for(joined, EVENT_TIMEOUT)
+    queue.put_nowait(Packet(MESSAGE, "x"))
+    assert (queue.qsize(), queue.empty(), queue.bytes > 0) == (1, False, True)
+    assert queue.discard_backlog() == 1
+    assert (queue.qsize(), queue.bytes) == (0, 0)
+    await asyncio.wait_for(queue.join(), EVENT_TIMEOUT)

@@ -21,6 +21,8 @@ import hashlib
 import inspect
 import io
 import logging
+import pathlib
+import re
 import textwrap
 import time
 import tokenize
@@ -35,6 +37,8 @@ import socketio
 from aiohttp import abc as aiohttp_abc
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from engineio import async_server as eio_async_server
+from engineio import async_socket as eio_async_socket
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio import payload as eio_payload
@@ -144,7 +148,7 @@ TOUCHES = [
           "redis_fanout.py RedisFanout._redis_listen_with_retries"),
     # aiohttp
     Touch(aiohttp_abc.AbstractStreamWriter, "drain", "async def", "(self)",
-          "transport.py _write_queued (await request.writer.drain() after raw writes)"),
+          "transport.py _FrameWriter (await request.writer.drain() after raw writes)"),
 ]  # fmt: skip
 
 
@@ -188,7 +192,7 @@ def test_aiohttp_websocket_response_takes_the_options_chatsvc_passes() -> None:
         )
     for owner, name in ((web.BaseRequest, "transport"), (web.BaseRequest, "writer")):
         assert isinstance(inspect.getattr_static(owner, name, None), property), (
-            f"{upstream_name(owner, name)} is no longer a property: chatsvc/transport.py _write_queued "
+            f"{upstream_name(owner, name)} is no longer a property: chatsvc/transport.py _FrameWriter "
             "writes frames to request.transport and waits on request.writer.drain()"
         )
 
@@ -210,7 +214,7 @@ def test_engineio_socket_has_the_fields_chatsvc_reads_and_sets() -> None:
     )
     assert isinstance(socket.queue, asyncio.Queue), (
         "engineio.base_socket.BaseSocket.queue is no longer an asyncio.Queue (AsyncServer.create_queue): "
-        "chatsvc/transport.py _write_queued and chatsvc/fanout.py LeanEmitMixin.emit call put_nowait/get_nowait on it"
+        "chatsvc/transport.py _FrameWriter and chatsvc/fanout.py LeanEmitMixin.emit call put_nowait/get_nowait on it"
     )
     assert (socket.connected, socket.upgrading, socket.upgraded, socket.closing, socket.closed) == (
         False,
@@ -222,6 +226,42 @@ def test_engineio_socket_has_the_fields_chatsvc_reads_and_sets() -> None:
     assert isinstance(socket.last_ping, float), (
         "engineio.base_socket.BaseSocket.last_ping is no longer a time.time() float: chatsvc/transport.py "
         "_send_ping sets it like AsyncSocket._send_ping, and schedule_ping only restarts pings when it is set"
+    )
+
+
+def test_engineio_and_socketio_read_no_environ_key_chatsvc_drops() -> None:
+    # chatsvc/transport.py _translate_request keeps only ENVIRON_KEYS of python-engineio's aiohttp environ
+    # (engineio.async_drivers.aiohttp.translate_request).
+    other_drivers = re.compile(r"^(asgi\.|eventlet\.|gunicorn\.|sanic\.|tornado\.|wsgi\.websocket$)")
+    pattern = re.compile(
+        r"environ\[['\"]([\w.]+)['\"]\]|environ\.get\(['\"]([\w.]+)['\"]|['\"]([\w.]+)['\"] in environ"
+    )
+    read: set[str] = set()
+    for package in (engineio, socketio):
+        for path in sorted(pathlib.Path(package.__file__).parent.rglob("*.py")):
+            for match in pattern.finditer(path.read_text(encoding="utf-8")):
+                read.add(next(group for group in match.groups() if group))
+    dropped = sorted(key for key in read if not other_drivers.match(key) and key not in transport.ENVIRON_KEYS)
+    assert dropped == [], (
+        f"python-engineio or python-socketio now read {dropped} from the environ: add them to "
+        "chatsvc/transport.py ENVIRON_KEYS, which _translate_request keeps"
+    )
+
+
+def test_engineio_uses_only_the_queue_methods_chatsvc_send_queue_has() -> None:
+    # chatsvc/transport.py SendQueue is not an asyncio.Queue: it has the part of its interface that
+    # python-engineio calls on socket.queue (AsyncSocket.poll, send, close; AsyncServer), mirrored.
+    used = set()
+    for module in (eio_async_socket, eio_async_server):
+        used |= set(re.findall(r"\bqueue\.(\w+)", inspect.getsource(module)))
+    missing = sorted(name for name in used if not hasattr(transport.SendQueue, name))
+    assert missing == [], (
+        f"python-engineio now calls {missing} on a socket's queue: chatsvc/transport.py SendQueue "
+        "mirrors asyncio.Queue's get/get_nowait/put/put_nowait/task_done/join/empty/qsize only"
+    )
+    assert "asyncio.QueueEmpty" in inspect.getsource(AsyncSocket.poll), (
+        "engineio.async_socket.AsyncSocket.poll no longer catches asyncio.QueueEmpty, which "
+        "chatsvc/transport.py SendQueue.get_nowait raises"
     )
 
 
@@ -776,11 +816,11 @@ async def test_aiohttp_raw_writes_to_request_transport_interleave_with_the_webso
         closing = await ws.receive(timeout=EVENT_TIMEOUT)
     assert received == ["raw", "api", "x" * 200, b"\x01"], (
         "frames written to aiohttp's request.transport after WebSocketResponse.prepare no longer reach the client "
-        f"in order with the response's own ({received}): chatsvc/transport.py _write_queued writes them so"
+        f"in order with the response's own ({received}): chatsvc/transport.py _FrameWriter writes them so"
     )
     assert facts == {"same connection": True, "same flow control": True, "reply": "bye"}, (
         "aiohttp's request.transport / request.writer are no longer the WebSocket's connection after prepare "
-        f"({facts}): chatsvc/transport.py _write_queued writes there and waits on request.writer.drain()"
+        f"({facts}): chatsvc/transport.py _FrameWriter writes there and waits on request.writer.drain()"
     )
     assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
 
@@ -814,7 +854,7 @@ FORKS = [
     Fork(
         AsyncSocket,
         "_websocket_handler",
-        "chatsvc/transport.py serve_websocket, _upgrade, _write_queued",
+        "chatsvc/transport.py serve_websocket, _upgrade, _FrameWriter",
         "5cece101ba931afc",
     ),
     Fork(AsyncSocket, "_send_ping", "chatsvc/transport.py _send_ping", "fe340a2c86787979"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from chatsvc.config import Config
 from chatsvc.testing import run_chatsvc
@@ -51,6 +53,18 @@ async def test_websocket_transport_upgrade_from_polling_keeps_the_session(socket
         assert (await client.next_chat())["message"]["id"] == sent["id"]
     reply = await b.call("sendMessage", send_payload(bob, room, "back"))
     assert (await a.next_chat())["message"]["id"] == reply["id"]
+
+
+async def test_websocket_transport_upgraded_session_keeps_no_long_polling_request(sockets, pair) -> None:
+    # An idle socket's memory: once upgraded, nothing holds on to the polling requests that opened the session.
+    alice, _, _ = pair
+    client = await sockets(alice.token, transports=["polling", "websocket"])
+    assert client.sio.transport() == "websocket"
+    gc.collect()
+    polling = [
+        obj for obj in gc.get_objects() if isinstance(obj, web.BaseRequest) and obj.query.get("transport") == "polling"
+    ]
+    assert polling == [], f"{len(polling)} finished long-polling request(s) still referenced"
 
 
 async def test_websocket_transport_upgrade_answers_the_open_poll(base_url: str, pair) -> None:
