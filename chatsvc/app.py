@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from chatsvc.auth import PasswordHasher, TokenService
-from chatsvc.cluster import cluster_ctx
 from chatsvc.config import Config
 from chatsvc.db import Database
 from chatsvc.errors import error_middleware
@@ -19,7 +18,8 @@ from chatsvc.http.middleware import auth_middleware, cors_middleware, security_h
 from chatsvc.http.observe import observe_middleware
 from chatsvc.instance_lock import InstanceLock
 from chatsvc.metrics import METRICS, Metrics
-from chatsvc.realtime import create_socket_server
+from chatsvc.order_lock import cluster_ctx
+from chatsvc.realtime.events import create_socket_server
 from chatsvc.state import STATE, AppState
 from chatsvc.store.settings import get_or_create_setting
 from chatsvc.throttle import Throttle

@@ -19,7 +19,7 @@ from chatsvc.writer import MessageWriter
 if TYPE_CHECKING:
     import socketio
 
-    from chatsvc.realtime import ChatNamespace
+    from chatsvc.realtime.events import ChatNamespace
 
 
 @dataclass(frozen=True)

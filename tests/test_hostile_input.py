@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatsvc.config import Config
-from chatsvc.transport import MALFORMED_LOG_BURST, MALFORMED_LOG_PER_MINUTE
+from chatsvc.realtime.engine import MALFORMED_LOG_BURST, MALFORMED_LOG_PER_MINUTE
 from tests.helpers import EVENT_TIMEOUT, Api, SocketClient, User
 
 # Socket.IO packets no client library sends, each of which python-socketio answered with a traceback.

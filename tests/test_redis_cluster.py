@@ -26,11 +26,11 @@ from redis import asyncio as aioredis
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from chatsvc.app import create_app
-from chatsvc.cluster import OrderLock, order_lock_path
 from chatsvc.config import Config
 from chatsvc.db import Database
-from chatsvc.fanout import LeanEmitMixin, LeanManager
-from chatsvc.redis_fanout import RedisFanout
+from chatsvc.fanout.local import LeanEmitMixin, LeanManager
+from chatsvc.fanout.redis import RedisFanout
+from chatsvc.order_lock import OrderLock, order_lock_path
 from chatsvc.state import STATE, AppState
 from chatsvc.store import captchas
 from tests.conftest import make_config
@@ -349,7 +349,7 @@ async def test_cluster_password_reset_disconnects_sockets_on_every_instance(clus
 async def test_cluster_redis_outage_keeps_local_delivery_and_fan_out_resumes(
     cluster, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="chatsvc.redis_fanout")
+    caplog.set_level(logging.INFO, logger="chatsvc.fanout.redis")
     a, b = cluster
     alice, bob, carol = await a.api.new_user(), await a.api.new_user(), await a.api.new_user()
     room = await group_of(a.api, alice, bob, carol)

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from chatsvc.config import Config
-from chatsvc.socket_server import CUT_OFF_MESSAGE
+from chatsvc.realtime.server import CUT_OFF_MESSAGE
 from tests.conftest import make_config
 from tests.helpers import EVENT_TIMEOUT, Api, RawSocket, User, connect_socket, raw_connect
 from tests.process import ServerProcess

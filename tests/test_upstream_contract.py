@@ -45,11 +45,11 @@ from socketio.async_pubsub_manager import AsyncPubSubManager
 from socketio.async_redis_manager import AsyncRedisManager
 from socketio.base_manager import BaseManager
 
-from chatsvc import transport
-from chatsvc.fanout import ChatPacket, LeanManager
-from chatsvc.redis_fanout import RedisFanout
-from chatsvc.socket_server import ChatSocketServer, ack_requested
-from chatsvc.transport import ChatEngineServer, LeanWebSocket, SharedPacket, websocket_frame
+from chatsvc.fanout.local import ChatPacket, LeanManager
+from chatsvc.fanout.redis import RedisFanout
+from chatsvc.realtime import engine as transport
+from chatsvc.realtime.engine import ChatEngineServer, LeanWebSocket, SharedPacket, websocket_frame
+from chatsvc.realtime.server import ChatSocketServer, ack_requested
 from tests.helpers import EVENT_TIMEOUT, connect_socket
 from tests.process import free_port
 

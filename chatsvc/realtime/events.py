@@ -18,16 +18,16 @@ from urllib.parse import parse_qs
 import socketio
 
 from chatsvc.auth import bearer_token
-from chatsvc.cluster import Cluster
 from chatsvc.config import Config
 from chatsvc.errors import BadRequest, ChatError, Forbidden, TooManyRequests, Unauthorized
-from chatsvc.fanout import ChatPacket, LeanManager
+from chatsvc.fanout.local import ChatPacket, LeanManager
 from chatsvc.logs import log_socket_event
 from chatsvc.models import JoinRoom, LeaveRoom, send_message_model, validate
-from chatsvc.socket_server import TRANSPORT_FLUSH_SECONDS, ChatSocketServer, ack_requested
+from chatsvc.order_lock import Cluster
+from chatsvc.realtime.engine import SocketLimits
+from chatsvc.realtime.server import TRANSPORT_FLUSH_SECONDS, ChatSocketServer, ack_requested
 from chatsvc.state import AppState
 from chatsvc.store.messages import MESSAGE_TYPES, list_history
-from chatsvc.transport import SocketLimits
 from chatsvc.writer import Draft
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from chatsvc.fanout import LeanManager
+from chatsvc.fanout.local import LeanManager
 
 log = logging.getLogger(__name__)
 

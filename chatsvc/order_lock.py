@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any
 import socketio
 from aiohttp import web
 
-from chatsvc.redis_fanout import RedisFanout
+from chatsvc.fanout.redis import RedisFanout
 from chatsvc.state import STATE, AppState
 
 if TYPE_CHECKING:
-    from chatsvc.realtime import ChatNamespace
+    from chatsvc.realtime.events import ChatNamespace
 
 
 def order_lock_path(db_path: Path) -> Path:

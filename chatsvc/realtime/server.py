@@ -20,7 +20,7 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from chatsvc.transport import ChatEngineServer, SharedPacket, describe_error
+from chatsvc.realtime.engine import ChatEngineServer, SharedPacket, describe_error
 
 # Seconds live transports get on shutdown to send their CLOSE packet.
 TRANSPORT_FLUSH_SECONDS = 2.0

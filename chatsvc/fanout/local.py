@@ -22,7 +22,7 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from chatsvc.jsonutil import SocketJSON
-from chatsvc.transport import SharedPacket
+from chatsvc.realtime.engine import SharedPacket
 
 
 class MalformedPacket(ValueError):

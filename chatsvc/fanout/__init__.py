@@ -1,0 +1,1 @@
+"""Fan-out: delivering stored messages and notices to every socket of a room, on one instance or several."""
