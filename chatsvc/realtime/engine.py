@@ -34,7 +34,7 @@ import logging
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -377,7 +377,9 @@ class ChatEngineServer(engineio.AsyncServer):
     What is checked, and when a silent client is dropped, stays the same.
     """
 
-    def __init__(self, *, socket_limits: SocketLimits | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, socket_limits: SocketLimits | None = None, cut_off_notice: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if self.async_mode == "aiohttp":
             # A copy: python-engineio shares the driver table between servers in one process.
@@ -392,9 +394,51 @@ class ChatEngineServer(engineio.AsyncServer):
         # Counted for chatsvc/metrics.py.
         self.handshakes_refused = 0
         self.sockets_cut_off = 0
-        # A Socket.IO packet to send a socket that is cut off, telling the client why; set by the Socket.IO server.
-        self.cut_off_notice: eio_packet.Packet | None = None
+        # The encoded Socket.IO packet a socket that is cut off hears last, telling the client why.
+        self.cut_off_notice = None if cut_off_notice is None else SharedPacket(eio_packet.MESSAGE, cut_off_notice)
         self._cut_offs: set[asyncio.Future[None]] = set()
+
+    def queue_message(self, eio_sids: Iterable[str], encoded: str) -> int:
+        """Queue one encoded Socket.IO packet on each of these sockets that is still open; how many got it.
+
+        The fan-out's last step (chatsvc/realtime/server.py LeanManager): the
+        packet is encoded, and framed, once for all of them.
+        """
+        packet = SharedPacket(_MESSAGE, encoded)
+        sockets = self.sockets
+        sent = 0
+        for eio_sid in eio_sids:
+            socket = sockets.get(eio_sid)
+            if socket is not None and not socket.closed:
+                socket.queue.put_nowait(packet)
+                sent += 1
+        return sent
+
+    def answer_goodbye(self, eio_sid: str, reason: Any) -> None:
+        """Answer the waiting GET of a long-polling client that said goodbye (from Socket.IO's disconnect handler).
+
+        The JavaScript Engine.IO server answers it at once; python-engineio
+        leaves it open until the next ping (25 s), and its client waits for it.
+        """
+        socket = self.sockets.get(eio_sid)
+        if socket is not None and not socket.upgraded and reason == self.reason.CLIENT_DISCONNECT:
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+
+    async def close_transports(self, flush_timeout: float) -> None:
+        """Close every Engine.IO connection, giving live ones up to ``flush_timeout`` to send the CLOSE packet.
+
+        engineio's own disconnect-all waits for each queue to drain, which never
+        happens for a long-polling client that went away without saying so.
+        """
+        transports = list(self.sockets.values())
+        for transport in transports:
+            await transport.close(wait=False)
+        flushes = [asyncio.ensure_future(transport.queue.join()) for transport in transports]
+        if flushes:
+            _, stuck = await asyncio.wait(flushes, timeout=flush_timeout)
+            for flush in stuck:
+                flush.cancel()
+        self.sockets.clear()
 
     def create_queue(self, *args: Any, **kwargs: Any) -> Any:
         """A new socket's send queue, bounded (python-engineio calls this once per socket)."""
@@ -518,6 +562,12 @@ def _abort_later(queue: Any, seconds: float) -> None:
     transport = getattr(queue, "transport", None)
     if transport is not None:
         asyncio.get_running_loop().call_later(seconds, transport.abort)
+
+
+def remote_address(environ: dict[str, Any]) -> str | None:
+    """The client's address, from the environ python-engineio's aiohttp driver builds."""
+    request = environ.get("aiohttp.request")
+    return getattr(request, "remote", None)
 
 
 def describe_error(exc: BaseException) -> str:
