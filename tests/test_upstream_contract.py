@@ -16,6 +16,7 @@ fingerprints of the installed versions).
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import hashlib
@@ -27,6 +28,7 @@ import time
 import tokenize
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -44,9 +46,11 @@ from engineio.async_socket import AsyncSocket
 from socketio import packet as sio_packet
 from socketio.base_manager import BaseManager
 
+import chatsvc
 from chatsvc.realtime import engine as transport
-from chatsvc.realtime.engine import ChatEngineServer, LeanWebSocket, SharedPacket, websocket_frame
+from chatsvc.realtime.engine import ChatEngineServer, LeanWebSocket, SharedPacket
 from chatsvc.realtime.server import ChatPacket, ChatSocketServer, LeanManager, ack_requested
+from chatsvc.realtime.websocket import websocket_frame
 from tests.helpers import EVENT_TIMEOUT, connect_socket
 
 log = logging.getLogger(__name__)
@@ -124,7 +128,7 @@ TOUCHES = [
           "realtime/server.py ChatPacket.data_is_binary (overrides it)"),
     # aiohttp
     Touch(aiohttp_abc.AbstractStreamWriter, "drain", "async def", "(self)",
-          "realtime/engine.py _write_queued (await request.writer.drain() after raw writes)"),
+          "realtime/websocket.py FrameWriter.drain (await request.writer.drain() after raw writes)"),
 ]  # fmt: skip
 
 
@@ -160,6 +164,61 @@ def test_upstream_private_name_exists_with_the_signature_chatsvc_uses(touch: Tou
     assert signature == touch.signature, f"{touch.upstream}{signature} was {touch.name}{touch.signature}: check {user}"
 
 
+# The one chatsvc module per library allowed below its public API (issue 13, 4 (a)).
+FENCES = {
+    "socketio": "chatsvc/realtime/server.py",
+    "engineio": "chatsvc/realtime/engine.py",
+    "aiohttp": "chatsvc/realtime/websocket.py",
+}
+# Other modules that import a Socket.IO library, and the public names they use from it.
+PUBLIC_USES = {
+    "chatsvc/realtime/events.py": {"socketio": {"AsyncNamespace", "exceptions"}},
+    "chatsvc/testing.py": {"socketio": {"AsyncClient"}},
+}
+PACKAGE = Path(chatsvc.__file__).parent
+
+
+def chatsvc_modules() -> dict[str, ast.Module]:
+    return {
+        f"chatsvc/{path.relative_to(PACKAGE).as_posix()}": ast.parse(path.read_text(), str(path))
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
+
+
+def test_each_library_internal_is_touched_in_its_one_module() -> None:
+    private = {
+        (touch.owner.__module__.split(".")[0], touch.name)
+        for touch in TOUCHES
+        if touch.name.startswith("_") and not touch.name.startswith("__")
+    }
+    misplaced: list[str] = []
+    for module, tree in chatsvc_modules().items():
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Attribute):
+                names = [node.attr]
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                names = [node.name]
+            for library, name in private:
+                if name in names and module != FENCES[library]:
+                    misplaced.append(f"{module}:{node.lineno} {library} {name}")
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                imported = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                for name in imported:
+                    library = name.split(".")[0]
+                    fenced_out = library in ("socketio", "engineio") and module != FENCES[library]
+                    if fenced_out and (name != library or library not in PUBLIC_USES.get(module, {})):
+                        misplaced.append(f"{module}:{node.lineno} imports {name}")
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                allowed = PUBLIC_USES.get(module, {}).get(node.value.id)
+                if allowed is not None and node.attr not in allowed:
+                    misplaced.append(f"{module}:{node.lineno} uses {node.value.id}.{node.attr}")
+    assert misplaced == [], (
+        "library internals outside their one module (chatsvc/realtime/server.py for python-socketio, "
+        f"engine.py for python-engineio, websocket.py for aiohttp's): {misplaced}"
+    )
+
+
 def test_aiohttp_websocket_response_takes_the_options_chatsvc_passes() -> None:
     parameters = inspect.signature(web.WebSocketResponse).parameters
     for name in ("max_msg_size", "compress"):
@@ -169,7 +228,7 @@ def test_aiohttp_websocket_response_takes_the_options_chatsvc_passes() -> None:
         )
     for owner, name in ((web.BaseRequest, "transport"), (web.BaseRequest, "writer")):
         assert isinstance(inspect.getattr_static(owner, name, None), property), (
-            f"{upstream_name(owner, name)} is no longer a property: chatsvc/realtime/engine.py _write_queued "
+            f"{upstream_name(owner, name)} is no longer a property: chatsvc/realtime/websocket.py FrameWriter "
             "writes frames to request.transport and waits on request.writer.drain()"
         )
 
@@ -637,11 +696,11 @@ async def test_aiohttp_raw_writes_to_request_transport_interleave_with_the_webso
         closing = await ws.receive(timeout=EVENT_TIMEOUT)
     assert received == ["raw", "api", "x" * 200, b"\x01"], (
         "frames written to aiohttp's request.transport after WebSocketResponse.prepare no longer reach the client "
-        f"in order with the response's own ({received}): chatsvc/realtime/engine.py _write_queued writes them so"
+        f"in order with the response's own ({received}): chatsvc/realtime/websocket.py FrameWriter writes them so"
     )
     assert facts == {"same connection": True, "same flow control": True, "reply": "bye"}, (
         "aiohttp's request.transport / request.writer are no longer the WebSocket's connection after prepare "
-        f"({facts}): chatsvc/realtime/engine.py _write_queued writes there and waits on request.writer.drain()"
+        f"({facts}): chatsvc/realtime/websocket.py FrameWriter writes there and waits on request.writer.drain()"
     )
     assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
 

@@ -23,6 +23,27 @@ It also bounds what a client can make the server hold: each socket's send
 queue (``SendQueue``; a socket over it is cut off), the bytes handed to the
 kernel per write, the sessions that have not completed the Socket.IO connect
 (chatsvc/handshakes.py), and it logs malformed input in one throttled line.
+
+This is the one module that touches python-engineio's internals (the
+frames themselves go out through chatsvc/realtime/websocket.py, the one
+module below aiohttp's public API). Each is checked by
+tests/test_upstream_contract.py; docs/performance.md has the table:
+
+* ``AsyncServer._async["websocket"]``, the aiohttp driver table
+  (``engineio.async_drivers.aiohttp._async``), replaced by ``LeanWebSocket``,
+  which mirrors ``engineio.async_drivers.aiohttp.WebSocket.__call__``;
+  ``AsyncSocket._upgrade_websocket`` calls it with ``socket._websocket_handler``.
+* ``AsyncSocket._websocket_handler``, mirrored by ``serve_websocket``,
+  ``_upgrade`` and ``_write_queued``; ``AsyncSocket.receive`` and ``close``.
+* ``AsyncSocket._send_ping`` (mirrored by ``_send_ping``), ``schedule_ping``
+  and ``AsyncServer.start_background_task`` (ping timers instead of tasks).
+* ``AsyncServer._service_task`` (mirrored by ``ChatEngineServer._service_task``
+  and ``_sweep``), ``service_task_event``, ``service_task_handle`` and
+  ``AsyncSocket.check_ping_timeout``.
+* Socket fields ``connected``, ``upgrading``, ``upgraded``, ``closing``,
+  ``closed``, ``last_ping``, ``queue``; ``AsyncServer.sockets``, ``reason``,
+  ``create_queue``; ``environ["aiohttp.request"]`` and ``translate_request``.
+* ``engineio.packet.Packet.encode`` (overridden by ``SharedPacket``).
 """
 
 from __future__ import annotations
@@ -31,7 +52,6 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
-import struct
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -49,13 +69,12 @@ from engineio.async_socket import AsyncSocket
 from chatsvc.errors import BadRequest
 from chatsvc.handshakes import PendingSessions
 from chatsvc.logs import ThrottledLog
+from chatsvc.realtime.websocket import FrameWriter, websocket_frame
 
 log = logging.getLogger(__name__)
 
-# aiohttp's own WebSocket writer waits for the peer once this much output is buffered.
-WRITE_BUFFER_LIMIT = 64 * 1024
-# Most bytes handed to the kernel in one write: with the limit above, what a connection holds outside its
-# (bounded) send queue while its client does not read.
+# Most bytes handed to the kernel in one write: with websocket.py's WRITE_BUFFER_LIMIT, what a connection
+# holds outside its (bounded) send queue while its client does not read.
 WRITE_BATCH_BYTES = 256 * 1024
 # The disconnect reason handlers and the log see for a socket that was cut off.
 CUT_OFF_REASON = "send queue full"
@@ -68,28 +87,6 @@ _POLLING_BODY = web.RequestKey("chatsvc_polling_body", bytes)
 # and how many sockets it checks before letting other work run.
 SWEEP_SECONDS = 5.0
 SWEEP_CHUNK = 1000
-
-_FIN = 0x80
-_TEXT = 0x1
-_BINARY = 0x2
-
-
-def websocket_frame(encoded: str | bytes) -> bytes:
-    """One unmasked, uncompressed WebSocket frame (RFC 6455 section 5.2), as a server sends it."""
-    if isinstance(encoded, str):
-        payload = encoded.encode()
-        first = _FIN | _TEXT
-    else:
-        payload = bytes(encoded)
-        first = _FIN | _BINARY
-    size = len(payload)
-    if size < 126:
-        header = bytes((first, size))
-    elif size < 1 << 16:
-        header = struct.pack("!BBH", first, 126, size)
-    else:
-        header = struct.pack("!BBQ", first, 127, size)
-    return header + payload
 
 
 class SharedPacket(eio_packet.Packet):
@@ -332,9 +329,9 @@ async def serve_websocket(socket: Any, ws: web.WebSocketResponse, request: web.R
 async def _write_queued(socket: Any, ws: web.WebSocketResponse, request: web.Request) -> None:
     """Send what is queued on the socket, what piled up in one write (up to a bound), until None is queued."""
     queue: asyncio.Queue[Any] = socket.queue
-    transport = request.transport
+    out = FrameWriter(request)
     if isinstance(queue, SendQueue):
-        queue.transport = transport
+        queue.transport = out.transport
     try:
         stop = False
         while not stop:
@@ -355,11 +352,10 @@ async def _write_queued(socket: Any, ws: web.WebSocketResponse, request: web.Req
                 packet = queue.get_nowait()
                 queue.task_done()
             if frames:
-                if transport is None or transport.is_closing():
+                if out.closing():
                     break
-                transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
-                if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
-                    await request.writer.drain()
+                if out.write(frames[0] if len(frames) == 1 else b"".join(frames)):
+                    await out.drain()
     except Exception:  # the connection is gone; the reader sees it too and ends the session
         log.debug("%s: WebSocket write failed", socket.sid, exc_info=True)
     finally:
