@@ -143,7 +143,7 @@ class SocketLimits:
 class SendQueue(asyncio.Queue[Any]):
     """An Engine.IO socket's send queue, bounded in packets and bytes.
 
-    Fan-out puts packets on it without waiting (chatsvc/fanout.py), so a client
+    Fan-out puts packets on it without waiting (ChatEngineServer.queue_message), so a client
     that reads slower than its rooms talk would make it grow without end. Past
     either bound it takes no more messages, from then on, and tells its server,
     which cuts the socket off: the client got a gap-free prefix and rejoins with

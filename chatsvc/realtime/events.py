@@ -76,7 +76,7 @@ def recovery_limit(config: Config) -> int:
     A replay goes through the socket's bounded send queue at once; were it
     bigger than the queue, the socket would be cut off by its own recovery.
     """
-    # Queued, a message counts twice (chatsvc/transport.py packet_bytes): its text and its WebSocket frame.
+    # Queued, a message counts twice (chatsvc/realtime/engine.py packet_bytes): its text and its WebSocket frame.
     largest = 2 * (4 * config.message_max_length + MESSAGE_OVERHEAD_BYTES)
     return min(config.recovery_limit, config.socket_queue_packets // 2, config.socket_queue_bytes // 2 // largest)
 
