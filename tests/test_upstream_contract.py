@@ -48,7 +48,7 @@ from socketio.base_manager import BaseManager
 
 import chatsvc
 from chatsvc.realtime import engine as transport
-from chatsvc.realtime.engine import ChatEngineServer, LeanWebSocket, SharedPacket
+from chatsvc.realtime.engine import ChatEngineServer, LeanWebSocket, SharedPacket, SocketLimits
 from chatsvc.realtime.server import ChatPacket, ChatSocketServer, LeanManager, ack_requested
 from chatsvc.realtime.websocket import websocket_frame
 from tests.helpers import EVENT_TIMEOUT, connect_socket
@@ -556,6 +556,12 @@ def test_socketio_builds_its_engineio_server_from_engineio_server_class() -> Non
     assert type(sio.eio) is ChatEngineServer, (
         "socketio.base_server.BaseServer.__init__ no longer builds self.eio from self._engineio_server_class(): "
         "chatsvc/realtime/server.py ChatSocketServer would run the stock transport and keep-alive"
+    )
+    limits = SocketLimits(queue_packets=7)
+    passed = ChatSocketServer(async_mode="aiohttp", socket_limits=limits).eio
+    assert sio.eio.cut_off_notice is not None and passed.limits is limits, (
+        "socketio.base_server.BaseServer.__init__ no longer hands the keyword arguments it does not know to the "
+        "Engine.IO server: chatsvc/realtime/server.py passes cut_off_notice and socket_limits that way"
     )
     assert sio.eio.handlers.get("disconnect") == sio._handle_eio_disconnect, (
         "socketio.base_server.BaseServer.__init__ no longer registers self._handle_eio_disconnect as Engine.IO's "

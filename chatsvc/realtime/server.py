@@ -189,7 +189,8 @@ class ChatSocketServer(socketio.AsyncServer):
     """An AsyncServer that tells handlers whether the client wants an ack, and counts events in flight."""
 
     def __init__(self, *, event_observer: Callable[[str, float], None] | None = None, **kwargs: Any) -> None:
-        packet_class = kwargs.get("serializer", ChatPacket)
+        serializer = kwargs.get("serializer")
+        packet_class = serializer if isinstance(serializer, type) else sio_packet.Packet
         notice = packet_class(
             sio_packet.EVENT, namespace="/", data=["exception", {"status": "error", "message": CUT_OFF_MESSAGE}]
         )
