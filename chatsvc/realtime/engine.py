@@ -54,7 +54,7 @@ import ctypes.util
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -394,16 +394,20 @@ class ChatEngineServer(engineio.AsyncServer):
         self.cut_off_notice = None if cut_off_notice is None else SharedPacket(eio_packet.MESSAGE, cut_off_notice)
         self._cut_offs: set[asyncio.Future[None]] = set()
 
-    def queue_message(self, eio_sids: Iterable[str], encoded: str) -> int:
-        """Queue one encoded Socket.IO packet on each of these sockets that is still open; how many got it.
+    def queue_message(self, recipients: Iterable[tuple[str, str]], skip: Container[str], encoded: str) -> int:
+        """Queue one encoded Socket.IO packet on each recipient's socket that is still open; how many got it.
 
         The fan-out's last step (chatsvc/realtime/server.py LeanManager): the
-        packet is encoded, and framed, once for all of them.
+        packet is encoded, and framed, once for all of them. ``recipients``
+        are (Socket.IO sid, Engine.IO sid) pairs; those whose sid is in
+        ``skip`` are left out.
         """
         packet = SharedPacket(_MESSAGE, encoded)
         sockets = self.sockets
         sent = 0
-        for eio_sid in eio_sids:
+        for sid, eio_sid in recipients:
+            if sid in skip:
+                continue
             socket = sockets.get(eio_sid)
             if socket is not None and not socket.closed:
                 socket.queue.put_nowait(packet)

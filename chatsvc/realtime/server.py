@@ -171,8 +171,7 @@ class LeanManager(socketio.AsyncManager):
             await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, **kwargs)
             return
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
-        recipients = (eio_sid for sid, eio_sid in self.get_participants(namespace, room) if sid not in skip)
-        self.deliveries += self.server.eio.queue_message(recipients, encoded)
+        self.deliveries += self.server.eio.queue_message(self.get_participants(namespace, room), skip, encoded)
 
 
 # Whether the event being handled came with an acknowledgement callback.
