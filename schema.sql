@@ -101,3 +101,17 @@ CREATE TABLE IF NOT EXISTS captcha (
 ) WITHOUT ROWID;
 -- Purging expired codes on each new request.
 CREATE INDEX IF NOT EXISTS captcha_by_expiry ON captcha (expires_at);
+
+-- Uploaded files (chatsvc/files/): the bytes live in the file store under the unguessable name.
+CREATE TABLE IF NOT EXISTS upload (
+    name          TEXT    PRIMARY KEY,
+    original_name TEXT    NOT NULL,
+    content_type  TEXT    NOT NULL,
+    size          INTEGER NOT NULL,
+    uploader_id   INTEGER NOT NULL REFERENCES user (id),
+    -- 1 once a message or a profile picture is found to refer to it: the sweep then keeps it.
+    used          INTEGER NOT NULL DEFAULT 0 CHECK (used IN (0, 1)),
+    create_time   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+) WITHOUT ROWID;
+-- The sweep's candidates: unused uploads, oldest first.
+CREATE INDEX IF NOT EXISTS upload_unused ON upload (create_time) WHERE used = 0;

@@ -21,7 +21,9 @@ from chatsvc.errors import error_middleware
 from chatsvc.fanout import Fanout
 from chatsvc.fanout.local import LocalFanout
 from chatsvc.fanout.redis import RedisFanout
-from chatsvc.http import chatrooms, demo, favorites, friends, history, ops, sidecar, users
+from chatsvc.files import make_file_store
+from chatsvc.files.sweep import UploadSweeper
+from chatsvc.http import chatrooms, demo, favorites, files, friends, history, ops, sidecar, users
 from chatsvc.http.middleware import auth_middleware, cors_middleware, security_headers
 from chatsvc.http.observe import observe_middleware
 from chatsvc.instance_lock import InstanceLock
@@ -61,6 +63,7 @@ def create_app(config: Config) -> web.Application:
         fanout = LocalFanout(sio, members, profiles)
     order_lock = order_lock_for(config)
     writer = MessageWriter(db, profiles, fanout, order_lock, max_batch=config.write_batch_max)
+    file_store = make_file_store(config)
     state = AppState(
         config=config,
         db=db,
@@ -73,6 +76,10 @@ def create_app(config: Config) -> web.Application:
         fanout=fanout,
         writer=writer,
         membership=Membership(db, writer, fanout),
+        files=file_store,
+        upload_sweeper=UploadSweeper(
+            db, file_store, max_age=config.upload_unused_ttl, interval=config.upload_sweep_interval
+        ),
     )
     namespace = ChatNamespace(state)
     sio.register_namespace(namespace)
@@ -83,7 +90,8 @@ def create_app(config: Config) -> web.Application:
     # The fan-out outlives the database: the writer hands batches to it until it stops.
     app.cleanup_ctx.append(_fanout_ctx(fanout))
     app.cleanup_ctx.append(_database_ctx(state, order_lock))
-    for module in (users, chatrooms, history, friends, favorites, demo, sidecar, ops):
+    app.cleanup_ctx.append(_files_ctx(state))
+    for module in (users, chatrooms, history, friends, favorites, files, demo, sidecar, ops):
         app.add_routes(module.routes)
     app.on_response_prepare.append(security_headers)
     app.on_shutdown.append(_close_sockets(namespace, sio))
@@ -123,6 +131,17 @@ def _database_ctx(state: AppState, order_lock: OrderLock) -> CleanupContext:
         lock.release()
 
     return database_ctx
+
+
+def _files_ctx(state: AppState) -> CleanupContext:
+    async def files_ctx(app: web.Application) -> AsyncIterator[None]:
+        await state.files.start()
+        state.upload_sweeper.start()
+        yield
+        await state.upload_sweeper.close()
+        await state.files.close()
+
+    return files_ctx
 
 
 def _close_sockets(namespace: ChatNamespace, sio: ChatSocketServer) -> Callable[[web.Application], Awaitable[None]]:

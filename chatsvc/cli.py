@@ -19,8 +19,7 @@ from chatsvc.auth import TokenService
 from chatsvc.config import Config
 from chatsvc.db import Database
 from chatsvc.errors import BadRequest, ChatError
-from chatsvc.models import NICKNAME_MAX, PASSWORD_MAX, PASSWORD_MIN, USERNAME_MAX
-from chatsvc.validation import email, text
+from chatsvc.models import PASSWORD_MAX, PASSWORD_MIN, RegisterBody, validate_field
 
 COMMANDS = ("init-db", "user", "token")
 # Commands that only read: they find a database or say there is none, never create an empty one.
@@ -84,9 +83,9 @@ async def _init_db(db: Database) -> None:
 
 
 async def _add_user(db: Database, args: argparse.Namespace, config: Config) -> None:
-    username = text(args.username, "username", max_length=USERNAME_MAX)
-    nick_name = text(args.nick or username, "nick", max_length=NICKNAME_MAX)
-    address = email(args.email) if args.email is not None else ""
+    username = validate_field(RegisterBody, "username", args.username)
+    nick_name = validate_field(RegisterBody, "nickName", args.nick or username, label="nick")
+    address = validate_field(RegisterBody, "email", args.email) if args.email is not None else ""
     generated = args.password is None
     password = secrets.token_urlsafe(12) if generated else args.password
     if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from chatsvc.files.sniff import DEFAULT_ALLOWED as DEFAULT_UPLOAD_TYPES
+from chatsvc.files.sniff import KNOWN_TYPES as KNOWN_UPLOAD_TYPES
+
 SocketAuthMode = Literal["token", "trust-client"]
 LogFormat = Literal["text", "json"]
 
@@ -80,6 +83,25 @@ class Config:
     api_key: str | None = None
     log_format: LogFormat = "text"
     log_level: str = "INFO"
+    # --- files (chatsvc/files/) ---
+    # None: the folder "files" beside the database.
+    files_dir: Path | None = None
+    max_upload: int = 10 * 1024 * 1024
+    upload_types: tuple[str, ...] = DEFAULT_UPLOAD_TYPES
+    # An upload no message or profile refers to is removed this long after it was made; the sweep runs this often.
+    upload_unused_ttl: int = 24 * 3600
+    upload_sweep_interval: int = 3600
+    # None: files are kept on disk. Set: in S3-compatible object storage (chatsvc/files/s3.py).
+    s3_url: str | None = None
+    # The S3 endpoint as browsers reach it, for presigned URLs (None: the endpoint of s3_url).
+    s3_public_url: str | None = None
+    # Base of the URLs upload answers give (None: the scheme and host the request came to).
+    public_url: str | None = None
+
+    @property
+    def files_path(self) -> Path:
+        """The folder uploads are kept in (and spooled through, with S3)."""
+        return self.files_dir if self.files_dir is not None else self.db_path.parent / "files"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -205,6 +227,29 @@ def _cors_origins(name: str, raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _upload_types(name: str, raw: str) -> tuple[str, ...]:
+    types = tuple(t.strip().lower() for t in raw.split(",") if t.strip())
+    unknown = [t for t in types if t not in KNOWN_UPLOAD_TYPES]
+    if not types or unknown:
+        raise ValueError(f"{name}: {', '.join(unknown) or 'nothing'} is not one of: {', '.join(KNOWN_UPLOAD_TYPES)}")
+    return types
+
+
+def _s3_url(name: str, raw: str) -> str:
+    # chatsvc.files imports this module: the one parser of S3 URLs is imported where it is used.
+    from chatsvc.files import parse_s3_url
+
+    parse_s3_url(raw, name)
+    return raw
+
+
+def _http_url(name: str, raw: str) -> str:
+    if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", raw):
+        raise ValueError(f"{name} must be an http:// or https:// URL such as https://chat.example.com, got {raw!r}")
+    _check_url_port(name, raw)
+    return raw.rstrip("/")
+
+
 # Longest ping interval or timeout, in seconds (see the ping settings below).
 MAX_PING_SECONDS = 86400
 
@@ -245,9 +290,27 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_LOG_LEVEL": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR", case=str.upper)),
     "CHATSVC_REDIS_URL": ("redis_url", _redis_url),
     "CHATSVC_REDIS_CHANNEL": ("redis_channel", _text),
+    "CHATSVC_FILES_DIR": ("files_dir", _path),
+    "CHATSVC_MAX_UPLOAD": ("max_upload", _int(minimum=1)),
+    "CHATSVC_UPLOAD_TYPES": ("upload_types", _upload_types),
+    "CHATSVC_UPLOAD_UNUSED_TTL": ("upload_unused_ttl", _int(minimum=1)),
+    "CHATSVC_UPLOAD_SWEEP_INTERVAL": ("upload_sweep_interval", _int(minimum=1)),
+    "CHATSVC_S3_URL": ("s3_url", _s3_url),
+    "CHATSVC_S3_PUBLIC_URL": ("s3_public_url", _http_url),
+    "CHATSVC_PUBLIC_URL": ("public_url", _http_url),
 }
 # Settings whose variable, set but empty, means "not set" (a secret, a URL, a key).
-SKIP_WHEN_EMPTY = {"jwt_secret", "smtp_url", "api_key", "redis_url", "redis_channel"}
+SKIP_WHEN_EMPTY = {
+    "jwt_secret",
+    "smtp_url",
+    "api_key",
+    "redis_url",
+    "redis_channel",
+    "files_dir",
+    "s3_url",
+    "s3_public_url",
+    "public_url",
+}
 
 
 def parse_flag(flag: str, field_name: str, raw: str) -> Any:

@@ -56,6 +56,10 @@ class PayloadTooLarge(ChatError):
     status = 413
 
 
+class UnsupportedMediaType(ChatError):
+    status = 415
+
+
 class TooManyRequests(ChatError):
     status = 429
 

@@ -2,10 +2,12 @@
 
 Each model is a msgspec Struct whose annotations carry the limits
 (``msgspec.Meta``). Three things read them: the validator
-(:func:`validate`), which refuses bad input with the texts clients already
-know ("username is required", "content must be at most 500 characters"); the
-OpenAPI document (chatsvc/openapi.py, through :func:`schema_components` and
-:func:`schema_of`); and the handlers and CLI, which use the typed result.
+(:func:`validate` for bodies and socket payloads, :func:`validate_params` for
+query strings and path segments), which refuses bad input with the texts
+clients already know ("username is required", "content must be at most 500
+characters"); the OpenAPI document (chatsvc/openapi.py, through
+:func:`schema_components` and :func:`parameters_of`); and the handlers and CLI,
+which use the typed result.
 
 msgspec was chosen by measurement (``python -m bench.validate_send``): its
 ``convert`` decodes and checks a ``sendMessage`` payload faster than the
@@ -15,18 +17,19 @@ cannot say: a blank string, lone surrogates, an email's shape) goes through the
 slower field-by-field walk that finds the first fault and names it as before.
 
 A limit that is a runtime setting (the message length, the history page size)
-is passed in: :func:`send_message_model` builds the model for a given limit,
-and the OpenAPI document is built from the same call.
+is passed in: :func:`send_message_model` and :func:`history_query_model` build
+the model for a given limit, and the OpenAPI document is built from the same call.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from operator import attrgetter
-from typing import Annotated, Any, Literal, TypeVar
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -165,7 +168,10 @@ class SidecarMembersBody(_Request, kw_only=True):
 class SidecarRemoveQuery(_Request, kw_only=True):
     """The query of DELETE /sidecar/v1/rooms/{id}/members: ``?username=`` repeated."""
 
-    username: QueryUsernames
+    username: Annotated[
+        QueryUsernames,
+        Meta(description=f"repeat for several users (at most {MAX_QUERY_USERNAMES}, to keep the URL short)"),
+    ]
 
 
 def _sidecar_message_model(max_length: int) -> type[Struct]:
@@ -182,6 +188,96 @@ def _sidecar_message_model(max_length: int) -> type[Struct]:
         kw_only=True,
         module=__name__,
     )
+
+
+# --- requests: query strings and path segments -----------------------------------------------------------------
+# One model per route; a field's Meta description is the parameter's description in the OpenAPI document.
+
+
+class FindUserQuery(_Request, kw_only=True):
+    username: Username
+
+
+class CodeQuery(_Request, kw_only=True):
+    """Where a registration or password-reset code goes."""
+
+    address: Annotated[Email, Meta(description="where the code is sent")]
+
+
+class OneToOneQuery(_Request, kw_only=True):
+    friendId: Id
+
+
+class FindChatroomQuery(_Request, kw_only=True):
+    userId1: Id
+    userId2: Id
+
+
+class RoomListQuery(_Request, kw_only=True):
+    name: RoomNameFilter = ""
+
+
+class CreateGroupQuery(_Request, kw_only=True):
+    name: RoomName
+
+
+# A room id in the /chatroom routes: any integer; one that names no room (such as -1) is not refused here.
+RoomRef = Annotated[AnyInt, Meta(description="the room id")]
+
+
+class MembersQuery(_Request, kw_only=True):
+    chatroomId: RoomRef
+
+
+class RoomPath(_Request, kw_only=True):
+    id: RoomRef
+
+
+class JoinGroupQuery(_Request, kw_only=True):
+    joinUsername: Username
+
+
+class QuitGroupQuery(_Request, kw_only=True):
+    quitUserId: Id
+
+
+def _history_query_model(max_limit: int) -> type[Struct]:
+    return msgspec.defstruct(
+        "HistoryQuery",
+        [
+            ("chatroomId", Id),
+            ("limit", history_limit(max_limit) | None, None),
+            ("beforeId", Annotated[Id, Meta(description="messages older than this id")] | None, None),
+            ("afterId", Cursor | None, None),
+        ],
+        bases=(_Request,),
+        kw_only=True,
+        module=__name__,
+    )
+
+
+class UserPath(_Request, kw_only=True):
+    id: Annotated[Id, Meta(description="the other user's id")]
+
+
+class FriendListQuery(_Request, kw_only=True):
+    name: NickNameFilter = ""
+
+
+class ChatHistoryIdQuery(_Request, kw_only=True):
+    chatHistoryId: Id
+
+
+class FavoriteIdQuery(_Request, kw_only=True):
+    id: Id
+
+
+class SidecarRoomPath(_Request, kw_only=True):
+    id: Annotated[Id, Meta(description="the room id")]
+
+
+class StaticPath(_Request, kw_only=True):
+    name: StaticName
 
 
 # --- requests: socket events -----------------------------------------------------------------------------------
@@ -225,6 +321,7 @@ def _send_message_model(max_length: int) -> type[Struct]:
 
 send_message_model = cache(_send_message_model)
 sidecar_message_model = cache(_sidecar_message_model)
+history_query_model = cache(_history_query_model)
 
 # --- responses ---------------------------------------------------------------------------------------------------
 
@@ -379,6 +476,31 @@ class Status(_Response, kw_only=True):
     status: str
 
 
+# --- files (chatsvc/http/files.py) -------------------------------------------------------------------------------
+
+# An object name for GET /minio/presignedUrl: S3 allows keys of up to 1024 bytes.
+OBJECT_NAME_MAX = 1024
+ObjectName = Annotated[str, Meta(min_length=1, max_length=OBJECT_NAME_MAX)]
+FileName = Annotated[str, Meta(pattern="^[0-9a-f]{32}$", description="the name an upload answered")]
+
+
+class FilePath(_Request, kw_only=True):
+    name: FileName
+
+
+class PresignedUrlQuery(_Request, kw_only=True):
+    name: Annotated[ObjectName, Meta(description="the object name in the bucket")]
+
+
+class Upload(_Response, kw_only=True):
+    """A stored upload: where to fetch it, and what it turned out to be."""
+
+    url: Annotated[str, Meta(description="the file's URL: GET it, or send it as an image/file message or headPic")]
+    name: Annotated[str, Meta(description="the unguessable name in the URL (128 random bits)")]
+    size: Annotated[int, Meta(ge=1, description="bytes")]
+    contentType: Annotated[str, Meta(description="decided from the file's first bytes, not from the client")]
+
+
 RESPONSE_MODELS: tuple[type[Struct], ...] = (
     Error,
     User,
@@ -392,6 +514,7 @@ RESPONSE_MODELS: tuple[type[Struct], ...] = (
     FriendRequestList,
     Favorite,
     FavoriteWithMessage,
+    Upload,
 )
 
 # --- OpenAPI -----------------------------------------------------------------------------------------------------
@@ -440,6 +563,35 @@ def schema_of(tp: Any) -> dict[str, Any]:
     schemas, components = schema_components(tp)
     assert not components, "schema_of is for types without components"
     return schemas[0]
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One field of a query or path model, as the OpenAPI document describes a parameter."""
+
+    name: str
+    required: bool
+    schema: dict[str, Any]
+    description: str | None
+    repeated: bool
+
+
+def parameters_of(model: type[Struct]) -> list[Parameter]:
+    """The fields of a query or path model in order, each with the schema of its type (``None`` left out)."""
+    hints = get_type_hints(model, include_extras=True)
+    info = msgspec.inspect.type_info(model)
+    assert isinstance(info, msgspec.inspect.StructType)
+    found = []
+    for field in info.fields:
+        tp = hints[field.name]
+        if get_origin(tp) in (Union, UnionType):
+            kept = [arg for arg in get_args(tp) if arg is not type(None)]
+            assert len(kept) == 1, f"{field.name}: one type besides None"
+            tp = kept[0]
+        schema = schema_of(tp)
+        description = schema.pop("description", None)
+        found.append(Parameter(field.encode_name, field.required, schema, description, schema.get("type") == "array"))
+    return found
 
 
 # --- validation --------------------------------------------------------------------------------------------------
@@ -656,6 +808,37 @@ def validate(model: type[T], data: Any, what: str = "payload") -> T:
         return _walk(model, data)
     _post_check(model, obj)
     return obj
+
+
+_DIGITS_RE = re.compile(r"^[+-]?[0-9]{1,19}$")
+
+
+def _parse_param(check: _Check, raw: str) -> Any:
+    """An integer parameter's text as an int (None when blank, so it counts as absent); other text as it is."""
+    if check.kind != "int":
+        return raw
+    if not raw.strip():
+        return None
+    if not _DIGITS_RE.match(raw.strip()):
+        raise BadRequest(f"{check.label} must be an integer")
+    return int(raw)
+
+
+def validate_params(model: type[T], params: Mapping[str, str]) -> T:
+    """Query or path parameters (``request.query``, ``request.match_info``) as an instance of ``model``.
+
+    Integers are parsed from their text first; then every field is checked as
+    body fields are, with the same error texts.
+    """
+    getall = getattr(params, "getall", None)
+    values: dict[str, Any] = {}
+    for check in _checks(model):
+        if check.kind == "list":
+            values[check.name] = getall(check.name, []) if getall is not None else params.get(check.name)
+            continue
+        raw = params.get(check.name)
+        values[check.name] = None if raw is None else _parse_param(check, raw)
+    return _walk(model, values)
 
 
 def field_check(model: type[Struct], name: str) -> _Check:

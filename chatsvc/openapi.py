@@ -14,7 +14,7 @@ from typing import Any
 
 from chatsvc import __version__, models
 from chatsvc.config import Config
-from chatsvc.models import schema_of
+from chatsvc.models import parameters_of
 
 JSON = "application/json"
 
@@ -43,6 +43,7 @@ ERROR_DESCRIPTIONS = {
     403: "Not allowed (not a member of the room)",
     404: "Not found",
     413: "Request body too large",
+    415: "A type of file that is not accepted",
     429: "Too many requests",
     503: "Service unavailable",
 }
@@ -78,18 +79,17 @@ def _errors(*statuses: int) -> dict[str, Schema]:
     return {str(status): _error(status) for status in statuses}
 
 
-def _query(name: str, schema: Schema, *, required: bool = True, description: str | None = None) -> Schema:
-    param: Schema = {"name": name, "in": "query", "required": required, "schema": schema}
-    if description:
-        param["description"] = description
-    return param
-
-
-def _path(name: str, schema: Schema, description: str | None = None) -> Schema:
-    param: Schema = {"name": name, "in": "path", "required": True, "schema": schema}
-    if description:
-        param["description"] = description
-    return param
+def _params(model: Any, where: str = "query") -> list[Schema]:
+    """The parameters of a query or path model of chatsvc/models.py, the one the route validates with."""
+    params = []
+    for field in parameters_of(model):
+        param: Schema = {"name": field.name, "in": where, "required": field.required, "schema": field.schema}
+        if field.repeated:
+            param.update(style="form", explode=True)
+        if field.description:
+            param["description"] = field.description
+        params.append(param)
+    return params
 
 
 def _body(schema: Schema) -> Schema:
@@ -192,10 +192,6 @@ def _text_response(content_types: list[str], description: str) -> Schema:
 
 STRING_MESSAGE: Schema = {"type": "string", "description": "A human-readable confirmation"}
 INTEGER_ID: Schema = {"type": "integer", "description": "a room id"}
-ID = schema_of(models.Id)
-ANY_INT = schema_of(models.AnyInt)
-USERNAME = schema_of(models.Username)
-ADDRESS_QUERY = _query("address", schema_of(models.Email), description="where the code is sent")
 
 USERS: dict[str, Schema] = {
     "/user/register": {
@@ -233,7 +229,7 @@ USERS: dict[str, Schema] = {
             "A user's profile by username, to start a chat with them (the email only for the caller and friends)",
             200,
             _ref("Profile"),
-            params=[_query("username", USERNAME)],
+            params=_params(models.FindUserQuery),
             errors=(400, 404),
             tag="users",
         )
@@ -244,7 +240,7 @@ USERS: dict[str, Schema] = {
             "Send a registration code (valid 5 minutes)",
             200,
             STRING_MESSAGE,
-            params=[ADDRESS_QUERY],
+            params=_params(models.CodeQuery),
             errors=(400, 429, 503),
             tag="users",
         )
@@ -254,7 +250,7 @@ USERS: dict[str, Schema] = {
             "Send a password reset code (valid 10 minutes)",
             200,
             STRING_MESSAGE,
-            params=[ADDRESS_QUERY],
+            params=_params(models.CodeQuery),
             errors=(400, 429, 503),
             tag="users",
         )
@@ -289,14 +285,13 @@ USERS: dict[str, Schema] = {
     },
 }
 
-ROOM_ID_PATH = _path("id", ANY_INT, "the room id")
 CHATROOMS: dict[str, Schema] = {
     "/chatroom/create-one-to-one": {
         "get": _user_route(
             "The id of the caller's one-to-one room with friendId, created if missing",
             200,
             INTEGER_ID,
-            params=[_query("friendId", ID)],
+            params=_params(models.OneToOneQuery),
             tag="chatrooms",
         )
     },
@@ -305,7 +300,7 @@ CHATROOMS: dict[str, Schema] = {
             "The id of the one-to-one room of two users, or null",
             200,
             {"type": "integer", "nullable": True},
-            params=[_query("userId1", ID), _query("userId2", ID)],
+            params=_params(models.FindChatroomQuery),
             errors=(400, 403),
             tag="chatrooms",
         )
@@ -315,7 +310,7 @@ CHATROOMS: dict[str, Schema] = {
             "The caller's rooms, filtered by a name substring",
             200,
             _array(_ref("RoomSummary")),
-            params=[_query("name", schema_of(models.RoomNameFilter), required=False)],
+            params=_params(models.RoomListQuery),
             tag="chatrooms",
         )
     },
@@ -324,7 +319,7 @@ CHATROOMS: dict[str, Schema] = {
             "Create a group with the caller as its first member; its id",
             200,
             INTEGER_ID,
-            params=[_query("name", schema_of(models.RoomName))],
+            params=_params(models.CreateGroupQuery),
             tag="chatrooms",
         )
     },
@@ -333,7 +328,7 @@ CHATROOMS: dict[str, Schema] = {
             "The members of a room the caller is in (emails only of the caller and friends); [] for no room",
             200,
             _array(_ref("Profile")),
-            params=[_query("chatroomId", ANY_INT)],
+            params=_params(models.MembersQuery),
             errors=(400, 403),
             tag="chatrooms",
         )
@@ -343,7 +338,7 @@ CHATROOMS: dict[str, Schema] = {
             "A room the caller is in, with its members",
             200,
             _ref("Room"),
-            params=[ROOM_ID_PATH],
+            params=_params(models.RoomPath, "path"),
             errors=(400, 403, 404),
             tag="chatrooms",
         )
@@ -353,7 +348,7 @@ CHATROOMS: dict[str, Schema] = {
             "Add the user joinUsername to a group the caller is in; the room id",
             200,
             INTEGER_ID,
-            params=[ROOM_ID_PATH, _query("joinUsername", USERNAME)],
+            params=[*_params(models.RoomPath, "path"), *_params(models.JoinGroupQuery)],
             errors=(400, 403, 404),
             tag="chatrooms",
         )
@@ -363,7 +358,7 @@ CHATROOMS: dict[str, Schema] = {
             "Remove member quitUserId from a group the caller is in; the room id",
             200,
             INTEGER_ID,
-            params=[ROOM_ID_PATH, _query("quitUserId", ID)],
+            params=[*_params(models.RoomPath, "path"), *_params(models.QuitGroupQuery)],
             errors=(400, 403, 404, 503),
             tag="chatrooms",
         )
@@ -379,12 +374,7 @@ def _history(history_max_limit: int) -> dict[str, Schema]:
                 "Messages of a room the caller is in, in ascending id order: the newest page, or one beside a cursor",
                 200,
                 _array(_ref("Message")),
-                params=[
-                    _query("chatroomId", ID),
-                    _query("limit", schema_of(models.history_limit(history_max_limit)), required=False),
-                    _query("beforeId", ID, required=False, description="messages older than this id"),
-                    _query("afterId", schema_of(models.Cursor), required=False),
-                ],
+                params=_params(models.history_query_model(history_max_limit)),
                 errors=(400, 403),
                 tag="history",
             )
@@ -392,7 +382,7 @@ def _history(history_max_limit: int) -> dict[str, Schema]:
     }
 
 
-USER_ID_PATH = _path("id", ID, "the other user's id")
+USER_ID_PATH = _params(models.UserPath, "path")
 FRIENDS: dict[str, Schema] = {
     "/friendship/add": {
         "post": _user_route(
@@ -413,13 +403,13 @@ FRIENDS: dict[str, Schema] = {
             "Agree to the pending request from user id",
             200,
             _ref("FriendRequest"),
-            params=[USER_ID_PATH],
+            params=USER_ID_PATH,
             tag="friends",
         )
     },
     "/friendship/reject/{id}": {
         "get": _user_route(
-            "Reject the pending request from user id", 200, _ref("FriendRequest"), params=[USER_ID_PATH], tag="friends"
+            "Reject the pending request from user id", 200, _ref("FriendRequest"), params=USER_ID_PATH, tag="friends"
         )
     },
     "/friendship/list": {
@@ -427,13 +417,13 @@ FRIENDS: dict[str, Schema] = {
             "The caller's friends, filtered by a nickName substring",
             200,
             _array(_ref("Friend")),
-            params=[_query("name", schema_of(models.NickNameFilter), required=False)],
+            params=_params(models.FriendListQuery),
             tag="friends",
         )
     },
     "/friendship/remove/{id}": {
         "get": _user_route(
-            "End the friendship with user id, both ways", 200, STRING_MESSAGE, params=[USER_ID_PATH], tag="friends"
+            "End the friendship with user id, both ways", 200, STRING_MESSAGE, params=USER_ID_PATH, tag="friends"
         )
     },
 }
@@ -444,7 +434,7 @@ FAVORITES: dict[str, Schema] = {
             "Save a message of a room the caller is in",
             200,
             _ref("Favorite"),
-            params=[_query("chatHistoryId", ID)],
+            params=_params(models.ChatHistoryIdQuery),
             errors=(400, 403),
             tag="favorites",
         )
@@ -463,14 +453,14 @@ FAVORITES: dict[str, Schema] = {
             "Delete one of the caller's favorites; the deleted favorite",
             200,
             _ref("Favorite"),
-            params=[_query("id", ID)],
+            params=_params(models.FavoriteIdQuery),
             errors=(400, 404),
             tag="favorites",
         )
     },
 }
 
-SIDECAR_ROOM_ID = _path("id", ID, "the room id")
+SIDECAR_ROOM_ID = _params(models.SidecarRoomPath, "path")
 SIDECAR_ROOM = _model(models.SidecarRoomResult)
 SIDECAR_USER = _model(models.SidecarUserResult)
 SIDECAR: dict[str, Schema] = {
@@ -499,24 +489,13 @@ SIDECAR: dict[str, Schema] = {
         "post": _sidecar_route(
             "Add users to a group; the room hears joinRoom for each new member",
             {200: _model(models.SidecarAddedResult)},
-            params=[SIDECAR_ROOM_ID],
+            params=SIDECAR_ROOM_ID,
             body=_model(models.SidecarMembersBody),
         ),
         "delete": _sidecar_route(
             "Remove users from a group; their sockets leave it and it hears quitRoom",
             {200: _model(models.SidecarRemovedResult)},
-            params=[
-                SIDECAR_ROOM_ID,
-                {
-                    "name": "username",
-                    "in": "query",
-                    "required": True,
-                    "schema": schema_of(models.QueryUsernames),
-                    "style": "form",
-                    "explode": True,
-                    "description": "repeat for several users (at most 10, to keep the URL short)",
-                },
-            ],
+            params=[*SIDECAR_ROOM_ID, *_params(models.SidecarRemoveQuery)],
             errors=(400, 503),
         ),
     },
@@ -524,9 +503,69 @@ SIDECAR: dict[str, Schema] = {
         "post": _sidecar_route(
             "Post a message as a member (username) or as the service (system: true); stored and broadcast",
             {201: _ref("Message"), 200: _ref("Message")},
-            params=[SIDECAR_ROOM_ID],
+            params=SIDECAR_ROOM_ID,
             body=_ref("SidecarMessageBody"),
             errors=(400, 403, 503),
+        )
+    },
+}
+
+# --- files (chatsvc/http/files.py) ---
+BINARY: Schema = {"type": "string", "format": "binary"}
+FILE_HEADERS: Schema = {
+    "ETag": {"description": "Changes only if the bytes do", "schema": STRING, "required": False},
+    "Cache-Control": {"description": "A year: a name never holds other bytes", "schema": STRING, "required": False},
+    "Content-Disposition": {
+        "description": "attachment with the original name, for anything but an image",
+        "schema": STRING,
+        "required": False,
+    },
+    "Content-Security-Policy": {"description": "sandbox, for anything but an image", "schema": STRING},
+}
+FILES: dict[str, Schema] = {
+    "/file/upload": {
+        "post": {
+            **_user_route(
+                "Store a file (multipart part 'file'); its type is decided from its bytes",
+                201,
+                _model(models.Upload),
+                errors=(400, 413, 415, 503),
+                tag="files",
+            ),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {"type": "object", "properties": {"file": BINARY}, "required": ["file"]}
+                    }
+                },
+            },
+        }
+    },
+    "/file/{name}": {
+        "get": {
+            "summary": "A stored file: its bytes (Range and If-None-Match work), or with S3 a redirect to them",
+            "tags": ["files"],
+            "security": [],
+            "parameters": _params(models.FilePath, "path"),
+            "responses": {
+                "200": {"description": "The file", "headers": FILE_HEADERS, "content": {"*/*": {"schema": BINARY}}},
+                "206": {"description": "The requested range", "content": {"*/*": {"schema": BINARY}}},
+                "302": {"description": "With S3 storage: a short-lived presigned URL of the file"},
+                "304": {"description": "The copy the client has is current"},
+                "416": {"description": "The range lies outside the file"},
+                **_errors(404),
+            },
+        }
+    },
+    "/minio/presignedUrl": {
+        "get": _user_route(
+            "A presigned URL to PUT object name into the bucket for an hour, as the original backend gave (S3 only)",
+            200,
+            {"type": "string", "description": "the presigned PUT URL"},
+            params=_params(models.PresignedUrlQuery),
+            errors=(400, 404),
+            tag="files",
         )
     },
 }
@@ -572,7 +611,7 @@ OPERATIONS: dict[str, Schema] = {
             "summary": "A file of the demo page (script, style sheet, image)",
             "tags": ["demo"],
             "security": [],
-            "parameters": [_path("name", schema_of(models.StaticName))],
+            "parameters": _params(models.StaticPath, "path"),
             "responses": {
                 "200": _text_response(
                     ["text/javascript", "text/css", "text/html", "image/svg+xml", "image/png", "image/x-icon"],
@@ -629,7 +668,16 @@ def _spec(message_max_length: int, history_max_limit: int) -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
-        "paths": {**USERS, **CHATROOMS, **_history(history_max_limit), **FRIENDS, **FAVORITES, **SIDECAR, **OPERATIONS},
+        "paths": {
+            **USERS,
+            **CHATROOMS,
+            **_history(history_max_limit),
+            **FRIENDS,
+            **FAVORITES,
+            **FILES,
+            **SIDECAR,
+            **OPERATIONS,
+        },
         "components": {
             "schemas": schemas,
             "securitySchemes": {

@@ -13,6 +13,8 @@ from chatsvc.config import Config
 from chatsvc.db import Database
 from chatsvc.errors import Unauthorized
 from chatsvc.fanout import Fanout
+from chatsvc.files import FileStore
+from chatsvc.files.sweep import UploadSweeper
 from chatsvc.membership import Membership
 from chatsvc.realtime.server import ChatSocketServer
 from chatsvc.store.users import find_user_by_id
@@ -49,6 +51,9 @@ class AppState:
     fanout: Fanout
     writer: MessageWriter
     membership: Membership
+    # Uploaded files (chatsvc/files/): where their bytes live, and the sweep of unused ones.
+    files: FileStore
+    upload_sweeper: UploadSweeper
 
     async def authenticate(self, token: str) -> Caller:
         """The user a token belongs to; Unauthorized if the token or its user is no longer valid."""

@@ -1,12 +1,12 @@
-"""Input checks shared by HTTP routes and socket events.
+"""What request validation needs besides the models: reading a JSON body, and names reserved for the system user.
 
-Each check returns the clean value or raises BadRequest with a message that
-names the field, so every route and event refuses bad input the same way.
+Every field's limits and error texts come from chatsvc/models.py: bodies and
+socket payloads through ``validate``, query strings and path segments through
+``validate_params``.
 """
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Mapping
 from typing import Any
@@ -14,9 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from chatsvc.errors import BadRequest
-from chatsvc.models import EMAIL_MAX, EMAIL_RE, MAX_ID, check_range, object_payload
-
-_DIGITS_RE = re.compile(r"^[+-]?[0-9]{1,19}$")
+from chatsvc.models import object_payload
 
 
 async def json_body(request: web.Request) -> Mapping[str, Any]:
@@ -28,67 +26,6 @@ async def json_body(request: web.Request) -> Mapping[str, Any]:
     except UnicodeDecodeError:
         raise BadRequest("Request body must be UTF-8 encoded JSON") from None
     return object_payload(data, "Request body")
-
-
-def parse_int(
-    raw: str | None, name: str, *, minimum: int = 1, maximum: int = MAX_ID, required: bool = True
-) -> int | None:
-    """An integer from a query string or path segment."""
-    if raw is None or raw.strip() == "":
-        if required:
-            raise BadRequest(f"{name} is required")
-        return None
-    if not _DIGITS_RE.match(raw.strip()):
-        raise BadRequest(f"{name} must be an integer")
-    return check_range(int(raw), name, minimum, maximum)
-
-
-def query_int(
-    request: web.Request, name: str, *, minimum: int = 1, maximum: int = MAX_ID, required: bool = True
-) -> int | None:
-    """An integer query parameter."""
-    return parse_int(request.query.get(name), name, minimum=minimum, maximum=maximum, required=required)
-
-
-def required_query_int(request: web.Request, name: str, *, minimum: int = 1) -> int:
-    """An integer query parameter that must be present."""
-    value = query_int(request, name, minimum=minimum)
-    assert value is not None
-    return value
-
-
-def path_int(request: web.Request, name: str = "id") -> int:
-    """An integer from the route path."""
-    value = parse_int(request.match_info.get(name), name)
-    assert value is not None
-    return value
-
-
-def text(value: Any, name: str, *, max_length: int, required: bool = True, allow_blank: bool = False) -> str:
-    """A string of at most ``max_length`` characters that SQLite can store as UTF-8."""
-    if value is None:
-        if required:
-            raise BadRequest(f"{name} is required")
-        return ""
-    if not isinstance(value, str):
-        raise BadRequest(f"{name} must be a string")
-    if not allow_blank and not value.strip():
-        raise BadRequest(f"{name} must not be empty")
-    if len(value) > max_length:
-        raise BadRequest(f"{name} must be at most {max_length} characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest(f"{name} contains invalid unicode (lone surrogates)") from None
-    return value
-
-
-def email(value: Any, name: str = "email") -> str:
-    """A well-formed email address."""
-    address = text(value, name, max_length=EMAIL_MAX)
-    if not EMAIL_RE.match(address):
-        raise BadRequest(f"{name} is not a valid email address")
-    return address
 
 
 # Names that would pass for the system user, who sends the service's own messages (chatsvc/admin.py).

@@ -12,7 +12,7 @@ import pytest
 from chatsvc.config import Config
 from chatsvc.testing import TEST_SCRYPT_N, ChatsvcServer, run_chatsvc
 from chatsvc.testing_postgres import PostgresServer, find_bindir
-from tests.helpers import Api, SocketClient, connect_socket, tool_missing
+from tests.helpers import Api, SocketClient, User, connect_socket, tool_missing
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:
@@ -42,6 +42,33 @@ def base_url(server: ChatsvcServer) -> str:
 async def api(base_url: str) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as session:
         yield Api(base_url, session)
+
+
+@pytest.fixture
+async def pair(api: Api) -> tuple[User, User, int]:
+    """Two new users and their one-to-one room."""
+    alice = await api.new_user()
+    bob = await api.new_user()
+    return alice, bob, await api.one_to_one(alice, bob)
+
+
+@pytest.fixture
+async def joined(
+    pair: tuple[User, User, int], sockets: Callable[..., Awaitable[SocketClient]]
+) -> tuple[User, User, int, SocketClient, SocketClient]:
+    """``pair`` with a socket each, joined to their room: alice's first, so hers has also heard bob join."""
+    alice, bob, room = pair
+    a = await sockets(alice.token)
+    b = await sockets(bob.token)
+    await a.join(alice, room)
+    await b.join(bob, room)
+    return alice, bob, room, a, b
+
+
+@pytest.fixture
+async def trio(api: Api) -> tuple[User, User, User]:
+    """Three new users, strangers to each other."""
+    return await api.new_user(), await api.new_user(), await api.new_user()
 
 
 @pytest.fixture

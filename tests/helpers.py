@@ -6,14 +6,20 @@ import asyncio
 import itertools
 import json
 import os
+import struct
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import aiohttp
 import pytest
 import socketio
+
+from chatsvc.config import Config
+from chatsvc.testing import run_chatsvc
 
 EVENT_TIMEOUT = 5.0
 _names = itertools.count(1)
@@ -63,6 +69,14 @@ class User:
 def public_profile(user: User) -> dict[str, Any]:
     """What anyone may see of a user, as message senders and friend requests show them: the profile without email."""
     return {key: value for key, value in user.profile.items() if key != "email"}
+
+
+def send_payload(
+    user: User | None, room: int, content: str = "x", *, kind: str = "text", **extra: Any
+) -> dict[str, Any]:
+    """A ``sendMessage`` payload; with ``user`` None it has no ``sendUserId`` (the socket's own user sends)."""
+    sender = {} if user is None else {"sendUserId": user.id}
+    return {**sender, "chatroomId": room, "message": {"type": kind, "content": content}, **extra}
 
 
 @dataclass
@@ -132,10 +146,23 @@ class Api:
         profile = await self.register(username)
         return await self.login(profile["username"])
 
+    async def history(self, user: User, room: int, **params: Any) -> list[dict[str, Any]]:
+        """A page of a room's history as ``user`` sees it (which must be allowed)."""
+        resp = await self.get("/chat-history/list", user.token, chatroomId=room, **params)
+        assert resp.status == 200, resp.body
+        return list(resp.body)
+
     async def one_to_one(self, user: User, friend: User) -> int:
         resp = await self.get("/chatroom/create-one-to-one", user.token, friendId=friend.id)
         assert resp.status == 200, resp.body
         return resp.body
+
+
+@asynccontextmanager
+async def serve(config: Config) -> AsyncIterator[Api]:
+    """Another chatsvc with its own settings, beside the ``server`` fixture's; an Api bound to it."""
+    async with run_chatsvc(config) as server, aiohttp.ClientSession() as session:
+        yield Api(server.base_url, session)
 
 
 @dataclass
@@ -153,6 +180,12 @@ class SocketClient:
     async def emit(self, event: str, data: Any) -> None:
         """Emit without an acknowledgement."""
         await self.sio.emit(event, data)
+
+    async def send(self, user: User | None, room: int, content: str = "x", *, kind: str = "text") -> dict[str, Any]:
+        """sendMessage with an ack, which must be the stored message; the message."""
+        ack = await self.call("sendMessage", send_payload(user, room, content, kind=kind))
+        assert isinstance(ack, dict) and "id" in ack, ack
+        return ack
 
     async def next_message(
         self, predicate: Callable[[dict[str, Any]], bool] = lambda m: True, timeout: float = EVENT_TIMEOUT
@@ -218,7 +251,7 @@ async def connect_socket(
     return client
 
 
-class RawSocket:
+class HandFramedSocket:
     """A Socket.IO client written out by hand over aiohttp's WebSocket, to choose what the library does not."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -294,3 +327,28 @@ async def engineio_handshake(api: Api, origin: str) -> Response:
 def session_id(resp: Response) -> str:
     # The handshake body is an Engine.IO OPEN packet: "0" followed by JSON.
     return str(json.loads(resp.body[1:] if isinstance(resp.body, str) else resp.body)["sid"])
+
+
+async def upload_file(
+    api: Api, token: str | None, data: bytes, filename: str = "file.bin", content_type: str = "application/octet-stream"
+) -> Response:
+    """POST /file/upload with one multipart part named ``file``, as a browser's FormData sends it."""
+    # Browsers send the file name as raw UTF-8; aiohttp would percent-encode it.
+    form = aiohttp.FormData(quote_fields=False)
+    form.add_field("file", data, filename=filename, content_type=content_type)
+    return await api.request("POST", "/file/upload", token=token, data=form)
+
+
+def png_bytes(width: int = 2, height: int = 2, rgb: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    """A real solid-colour PNG image."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(rgb) * width
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(row * height, 9))
+        + chunk(b"IEND", b"")
+    )

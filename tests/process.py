@@ -5,20 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import aiohttp
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from bench.servers import free_port
 
 
-class ServerProcess:
+class ChatsvcProcess:
     """``python -m chatsvc serve`` on a loopback port over a given database file."""
 
     def __init__(self, db_path: Path, port: int | None = None, env: dict[str, str] | None = None) -> None:

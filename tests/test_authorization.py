@@ -12,7 +12,7 @@ import pytest
 import socketio
 
 from chatsvc.config import Config
-from tests.helpers import Api, User, assert_ack_error, assert_error
+from tests.helpers import Api, User, assert_ack_error, assert_error, send_payload
 
 TABLES = ("user", "chatroom", "user_chatroom", "chat_history", "friendship", "friend_request", "favorite", "setting")
 
@@ -30,9 +30,8 @@ async def world(api: Api, sockets) -> dict[str, Any]:
     group = (await api.get("/chatroom/create-group", ann.token, name="g")).body
     await api.get(f"/chatroom/join/{group}", ann.token, joinUsername="ben")
     a = await sockets(ann.token)
-    send = {"sendUserId": ann.id, "message": {"type": "text", "content": "secret"}}
-    message = await a.call("sendMessage", {**send, "chatroomId": pair})
-    await a.call("sendMessage", {**send, "chatroomId": group})
+    message = await a.call("sendMessage", send_payload(ann, pair, "secret"))
+    await a.call("sendMessage", send_payload(ann, group, "secret"))
     favorite = (await api.get("/favorite/add", ann.token, chatHistoryId=message["id"])).body
     await api.post("/friendship/add", {"username": "ben", "reason": "r"}, ann.token)
     return {"ann": ann, "ben": ben, "out": out, "pair": pair, "group": group, "message": message, "favorite": favorite}
@@ -121,9 +120,8 @@ async def test_authorization_socket_outsiders_cannot_join_send_or_recover(
     for room in (world["pair"], world["group"]):
         assert_ack_error(await client.call("joinRoom", {"chatroomId": room, "userId": out.id}), 403)
         assert_ack_error(await client.call("joinRoom", {"chatroomId": room, "userId": out.id, "lastMessageId": 0}), 403)
-        send = {"sendUserId": out.id, "chatroomId": room, "message": {"type": "text", "content": "hi"}}
-        assert_ack_error(await client.call("sendMessage", send), 403)
+        assert_ack_error(await client.call("sendMessage", send_payload(out, room, "hi")), 403)
         # Claiming to be a member does not help.
-        assert_ack_error(await client.call("sendMessage", {**send, "sendUserId": world["ann"].id}), 403)
+        assert_ack_error(await client.call("sendMessage", send_payload(world["ann"], room, "hi")), 403)
     assert client.drain() == []
     assert snapshot(config.db_path) == before

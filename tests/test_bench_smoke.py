@@ -212,3 +212,19 @@ def test_loadgen_received_counts_missing_duplicate_and_late_messages() -> None:
     assert received.missing([8, 9], {9: (8, []), 8: (2, [])}) == 5
     # A message the server refused (error ack) is not expected to arrive.
     assert received.missing([9], {9: (8, [4, 7])}) == 1
+
+
+def test_bench_files_small_run_reports_throughput_and_memory(tmp_path: Path) -> None:
+    out = tmp_path / "files.json"
+    command = [
+        sys.executable, "-m", "bench.files", "--size", "0.5", "--rounds", "1", "--concurrent", "3",
+        "--json", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    document = json.loads(out.read_text())
+    result = document["result"]
+    assert document["passed"] is True
+    for figure in ("upload_mib_s", "download_mib_s", "concurrent_upload_mib_s", "rss_peak_mib"):
+        assert result[figure] > 0, figure
+    assert "download" in proc.stdout and "memory check" in proc.stdout

@@ -7,6 +7,7 @@ where they fail saying what is missing.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import shutil
@@ -21,10 +22,19 @@ from aiohttp.test_utils import TestServer
 
 from chatsvc.config import Config
 from tests.conftest import make_config
-from tests.helpers import Api, User, tool_missing
+from tests.helpers import Api, User, png_bytes, send_payload, tool_missing
+from tests.test_profile import codes, logged_code  # noqa: F401  (codes is a fixture)
 
 try:
-    from playwright.async_api import Browser, BrowserContext, Page, WebSocketRoute, async_playwright, expect
+    from playwright.async_api import (
+        Browser,
+        BrowserContext,
+        Page,
+        Route,
+        WebSocketRoute,
+        async_playwright,
+        expect,
+    )
 except ImportError:  # reported by the browser fixture, like a missing Chromium
     async_playwright = None  # type: ignore[assignment]
 
@@ -196,6 +206,78 @@ async def test_browser_two_users_chat_live_and_history_survives_reload(
     await page_a.screenshot(path=ARTIFACTS / "chat.png")
 
 
+async def choose_file(page: Page, opener: str, name: str, mime: str, data: bytes) -> None:
+    """Click a button that opens the file chooser, and pick a file in it as a user would."""
+    async with page.expect_file_chooser() as chooser:
+        await page.locator(opener).click()
+    await (await chooser.value).set_files({"name": name, "mimeType": mime, "buffer": data})
+
+
+async def test_browser_attach_sends_a_picture_and_a_file_and_the_avatar_picker_sets_the_picture(
+    browser: Browser,
+    api: Api,
+    base_url: str,
+    codes: pytest.LogCaptureFixture,  # noqa: F811
+) -> None:
+    alice = await api.new_user("alice")
+    bob = await api.new_user("bob")
+    room = await api.one_to_one(alice, bob)
+    errors: list[str] = []
+    _, page_a = await log_in(browser, base_url, alice, collect_errors(errors))
+    _, page_b = await log_in(browser, base_url, bob, collect_errors(errors))
+    await open_room(page_a, room, bob.nick_name)
+    await open_room(page_b, room, alice.nick_name)
+
+    # The upload is held until the test has seen the progress bar.
+    release = asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        await release.wait()
+        await route.continue_()
+
+    await page_a.route("**/file/upload", hold)
+    await choose_file(page_a, "#attach", "sunset.png", "image/png", png_bytes(40, 30, (230, 120, 30)))
+    preview = page_a.locator("#attach-preview")
+    await expect(preview).to_have_attribute("src", re.compile(r"^blob:"))
+    assert await preview.evaluate("img => img.decode().then(() => img.naturalWidth)") == 40
+    await expect(page_a.locator("#attach-name")).to_contain_text("sunset.png")
+    await page_a.locator("#attach-send").click()
+    await expect(page_a.locator("#attach-progress")).to_be_visible()
+    release.set()
+    await expect(page_a.locator("#attachment")).to_be_hidden()
+    image = messages(page_b).last.locator("img.image")
+    await expect(image).to_have_attribute("src", re.compile(rf"^{re.escape(base_url)}/file/[0-9a-f]{{32}}$"))
+    # Shown inline: the browser fetched and decoded the stored picture.
+    assert await image.evaluate("img => img.decode().then(() => img.naturalWidth)") == 40
+    await page_a.unroute("**/file/upload")
+
+    pdf = b"%PDF-1.4\n" + b"% minutes of the meeting\n" * 40 + b"%%EOF\n"
+    await choose_file(page_a, "#attach", "minutes.pdf", "application/pdf", pdf)
+    await expect(page_a.locator("#attach-preview")).to_be_hidden()
+    await page_a.locator("#attach-send").click()
+    link = messages(page_b).last.locator("a.file")
+    await expect(link).to_have_text("minutes.pdf")
+    href = await link.get_attribute("href")
+    assert href is not None and re.fullmatch(rf"{re.escape(base_url)}/file/[0-9a-f]{{32}}#minutes\.pdf", href), href
+    async with api.session.get(href.split("#")[0]) as download:
+        assert download.status == 200 and await download.read() == pdf
+        assert download.headers["Content-Disposition"].startswith('attachment; filename="minutes.pdf"')
+    # Both stay after a reload: they are ordinary image and file messages in the history.
+    await page_b.reload()
+    await expect(messages(page_b).locator("img.image, a.file")).to_have_count(2)
+
+    await choose_file(page_a, "#avatar-pick", "me.png", "image/png", png_bytes(16, 16, (20, 160, 90)))
+    await expect(page_a.locator("#avatar-save")).to_be_enabled()
+    await page_a.locator("#avatar-form [name=captcha]").fill(logged_code(codes, alice.profile["email"]))
+    await page_a.locator("#avatar-save").click()
+    await expect(page_a.locator("#avatar-form")).to_be_hidden()
+    avatar = page_a.locator("#me-avatar")
+    await expect(avatar).to_have_attribute("src", re.compile(rf"^{re.escape(base_url)}/file/[0-9a-f]{{32}}$"))
+    assert await avatar.evaluate("img => img.decode().then(() => img.naturalWidth)") == 16
+    assert (await api.get("/user/info", alice.token)).body["headPic"] == await avatar.get_attribute("src")
+    assert errors == []
+
+
 async def test_browser_load_older_pages_back_through_history(
     browser: Browser, api: Api, base_url: str, sockets
 ) -> None:
@@ -204,7 +286,7 @@ async def test_browser_load_older_pages_back_through_history(
     room = await api.one_to_one(alice, bob)
     client = await sockets(bob.token)
     for n in range(1, 61):
-        ack = await client.call("sendMessage", {"chatroomId": room, "message": {"type": "text", "content": f"old {n}"}})
+        ack = await client.call("sendMessage", send_payload(None, room, f"old {n}"))
         assert ack["content"] == f"old {n}", ack
     _, page = await log_in(browser, base_url, alice)
     await open_room(page, room, bob.nick_name)
@@ -238,7 +320,7 @@ async def test_browser_reconnect_catches_up_on_missed_messages(
     await open_room(page, room, bob.nick_name)
     bob_socket = await sockets(bob.token)
     await bob_socket.join(bob, room)
-    await bob_socket.call("sendMessage", {"chatroomId": room, "message": {"type": "text", "content": "before"}})
+    await bob_socket.call("sendMessage", send_payload(None, room, "before"))
     await expect(messages(page)).to_have_count(1)
 
     line_up = False
@@ -247,7 +329,7 @@ async def test_browser_reconnect_catches_up_on_missed_messages(
         await to_page.close()
     await expect(page.locator("#conn")).not_to_have_attribute("data-state", "online")
     for text in ("missed 1", "missed 2"):
-        await bob_socket.call("sendMessage", {"chatroomId": room, "message": {"type": "text", "content": text}})
+        await bob_socket.call("sendMessage", send_payload(None, room, text))
     await expect(messages(page)).to_have_count(1)
 
     line_up = True
@@ -268,7 +350,7 @@ async def test_browser_a_message_that_cannot_be_rendered_shows_as_text_and_the_r
     broken = "http://x/%E0%A4%A"  # a file URL whose percent-encoding does not decode
 
     async def bob_sends(content: str, kind: str = "text") -> None:
-        ack = await bob_socket.call("sendMessage", {"chatroomId": room, "message": {"type": kind, "content": content}})
+        ack = await bob_socket.call("sendMessage", send_payload(None, room, content, kind=kind))
         assert ack["content"] == content, ack
 
     await bob_sends(broken, "file")

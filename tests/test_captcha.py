@@ -12,8 +12,7 @@ import queue
 import re
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -21,16 +20,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from chatsvc.app import create_app
 from chatsvc.config import Config
 from chatsvc.mail import SmtpTarget, parse_smtp_url
-from tests.helpers import Api, assert_error
+from tests.helpers import Api, assert_error, serve
 
 MAIL_TIMEOUT = 5.0
 SMTP_USER = "mailer"
@@ -107,18 +103,6 @@ def config(config: Config, smtp_sink: tuple[MailSink, int]) -> Config:
     """The default test settings, with mail going to the sink (credentials URL-encoded)."""
     url = f"smtp://{SMTP_USER}:{quote(SMTP_PASSWORD, safe='')}@127.0.0.1:{smtp_sink[1]}"
     return config.with_changes(smtp_url=url, mail_from=MAIL_FROM)
-
-
-@asynccontextmanager
-async def serve(config: Config) -> AsyncIterator[Api]:
-    """Another chatsvc with its own settings, for tests that need a different mail set-up."""
-    server = TestServer(create_app(config), host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Api(str(server.make_url("")).rstrip("/"), session)
-    finally:
-        await server.close()
 
 
 def run_sql(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

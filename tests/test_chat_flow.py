@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.helpers import Api
+from tests.helpers import Api, send_payload
 
 
 async def test_two_users_chat_live_and_history_lists_it(api: Api, sockets) -> None:
@@ -22,14 +22,9 @@ async def test_two_users_chat_live_and_history_lists_it(api: Api, sockets) -> No
     await b.join(bob, room)
     assert await a.next_message() == {"type": "joinRoom", "userId": bob.id}
 
-    ack = await a.call(
-        "sendMessage", {"sendUserId": alice.id, "chatroomId": room, "message": {"type": "text", "content": "hi bob"}}
-    )
+    ack = await a.call("sendMessage", send_payload(alice, room, "hi bob"))
     assert ack["content"] == "hi bob" and ack["senderId"] == alice.id and ack["type"] == 0
-    await b.emit(
-        "sendMessage",
-        {"sendUserId": bob.id, "chatroomId": room, "message": {"type": "image", "content": "http://x/y.png"}},
-    )
+    await b.emit("sendMessage", send_payload(bob, room, "http://x/y.png", kind="image"))
 
     for client in (a, b):
         first = await client.next_chat()

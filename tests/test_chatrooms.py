@@ -39,10 +39,8 @@ async def test_create_one_to_one_returns_a_bare_id_and_makes_both_members(api: A
         assert [row[0] for row in members] == sorted([alice.id, bob.id])
 
 
-async def test_create_one_to_one_is_idempotent_from_both_sides(api: Api, config: Config) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    first = await api.one_to_one(alice, bob)
+async def test_create_one_to_one_is_idempotent_from_both_sides(api: Api, config: Config, pair) -> None:
+    alice, bob, first = pair
     assert await api.one_to_one(alice, bob) == first
     assert await api.one_to_one(bob, alice) == first
     assert count_rows(config, "SELECT count(*) FROM chatroom") == 1

@@ -9,11 +9,7 @@ import pytest
 
 from chatsvc.config import Config
 from tests.conftest import make_config
-from tests.helpers import Api, SocketClient, User, assert_ack_error
-
-
-def send_payload(user: User, room: int, content: str, **extra: object) -> dict[str, object]:
-    return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}, **extra}
+from tests.helpers import Api, SocketClient, User, assert_ack_error, send_payload
 
 
 async def collect_chats(client: SocketClient, until_id: int) -> list[int]:
@@ -22,13 +18,6 @@ async def collect_chats(client: SocketClient, until_id: int) -> list[int]:
     while not ids or ids[-1] < until_id:
         ids.append((await client.next_chat())["message"]["id"])
     return ids
-
-
-@pytest.fixture
-async def pair(api: Api) -> tuple[User, User, int]:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    return alice, bob, await api.one_to_one(alice, bob)
 
 
 async def test_delivery_concurrent_senders_arrive_in_id_order_for_every_member(api: Api, sockets) -> None:
@@ -53,12 +42,8 @@ async def test_delivery_concurrent_senders_arrive_in_id_order_for_every_member(a
     assert [m["id"] for m in history.body] == all_ids
 
 
-async def test_delivery_repeated_client_msg_id_is_stored_and_broadcast_once(api: Api, sockets, pair) -> None:
-    alice, bob, room = pair
-    a = await sockets(alice.token)
-    b = await sockets(bob.token)
-    await a.join(alice, room)
-    await b.join(bob, room)
+async def test_delivery_repeated_client_msg_id_is_stored_and_broadcast_once(api: Api, joined) -> None:
+    alice, _, room, a, b = joined
     first = await a.call("sendMessage", send_payload(alice, room, "hello", clientMsgId="c-1"))
     again = await a.call("sendMessage", send_payload(alice, room, "hello", clientMsgId="c-1"))
     concurrent = await asyncio.gather(

@@ -12,11 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Api, User
-
-
-def send_payload(room: int, content: str) -> dict[str, Any]:
-    return {"chatroomId": room, "message": {"type": "text", "content": content}}
+from tests.helpers import Api, User, send_payload
 
 
 def mentions(body: Any, user: User) -> bool:
@@ -89,7 +85,7 @@ async def test_email_never_rides_on_a_message(api: Api, sockets, friends_and_str
     acks = []
     for user, text in ((carol, "from carol"), (bob, "from bob")):
         client = await sockets(user.token)
-        acks.append(await client.call("sendMessage", send_payload(group, text)))
+        acks.append(await client.call("sendMessage", send_payload(None, group, text)))
     live = [await a.next_chat(), await a.next_chat()]
     history = (await api.get("/chat-history/list", alice.token, chatroomId=group)).body
     recovering = await sockets(alice.token)

@@ -19,15 +19,11 @@ from yarl import URL
 from chatsvc.errors import StartupError
 from chatsvc.testing import ChatsvcServer, run_chatsvc
 from tests.conftest import make_config
-from tests.helpers import Api, assert_ack_error, assert_error, connect_socket
-from tests.process import ServerProcess, free_port, run_chatsvc_command
+from tests.helpers import Api, assert_ack_error, assert_error, connect_socket, send_payload
+from tests.process import ChatsvcProcess, free_port, run_chatsvc_command
 
 # Big enough for the database and its WAL, small enough to fill in a moment.
 SMALL_DISK = "4m"
-
-
-def send(room: int, content: str) -> dict[str, Any]:
-    return {"chatroomId": room, "message": {"type": "text", "content": content}}
 
 
 async def refused_start(db: Path, env: dict[str, str] | None = None) -> tuple[int, list[str]]:
@@ -65,7 +61,7 @@ async def test_a_second_instance_without_redis_is_refused_and_the_cli_still_work
     tmp_path: Path,
 ) -> None:
     db = tmp_path / "data" / "chat.db"
-    first = ServerProcess(db)
+    first = ChatsvcProcess(db)
     await first.start()
     try:
         status, lines = await refused_start(db)
@@ -158,7 +154,7 @@ async def test_a_full_disk_answers_503_fails_readiness_and_recovers_when_space_r
             assert (await api.get("/readyz")).status == 200
 
             fill(small_disk / "filler")
-            ack = await client.call("sendMessage", send(room, "lost"))
+            ack = await client.call("sendMessage", send_payload(None, room, "lost"))
             assert_ack_error(ack, 503)
             assert "disk is full" in ack["message"]
             refused = await api.post(
@@ -175,7 +171,7 @@ async def test_a_full_disk_answers_503_fails_readiness_and_recovers_when_space_r
 
             (small_disk / "filler").unlink()
             assert (await api.get("/readyz")).status == 200
-            ack = await client.call("sendMessage", send(room, "kept"))
+            ack = await client.call("sendMessage", send_payload(None, room, "kept"))
             assert ack.get("content") == "kept", ack
             await api.register("carl")
             history = await api.get("/chat-history/list", alice.token, chatroomId=room)

@@ -9,20 +9,11 @@ from aiohttp.test_utils import TestServer
 
 from chatsvc.config import Config
 from chatsvc.state import STATE
-from tests.helpers import Api, SocketClient, User, assert_error
+from tests.helpers import Api, User, assert_error
 from tests.test_query_plans import NOT_QUERIES, plan_scans
 
 FAVORITE_KEYS = {"id", "chatHistoryId", "userId", "createTime"}
 NOT_VISIBLE = "You can only save messages of chatrooms you are a member of"
-
-
-async def send(client: SocketClient, user: User, room: int, content: str, kind: str = "text") -> dict[str, Any]:
-    """Send a message over the socket and return the stored message from the ack."""
-    ack = await client.call(
-        "sendMessage", {"sendUserId": user.id, "chatroomId": room, "message": {"type": kind, "content": content}}
-    )
-    assert isinstance(ack, dict) and "id" in ack, ack
-    return ack
 
 
 async def save(api: Api, user: User, message_id: int) -> dict[str, Any]:
@@ -37,12 +28,6 @@ async def favorites_of(api: Api, user: User) -> list[dict[str, Any]]:
     return resp.body
 
 
-async def history(api: Api, user: User, room: int) -> dict[int, dict[str, Any]]:
-    resp = await api.get("/chat-history/list", user.token, chatroomId=room)
-    assert resp.status == 200, resp.body
-    return {message["id"]: message for message in resp.body}
-
-
 @pytest.fixture
 async def chat(api: Api, sockets) -> dict[str, Any]:
     """Alice and Bob with a one-to-one room and two messages sent over real sockets; Carol is outside."""
@@ -52,8 +37,8 @@ async def chat(api: Api, sockets) -> dict[str, Any]:
     b = await sockets(bob.token)
     await a.join(alice, room)
     await b.join(bob, room)
-    hello = await send(a, alice, room, "hello bob")
-    picture = await send(b, bob, room, "http://pics/cat.png", "image")
+    hello = await a.send(alice, room, "hello bob")
+    picture = await b.send(bob, room, "http://pics/cat.png", kind="image")
     return {"alice": alice, "bob": bob, "carol": carol, "room": room, "hello": hello, "picture": picture}
 
 
@@ -65,7 +50,7 @@ async def test_favorite_add_then_list_shows_the_message_with_sender(api: Api, ch
     assert first["createTime"].endswith("Z")
     second = await save(api, alice, picture["id"])
 
-    messages = await history(api, alice, room)
+    messages = {message["id"]: message for message in await api.history(alice, room)}
     listed = await favorites_of(api, alice)
     # Newest first, each message exactly as the history shows it.
     assert listed == [
@@ -118,11 +103,11 @@ async def test_favorite_add_refuses_a_member_who_quit_the_group(api: Api, socket
     group = (await api.get("/chatroom/create-group", alice.token, name="Team")).body
     assert (await api.get(f"/chatroom/join/{group}", alice.token, joinUsername=bob.username)).status == 200
     a = await sockets(alice.token)
-    message = await send(a, alice, group, "team news")
+    message = await a.send(alice, group, "team news")
     assert (await save(api, bob, message["id"]))["chatHistoryId"] == message["id"]
 
     assert (await api.get(f"/chatroom/quit/{group}", bob.token, quitUserId=bob.id)).status == 200
-    later = await send(a, alice, group, "after bob left")
+    later = await a.send(alice, group, "after bob left")
     resp = await api.get("/favorite/add", bob.token, chatHistoryId=later["id"])
     assert_error(resp.status, resp.body, 403)
     # What was saved before quitting stays saved.
@@ -163,7 +148,7 @@ async def test_favorite_del_removes_only_that_favorite(api: Api, chat) -> None:
     assert_error(again.status, again.body, 404)
     assert again.body["message"] == "Favorite not found"
     # The message itself is untouched, and may be saved again.
-    assert hello["id"] in await history(api, alice, chat["room"])
+    assert hello["id"] in [m["id"] for m in await api.history(alice, chat["room"])]
     assert (await save(api, alice, hello["id"]))["id"] != first["id"]
 
 

@@ -45,11 +45,6 @@ async def requests_of(api: Api, user: User) -> dict[str, Any]:
     return resp.body
 
 
-@pytest.fixture
-async def trio(api: Api) -> tuple[User, User, User]:
-    return await api.new_user(), await api.new_user(), await api.new_user()
-
-
 async def test_friendship_add_creates_pending_request_listed_for_both(api: Api, trio) -> None:
     alice, bob, carol = trio
     created = await ask(api, alice, bob, "met at the meetup")

@@ -6,11 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Api, SocketClient, User, assert_ack_error, assert_error, public_profile
-
-
-def send_payload(user: User, room: int, content: str) -> dict[str, Any]:
-    return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
+from tests.helpers import Api, SocketClient, User, assert_ack_error, assert_error, public_profile, send_payload
 
 
 async def create_group(api: Api, owner: User, name: str = "Team") -> int:
@@ -37,11 +33,6 @@ def drain(client: SocketClient) -> list[dict[str, Any]]:
     while not client.messages.empty():
         events.append(client.messages.get_nowait())
     return events
-
-
-@pytest.fixture
-async def trio(api: Api) -> tuple[User, User, User]:
-    return await api.new_user(), await api.new_user(), await api.new_user()
 
 
 async def test_group_create_then_members_info_and_list(api: Api, trio) -> None:

@@ -81,10 +81,8 @@ def assert_rows_valid(db_path, allowed_rooms: dict[int, set[int]]) -> None:
             assert sender in allowed_rooms.get(room, set())
 
 
-async def test_hostile_send_message_payloads(api: Api, sockets, config: Config) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+async def test_hostile_send_message_payloads(api: Api, sockets, config: Config, pair) -> None:
+    alice, bob, room = pair
     client = await sockets(alice.token)
 
     message = st.one_of(
@@ -127,10 +125,8 @@ async def test_hostile_send_message_payloads(api: Api, sockets, config: Config) 
     assert_rows_valid(config.db_path, {room: {alice.id, bob.id}})
 
 
-async def test_hostile_join_room_payloads(api: Api, sockets) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+async def test_hostile_join_room_payloads(api: Api, sockets, pair) -> None:
+    alice, bob, room = pair
     client: SocketClient = await sockets(alice.token)
     payloads = st.one_of(
         json_values,

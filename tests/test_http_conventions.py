@@ -5,33 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from chatsvc.app import create_app
 from chatsvc.config import Config
-from tests.helpers import Api, Response, assert_error, close_engineio_session, engineio_handshake, session_id
+from tests.helpers import Api, Response, assert_error, close_engineio_session, engineio_handshake, serve, session_id
 
 ORIGIN = "http://app.example"
 OTHER_ORIGIN = "http://other.example"
 EVIL_ORIGIN = "http://evil.example"
 ERROR_KEYS = {"statusCode", "message", "error"}
-
-
-@asynccontextmanager
-async def serve(config: Config) -> AsyncIterator[Api]:
-    """Another instance of the real app, for settings the shared fixtures do not use."""
-    server = TestServer(create_app(config), host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Api(str(server.make_url("")).rstrip("/"), session)
-    finally:
-        await server.close()
 
 
 def header_values(resp: Response, name: str) -> set[str]:
@@ -72,11 +55,9 @@ async def test_wrong_method_is_a_405_json_error(api: Api) -> None:
 
 
 async def test_unexpected_exception_is_logged_and_answered_500_without_internals(
-    api: Api, config: Config, caplog: pytest.LogCaptureFixture
+    api: Api, config: Config, caplog: pytest.LogCaptureFixture, pair
 ) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+    alice, _, room = pair
     # A real fault below the handler: the table the query needs is gone.
     with sqlite3.connect(config.db_path) as conn:
         conn.execute("DROP TABLE chat_history")
@@ -274,10 +255,8 @@ async def test_unknown_body_fields_are_ignored(api: Api) -> None:
     assert login.status == 201, login.body
 
 
-async def test_ids_in_json_are_numbers(api: Api) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+async def test_ids_in_json_are_numbers(api: Api, pair) -> None:
+    alice, _, room = pair
     assert type(room) is int
     listed = (await api.get("/chatroom/list", alice.token)).body
     assert type(listed[0]["id"]) is int and all(type(i) is int for i in listed[0]["userIds"])

@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from tests.helpers import Api, SocketClient, User
-
-
-async def say(client: SocketClient, user: User, room: int, content: str) -> dict[str, Any]:
-    ack = await client.call(
-        "sendMessage", {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
-    )
-    assert "id" in ack, ack
-    return ack
+from tests.helpers import Api
 
 
 async def test_journey_register_befriend_chat_group_quit_favorite(api: Api, sockets) -> None:
@@ -41,8 +31,8 @@ async def test_journey_register_befriend_chat_group_quit_favorite(api: Api, sock
     b = await sockets(ben.token)
     await a.join(ann, room)
     await b.join(ben, room)
-    hello = await say(a, ann, room, "hello Ben")
-    reply = await say(b, ben, room, "hi Ann")
+    hello = await a.send(ann, room, "hello Ben")
+    reply = await b.send(ben, room, "hi Ann")
     for client in (a, b):
         assert [(await client.next_chat())["message"]["id"] for _ in range(2)] == [hello["id"], reply["id"]]
     history = (await api.get("/chat-history/list", ben.token, chatroomId=room)).body
@@ -59,7 +49,7 @@ async def test_journey_register_befriend_chat_group_quit_favorite(api: Api, sock
     c = await sockets(cat.token)
     for client, user in ((a, ann), (b, ben), (c, cat)):
         await client.join(user, group)
-    plans = await say(c, cat, group, "plans?")
+    plans = await c.send(cat, group, "plans?")
     for client in (a, b, c):
         assert (await client.next_chat())["message"]["id"] == plans["id"]
 
@@ -70,7 +60,7 @@ async def test_journey_register_befriend_chat_group_quit_favorite(api: Api, sock
             "type": "quitRoom",
             "userId": cat.id,
         }
-    after = await say(a, ann, group, "Cat left")
+    after = await a.send(ann, group, "Cat left")
     assert (await b.next_chat())["message"]["id"] == after["id"]
     assert [event for event in c.drain() if event.get("type") == "sendMessage"] == []
 

@@ -123,11 +123,9 @@ def who(user: User) -> dict[str, Any]:
     ids=["polling-then-websocket", "websocket-only", "polling-only"],
 )
 async def test_js_client_joins_sends_with_ack_and_receives_from_another_client(
-    node: str, api: Api, base_url: str, transports: list[str] | None, opened_on: str, upgraded_to: str | None
+    node: str, api: Api, base_url: str, transports: list[str] | None, opened_on: str, upgraded_to: str | None, pair
 ) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+    alice, bob, room = pair
     seen = await run_scenario(
         node,
         "chat",
@@ -161,11 +159,9 @@ async def test_js_client_joins_sends_with_ack_and_receives_from_another_client(
 
 
 async def test_js_client_recovers_missed_messages_in_order_with_last_message_id(
-    node: str, api: Api, base_url: str
+    node: str, api: Api, base_url: str, pair
 ) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+    alice, bob, room = pair
     seen = await run_scenario(node, "recovery", url=base_url, alice=who(alice), bob=who(bob), room=room)
 
     before = seen["bob.seen"]

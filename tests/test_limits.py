@@ -17,20 +17,16 @@ from tests.conftest import make_config
 from tests.helpers import (
     EVENT_TIMEOUT,
     Api,
-    User,
     assert_ack_error,
     assert_error,
     close_engineio_session,
     engineio_handshake,
+    send_payload,
     session_id,
 )
 
 SIDECAR_KEY = "test-limits-key"
 ORIGIN = "http://app.example"
-
-
-def chat(user: User, room: int, content: str = "x") -> dict[str, object]:
-    return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
 
 
 @pytest.fixture
@@ -39,12 +35,10 @@ def config(tmp_path) -> Config:
     return make_config(tmp_path, rate_limit=0.001, rate_burst=3, max_connections_per_user=2)
 
 
-async def test_limits_send_rate_over_burst_gets_429_ack_and_socket_stays(api: Api, sockets) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+async def test_limits_send_rate_over_burst_gets_429_ack_and_socket_stays(api: Api, sockets, pair) -> None:
+    alice, _, room = pair
     a = await sockets(alice.token)
-    payload = {"sendUserId": alice.id, "chatroomId": room, "message": {"type": "text", "content": "x"}}
+    payload = send_payload(alice, room)
     for _ in range(3):
         assert "id" in await a.call("sendMessage", payload)
     assert_ack_error(await a.call("sendMessage", payload), 429)
@@ -56,26 +50,22 @@ async def test_limits_send_rate_over_burst_gets_429_ack_and_socket_stays(api: Ap
     assert len(history.body) == 4
 
 
-async def test_limits_client_sent_connect_event_does_not_reset_the_send_allowance(api: Api, sockets) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+async def test_limits_client_sent_connect_event_does_not_reset_the_send_allowance(api: Api, sockets, pair) -> None:
+    alice, _, room = pair
     a = await sockets(alice.token)
     for _ in range(3):
-        assert "id" in await a.call("sendMessage", chat(alice, room))
-    assert_ack_error(await a.call("sendMessage", chat(alice, room)), 429)
+        assert "id" in await a.call("sendMessage", send_payload(alice, room))
+    assert_ack_error(await a.call("sendMessage", send_payload(alice, room)), 429)
     # Shaped like python-socketio's own connect call (environ, auth): it must not reach on_connect.
     assert_ack_error(await a.call("connect", ({}, {"token": alice.token})), 400)
-    assert_ack_error(await a.call("sendMessage", chat(alice, room)), 429)
+    assert_ack_error(await a.call("sendMessage", send_payload(alice, room)), 429)
     assert a.sio.connected
     history = await api.get("/chat-history/list", alice.token, chatroomId=room)
     assert len(history.body) == 3
 
 
-async def test_limits_client_sent_disconnect_event_does_not_free_a_connection_slot(api: Api, sockets) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+async def test_limits_client_sent_disconnect_event_does_not_free_a_connection_slot(api: Api, sockets, pair) -> None:
+    alice, _, room = pair
     first = await sockets(alice.token)
     await sockets(alice.token)
     assert_ack_error(await first.call("disconnect", "client namespace disconnect"), 400)
@@ -84,33 +74,29 @@ async def test_limits_client_sent_disconnect_event_does_not_free_a_connection_sl
     with pytest.raises(socketio.exceptions.ConnectionError, match="Too many connections"):
         await sockets(alice.token)
     # The socket that sent it is still connected and served as before.
-    assert "id" in await first.call("sendMessage", chat(alice, room))
+    assert "id" in await first.call("sendMessage", send_payload(alice, room))
 
 
 @pytest.mark.parametrize("event", sorted(RESERVED_EVENTS))
 async def test_limits_reserved_event_names_from_a_client_get_a_400_and_reach_no_handler(
-    api: Api, sockets, event: str
+    api: Api, sockets, event: str, pair
 ) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+    alice, _, room = pair
     a = await sockets(alice.token)
     ack = await a.call(event, {"chatroomId": room})
     assert_ack_error(ack, 400)
     assert event in ack["message"]
-    assert "id" in await a.call("sendMessage", chat(alice, room))
+    assert "id" in await a.call("sendMessage", send_payload(alice, room))
 
 
-async def test_limits_join_room_spends_the_same_allowance_as_sends(api: Api, sockets) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+async def test_limits_join_room_spends_the_same_allowance_as_sends(api: Api, sockets, pair) -> None:
+    alice, _, room = pair
     a = await sockets(alice.token)
     for _ in range(2):
         assert await a.call("joinRoom", {"chatroomId": room}) == {"chatroomId": room}
-    assert "id" in await a.call("sendMessage", chat(alice, room))
+    assert "id" in await a.call("sendMessage", send_payload(alice, room))
     assert_ack_error(await a.call("joinRoom", {"chatroomId": room}), 429)
-    assert_ack_error(await a.call("sendMessage", chat(alice, room)), 429)
+    assert_ack_error(await a.call("sendMessage", send_payload(alice, room)), 429)
     assert a.sio.connected
 
 
@@ -140,8 +126,8 @@ async def test_limits_recovery_costs_in_proportion_to_what_it_replays(tmp_path: 
         # The join cost 1 + 150/50 = 4 of 6: one more event each is left, then 429.
         left = burst - 1 - replayed // RECOVERY_MESSAGES_PER_TOKEN
         for _ in range(left):
-            assert "id" in await b.call("sendMessage", chat(bob, room), timeout=EVENT_TIMEOUT)
-        assert_ack_error(await b.call("sendMessage", chat(bob, room), timeout=EVENT_TIMEOUT), 429)
+            assert "id" in await b.call("sendMessage", send_payload(bob, room), timeout=EVENT_TIMEOUT)
+        assert_ack_error(await b.call("sendMessage", send_payload(bob, room), timeout=EVENT_TIMEOUT), 429)
 
 
 async def test_limits_connections_per_user_are_capped(api: Api, sockets) -> None:
@@ -165,18 +151,14 @@ async def test_limits_http_body_over_the_limit_is_413_json(api: Api) -> None:
 
 
 async def test_limits_socket_packet_over_the_limit_closes_the_transport_and_stores_nothing(
-    api: Api, sockets, config: Config
+    api: Api, sockets, config: Config, pair
 ) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+    alice, _, room = pair
     a = await sockets(alice.token)
     gone = asyncio.Event()
     a.sio.on("disconnect", lambda *_: gone.set())
     huge = "x" * (config.max_socket_payload + 1)
-    await a.emit(
-        "sendMessage", {"sendUserId": alice.id, "chatroomId": room, "message": {"type": "text", "content": huge}}
-    )
+    await a.emit("sendMessage", send_payload(alice, room, huge))
     async with asyncio.timeout(5):
         await gone.wait()
     history = await api.get("/chat-history/list", alice.token, chatroomId=room)

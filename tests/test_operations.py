@@ -6,7 +6,6 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -16,8 +15,8 @@ from chatsvc.config import Config
 from chatsvc.logs import JsonFormatter
 from chatsvc.state import STATE
 from chatsvc.testing import ChatsvcServer, run_chatsvc
-from tests.helpers import Api, assert_error
-from tests.process import ServerProcess
+from tests.helpers import Api, assert_error, send_payload
+from tests.process import ChatsvcProcess
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -36,10 +35,6 @@ async def scrape(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
     return metric_samples(resp.body)
 
 
-def chat(user: Any, room: int, content: str) -> dict[str, Any]:
-    return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
-
-
 async def test_healthz_answers_without_login_even_with_a_bad_token(api: Api) -> None:
     for headers in ({}, {"Authorization": "Bearer not-a-token"}):
         resp = await api.request("GET", "/healthz", headers=headers)
@@ -56,10 +51,8 @@ async def test_readyz_answers_503_once_the_database_is_gone(api: Api, server: Ch
     assert live.status == 200
 
 
-async def test_metrics_count_sockets_rooms_messages_deliveries_and_requests(api: Api, sockets) -> None:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    room = await api.one_to_one(alice, bob)
+async def test_metrics_count_sockets_rooms_messages_deliveries_and_requests(api: Api, sockets, pair) -> None:
+    alice, bob, room = pair
     before = await scrape(api)
     assert before[("chatsvc_connected_sockets", ())] == 0
     assert before[("chatsvc_messages_stored_total", ())] == 0
@@ -68,8 +61,8 @@ async def test_metrics_count_sockets_rooms_messages_deliveries_and_requests(api:
     b = await sockets(bob.token)
     await a.join(alice, room)
     await b.join(bob, room)
-    await a.call("sendMessage", chat(alice, room, "one"))
-    await b.call("sendMessage", chat(bob, room, "two"))
+    await a.call("sendMessage", send_payload(alice, room, "one"))
+    await b.call("sendMessage", send_payload(bob, room, "two"))
     for client in (a, b):
         await client.next_chat()
         await client.next_chat()
@@ -187,7 +180,7 @@ def test_json_log_lines_carry_the_extra_fields() -> None:
 
 
 async def test_served_process_logs_exactly_one_json_line_per_request(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "chat.db", env={"CHATSVC_LOG_FORMAT": "json"})
+    server = ChatsvcProcess(tmp_path / "chat.db", env={"CHATSVC_LOG_FORMAT": "json"})
     await server.start()
     try:
         async with aiohttp.ClientSession() as session:

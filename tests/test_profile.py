@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any
 
 import pytest
 import socketio
 
-from tests.helpers import Api, User, assert_error
+from tests.helpers import Api, User, assert_error, send_payload
 
 
 @pytest.fixture
@@ -46,10 +45,6 @@ async def request_password_code(api: Api, address: str, codes: pytest.LogCapture
     resp = await api.get("/user/update_password/captcha", address=address)
     assert resp.status == 200, resp.body
     return logged_code(codes, address)
-
-
-def send_payload(user: User, room: int, content: str) -> dict[str, Any]:
-    return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
 
 
 async def test_update_user_changes_profile_and_message_senders(api: Api, sockets, codes) -> None:

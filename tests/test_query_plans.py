@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from chatsvc.config import Config
 from chatsvc.state import STATE
-from tests.helpers import Api
+from tests.helpers import Api, send_payload
 
 NOT_QUERIES = re.compile(r"^\s*(PRAGMA|BEGIN|COMMIT|ROLLBACK|CREATE|--)", re.IGNORECASE)
 TABLE_SCAN = re.compile(r"\bSCAN ([A-Za-z_]\w*)")
@@ -35,19 +35,8 @@ async def exercise_every_route(api: Api, sockets) -> None:
     a = await sockets(alice.token)
     await a.join(alice, room)
     for i in range(3):
-        await a.call(
-            "sendMessage",
-            {
-                "sendUserId": alice.id,
-                "chatroomId": room,
-                "clientMsgId": f"c{i}",
-                "message": {"type": "text", "content": "x"},
-            },
-        )
-    await a.call(
-        "sendMessage",
-        {"sendUserId": alice.id, "chatroomId": room, "clientMsgId": "c0", "message": {"type": "text", "content": "x"}},
-    )
+        await a.call("sendMessage", send_payload(alice, room, clientMsgId=f"c{i}"))
+    await a.call("sendMessage", send_payload(alice, room, clientMsgId="c0"))
     b = await sockets(bob.token)
     await b.call("joinRoom", {"chatroomId": room, "userId": bob.id, "lastMessageId": 1})
     for params in ({}, {"beforeId": 3}, {"afterId": 1}, {"afterId": 1, "beforeId": 3}, {"limit": 2}):

@@ -16,13 +16,12 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from redis import asyncio as aioredis
 
+from bench.servers import RedisServer
 from chatsvc.app import create_app
 from chatsvc.config import Config
 from chatsvc.db import Database
@@ -33,15 +32,11 @@ from chatsvc.realtime.server import LeanManager
 from chatsvc.state import STATE, AppState
 from chatsvc.store import captchas
 from tests.conftest import make_config
-from tests.helpers import Api, SocketClient, User, assert_ack_error, connect_socket, until
-from tests.process import ServerProcess, free_port
+from tests.helpers import Api, SocketClient, User, assert_ack_error, connect_socket, send_payload, until
+from tests.process import ChatsvcProcess, free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 DEADLINE = 15.0
-
-
-def send_payload(user: User, room: int, content: str) -> dict[str, Any]:
-    return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
 
 
 async def chat_ids(client: SocketClient, count: int, *, after: int = 0, timeout: float = 10.0) -> list[int]:
@@ -63,64 +58,6 @@ async def streams(client: SocketClient, user: User, room: int, *, streams: int =
     return [message_id for ids in await asyncio.gather(*(stream(k) for k in range(streams))) for message_id in ids]
 
 
-class RedisServer:
-    """A throwaway ``redis-server`` on a loopback port, without persistence."""
-
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port = port
-        self.workdir = workdir
-        self.proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> None:
-        assert REDIS_SERVER is not None
-        self.proc = await asyncio.create_subprocess_exec(
-            REDIS_SERVER,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.workdir),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        client = aioredis.Redis.from_url(self.url)
-        try:
-            deadline = time.monotonic() + DEADLINE
-            while True:
-                assert self.proc.returncode is None, "redis-server exited during start-up"
-                try:
-                    await client.ping()
-                    return
-                except aioredis.ConnectionError:
-                    assert time.monotonic() < deadline, "redis-server did not answer"
-                    await asyncio.sleep(0.02)
-        finally:
-            await client.aclose()
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            await asyncio.wait_for(self.proc.wait(), DEADLINE)
-        self.proc = None
-
-    async def subscribers(self, channel: str) -> int:
-        client = aioredis.Redis.from_url(self.url)
-        try:
-            counts = await client.pubsub_numsub(channel)
-            return int(counts[0][1])
-        finally:
-            await client.aclose()
-
-
 def require_redis_server() -> None:
     """Skip without redis-server, except in CI, where its absence is a failure."""
     if REDIS_SERVER is None:
@@ -133,8 +70,9 @@ def require_redis_server() -> None:
 @pytest.fixture
 async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
     require_redis_server()
-    server = RedisServer(free_port(), tmp_path)
-    await server.start()
+    assert REDIS_SERVER is not None
+    server = RedisServer(REDIS_SERVER, free_port(), tmp_path, tmp_path / "redis-server.log")
+    await server.start(None)
     yield server
     await server.stop()
 
@@ -367,7 +305,7 @@ async def test_cluster_redis_outage_keeps_local_delivery_and_fan_out_resumes(
     local_b = await bob_b.call("sendMessage", send_payload(bob, room, "only on B"))
     assert (await bob_b.next_chat())["message"]["id"] == local_b["id"]
 
-    await redis_server.start()
+    await redis_server.start(None)
     await until(lambda: a.fanout.ordered() and b.fanout.ordered(), "fan-out to resume", DEADLINE)
     assert any("Redis fan-out resumed" in r.getMessage() for r in caplog.records)
     for client in (alice_a, carol_a, bob_b):
@@ -381,7 +319,8 @@ async def test_cluster_redis_outage_keeps_local_delivery_and_fan_out_resumes(
 
 async def test_cluster_starts_without_redis_and_joins_the_stream_when_it_comes(tmp_path: Path) -> None:
     require_redis_server()
-    redis_server = RedisServer(free_port(), tmp_path)
+    assert REDIS_SERVER is not None
+    redis_server = RedisServer(REDIS_SERVER, free_port(), tmp_path, tmp_path / "redis-server.log")
     config = make_config(tmp_path, redis_url=redis_server.url, rate_limit=0)
     server = TestServer(create_app(config), host="127.0.0.1")
     await server.start_server()
@@ -396,7 +335,7 @@ async def test_cluster_starts_without_redis_and_joins_the_stream_when_it_comes(t
             await bob_s.join(bob, room)
             sent = await alice_s.call("sendMessage", send_payload(alice, room, "no redis yet"))
             assert (await bob_s.next_chat())["message"]["id"] == sent["id"]
-            await redis_server.start()
+            await redis_server.start(None)
             fanout = server.app[STATE].fanout
             assert isinstance(fanout, RedisFanout)
             await until(fanout.ordered, "the instance to join the stream", DEADLINE)
@@ -418,7 +357,7 @@ async def test_cluster_two_processes_store_every_message_once_and_deliver_in_ord
         "CHATSVC_RATE_LIMIT": "0",
         "CHATSVC_JWT_SECRET": "a-cluster-test-secret-of-32-bytes-or-more",
     }
-    processes = [ServerProcess(db, env=env), ServerProcess(db, env=env)]
+    processes = [ChatsvcProcess(db, env=env), ChatsvcProcess(db, env=env)]
     for process in processes:
         await process.start()
     try:

@@ -13,17 +13,13 @@ import pytest
 from chatsvc.config import Config
 from chatsvc.realtime.server import CUT_OFF_MESSAGE
 from tests.conftest import make_config
-from tests.helpers import EVENT_TIMEOUT, Api, RawSocket, User, connect_socket, raw_connect
-from tests.process import ServerProcess
+from tests.helpers import EVENT_TIMEOUT, Api, HandFramedSocket, User, connect_socket, raw_connect, send_payload
+from tests.process import ChatsvcProcess
 
 # 4 bytes each in UTF-8: a 68 KB message, so a few hundred fill the kernel's buffers and the queue.
 LONG_MESSAGE_CHARS = 17_000
 # Seconds a flood may take to push a client over its bound on a slow machine.
 FLOOD_TIMEOUT = 90.0
-
-
-def chat(user: User, room: int, content: str) -> dict[str, Any]:
-    return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
 
 
 async def metric(api: Api, name: str) -> float:
@@ -40,12 +36,14 @@ async def flood_until_cut_off(api: Api, sender: Any, alice: User, room: int, con
     sent: list[int] = []
     async with asyncio.timeout(FLOOD_TIMEOUT):
         while await metric(api, "chatsvc_sockets_cut_off_total") == 0:
-            acks = await asyncio.gather(*(sender.call("sendMessage", chat(alice, room, content)) for _ in range(10)))
+            acks = await asyncio.gather(
+                *(sender.call("sendMessage", send_payload(alice, room, content)) for _ in range(10))
+            )
             sent += sorted(ack["id"] for ack in acks)
     return sent
 
 
-async def read_to_the_end(slow: RawSocket) -> tuple[list[int], list[dict[str, Any]]]:
+async def read_to_the_end(slow: HandFramedSocket) -> tuple[list[int], list[dict[str, Any]]]:
     """What a client that comes back finds waiting: chat message ids and exception events, until the close."""
     ids: list[int] = []
     exceptions: list[dict[str, Any]] = []
@@ -75,24 +73,17 @@ def config(tmp_path: Path) -> Config:
     )
 
 
-@pytest.fixture
-async def pair(api: Api) -> tuple[User, User, int]:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    return alice, bob, await api.one_to_one(alice, bob)
-
-
 async def test_send_queue_a_client_that_stops_reading_is_cut_off_and_recovers_with_last_message_id(
     api: Api, base_url: str, sockets, pair
 ) -> None:
     alice, bob, room = pair
     async with aiohttp.ClientSession() as session:
-        slow = RawSocket(await raw_connect(session, base_url, bob))
+        slow = HandFramedSocket(await raw_connect(session, base_url, bob))
         assert await slow.call("joinRoom", {"chatroomId": room, "userId": bob.id}) == {"chatroomId": room}
         sender = await sockets(alice.token)
         sent = await flood_until_cut_off(api, sender, alice, room, "\U0001f600" * LONG_MESSAGE_CHARS)
         # The room goes on without it.
-        sent.append((await sender.call("sendMessage", chat(alice, room, "after")))["id"])
+        sent.append((await sender.call("sendMessage", send_payload(alice, room, "after")))["id"])
         # Bob comes back: a gap-free prefix of the room, the reason, then the end of the connection.
         received, exceptions = await read_to_the_end(slow)
         assert exceptions == [{"status": "error", "message": CUT_OFF_MESSAGE}]
@@ -113,7 +104,7 @@ async def test_send_queue_a_client_that_stops_reading_is_cut_off_and_recovers_wi
         gap += [message["id"] for message in page.body]
     assert received + gap == sent
     # Live messages reach the rejoined socket again.
-    live = await sender.call("sendMessage", chat(alice, room, "live"))
+    live = await sender.call("sendMessage", send_payload(alice, room, "live"))
     assert (await again.next_chat())["message"]["id"] == live["id"]
 
 
@@ -159,7 +150,7 @@ async def test_send_queue_a_client_that_never_reads_leaves_no_memory_behind_once
     # Default bounds (16 MiB). Pings far apart, so the silent client is cut off by its queue, not for missing a
     # pong; a cut-off connection is dropped after the ping timeout if its client does not take its last packets.
     env = {"CHATSVC_RATE_LIMIT": "0", "CHATSVC_PING_INTERVAL": "300", "CHATSVC_PING_TIMEOUT": "5"}
-    server = ServerProcess(tmp_path / "chat.db", env=env)
+    server = ChatsvcProcess(tmp_path / "chat.db", env=env)
     await server.start()
     try:
         assert server.proc is not None
@@ -175,12 +166,14 @@ async def test_send_queue_a_client_that_never_reads_leaves_no_memory_behind_once
 
             async def send(count: int) -> None:
                 for _ in range(count // 10):
-                    await asyncio.gather(*(sender.call("sendMessage", chat(alice, room, content)) for _ in range(10)))
+                    await asyncio.gather(
+                        *(sender.call("sendMessage", send_payload(alice, room, content)) for _ in range(10))
+                    )
                 watcher.drain()
 
             await send(500)  # warm up: caches, buffers, the allocator
             before = rss_mb(pid)
-            slow = RawSocket(await raw_connect(session, server.url, bob))
+            slow = HandFramedSocket(await raw_connect(session, server.url, bob))
             assert await slow.call("joinRoom", {"chatroomId": room, "userId": bob.id}) == {"chatroomId": room}
             sent = await flood_until_cut_off(api, sender, alice, room, content)
             await send(300)  # the room goes on; the silent client is still connected and still not reading

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 import socketio
 
-from tests.helpers import Api, SocketClient, User, connect_socket
-from tests.process import ServerProcess
+from tests.helpers import Api, SocketClient, User, connect_socket, send_payload
+from tests.process import ChatsvcProcess
 
 SENDERS = 4
 
@@ -34,16 +34,7 @@ async def send_until_stopped(client: SocketClient, user: User, room: int, acked:
     n = 0
 
     async def one(cid: str) -> None:
-        ack = await client.call(
-            "sendMessage",
-            {
-                "sendUserId": user.id,
-                "chatroomId": room,
-                "clientMsgId": cid,
-                "message": {"type": "text", "content": cid},
-            },
-            timeout=10,
-        )
+        ack = await client.call("sendMessage", send_payload(user, room, cid, clientMsgId=cid), timeout=10)
         if isinstance(ack, dict) and "id" in ack:
             acked.append(cid)
 
@@ -74,12 +65,12 @@ def stored_client_ids(db_path: Path) -> list[str]:
 
 
 @pytest.fixture
-def spawn() -> Iterator[Callable[[Path], ServerProcess]]:
+def spawn() -> Iterator[Callable[[Path], ChatsvcProcess]]:
     """A factory of server processes; any still running after the test is killed."""
-    started: list[ServerProcess] = []
+    started: list[ChatsvcProcess] = []
 
-    def make(db_path: Path) -> ServerProcess:
-        started.append(ServerProcess(db_path))
+    def make(db_path: Path) -> ChatsvcProcess:
+        started.append(ChatsvcProcess(db_path))
         return started[-1]
 
     yield make
@@ -87,7 +78,7 @@ def spawn() -> Iterator[Callable[[Path], ServerProcess]]:
         process.kill()
 
 
-async def run_senders_then(stop, spawn, tmp_path: Path) -> tuple[list[str], list[object], ServerProcess]:
+async def run_senders_then(stop, spawn, tmp_path: Path) -> tuple[list[str], list[object], ChatsvcProcess]:
     """Start a server, send from every user at full speed, call ``stop`` mid-stream; acked ids and notices."""
     server = spawn(tmp_path / "chat.db")
     await server.start()
@@ -113,7 +104,7 @@ async def run_senders_then(stop, spawn, tmp_path: Path) -> tuple[list[str], list
 
 
 async def test_crash_sigkill_loses_no_acknowledged_message(tmp_path: Path, spawn) -> None:
-    async def kill(server: ServerProcess) -> None:
+    async def kill(server: ChatsvcProcess) -> None:
         server.kill()
         await server.wait(10)
 
@@ -132,7 +123,7 @@ async def test_crash_sigkill_loses_no_acknowledged_message(tmp_path: Path, spawn
 async def test_shutdown_signal_acks_accepted_writes_tells_sockets_and_exits_zero(
     tmp_path: Path, spawn, signum: int
 ) -> None:
-    async def terminate(server: ServerProcess) -> None:
+    async def terminate(server: ChatsvcProcess) -> None:
         server.terminate(signum)
         assert await server.wait(10) == 0
 

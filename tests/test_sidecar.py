@@ -14,7 +14,7 @@ from chatsvc.config import Config
 from chatsvc.store.users import insert_user
 from chatsvc.testing import ChatsvcServer, run_chatsvc
 from tests.conftest import make_config
-from tests.helpers import Api, Response, User, assert_error
+from tests.helpers import Api, Response, User, assert_error, send_payload
 
 API_KEY = "test-sidecar-key"
 SIDECAR_DOCS = Path(__file__).resolve().parent.parent / "docs" / "sidecar.md"
@@ -39,10 +39,6 @@ async def managed_user(api: Api, username: str, **fields: Any) -> User:
     assert minted.status == 201, minted.body
     profile = minted.body["user"]
     return User(profile["id"], username, profile["nickName"], minted.body["token"], profile)
-
-
-def chat_payload(user: User, room: int, content: str) -> dict[str, Any]:
-    return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
 
 
 async def test_sidecar_routes_answer_404_when_no_api_key_is_set() -> None:
@@ -100,7 +96,7 @@ async def test_sidecar_upsert_updates_the_profile_and_the_sender_cache(api: Api,
     room_id = room.body["room"]["id"]
     a = await sockets(ada.token)
     await a.join(ada, room_id)
-    first = await a.call("sendMessage", chat_payload(ada, room_id, "before"))
+    first = await a.call("sendMessage", send_payload(ada, room_id, "before"))
     assert first["sender"]["nickName"] == "Ada"
 
     updated = await sidecar(
@@ -110,7 +106,7 @@ async def test_sidecar_upsert_updates_the_profile_and_the_sender_cache(api: Api,
     assert updated.body["user"]["nickName"] == "Ada L." and updated.body["user"]["id"] == ada.id
     assert updated.body["user"]["headPic"] == "http://x/a.png"
 
-    second = await a.call("sendMessage", chat_payload(ada, room_id, "after"))
+    second = await a.call("sendMessage", send_payload(ada, room_id, "after"))
     assert second["sender"]["nickName"] == "Ada L." and second["sender"]["headPic"] == "http://x/a.png"
     # A call without profile fields changes nothing; an empty email clears it.
     same = await sidecar(api, "POST", "/users", {"username": "ada"})
@@ -194,7 +190,7 @@ async def test_sidecar_membership_changes_are_live(api: Api, sockets) -> None:
     assert await a.next_message() == {"type": "joinRoom", "userId": bob.id}
     await b.join(bob, group_id)
     await b.join(bob, direct)
-    await a.call("sendMessage", chat_payload(ada, group_id, "welcome bob"))
+    await a.call("sendMessage", send_payload(ada, group_id, "welcome bob"))
     assert (await b.next_chat())["message"]["content"] == "welcome bob"
 
     removed = await sidecar(api, "DELETE", f"/rooms/{group_id}/members", username="bob")
@@ -206,10 +202,10 @@ async def test_sidecar_membership_changes_are_live(api: Api, sockets) -> None:
     assert again.status == 200 and again.body["removed"] == []
 
     # Bob's socket left the group: the group message stored before the direct one never reaches him.
-    await a.call("sendMessage", chat_payload(ada, group_id, "bob is gone"))
-    await a.call("sendMessage", chat_payload(ada, direct, "still here?"))
+    await a.call("sendMessage", send_payload(ada, group_id, "bob is gone"))
+    await a.call("sendMessage", send_payload(ada, direct, "still here?"))
     assert (await b.next_chat())["message"]["content"] == "still here?"
-    ack = await b.call("sendMessage", chat_payload(bob, group_id, "let me back"))
+    ack = await b.call("sendMessage", send_payload(bob, group_id, "let me back"))
     assert ack["statusCode"] == 403
 
 
@@ -331,7 +327,7 @@ async def test_sidecar_system_messages_and_only_they_carry_the_system_flag(
 
     official = await sidecar(api, "POST", f"/rooms/{room_id}/messages", {"system": True, "content": "official"})
     imitation = await sockets(lookalike.token)
-    fake = await imitation.call("sendMessage", chat_payload(lookalike, room_id, "official too"))
+    fake = await imitation.call("sendMessage", send_payload(lookalike, room_id, "official too"))
     by_ada = await sidecar(api, "POST", f"/rooms/{room_id}/messages", {"username": "ada", "content": "hi"})
     assert official.body["system"] is True
     assert fake["system"] is False and fake["sender"]["nickName"] == "System"

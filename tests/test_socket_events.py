@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -14,14 +13,9 @@ from aiohttp.test_utils import TestServer
 
 from chatsvc.app import create_app
 from chatsvc.config import Config
-from tests.helpers import EVENT_TIMEOUT, Api, SocketClient, User, assert_ack_error, connect_socket
+from tests.helpers import EVENT_TIMEOUT, Api, SocketClient, assert_ack_error, connect_socket, send_payload, serve
 
 Event = dict[str, Any]
-
-
-def text_message(user: User | int, room: int, content: str = "hello", kind: str = "text") -> dict[str, Any]:
-    user_id = user if isinstance(user, int) else user.id
-    return {"sendUserId": user_id, "chatroomId": room, "message": {"type": kind, "content": content}}
 
 
 async def events_until(client: SocketClient, last: Callable[[Event], bool]) -> list[Event]:
@@ -31,32 +25,6 @@ async def events_until(client: SocketClient, last: Callable[[Event], bool]) -> l
         while not seen or not last(seen[-1]):
             seen.append(await client.messages.get())
     return seen
-
-
-async def stored_contents(api: Api, user: User, room: int) -> list[str]:
-    resp = await api.get("/chat-history/list", user.token, chatroomId=room)
-    assert resp.status == 200, resp.body
-    return [m["content"] for m in resp.body]
-
-
-@pytest.fixture
-async def pair(api: Api) -> tuple[User, User, int]:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    return alice, bob, await api.one_to_one(alice, bob)
-
-
-@asynccontextmanager
-async def serve(config: Config) -> AsyncIterator[tuple[Api, str]]:
-    """Another instance of the real app, for settings the shared fixtures do not use."""
-    server = TestServer(create_app(config), host="127.0.0.1")
-    await server.start_server()
-    base_url = str(server.make_url("")).rstrip("/")
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Api(base_url, session), base_url
-    finally:
-        await server.close()
 
 
 # -- connecting ---------------------------------------------------------------------
@@ -86,7 +54,7 @@ async def test_connect_error_event_carries_the_reason(base_url: str) -> None:
 async def test_connect_with_a_token_of_another_server_is_refused(api: Api, config: Config) -> None:
     # Signed with the other server's own generated secret.
     other = config.with_changes(db_path=config.db_path.with_name("other.db"))
-    async with serve(other) as (other_api, _):
+    async with serve(other) as other_api:
         stranger = await other_api.new_user()
     with pytest.raises(socketio.exceptions.ConnectionError, match="Invalid token"):
         await connect_socket(api.base_url, stranger.token)
@@ -106,7 +74,7 @@ async def test_connect_token_accepted_from_auth_header_or_query(api: Api, socket
     try:
         # The socket acts as the token's user.
         await client.join(alice, room)
-        ack = await client.call("sendMessage", text_message(alice, room))
+        ack = await client.call("sendMessage", send_payload(alice, room))
         assert ack["senderId"] == alice.id
     finally:
         await client.disconnect()
@@ -148,7 +116,7 @@ async def test_join_room_by_a_non_member_is_refused_and_delivers_nothing(api: Ap
     c = await sockets(carol.token)
     assert_ack_error(await c.call("joinRoom", {"chatroomId": room, "userId": carol.id}), 403)
     await a.join(alice, room)
-    await a.call("sendMessage", text_message(alice, room, "private"))
+    await a.call("sendMessage", send_payload(alice, room, "private"))
     # Broadcasts are queued before the sender's ack: had carol joined, "private" would come first.
     await c.call("joinRoom", {"chatroomId": carols_room, "userId": carol.id})
     seen = await events_until(c, lambda e: e == {"type": "joinRoom", "userId": carol.id})
@@ -185,13 +153,9 @@ async def test_join_room_of_a_missing_room_is_403(sockets, pair) -> None:
 # -- sendMessage -------------------------------------------------------------------------
 
 
-async def test_send_message_acks_the_stored_message_and_broadcasts_it(api: Api, sockets, pair) -> None:
-    alice, bob, room = pair
-    a = await sockets(alice.token)
-    b = await sockets(bob.token)
-    await a.join(alice, room)
-    await b.join(bob, room)
-    payload = text_message(alice, room, "x" * 500, kind="file")
+async def test_send_message_acks_the_stored_message_and_broadcasts_it(api: Api, joined) -> None:
+    alice, _, room, a, b = joined
+    payload = send_payload(alice, room, "x" * 500, kind="file")
     payload["extra"] = {"ignored": True}
     payload["message"]["fileName"] = "ignored too"
     ack = await a.call("sendMessage", payload)
@@ -201,26 +165,25 @@ async def test_send_message_acks_the_stored_message_and_broadcasts_it(api: Api, 
     for client in (a, b):
         event = await client.next_chat()
         assert event == {"type": "sendMessage", "userId": alice.id, "message": ack}
-    assert await stored_contents(api, alice, room) == ["x" * 500]
+    assert [m["content"] for m in await api.history(alice, room)] == ["x" * 500]
 
 
 async def test_send_message_with_a_spoofed_sender_is_refused_and_not_stored(api: Api, sockets, pair) -> None:
     alice, bob, room = pair
     a = await sockets(alice.token)
-    ack = await a.call("sendMessage", text_message(bob, room, "as bob"))
+    ack = await a.call("sendMessage", send_payload(bob, room, "as bob"))
     assert_ack_error(ack, 403)
     assert "sendUserId" in ack["message"]
-    assert await stored_contents(api, alice, room) == []
+    assert [m["content"] for m in await api.history(alice, room)] == []
 
 
 async def test_send_message_by_a_non_member_is_refused_and_not_stored(api: Api, sockets, pair) -> None:
     alice, _, room = pair
     carol = await api.new_user()
     c = await sockets(carol.token)
-    assert_ack_error(await c.call("sendMessage", text_message(carol, room, "intruder")), 403)
-    without_sender = {"chatroomId": room, "message": {"type": "text", "content": "x"}}
-    assert_ack_error(await c.call("sendMessage", without_sender), 403)
-    assert await stored_contents(api, alice, room) == []
+    assert_ack_error(await c.call("sendMessage", send_payload(carol, room, "intruder")), 403)
+    assert_ack_error(await c.call("sendMessage", send_payload(None, room)), 403)
+    assert [m["content"] for m in await api.history(alice, room)] == []
 
 
 @pytest.mark.parametrize(
@@ -254,7 +217,7 @@ async def test_send_message_invalid_payload_is_400_and_not_stored(
     full = {k: v for k, v in full.items() if v is not None}
     a = await sockets(alice.token)
     assert_ack_error(await a.call("sendMessage", full), 400)
-    assert await stored_contents(api, alice, room) == []
+    assert [m["content"] for m in await api.history(alice, room)] == []
 
 
 @pytest.mark.parametrize("payload", [None, "hello", 42, [1, 2], True])
@@ -262,23 +225,23 @@ async def test_send_message_payload_not_an_object_is_400(api: Api, sockets, pair
     alice, _, room = pair
     a = await sockets(alice.token)
     assert_ack_error(await a.call("sendMessage", payload), 400)
-    assert await stored_contents(api, alice, room) == []
+    assert [m["content"] for m in await api.history(alice, room)] == []
 
 
 async def test_send_message_failure_without_ack_arrives_as_exception(api: Api, sockets, pair) -> None:
     alice, bob, room = pair
     a = await sockets(alice.token)
-    await a.emit("sendMessage", text_message(alice, room, ""))
+    await a.emit("sendMessage", send_payload(alice, room, ""))
     event = await asyncio.wait_for(a.exceptions.get(), EVENT_TIMEOUT)
     assert set(event) == {"status", "message"}
     assert event["status"] == "error" and "content" in event["message"]
-    await a.emit("sendMessage", text_message(bob, room, "spoofed"))
+    await a.emit("sendMessage", send_payload(bob, room, "spoofed"))
     event = await asyncio.wait_for(a.exceptions.get(), EVENT_TIMEOUT)
     assert event["status"] == "error" and "sendUserId" in event["message"]
     await a.emit("joinRoom", {"chatroomId": "nope"})
     event = await asyncio.wait_for(a.exceptions.get(), EVENT_TIMEOUT)
     assert event["status"] == "error" and "chatroomId" in event["message"]
-    assert await stored_contents(api, alice, room) == []
+    assert [m["content"] for m in await api.history(alice, room)] == []
 
 
 async def test_send_message_errors_keep_the_socket_usable(api: Api, sockets, pair) -> None:
@@ -286,45 +249,41 @@ async def test_send_message_errors_keep_the_socket_usable(api: Api, sockets, pai
     a = await sockets(alice.token)
     b = await sockets(bob.token)
     await b.join(bob, room)
-    for bad in (None, {}, text_message(alice, room, ""), text_message(bob, room), text_message(alice, room + 999)):
+    for bad in (None, {}, send_payload(alice, room, ""), send_payload(bob, room), send_payload(alice, room + 999)):
         ack = await a.call("sendMessage", bad)
         assert "statusCode" in ack
     await a.emit("sendMessage", "not even an object")
     await asyncio.wait_for(a.exceptions.get(), EVENT_TIMEOUT)
     assert a.sio.connected
-    ack = await a.call("sendMessage", text_message(alice, room, "still here"))
+    ack = await a.call("sendMessage", send_payload(alice, room, "still here"))
     assert ack["content"] == "still here"
     assert (await b.next_chat())["message"]["id"] == ack["id"]
-    assert await stored_contents(api, alice, room) == ["still here"]
+    assert [m["content"] for m in await api.history(alice, room)] == ["still here"]
 
 
 async def test_send_message_reaches_members_who_joined_only(api: Api, sockets, pair) -> None:
     alice, bob, room = pair
     a = await sockets(alice.token)
     b = await sockets(bob.token)  # connected, but never joined the room
-    ack = await a.call("sendMessage", text_message(alice, room, "before bob joins"))
+    ack = await a.call("sendMessage", send_payload(alice, room, "before bob joins"))
     await b.call("joinRoom", {"chatroomId": room, "userId": bob.id})
     seen = await events_until(b, lambda e: e == {"type": "joinRoom", "userId": bob.id})
     assert all(e.get("type") != "sendMessage" for e in seen), seen
-    ack = await a.call("sendMessage", text_message(alice, room, "after"))
+    ack = await a.call("sendMessage", send_payload(alice, room, "after"))
     assert (await b.next_chat())["message"]["id"] == ack["id"]
 
 
 # -- leaveRoom ----------------------------------------------------------------------------
 
 
-async def test_leave_room_stops_delivery(sockets, pair) -> None:
-    alice, bob, room = pair
-    a = await sockets(alice.token)
-    b = await sockets(bob.token)
-    await a.join(alice, room)
-    await b.join(bob, room)
+async def test_leave_room_stops_delivery(joined) -> None:
+    alice, bob, room, a, b = joined
     assert await b.call("leaveRoom", {"chatroomId": room}) == {"chatroomId": room}
-    missed = await a.call("sendMessage", text_message(alice, room, "while bob is away"))
+    missed = await a.call("sendMessage", send_payload(alice, room, "while bob is away"))
     # Broadcasts are queued before the sender's ack, so "missed" is already out when bob rejoins.
     await b.call("joinRoom", {"chatroomId": room, "userId": bob.id})
     seen = await events_until(b, lambda e: e == {"type": "joinRoom", "userId": bob.id})
-    back = await a.call("sendMessage", text_message(alice, room, "welcome back"))
+    back = await a.call("sendMessage", send_payload(alice, room, "welcome back"))
     seen += await events_until(b, lambda e: e.get("type") == "sendMessage")
     chats = [e["message"]["id"] for e in seen if e.get("type") == "sendMessage"]
     assert chats == [back["id"]], (missed["id"], seen)
@@ -348,8 +307,8 @@ async def test_polling_and_websocket_clients_exchange_messages(sockets, pair) ->
     assert a.sio.transport() == "polling" and b.sio.transport() == "websocket"
     await a.join(alice, room)
     await b.join(bob, room)
-    from_a = await a.call("sendMessage", text_message(alice, room, "over polling"))
-    from_b = await b.call("sendMessage", text_message(bob, room, "over websocket"))
+    from_a = await a.call("sendMessage", send_payload(alice, room, "over polling"))
+    from_b = await b.call("sendMessage", send_payload(bob, room, "over websocket"))
     for client in (a, b):
         got = [(await client.next_chat())["message"]["id"] for _ in range(2)]
         assert got == [from_a["id"], from_b["id"]]
@@ -367,8 +326,8 @@ async def test_polling_client_disconnects_promptly(sockets, pair) -> None:
 
 @pytest.fixture
 async def trusting(config: Config) -> AsyncIterator[tuple[Api, str]]:
-    async with serve(config.with_changes(socket_auth="trust-client")) as served:
-        yield served
+    async with serve(config.with_changes(socket_auth="trust-client")) as api:
+        yield api, api.base_url
 
 
 async def test_trust_client_accepts_sockets_without_token_and_trusts_the_payload(trusting) -> None:
@@ -381,16 +340,16 @@ async def test_trust_client_accepts_sockets_without_token_and_trusts_the_payload
     try:
         await a.join(alice, room)
         await b.join(bob, room)
-        ack = await a.call("sendMessage", text_message(alice, room, "from alice"))
+        ack = await a.call("sendMessage", send_payload(alice, room, "from alice"))
         assert ack["senderId"] == alice.id
         assert (await b.next_chat())["message"]["id"] == ack["id"]
         # Nothing binds the socket to one user: that is why the mode is insecure.
-        ack = await a.call("sendMessage", text_message(bob, room, "claimed bob"))
+        ack = await a.call("sendMessage", send_payload(bob, room, "claimed bob"))
         assert ack["senderId"] == bob.id
     finally:
         await a.disconnect()
         await b.disconnect()
-    assert await stored_contents(api, alice, room) == ["from alice", "claimed bob"]
+    assert [m["content"] for m in await api.history(alice, room)] == ["from alice", "claimed bob"]
 
 
 async def test_trust_client_still_checks_membership_and_needs_a_user(trusting) -> None:
@@ -402,13 +361,12 @@ async def test_trust_client_still_checks_membership_and_needs_a_user(trusting) -
     c = await connect_socket(base_url)
     try:
         assert_ack_error(await c.call("joinRoom", {"chatroomId": room, "userId": carol.id}), 403)
-        assert_ack_error(await c.call("sendMessage", text_message(carol, room, "intruder")), 403)
+        assert_ack_error(await c.call("sendMessage", send_payload(carol, room, "intruder")), 403)
         assert_ack_error(await c.call("joinRoom", {"chatroomId": room}), 400)
-        missing_sender = {"chatroomId": room, "message": {"type": "text", "content": "who?"}}
-        assert_ack_error(await c.call("sendMessage", missing_sender), 400)
+        assert_ack_error(await c.call("sendMessage", send_payload(None, room, "who?")), 400)
     finally:
         await c.disconnect()
-    assert await stored_contents(api, alice, room) == []
+    assert [m["content"] for m in await api.history(alice, room)] == []
 
 
 async def test_trust_client_socket_with_a_token_is_bound_to_it(trusting) -> None:
@@ -420,7 +378,7 @@ async def test_trust_client_socket_with_a_token_is_bound_to_it(trusting) -> None
         await connect_socket(base_url, "garbage")
     a = await connect_socket(base_url, alice.token)
     try:
-        assert_ack_error(await a.call("sendMessage", text_message(bob, room, "spoofed")), 403)
+        assert_ack_error(await a.call("sendMessage", send_payload(bob, room, "spoofed")), 403)
     finally:
         await a.disconnect()
 

@@ -337,7 +337,7 @@ class RecordingEngineServer(engineio.AsyncServer):
 
 
 @contextlib.asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[TestServer]:
+async def serve_app(app: web.Application) -> AsyncIterator[TestServer]:
     """The app on a loopback port for the block."""
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
@@ -367,7 +367,7 @@ async def test_engineio_starts_the_service_task_and_each_sockets_ping_through_st
     app = web.Application()
     eio.attach(app)
     try:
-        async with serve(app) as server:
+        async with serve_app(app) as server:
             body = await polling_handshake(server, "/engine.io/")
             assert body.startswith("0{"), body
         assert len(environs) == 1 and isinstance(environs[0].get("aiohttp.request"), web.BaseRequest), (
@@ -398,7 +398,7 @@ async def test_engineio_service_task_under_its_name_is_chatsvc_sweep_and_stops_o
     eio = ChatEngineServer(async_mode="aiohttp")
     app = web.Application()
     eio.attach(app)
-    async with serve(app) as server:
+    async with serve_app(app) as server:
         await polling_handshake(server, "/engine.io/")
         handle = eio.service_task_handle
         assert isinstance(handle, asyncio.Task), (
@@ -597,7 +597,7 @@ async def test_socketio_passes_every_event_and_its_ack_id_through_handle_event_i
 
     app = web.Application()
     sio.attach(app)
-    async with serve(app) as server:
+    async with serve_app(app) as server:
         client = await connect_socket(str(server.make_url("")).rstrip("/"), transports=["polling", "websocket"])
         try:
             assert await client.call("probe", 1) == "ack 1"
@@ -692,7 +692,7 @@ async def test_aiohttp_raw_writes_to_request_transport_interleave_with_the_webso
     app = web.Application()
     app.router.add_get("/ws", handler)
     async with (
-        serve(app) as server,
+        serve_app(app) as server,
         aiohttp.ClientSession() as session,
         session.ws_connect(server.make_url("/ws"), compress=15) as ws,
     ):

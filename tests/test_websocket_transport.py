@@ -15,7 +15,7 @@ import pytest
 from chatsvc.config import Config
 from chatsvc.testing import run_chatsvc
 from tests.conftest import make_config
-from tests.helpers import EVENT_TIMEOUT, Api, RawSocket, User, raw_connect
+from tests.helpers import EVENT_TIMEOUT, Api, HandFramedSocket, User, raw_connect, send_payload
 
 # Long enough for the 16-bit and the 64-bit WebSocket length forms, in a 4-byte character.
 LONG_MESSAGE_CHARS = 17_000
@@ -28,23 +28,12 @@ def config(tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-async def pair(api: Api) -> tuple[User, User, int]:
-    alice = await api.new_user()
-    bob = await api.new_user()
-    return alice, bob, await api.one_to_one(alice, bob)
-
-
-def chat(user: User, room: int, content: str) -> dict[str, Any]:
-    return {"sendUserId": user.id, "chatroomId": room, "message": {"type": "text", "content": content}}
-
-
-@pytest.fixture
 async def raw_socket(base_url: str) -> AsyncIterator[Any]:
     """Opens RawSockets over WebSocket with a given permessage-deflate setting; closes them after the test."""
     async with aiohttp.ClientSession() as session:
 
-        async def open_raw(user: User, compress: int = 0) -> RawSocket:
-            return RawSocket(await raw_connect(session, base_url, user, compress))
+        async def open_raw(user: User, compress: int = 0) -> HandFramedSocket:
+            return HandFramedSocket(await raw_connect(session, base_url, user, compress))
 
         yield open_raw
 
@@ -57,10 +46,10 @@ async def test_websocket_transport_upgrade_from_polling_keeps_the_session(socket
     assert a.sio.transport() == "websocket"
     await a.join(alice, room)
     await b.join(bob, room)
-    sent = await a.call("sendMessage", chat(alice, room, "after the upgrade"))
+    sent = await a.call("sendMessage", send_payload(alice, room, "after the upgrade"))
     for client in (a, b):
         assert (await client.next_chat())["message"]["id"] == sent["id"]
-    reply = await b.call("sendMessage", chat(bob, room, "back"))
+    reply = await b.call("sendMessage", send_payload(bob, room, "back"))
     assert (await a.next_chat())["message"]["id"] == reply["id"]
 
 
@@ -96,19 +85,15 @@ async def test_websocket_transport_upgrade_answers_the_open_poll(base_url: str, 
                 async with await open_poll as resp:
                     assert await resp.text() == "6"  # noop: the poll is over, switch to the WebSocket
             await ws.send_str("5")
-            raw = RawSocket(ws)
+            raw = HandFramedSocket(ws)
             assert await raw.call("joinRoom", {"chatroomId": room, "userId": alice.id}) == {"chatroomId": room}
 
 
 @pytest.mark.parametrize("length", [10, 1_000, LONG_MESSAGE_CHARS], ids=["7-bit", "16-bit", "64-bit"])
-async def test_websocket_transport_frames_every_payload_length(sockets, pair, length: int) -> None:
-    alice, bob, room = pair
-    a = await sockets(alice.token)
-    b = await sockets(bob.token)
-    await a.join(alice, room)
-    await b.join(bob, room)
+async def test_websocket_transport_frames_every_payload_length(length: int, joined) -> None:
+    alice, _, room, a, b = joined
     content = "\U0001f600" * length  # four bytes each in UTF-8
-    await a.call("sendMessage", chat(alice, room, content))
+    await a.call("sendMessage", send_payload(alice, room, content))
     assert (await b.next_chat())["message"]["content"] == content
 
 
@@ -121,7 +106,7 @@ async def test_websocket_transport_delivers_a_burst_in_order(raw_socket, sockets
     sender = await sockets(alice.token)
     await sender.join(alice, room)
     # Sent without waiting, so the writer finds many packets queued at once.
-    sends = [sender.call("sendMessage", chat(alice, room, f"burst {n} " + "x" * (n * 37))) for n in range(40)]
+    sends = [sender.call("sendMessage", send_payload(alice, room, f"burst {n} " + "x" * (n * 37))) for n in range(40)]
     acks = await asyncio.gather(*sends)
     expected = sorted(ack["id"] for ack in acks)
     assert await receiver.chat_ids(len(expected)) == expected
@@ -145,8 +130,8 @@ async def test_websocket_transport_drops_a_client_that_stops_answering_pings(tmp
         api = Api(base_url, session)
         alice, bob = await api.new_user(), await api.new_user()
         room = await api.one_to_one(alice, bob)
-        silent = RawSocket(await raw_connect(session, base_url, bob))
-        lively = RawSocket(await raw_connect(session, base_url, alice))
+        silent = HandFramedSocket(await raw_connect(session, base_url, bob))
+        lively = HandFramedSocket(await raw_connect(session, base_url, alice))
 
         async def answer_pings() -> None:
             async for message in lively.ws:
@@ -182,7 +167,7 @@ async def test_websocket_transport_slow_reader_holds_up_no_one_and_loses_nothing
     # The slow client stops reading (aiohttp stops reading the socket once 64 KiB wait unread): the
     # server's output to it backs up far past its write buffer limit while the room goes on.
     content = "\U0001f600" * LONG_MESSAGE_CHARS  # 68 KB a message, 10 MB in all
-    acks = [await sender.call("sendMessage", chat(alice, room, content)) for _ in range(150)]
+    acks = [await sender.call("sendMessage", send_payload(alice, room, content)) for _ in range(150)]
     expected = [ack["id"] for ack in acks]
     seen = [(await watcher.next_chat())["message"]["id"] for _ in expected]
     assert seen == expected

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from chatsvc import models
 from chatsvc.errors import BadRequest, Forbidden, NotFound
 from chatsvc.http.middleware import caller
 from chatsvc.jsonutil import json_response
-from chatsvc.models import MAX_ID, ROOM_NAME_MAX, USERNAME_MAX
+from chatsvc.models import validate_params
 from chatsvc.state import STATE
-from chatsvc.store.rooms import find_one_to_one_room, find_room, list_member_profiles, list_rooms_of_user
+from chatsvc.store.rooms import (
+    find_one_to_one_room,
+    find_room,
+    list_member_profiles,
+    list_rooms_of_user,
+)
 from chatsvc.store.settings import find_system_user_id
 from chatsvc.store.users import find_user_by_id, find_user_by_username
-from chatsvc.validation import parse_int, required_query_int, text
 
 routes = web.RouteTableDef()
 
@@ -24,7 +29,7 @@ SYSTEM_USER_NOT_A_MEMBER = "The system user cannot be a member of a chatroom"
 async def create_one_to_one(request: web.Request) -> web.Response:
     """The id of the caller's one-to-one room with ``friendId``, created if missing."""
     me = caller(request)
-    friend_id = required_query_int(request, "friendId")
+    friend_id = validate_params(models.OneToOneQuery, request.query).friendId
     if friend_id == me.id:
         raise BadRequest("Cannot open a one-to-one chat with yourself")
     state = request.app[STATE]
@@ -41,8 +46,8 @@ async def create_one_to_one(request: web.Request) -> web.Response:
 async def find_chatroom(request: web.Request) -> web.Response:
     """The id of the one-to-one room of two users, or null."""
     me = caller(request)
-    user_a = required_query_int(request, "userId1")
-    user_b = required_query_int(request, "userId2")
+    query = validate_params(models.FindChatroomQuery, request.query)
+    user_a, user_b = query.userId1, query.userId2
     if me.id not in (user_a, user_b):
         raise Forbidden("You can only look up your own chatrooms")
     if user_a == user_b:
@@ -54,23 +59,16 @@ async def find_chatroom(request: web.Request) -> web.Response:
 @routes.get("/chatroom/list")
 async def list_chatrooms(request: web.Request) -> web.Response:
     """The caller's rooms, filtered by a name substring."""
-    name = text(request.query.get("name"), "name", max_length=ROOM_NAME_MAX, required=False, allow_blank=True)
+    name = validate_params(models.RoomListQuery, request.query).name
     rooms = await list_rooms_of_user(request.app[STATE].db.reader, caller(request).id, name.strip())
     return json_response(rooms)
-
-
-def _room_id(raw: str | None, name: str) -> int:
-    """A room id from the request: any integer; one that names no room (such as -1) is not refused here."""
-    value = parse_int(raw, name, minimum=-MAX_ID)
-    assert value is not None
-    return value
 
 
 @routes.get("/chatroom/create-group")
 async def create_group(request: web.Request) -> web.Response:
     """Create a group room named ``name`` with the caller as its first member; its id."""
     me = caller(request)
-    name = text(request.query.get("name"), "name", max_length=ROOM_NAME_MAX).strip()
+    name = validate_params(models.CreateGroupQuery, request.query).name.strip()
     room_id = await request.app[STATE].membership.create_group(name, [me.id])
     return json_response(room_id)
 
@@ -79,7 +77,7 @@ async def create_group(request: web.Request) -> web.Response:
 async def list_members(request: web.Request) -> web.Response:
     """The profiles of a room's members (emails only of the caller and friends); ``[]`` for an id that names no room."""
     me = caller(request)
-    room_id = _room_id(request.query.get("chatroomId"), "chatroomId")
+    room_id = validate_params(models.MembersQuery, request.query).chatroomId
     reader = request.app[STATE].db.reader
     members = await list_member_profiles(reader, room_id, seen_by=me.id)
     if any(member["id"] == me.id for member in members):
@@ -94,7 +92,7 @@ async def list_members(request: web.Request) -> web.Response:
 async def room_info(request: web.Request) -> web.Response:
     """A room with its members' profiles (emails only of the caller and friends)."""
     me = caller(request)
-    room_id = _room_id(request.match_info.get("id"), "id")
+    room_id = validate_params(models.RoomPath, request.match_info).id
     reader = request.app[STATE].db.reader
     room = await find_room(reader, room_id)
     if room is None:
@@ -109,8 +107,8 @@ async def room_info(request: web.Request) -> web.Response:
 async def join_group(request: web.Request) -> web.Response:
     """Add the user named ``joinUsername`` to a group the caller is in; the room id."""
     me = caller(request)
-    room_id = _room_id(request.match_info.get("id"), "id")
-    username = text(request.query.get("joinUsername"), "joinUsername", max_length=USERNAME_MAX)
+    room_id = validate_params(models.RoomPath, request.match_info).id
+    username = validate_params(models.JoinGroupQuery, request.query).joinUsername
     state = request.app[STATE]
     reader = state.db.reader
     await state.membership.check_group(room_id, member=me.id)
@@ -127,8 +125,8 @@ async def join_group(request: web.Request) -> web.Response:
 async def quit_group(request: web.Request) -> web.Response:
     """Remove member ``quitUserId`` (the caller or, as in the original, any other member) from a group; the room id."""
     me = caller(request)
-    room_id = _room_id(request.match_info.get("id"), "id")
-    quit_user_id = required_query_int(request, "quitUserId")
+    room_id = validate_params(models.RoomPath, request.match_info).id
+    quit_user_id = validate_params(models.QuitGroupQuery, request.query).quitUserId
     removed = await request.app[STATE].membership.remove_members(room_id, [quit_user_id], by=me.id)
     if not removed:
         raise BadRequest("That user is not a member of this group")

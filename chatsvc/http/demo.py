@@ -21,9 +21,11 @@ CONTENT_TYPES = {
     ".png": "image/png",
     ".ico": "image/x-icon",
 }
-# The page needs nothing from other origins except images that messages link to.
+# The page needs nothing from other origins except images that messages link to; blob: is the preview of a
+# picture about to be uploaded.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; img-src 'self' data: http: https:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    "default-src 'self'; img-src 'self' data: blob: http: https:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'"
 )
 
 

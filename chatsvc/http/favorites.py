@@ -13,9 +13,9 @@ from aiohttp import web
 from chatsvc.errors import Forbidden, NotFound
 from chatsvc.http.middleware import caller
 from chatsvc.jsonutil import json_response
+from chatsvc.models import ChatHistoryIdQuery, FavoriteIdQuery, validate_params
 from chatsvc.state import STATE
 from chatsvc.store.favorites import can_see_message, delete_favorite, list_favorites, save_favorite
-from chatsvc.validation import required_query_int
 
 routes = web.RouteTableDef()
 
@@ -24,7 +24,7 @@ routes = web.RouteTableDef()
 async def add_favorite(request: web.Request) -> web.Response:
     """Save message ``chatHistoryId`` for the caller; answers the favorite, the existing one if saved before."""
     me = caller(request)
-    chat_history_id = required_query_int(request, "chatHistoryId")
+    chat_history_id = validate_params(ChatHistoryIdQuery, request.query).chatHistoryId
     # The check and the save share a transaction, so a member who quits meanwhile cannot slip through.
     async with request.app[STATE].db.transaction() as conn:
         if not await can_see_message(conn, me.id, chat_history_id):
@@ -44,7 +44,7 @@ async def list_my_favorites(request: web.Request) -> web.Response:
 async def delete_my_favorite(request: web.Request) -> web.Response:
     """Delete the caller's favorite ``id``; answers the deleted favorite."""
     me = caller(request)
-    favorite_id = required_query_int(request, "id")
+    favorite_id = validate_params(FavoriteIdQuery, request.query).id
     async with request.app[STATE].db.transaction() as conn:
         deleted = await delete_favorite(conn, me.id, favorite_id)
     if deleted is None:

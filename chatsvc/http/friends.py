@@ -13,7 +13,7 @@ from aiohttp import web
 from chatsvc.errors import BadRequest
 from chatsvc.http.middleware import caller
 from chatsvc.jsonutil import json_response
-from chatsvc.models import NICKNAME_MAX, FriendAddBody, validate
+from chatsvc.models import FriendAddBody, FriendListQuery, UserPath, validate, validate_params
 from chatsvc.state import STATE
 from chatsvc.store.friends import (
     AGREED,
@@ -28,7 +28,7 @@ from chatsvc.store.friends import (
     settle_friend_request,
 )
 from chatsvc.store.users import find_user_by_username
-from chatsvc.validation import json_body, path_int, text
+from chatsvc.validation import json_body
 
 routes = web.RouteTableDef()
 
@@ -71,7 +71,7 @@ async def list_requests(request: web.Request) -> web.Response:
 async def agree(request: web.Request) -> web.Response:
     """Agree to the pending request from user ``id``: the two become friends; answers the request."""
     me = caller(request)
-    from_user_id = path_int(request)
+    from_user_id = validate_params(UserPath, request.match_info).id
     async with request.app[STATE].db.transaction() as conn:
         settled = await settle_friend_request(conn, from_user_id, me.id, AGREED)
         if settled is None:
@@ -86,7 +86,7 @@ async def agree(request: web.Request) -> web.Response:
 async def reject(request: web.Request) -> web.Response:
     """Reject the pending request from user ``id``; answers the request."""
     me = caller(request)
-    from_user_id = path_int(request)
+    from_user_id = validate_params(UserPath, request.match_info).id
     async with request.app[STATE].db.transaction() as conn:
         settled = await settle_friend_request(conn, from_user_id, me.id, REJECTED)
     if settled is None:
@@ -97,7 +97,7 @@ async def reject(request: web.Request) -> web.Response:
 @routes.get("/friendship/list")
 async def list_my_friends(request: web.Request) -> web.Response:
     """The caller's friends, filtered by a nickName substring."""
-    name = text(request.query.get("name"), "name", max_length=NICKNAME_MAX, required=False, allow_blank=True)
+    name = validate_params(FriendListQuery, request.query).name
     friends = await list_friends(request.app[STATE].db.reader, caller(request).id, name.strip())
     return json_response(friends)
 
@@ -106,7 +106,7 @@ async def list_my_friends(request: web.Request) -> web.Response:
 async def remove_friend(request: web.Request) -> web.Response:
     """End the caller's friendship with user ``id``, both ways."""
     me = caller(request)
-    friend_id = path_int(request)
+    friend_id = validate_params(UserPath, request.match_info).id
     async with request.app[STATE].db.transaction() as conn:
         removed = await delete_friendship(conn, me.id, friend_id)
     if not removed:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from chatsvc.errors import Forbidden
 from chatsvc.http.middleware import caller
 from chatsvc.jsonutil import json_response
+from chatsvc.models import history_query_model, validate_params
 from chatsvc.state import STATE
 from chatsvc.store.messages import list_history
 from chatsvc.store.rooms import is_member
-from chatsvc.validation import query_int, required_query_int
 
 routes = web.RouteTableDef()
 
@@ -19,10 +21,8 @@ routes = web.RouteTableDef()
 async def list_chat_history(request: web.Request) -> web.Response:
     """Messages of a room in ascending id order: the newest page, or one beside a cursor."""
     config = request.app[STATE].config
-    room_id = required_query_int(request, "chatroomId")
-    limit = query_int(request, "limit", maximum=config.history_max_limit, required=False)
-    before_id = query_int(request, "beforeId", required=False)
-    after_id = query_int(request, "afterId", minimum=0, required=False)
+    query: Any = validate_params(history_query_model(config.history_max_limit), request.query)
+    room_id, limit, before_id, after_id = query.chatroomId, query.limit, query.beforeId, query.afterId
     reader = request.app[STATE].db.reader
     if not await is_member(reader, caller(request).id, room_id):
         raise Forbidden("You are not a member of this chatroom")

@@ -21,11 +21,11 @@ from chatsvc import admin, models
 from chatsvc.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from chatsvc.http.middleware import Handler, public
 from chatsvc.jsonutil import json_response
-from chatsvc.models import validate, validate_field
+from chatsvc.models import validate, validate_field, validate_params
 from chatsvc.state import STATE, AppState
 from chatsvc.store.messages import MESSAGE_TYPES
 from chatsvc.store.rooms import find_room
-from chatsvc.validation import json_body, path_int
+from chatsvc.validation import json_body
 from chatsvc.writer import Draft
 
 routes = web.RouteTableDef()
@@ -62,7 +62,7 @@ def _unique(usernames: list[str]) -> list[str]:
 
 
 def _room_id(request: web.Request) -> int:
-    return path_int(request, "id")
+    return validate_params(models.SidecarRoomPath, request.match_info).id
 
 
 async def _member_ids(state: AppState, usernames: list[str]) -> list[int]:
@@ -136,8 +136,7 @@ async def remove_members(request: web.Request) -> web.Response:
     """Remove users (``?username=`` repeated) from a group; their sockets leave it and it hears ``quitRoom``."""
     state = request.app[STATE]
     room_id = _room_id(request)
-    given = request.query.getall("username", [])
-    usernames = _unique(validate_field(models.SidecarRemoveQuery, "username", given))
+    usernames = _unique(validate_params(models.SidecarRemoveQuery, request.query).username)
     user_ids = await _member_ids(state, usernames)
     removed = await state.membership.remove_members(room_id, user_ids)
     room = await admin.room_with_members(state.db, room_id)

@@ -28,7 +28,7 @@ from chatsvc.errors import BadRequest, NotFound, TooManyRequests
 from chatsvc.http.middleware import caller, client_address, ends_session, public
 from chatsvc.jsonutil import json_response
 from chatsvc.mail import MailUnavailable, send_code
-from chatsvc.models import USERNAME_MAX, validate, validate_field
+from chatsvc.models import validate, validate_field, validate_params
 from chatsvc.state import STATE, AppState
 from chatsvc.store import captchas
 from chatsvc.store.users import (
@@ -40,7 +40,7 @@ from chatsvc.store.users import (
     revoke_tokens,
     update_user_profile,
 )
-from chatsvc.validation import json_body, not_reserved, text
+from chatsvc.validation import json_body, not_reserved
 
 routes = web.RouteTableDef()
 
@@ -218,7 +218,7 @@ async def logout(request: web.Request) -> web.Response:
 @routes.get("/user/find")
 async def find_user(request: web.Request) -> web.Response:
     """A user's profile by username, to start a chat with them; the email only for the caller and friends."""
-    username = text(request.query.get("username"), "username", max_length=USERNAME_MAX)
+    username = validate_params(models.FindUserQuery, request.query).username
     found = await find_user_seen_by(request.app[STATE].db.reader, username.strip(), caller(request).id)
     if found is None:
         raise NotFound("User not found")
@@ -235,7 +235,7 @@ async def user_info(request: web.Request) -> web.Response:
 @public
 async def register_captcha(request: web.Request) -> web.Response:
     """Send a registration code (valid 5 minutes) to ``address``."""
-    address = validate_field(models.RegisterBody, "email", request.query.get("address"), label="address")
+    address = validate_params(models.CodeQuery, request.query).address
     await issue_code(request.app[STATE], REGISTER_CODE, address)
     return json_response(CODE_SENT)
 
@@ -244,7 +244,7 @@ async def register_captcha(request: web.Request) -> web.Response:
 @public
 async def update_password_captcha(request: web.Request) -> web.Response:
     """Send a password reset code (valid 10 minutes) to ``address``."""
-    address = validate_field(models.RegisterBody, "email", request.query.get("address"), label="address")
+    address = validate_params(models.CodeQuery, request.query).address
     await issue_code(request.app[STATE], UPDATE_PASSWORD_CODE, address)
     return json_response(CODE_SENT)
 

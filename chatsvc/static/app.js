@@ -22,6 +22,8 @@ const state = {
   outbox: [], // messages not yet acknowledged: { chatroomId, clientMsgId, message, sending }
   registering: false,
   refreshTimer: null,
+  attached: null, // the file picked to send: { file, previewUrl }
+  avatarPreviewUrl: null,
 };
 let socket = null;
 
@@ -117,6 +119,45 @@ async function api(method, path, params, body) {
   return data;
 }
 
+// POST /file/upload with XMLHttpRequest, which (unlike fetch) reports upload progress; the stored upload.
+function uploadFile(file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/file/upload");
+    if (state.token) xhr.setRequestHeader("Authorization", `Bearer ${state.token}`);
+    xhr.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable) onProgress(event.loaded / event.total);
+    });
+    xhr.addEventListener("load", () => {
+      const fresh = xhr.getResponseHeader("token");
+      if (fresh) setToken(fresh);
+      let data = null;
+      try {
+        data = JSON.parse(xhr.responseText);
+      } catch {
+        data = null;
+      }
+      if (xhr.status === 201 && data) {
+        onProgress(1);
+        resolve(data);
+        return;
+      }
+      if (xhr.status === 401 && state.me) logout("Your session has ended, please log in again.");
+      reject(new ApiError(xhr.status, (data && data.message) || `Upload failed: ${xhr.status} ${xhr.statusText}`));
+    });
+    xhr.addEventListener("error", () => reject(new ApiError(0, "Upload failed: the server could not be reached")));
+    const form = new FormData();
+    form.append("file", file);
+    xhr.send(form);
+  });
+}
+
+function formatSize(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}
+
 // -- log in, register, log out --------------------------------------------
 
 function setRegistering(on) {
@@ -182,6 +223,7 @@ function enter(user) {
   $("auth").hidden = true;
   $("main").hidden = false;
   $("me-name").textContent = `${user.nickName} (@${user.username})`;
+  showAvatar();
   connectSocket();
   refreshSide();
   state.refreshTimer = setInterval(refreshSide, REFRESH_MS);
@@ -309,6 +351,7 @@ async function openRoom(room) {
   $("main").classList.add("room-open");
   // Each room starts with plain text, whatever type was picked in the last one.
   $("send-form").type.value = "text";
+  clearAttachment();
   showError("chat-error", "");
   showRoomHead();
   renderRooms();
@@ -522,8 +565,11 @@ function messageBody(type, content) {
   } else if (type === "file") {
     const url = safeUrl(content, false);
     if (url) {
+      // The page sends an upload's original name as the URL's fragment, which never reaches the server.
       // Throws on malformed percent-encoding (%E0%A4%A): shownSafely then shows the message as text.
-      const name = decodeURIComponent(new URL(url).pathname.split("/").pop() || "") || url;
+      const parsed = new URL(url);
+      const name =
+        decodeURIComponent(parsed.hash.slice(1)) || decodeURIComponent(parsed.pathname.split("/").pop() || "") || url;
       const link = el("a", "file", name);
       link.href = url;
       link.target = "_blank";
@@ -577,6 +623,134 @@ async function deliver(item) {
   } else {
     addMessages([ack], { toBottom: true });
   }
+}
+
+// -- attachments: pick, preview, upload with progress, send as an image or file message ----------------
+
+// Long names are cut so that the URL and the name stay within a message's length.
+const ATTACHED_NAME_MAX = 40;
+
+function pickAttachment() {
+  if (state.room) $("attach-input").click();
+}
+
+function showAttachment(event) {
+  const file = event.target.files[0];
+  event.target.value = "";
+  if (!file || !state.room) return;
+  clearAttachment();
+  state.attached = { file, previewUrl: null };
+  const preview = $("attach-preview");
+  if (file.type.startsWith("image/")) {
+    state.attached.previewUrl = URL.createObjectURL(file);
+    preview.src = state.attached.previewUrl;
+    preview.hidden = false;
+  }
+  $("attach-name").textContent = `${file.name} (${formatSize(file.size)})`;
+  $("attach-send").disabled = false;
+  $("attachment").hidden = false;
+  $("attach-send").focus();
+}
+
+function clearAttachment() {
+  if (state.attached && state.attached.previewUrl) URL.revokeObjectURL(state.attached.previewUrl);
+  state.attached = null;
+  $("attachment").hidden = true;
+  $("attach-preview").hidden = true;
+  $("attach-preview").removeAttribute("src");
+  $("attach-progress").hidden = true;
+}
+
+async function sendAttachment() {
+  const attached = state.attached;
+  const room = state.room;
+  if (!attached || !room) return;
+  const bar = $("attach-progress");
+  bar.value = 0;
+  bar.hidden = false;
+  $("attach-send").disabled = true;
+  let stored;
+  try {
+    stored = await uploadFile(attached.file, (done) => (bar.value = done));
+  } catch (err) {
+    showError("chat-error", err.message);
+    if (state.attached === attached) {
+      bar.hidden = true;
+      $("attach-send").disabled = false;
+    }
+    return;
+  }
+  if (state.attached === attached) clearAttachment();
+  const type = stored.contentType.startsWith("image/") ? "image" : "file";
+  const name = attached.file.name.slice(0, ATTACHED_NAME_MAX);
+  const content = type === "file" ? `${stored.url}#${encodeURIComponent(name)}` : stored.url;
+  const item = { chatroomId: room.id, clientMsgId: randomId(), message: { type, content }, sending: false };
+  state.outbox.push(item);
+  if (state.room === room) renderMessages({ toBottom: true });
+  deliver(item);
+}
+
+// -- the profile picture ---------------------------------------------------------
+
+function showAvatar() {
+  const img = $("me-avatar");
+  const url = state.me && state.me.headPic ? safeUrl(state.me.headPic, true) : null;
+  if (url) img.src = url;
+  else img.removeAttribute("src");
+  img.hidden = !url;
+}
+
+// Upload the picked image at once, then ask for the code a profile change needs (POST /user/update).
+async function pickAvatar(event) {
+  const file = event.target.files[0];
+  event.target.value = "";
+  if (!file) return;
+  const form = $("avatar-form");
+  form.hidden = false;
+  form.dataset.url = "";
+  form.captcha.value = "";
+  showError("avatar-error", "");
+  if (state.avatarPreviewUrl) URL.revokeObjectURL(state.avatarPreviewUrl);
+  state.avatarPreviewUrl = URL.createObjectURL(file);
+  $("avatar-preview").src = state.avatarPreviewUrl;
+  const bar = $("avatar-progress");
+  bar.value = 0;
+  $("avatar-save").disabled = true;
+  try {
+    const stored = await uploadFile(file, (done) => (bar.value = done));
+    if (!stored.contentType.startsWith("image/")) throw new ApiError(415, "Pick an image for your picture.");
+    form.dataset.url = stored.url;
+    await api("GET", "/user/update/captcha");
+    $("avatar-save").disabled = false;
+    form.captcha.focus();
+  } catch (err) {
+    showError("avatar-error", err.message);
+  }
+}
+
+async function saveAvatar(event) {
+  event.preventDefault();
+  const form = event.target;
+  if (!form.dataset.url) return;
+  try {
+    const user = await api("POST", "/user/update", undefined, {
+      headPic: form.dataset.url,
+      email: state.me.email,
+      captcha: form.captcha.value.trim(),
+    });
+    state.me = user;
+    showAvatar();
+    closeAvatarForm();
+  } catch (err) {
+    showError("avatar-error", err.message);
+  }
+}
+
+function closeAvatarForm() {
+  $("avatar-form").hidden = true;
+  if (state.avatarPreviewUrl) URL.revokeObjectURL(state.avatarPreviewUrl);
+  state.avatarPreviewUrl = null;
+  $("avatar-preview").removeAttribute("src");
 }
 
 // -- friends -----------------------------------------------------------------
@@ -681,6 +855,14 @@ async function start() {
   $("friend-form").addEventListener("submit", addFriend);
   $("chat-form").addEventListener("submit", chatWithUsername);
   $("send-form").addEventListener("submit", submitMessage);
+  $("attach").addEventListener("click", pickAttachment);
+  $("attach-input").addEventListener("change", showAttachment);
+  $("attach-send").addEventListener("click", sendAttachment);
+  $("attach-cancel").addEventListener("click", clearAttachment);
+  $("avatar-pick").addEventListener("click", () => $("avatar-input").click());
+  $("avatar-input").addEventListener("change", pickAvatar);
+  $("avatar-form").addEventListener("submit", saveAvatar);
+  $("avatar-cancel").addEventListener("click", closeAvatarForm);
   $("older").addEventListener("click", loadOlder);
   if (state.token) {
     try {
