@@ -90,7 +90,7 @@ def _client_msg_id_field(data: dict[str, Any]) -> str | None:
 
 
 def hand_written(data: Any) -> tuple[Any, ...]:
-    """The checks of realtime.py's _send_message before the models."""
+    """The checks of realtime/events.py's _send_message before the models."""
     payload = object_payload(data)
     chatroom_id = _int_field(payload, "chatroomId")
     message = object_payload(payload.get("message"), "message")
@@ -102,7 +102,7 @@ def hand_written(data: Any) -> tuple[Any, ...]:
 
 
 def msgspec_model(data: Any) -> tuple[Any, ...]:
-    """The checks of realtime.py's _send_message now."""
+    """The checks of realtime/events.py's _send_message now."""
     send: Any = validate(send_message_model(DEFAULT_MESSAGE_MAX_LENGTH), data)
     return send.chatroomId, MESSAGE_TYPES[send.message.type], send.message.content, send.clientMsgId, send.sendUserId
 

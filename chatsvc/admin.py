@@ -1,52 +1,33 @@
 """Changes made by trusted callers, not by a logged-in user: the sidecar API, the CLI and chatsvc.testing.
 
 Each function is one write transaction on the database and raises the usual
-errors (BadRequest, NotFound). Callers that serve live clients drop cache
-entries and tell sockets afterwards; see chatsvc/http/sidecar.py.
+errors (BadRequest, NotFound). Membership changes are not here: they go
+through chatsvc/membership.py, which also tells caches and sockets.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Any, Literal
+from typing import Any
 
 from chatsvc.auth import hash_password
 from chatsvc.db import Database
 from chatsvc.errors import BadRequest, NotFound
-from chatsvc.store.rooms import (
-    add_members,
-    create_group_room,
-    create_one_to_one_room,
-    find_one_to_one_room,
-    find_room,
-    list_member_profiles,
-    remove_members,
-)
+from chatsvc.store.rooms import find_room, list_member_profiles
 from chatsvc.store.settings import SYSTEM_USER_SETTING, find_setting, find_system_user_id, get_or_create_setting
 from chatsvc.store.users import find_user_by_username, insert_user, list_users_by_usernames, update_user_profile
 from chatsvc.validation import not_reserved
-
-RoomKind = Literal["group", "one-to-one"]
 
 # Not a scrypt hash, so no password ever matches it: the host application owns these users' identity.
 UNUSABLE_PASSWORD = "!"
 SYSTEM_USERNAME = "system"
 SYSTEM_NICKNAME = "System"
-JWT_SECRET_SETTING = "jwt_secret"
 SYSTEM_USER_REFUSED = "The system user only sends system messages: post them with system: true"
 
 
 def public_profile(user: dict[str, Any]) -> dict[str, Any]:
     """A user row without its password hash and token version."""
     return {key: value for key, value in user.items() if key not in ("passwordHash", "tokenVersion")}
-
-
-async def signing_secret(db: Database, configured: str | None) -> str:
-    """The token signing secret: the configured one, else the one kept in the database (created if missing)."""
-    if configured is not None:
-        return configured
-    async with db.transaction() as conn:
-        return await get_or_create_setting(conn, JWT_SECRET_SETTING, secrets.token_urlsafe(48))
 
 
 async def create_password_user(
@@ -126,60 +107,6 @@ async def room_with_members(db: Database, room_id: int) -> dict[str, Any]:
     if room is None:
         raise NotFound("Chatroom not found")
     return {**room, "users": await list_member_profiles(db.reader, room_id, seen_by=None)}
-
-
-async def create_room(
-    db: Database, kind: RoomKind, members: list[dict[str, Any]], name: str | None = None
-) -> tuple[int, bool]:
-    """Create a room with these members; (room id, created).
-
-    A one-to-one room needs exactly two members, and the existing room of the
-    pair is returned instead of a second one. A group needs a name and at
-    least one member.
-    """
-    ids = list(dict.fromkeys(int(member["id"]) for member in members))
-    if kind == "one-to-one":
-        if len(ids) != 2:
-            raise BadRequest("A one-to-one room has exactly two different members")
-        first, second = members[0], next(m for m in members if m["id"] != members[0]["id"])
-        async with db.transaction() as conn:
-            existing = await find_one_to_one_room(conn, ids[0], ids[1])
-            if existing is not None:
-                return existing, False
-            room_id = await create_one_to_one_room(
-                conn, ids[0], ids[1], name=name or f"{first['nickName']} & {second['nickName']}"
-            )
-        return room_id, True
-    if not name:
-        raise BadRequest("A group needs a name")
-    if not ids:
-        raise BadRequest("A group needs at least one member")
-    async with db.transaction() as conn:
-        room_id = await create_group_room(conn, name, ids[0])
-        await add_members(conn, room_id, ids[1:])
-    return room_id, True
-
-
-async def _group(db: Database, room_id: int) -> None:
-    room = await find_room(db.reader, room_id)
-    if room is None:
-        raise NotFound("Chatroom not found")
-    if not room["type"]:
-        raise BadRequest("This is a one-to-one chatroom: members can only change in a group")
-
-
-async def add_room_members(db: Database, room_id: int, user_ids: list[int]) -> list[int]:
-    """Add users to a group; the ids that were not members before."""
-    await _group(db, room_id)
-    async with db.transaction() as conn:
-        return await add_members(conn, room_id, user_ids)
-
-
-async def remove_room_members(db: Database, room_id: int, user_ids: list[int]) -> list[int]:
-    """Remove users from a group; the ids that were members."""
-    await _group(db, room_id)
-    async with db.transaction() as conn:
-        return await remove_members(conn, room_id, user_ids)
 
 
 async def system_user_id(db: Database) -> int:

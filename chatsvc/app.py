@@ -1,31 +1,42 @@
-"""The application factory: the one place that wires state, middlewares, routes and Socket.IO."""
+"""The application factory: the one place that builds and wires every long-lived object.
+
+Each object is made once here and handed to whoever needs it through its
+constructor; none assigns another's attributes afterwards. Who owns what is
+in docs/architecture.md.
+"""
 
 from __future__ import annotations
 
 import logging
-import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from chatsvc.auth import PasswordHasher, TokenService
-from chatsvc.cluster import cluster_ctx
+from chatsvc.cache import MembershipCache, ProfileCache
 from chatsvc.config import Config
 from chatsvc.db import open_database
 from chatsvc.errors import error_middleware
+from chatsvc.fanout import Fanout
+from chatsvc.fanout.local import LocalFanout
+from chatsvc.fanout.redis import RedisFanout
 from chatsvc.files import make_file_store
 from chatsvc.files.sweep import UploadSweeper
 from chatsvc.http import chatrooms, demo, favorites, files, friends, history, ops, sidecar, users
 from chatsvc.http.middleware import auth_middleware, cors_middleware, security_headers
 from chatsvc.http.observe import observe_middleware
+from chatsvc.membership import Membership
 from chatsvc.metrics import METRICS, Metrics
-from chatsvc.realtime import create_socket_server
+from chatsvc.order_lock import OrderLock, order_lock_for
+from chatsvc.realtime.events import ChatNamespace
+from chatsvc.realtime.server import ChatSocketServer, build_socket_server
 from chatsvc.state import STATE, AppState
-from chatsvc.store.settings import get_or_create_setting
 from chatsvc.throttle import Throttle
 from chatsvc.writer import MessageWriter
 
 log = logging.getLogger(__name__)
+
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 
 def create_app(config: Config) -> web.Application:
@@ -40,68 +51,97 @@ def create_app(config: Config) -> web.Application:
         handler_args={"keepalive_timeout": config.header_timeout},
     )
     db = open_database(config)
+    members, profiles = MembershipCache(), ProfileCache()
+    metrics = Metrics()
+    sio = build_socket_server(config, event_observer=metrics.observe_socket_event)
+    fanout: Fanout
+    if config.redis_url is not None:
+        fanout = RedisFanout(sio, members, profiles, config.redis_url, config.redis_channel)
+    else:
+        fanout = LocalFanout(sio, members, profiles)
+    order_lock = order_lock_for(config)
+    writer = MessageWriter(db, profiles, fanout, order_lock, max_batch=config.write_batch_max)
     file_store = make_file_store(config)
     state = AppState(
         config=config,
         db=db,
         hasher=PasswordHasher(config.scrypt_n, config.hash_concurrency),
         throttle=Throttle(config.login_failures, config.register_rate),
+        tokens=TokenService(config.token_ttl_seconds, config.session_max_age_seconds),
+        members=members,
+        profiles=profiles,
+        sio=sio,
+        fanout=fanout,
+        writer=writer,
+        membership=Membership(db, writer, fanout),
         files=file_store,
         upload_sweeper=UploadSweeper(
             db, file_store, max_age=config.upload_unused_ttl, interval=config.upload_sweep_interval
         ),
     )
-    state.writer = MessageWriter(state.db, state.profiles, max_batch=config.write_batch_max)
+    namespace = ChatNamespace(state)
+    sio.register_namespace(namespace)
+    sio.attach(app)
+    metrics.bind(state)
     app[STATE] = state
-    # The cluster (Redis, CHATSVC_REDIS_URL) outlives the database: the writer publishes through it until it stops.
-    app.cleanup_ctx.append(cluster_ctx)
-    app.cleanup_ctx.append(_database_ctx)
-    app.cleanup_ctx.append(_files_ctx)
+    app[METRICS] = metrics
+    # The fan-out outlives the database: the writer hands batches to it until it stops.
+    app.cleanup_ctx.append(_fanout_ctx(fanout))
+    app.cleanup_ctx.append(_database_ctx(state, order_lock))
+    app.cleanup_ctx.append(_files_ctx(state))
     for module in (users, chatrooms, history, friends, favorites, files, demo, sidecar, ops):
         app.add_routes(module.routes)
-    state.sio = create_socket_server(state)
-    state.sio.attach(app)
-    metrics = Metrics()
-    metrics.bind(state)
-    state.sio.event_observer = metrics.observe_socket_event
-    app[METRICS] = metrics
     app.on_response_prepare.append(security_headers)
-    app.on_shutdown.append(_close_sockets)
+    app.on_shutdown.append(_close_sockets(namespace, sio))
     return app
 
 
-async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
-    state = app[STATE]
-    # Claimed before opening, so a refused process neither migrates nor writes the database.
-    await state.db.claim(shared=state.config.redis_url is not None)
-    try:
-        await state.db.open()
-        secret = state.config.jwt_secret
-        if secret is None:
-            # Generated once and kept, so tokens survive a restart with no configuration.
-            async with state.db.transaction() as conn:
-                secret = await get_or_create_setting(conn, "jwt_secret", secrets.token_urlsafe(48))
-    except BaseException:
+def _fanout_ctx(fanout: Fanout) -> CleanupContext:
+    async def fanout_ctx(app: web.Application) -> AsyncIterator[None]:
+        await fanout.start()
+        yield
+        await fanout.close()
+
+    return fanout_ctx
+
+
+def _database_ctx(state: AppState, order_lock: OrderLock) -> CleanupContext:
+    async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+        config = state.config
+        # Claimed before opening, so a refused process neither migrates nor writes the database.
+        await state.db.claim(shared=config.redis_url is not None)
+        try:
+            await state.db.open()
+            await state.tokens.load_secret(state.db, config.jwt_secret)
+            await order_lock.open()
+        except BaseException:
+            await order_lock.close()
+            await state.db.close()
+            raise
+        state.writer.start()
+        log.debug("database ready at %s", state.db.describe())
+        yield
+        await state.writer.close()
+        await order_lock.close()
         await state.db.close()
-        raise
-    state.tokens = TokenService(secret, state.config.token_ttl_seconds, state.config.session_max_age_seconds)
-    state.writer.start()
-    log.debug("database ready at %s", state.db.describe())
-    yield
-    await state.writer.close()
-    await state.db.close()
+
+    return database_ctx
 
 
-async def _files_ctx(app: web.Application) -> AsyncIterator[None]:
-    state = app[STATE]
-    await state.files.start()
-    state.upload_sweeper.start()
-    yield
-    await state.upload_sweeper.close()
-    await state.files.close()
+def _files_ctx(state: AppState) -> CleanupContext:
+    async def files_ctx(app: web.Application) -> AsyncIterator[None]:
+        await state.files.start()
+        state.upload_sweeper.start()
+        yield
+        await state.upload_sweeper.close()
+        await state.files.close()
+
+    return files_ctx
 
 
-async def _close_sockets(app: web.Application) -> None:
-    state = app[STATE]
-    await state.realtime.close()
-    await state.sio.shutdown()
+def _close_sockets(namespace: ChatNamespace, sio: ChatSocketServer) -> Callable[[web.Application], Awaitable[None]]:
+    async def close_sockets(app: web.Application) -> None:
+        await namespace.close()
+        await sio.shutdown()
+
+    return close_sockets

@@ -18,17 +18,23 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
 from chatsvc.errors import Unauthorized
+from chatsvc.store.settings import get_or_create_setting
+
+if TYPE_CHECKING:
+    from chatsvc.db import Database
 
 SCRYPT_R = 8
 SCRYPT_P = 1
 SALT_BYTES = 16
 KEY_BYTES = 32
 DEFAULT_SESSION_MAX_AGE = 30 * 24 * 3600
+# Where the generated signing secret is kept when none is configured.
+JWT_SECRET_SETTING = "jwt_secret"
 
 
 def _b64(data: bytes) -> str:
@@ -147,12 +153,31 @@ class Identity:
 
 
 class TokenService:
-    """Issues and verifies the service's signed tokens."""
+    """Issues and verifies the service's signed tokens.
 
-    def __init__(self, secret: str, ttl_seconds: int, max_age_seconds: int = DEFAULT_SESSION_MAX_AGE) -> None:
+    The signing secret is the configured one (``CHATSVC_JWT_SECRET``), or one
+    generated once and kept in the database, so tokens survive a restart with
+    no configuration: :meth:`load_secret` reads it at startup.
+    """
+
+    def __init__(
+        self, ttl_seconds: int, max_age_seconds: int = DEFAULT_SESSION_MAX_AGE, *, secret: str | None = None
+    ) -> None:
         self._secret = secret
         self._ttl = ttl_seconds
         self._max_age = max_age_seconds
+
+    async def load_secret(self, db: Database, configured: str | None) -> None:
+        """Use the configured secret, else the one kept in the database (created there if missing)."""
+        if configured is None:
+            async with db.transaction() as conn:
+                configured = await get_or_create_setting(conn, JWT_SECRET_SETTING, secrets.token_urlsafe(48))
+        self._secret = configured
+
+    @property
+    def _key(self) -> str:
+        assert self._secret is not None, "the signing secret is not loaded (TokenService.load_secret)"
+        return self._secret
 
     def issue(self, user_id: int, username: str, token_version: int, auth_time: int | None = None) -> str:
         """A token for the user, valid for the configured time but never past the session's end.
@@ -169,13 +194,13 @@ class TokenService:
             "exp": min(now + self._ttl, auth_time + self._max_age),
             "auth_time": auth_time,
         }
-        return jwt.encode(claims, self._secret, algorithm="HS256")
+        return jwt.encode(claims, self._key, algorithm="HS256")
 
     def verify(self, token: str) -> Identity:
         """The identity in a valid token; raises Unauthorized otherwise."""
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, self._secret, algorithms=["HS256"], options={"require": ["exp", "userId"]}
+                token, self._key, algorithms=["HS256"], options={"require": ["exp", "userId"]}
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("Token expired, please log in again") from None

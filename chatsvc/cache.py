@@ -3,16 +3,16 @@
 A message needs its room's members (may this user send here?) and its
 sender's public profile (the broadcast carries it; it has no email, which
 only the user and their friends may see). Both change seldom, so
-they are loaded once and kept until a change invalidates them: every code
-path that changes a membership or a profile calls ``forget``. Correctness
+they are loaded once and kept until a change invalidates them. Correctness
 first: an entry is dropped the moment the change commits, and the next
-reader loads the new truth from the database. With several instances,
-``on_forget`` tells the others (chatsvc/cluster.py), which ``drop`` the entry.
+reader loads the new truth from the database. These caches are this
+process's; a change is announced to every instance by the fan-out
+(``Fanout.forget_members`` / ``forget_profile``, chatsvc/fanout/), which
+calls ``forget`` on each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from chatsvc.store import Connection
@@ -26,8 +26,6 @@ class MembershipCache:
     def __init__(self, max_rooms: int = 100_000) -> None:
         self._members: dict[int, frozenset[int]] = {}
         self._max_rooms = max_rooms
-        # Called with the room id after forget(), to invalidate other instances' caches.
-        self.on_forget: Callable[[int], None] | None = None
         # Bumped by every forget(): a load that overlapped a change is not kept,
         # since it may have read the membership from before the change.
         self._generation = 0
@@ -52,13 +50,7 @@ class MembershipCache:
         return user_id in await self.members(conn, chatroom_id)
 
     def forget(self, chatroom_id: int) -> None:
-        """Drop a room after its membership changed, here and on other instances."""
-        self.drop(chatroom_id)
-        if self.on_forget is not None:
-            self.on_forget(chatroom_id)
-
-    def drop(self, chatroom_id: int) -> None:
-        """Drop a room from this process's cache only (another instance announced the change)."""
+        """Drop a room after its membership changed."""
         self._generation += 1
         self._members.pop(chatroom_id, None)
 
@@ -74,7 +66,6 @@ class ProfileCache:
     def __init__(self, max_users: int = 100_000) -> None:
         self._profiles: dict[int, dict[str, Any]] = {}
         self._max_users = max_users
-        self.on_forget: Callable[[int], None] | None = None  # as in MembershipCache
         self._generation = 0  # as in MembershipCache
 
     async def profiles(self, conn: Connection, user_ids: set[int]) -> dict[int, dict[str, Any]]:
@@ -94,13 +85,7 @@ class ProfileCache:
         return found
 
     def forget(self, user_id: int) -> None:
-        """Drop a user after their profile changed, here and on other instances."""
-        self.drop(user_id)
-        if self.on_forget is not None:
-            self.on_forget(user_id)
-
-    def drop(self, user_id: int) -> None:
-        """Drop a user from this process's cache only (another instance announced the change)."""
+        """Drop a user after their profile changed."""
         self._generation += 1
         self._profiles.pop(user_id, None)
 

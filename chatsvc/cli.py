@@ -115,8 +115,8 @@ async def _add_user(db: Database, args: argparse.Namespace, config: Config) -> N
 
 async def _print_token(db: Database, username: str, config: Config) -> None:
     user = (await admin.users_by_username(db, [username]))[username]
-    secret = await admin.signing_secret(db, config.jwt_secret)
-    tokens = TokenService(secret, config.token_ttl_seconds, config.session_max_age_seconds)
+    tokens = TokenService(config.token_ttl_seconds, config.session_max_age_seconds)
+    await tokens.load_secret(db, config.jwt_secret)
     print(tokens.issue(user["id"], user["username"], user["tokenVersion"]))
 
 

@@ -66,7 +66,7 @@ class Config:
     ping_interval: int = 25
     ping_timeout: int = 20
     recovery_limit: int = 500
-    # Bound of each socket's outgoing queue (chatsvc/transport.py SendQueue): past it the socket is cut off.
+    # Bound of each socket's outgoing queue (chatsvc/realtime/engine.py SendQueue): past it the socket is cut off.
     socket_queue_packets: int = 10_000
     socket_queue_bytes: int = 16 * 1024 * 1024
     # Engine.IO sessions that have not completed the Socket.IO connect: at most this many in all, and from
@@ -80,7 +80,7 @@ class Config:
     write_batch_max: int = 512
     smtp_url: str | None = None
     mail_from: str = "chatsvc@localhost"
-    # None: one instance, in-process fan-out. Set: several instances share rooms through Redis (chatsvc/cluster.py).
+    # None: one instance, in-process fan-out. Set: instances share rooms through Redis (chatsvc/fanout/redis.py).
     redis_url: str | None = None
     redis_channel: str = "chatsvc"
     # None: the sidecar API (chatsvc/http/sidecar.py) is off and its routes answer 404.

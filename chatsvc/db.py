@@ -6,7 +6,7 @@
 One connection writes and one reads. WAL lets reads proceed while a write is
 in progress, and a lock around write transactions keeps coroutines sharing
 the write connection from interleaving their statements. Several processes
-may share the file (chatsvc/cluster.py): SQLite waits up to the busy timeout
+may share the file (chatsvc/fanout/redis.py): SQLite waits up to the busy timeout
 for another process's write lock, and a write that still finds the database
 locked is retried a few times with backoff before it fails.
 

@@ -4,7 +4,7 @@ Opening an Engine.IO session costs one HTTP request and no token, and the
 session holds its buffers until it closes. Socket.IO's connect, which needs
 a token, follows at once from every honest client, so a session that has not
 made it is cheap to count and a flood of them is refused at the handshake
-(chatsvc/transport.py ``ChatEngineServer.handle_request``) before it costs
+(chatsvc/realtime/engine.py ``ChatEngineServer.handle_request``) before it costs
 anything. A session leaves the count when its Socket.IO connect succeeds or
 when it closes.
 """

@@ -5,7 +5,7 @@ fans out in memory: a second such process on the same database would serve
 stale memberships and never see the first one's messages live. So a serving
 process holds an ``flock`` on a file beside the database for its lifetime:
 exclusive without ``CHATSVC_REDIS_URL``, shared with it (Redis instances
-cooperate, chatsvc/cluster.py). A conflicting process refuses to start.
+cooperate, chatsvc/fanout/redis.py). A conflicting process refuses to start.
 The administrative commands (``chatsvc token``, ``user add``, ``init-db``)
 take no lock: they work beside a serving process.
 """

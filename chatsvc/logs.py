@@ -45,7 +45,7 @@ def request_id_for(header: str | None) -> str:
 def request_id_of_environ(environ: dict[str, Any] | None) -> str | None:
     """The request id of the HTTP request that opened a Socket.IO connection, if known."""
     environ = environ or {}
-    if REQUEST_ID_ENVIRON in environ:  # the compact environ a session keeps (chatsvc/socket_server.py)
+    if REQUEST_ID_ENVIRON in environ:  # the compact environ a session keeps (chatsvc/realtime/server.py)
         kept: str | None = environ[REQUEST_ID_ENVIRON]
         return kept
     request = environ.get("aiohttp.request")

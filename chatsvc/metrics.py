@@ -85,7 +85,7 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """The current values."""
         state = self._state
-        sockets, rooms, memberships = _socket_counts(state)
+        sockets, rooms, memberships = state.sio.socket_counts()
         yield GaugeMetricFamily("chatsvc_connected_sockets", "Socket.IO connections open on this instance", sockets)
         yield GaugeMetricFamily(
             "chatsvc_joined_rooms", "Chat rooms with at least one socket of this instance in them", rooms
@@ -104,11 +104,10 @@ class _StateCollector(Collector):
             "Message batches committed by the writer, one transaction each",
             writer.batches_written,
         )
-        manager = state.sio.manager
         yield CounterMetricFamily(
             "chatsvc_deliveries",
             "Socket.IO event packets queued to sockets of this instance (a broadcast counts once per recipient)",
-            getattr(manager, "deliveries", 0),
+            state.sio.deliveries,
         )
         engine = state.sio.eio
         yield GaugeMetricFamily(
@@ -131,20 +130,6 @@ class _StateCollector(Collector):
             "Malformed Engine.IO or Socket.IO packets received (each logged, within a rate, as one warning line)",
             engine.malformed_input.count,
         )
-
-
-def _socket_counts(state: AppState) -> tuple[int, int, int]:
-    """Connected sockets, chat rooms with sockets, and socket-in-room memberships, on this instance."""
-    rooms = state.sio.manager.rooms.get("/", {})
-    sockets = len(rooms.get(None, ()))
-    chat_rooms = 0
-    memberships = 0
-    for name, members in list(rooms.items()):
-        # Chat rooms are named by their numeric id; "user:<id>" rooms hold a user's sockets.
-        if isinstance(name, str) and name.isdigit():
-            chat_rooms += 1
-            memberships += len(members)
-    return sockets, chat_rooms, memberships
 
 
 METRICS = web.AppKey("chatsvc_metrics", Metrics)

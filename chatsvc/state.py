@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -12,16 +12,14 @@ from chatsvc.cache import MembershipCache, ProfileCache
 from chatsvc.config import Config
 from chatsvc.db import Database
 from chatsvc.errors import Unauthorized
+from chatsvc.fanout import Fanout
 from chatsvc.files import FileStore
 from chatsvc.files.sweep import UploadSweeper
+from chatsvc.membership import Membership
+from chatsvc.realtime.server import ChatSocketServer
 from chatsvc.store.users import find_user_by_id
 from chatsvc.throttle import Throttle
 from chatsvc.writer import MessageWriter
-
-if TYPE_CHECKING:
-    import socketio
-
-    from chatsvc.realtime import ChatNamespace
 
 
 @dataclass(frozen=True)
@@ -40,22 +38,22 @@ class Caller:
 
 @dataclass
 class AppState:
-    """Everything a request or socket event needs, owned by one application."""
+    """Everything a request or socket event needs, owned by one application; built by chatsvc/app.py create_app."""
 
     config: Config
     db: Database
     hasher: PasswordHasher
     throttle: Throttle
+    tokens: TokenService
+    members: MembershipCache
+    profiles: ProfileCache
+    sio: ChatSocketServer
+    fanout: Fanout
+    writer: MessageWriter
+    membership: Membership
     # Uploaded files (chatsvc/files/): where their bytes live, and the sweep of unused ones.
     files: FileStore
     upload_sweeper: UploadSweeper
-    # Set on startup: the signing secret may live in the database.
-    tokens: TokenService = field(init=False)
-    members: MembershipCache = field(default_factory=MembershipCache)
-    profiles: ProfileCache = field(default_factory=ProfileCache)
-    writer: MessageWriter = field(init=False)
-    sio: socketio.AsyncServer = field(init=False)
-    realtime: ChatNamespace = field(init=False)
 
     async def authenticate(self, token: str) -> Caller:
         """The user a token belongs to; Unauthorized if the token or its user is no longer valid."""

@@ -115,8 +115,7 @@ class ChatsvcServer:
         found = await admin.users_by_username(self.state.db, usernames)
         if type == "group":
             name = name or "Test group"
-        room_id, _ = await admin.create_room(self.state.db, type, [found[n] for n in usernames], name)
-        self.state.members.forget(room_id)
+        room_id, _ = await self.state.membership.create_room(type, [found[n] for n in usernames], name)
         return room_id
 
     async def connect(self, user: UserRef, **kwargs: Any) -> socketio.AsyncClient:

@@ -1,33 +1,34 @@
-"""The message write path: group commit, then broadcast in id order.
+"""The message write path: group commit, then hand the batch to the fan-out in id order.
 
 One task owns chat message inserts. It takes every message that arrived
 while the previous batch was being written, stores them with one INSERT
 statement (its own transaction, so one disk sync for the whole batch), and
 only after the commit has reached the disk resolves each sender's future,
-which sends the ack, and publishes them (in ascending id order). Work that
-must not interleave with broadcasts, such as a recovering join, runs between
-batches through :meth:`MessageWriter.run_between_batches`.
+which sends the ack, and hands the new messages to the fan-out
+(chatsvc/fanout/), in ascending id order, under the order lock it was given
+(chatsvc/order_lock.py). Work that must not interleave with deliveries, such
+as a recovering join or a member's removal, runs between batches through
+:meth:`MessageWriter.run_between_batches`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from chatsvc.cache import ProfileCache
 from chatsvc.db import Database
 from chatsvc.errors import ServiceUnavailable, StorageUnavailable
+from chatsvc.fanout import Fanout
+from chatsvc.order_lock import OrderLock
 from chatsvc.store.messages import MAX_ROWS_PER_INSERT, find_messages_by_client_ids, insert_messages
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Publish = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
 class WriterClosed(ServiceUnavailable):
@@ -66,19 +67,20 @@ class _Barrier:
 
 
 class MessageWriter:
-    """Stores chat messages in batches and publishes each batch after it is durable."""
+    """Stores chat messages in batches and hands each batch to the fan-out after it is durable."""
 
-    def __init__(self, db: Database, profiles: ProfileCache, *, max_batch: int = 512) -> None:
+    def __init__(
+        self, db: Database, profiles: ProfileCache, fanout: Fanout, order_lock: OrderLock, *, max_batch: int = 512
+    ) -> None:
         self._db = db
         self._profiles = profiles
+        self._fanout = fanout
+        # Held from INSERT to hand-over, so commit order is delivery order across instances.
+        self._order_lock = order_lock
         self._max_batch = min(max_batch, MAX_ROWS_PER_INSERT)
         self._queue: asyncio.Queue[_Submitted | _Barrier | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self.publish: Publish | None = None
-        # With several instances (chatsvc/cluster.py): a cross-process lock held from
-        # INSERT to publish, so commit order is publish order. None for one instance.
-        self.order_lock: Callable[[], AbstractAsyncContextManager[Any]] | None = None
         # Read by chatsvc/metrics.py when scraped: plain integers cost the write path nothing.
         self.batches_written = 0
         self.messages_stored = 0
@@ -137,12 +139,9 @@ class MessageWriter:
             if pending is None and self._closed and self._queue.empty():
                 return
 
-    def _in_order(self) -> AbstractAsyncContextManager[Any]:
-        return contextlib.nullcontext() if self.order_lock is None else self.order_lock()
-
     async def _run_barrier(self, barrier: _Barrier) -> None:
         try:
-            async with self._in_order():
+            async with self._order_lock.held():
                 result = await barrier.work()
         except Exception as exc:
             if not barrier.future.done():
@@ -153,7 +152,7 @@ class MessageWriter:
 
     async def _write_batch(self, batch: list[_Submitted]) -> None:
         try:
-            async with self._in_order():
+            async with self._order_lock.held():
                 results, new_messages = await self._store(batch)
                 self.batches_written += 1
                 self.messages_stored += len(new_messages)
@@ -175,9 +174,9 @@ class MessageWriter:
                     item.future.set_exception(exc)
 
     async def _publish(self, new_messages: list[dict[str, Any]]) -> None:
-        if new_messages and self.publish is not None:
+        if new_messages:
             try:
-                await self.publish(new_messages)
+                await self._fanout.deliver(new_messages)
             except Exception:
                 # The messages are durable; a failed fan-out must not fail their acks.
                 log.exception("publishing %d messages failed", len(new_messages))

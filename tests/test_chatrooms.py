@@ -10,21 +10,14 @@ from aiohttp.test_utils import TestServer
 
 from chatsvc.config import Config
 from chatsvc.state import STATE
-from chatsvc.store.rooms import create_group_room
 from tests.helpers import Api, User, assert_error
 
 pytestmark = pytest.mark.both_engines
 
 
 async def make_group(server: TestServer, name: str, members: list[User]) -> int:
-    """A group room with these members (there is no HTTP route for groups in the chat core)."""
-    state = server.app[STATE]
-    async with state.db.transaction() as conn:
-        room_id = await create_group_room(conn, name, members[0].id)
-        for member in members[1:]:
-            await conn.execute("INSERT INTO user_chatroom (user_id, chatroom_id) VALUES (?, ?)", (member.id, room_id))
-    state.members.forget(room_id)
-    return room_id
+    """A group room with these members, made at once through the membership service."""
+    return await server.app[STATE].membership.create_group(name, [member.id for member in members])
 
 
 def count_rows(config: Config, sql: str, *params: object) -> int:

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatsvc.config import Config
-from chatsvc.transport import MALFORMED_LOG_BURST, MALFORMED_LOG_PER_MINUTE
+from chatsvc.realtime.engine import MALFORMED_LOG_BURST, MALFORMED_LOG_PER_MINUTE
 from tests.helpers import EVENT_TIMEOUT, Api, SocketClient, User, assert_ack_error, assert_error
 
 pytestmark = pytest.mark.both_engines

@@ -11,7 +11,7 @@ import pytest
 import socketio
 
 from chatsvc.config import Config
-from chatsvc.realtime import RECOVERY_MESSAGES_PER_TOKEN, RESERVED_EVENTS
+from chatsvc.realtime.events import RECOVERY_MESSAGES_PER_TOKEN, RESERVED_EVENTS
 from chatsvc.testing import run_chatsvc
 from tests.conftest import make_config
 from tests.helpers import (

@@ -1,4 +1,4 @@
-"""Several chatsvc instances over one database, sharing rooms through a real Redis (chatsvc/cluster.py).
+"""Several chatsvc instances over one database, sharing rooms through a real Redis (chatsvc/fanout/redis.py).
 
 Each test starts its own ``redis-server`` on a free loopback port and two
 instances (A and B) on one SQLite file: in-process apps built by the real
@@ -19,17 +19,16 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import socketio
 from aiohttp.test_utils import TestServer
-from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from bench.servers import RedisServer
 from chatsvc.app import create_app
-from chatsvc.cluster import OrderLock, order_lock_path
 from chatsvc.config import Config
 from chatsvc.db import SqliteDatabase
-from chatsvc.fanout import LeanEmitMixin, LeanManager
-from chatsvc.redis_fanout import RedisFanout
+from chatsvc.fanout.local import LocalFanout
+from chatsvc.fanout.redis import RedisFanout
+from chatsvc.order_lock import FileOrderLock, NoOrderLock, order_lock_for, order_lock_path
+from chatsvc.realtime.server import LeanManager
 from chatsvc.state import STATE, AppState
 from chatsvc.store import captchas
 from tests.conftest import make_config
@@ -93,9 +92,9 @@ class Instance:
 
     @property
     def fanout(self) -> RedisFanout:
-        cluster = self.state.realtime.cluster
-        assert cluster is not None
-        return cluster.fanout
+        fanout = self.state.fanout
+        assert isinstance(fanout, RedisFanout)
+        return fanout
 
     @property
     def url(self) -> str:
@@ -287,7 +286,7 @@ async def test_cluster_password_reset_disconnects_sockets_on_every_instance(clus
 async def test_cluster_redis_outage_keeps_local_delivery_and_fan_out_resumes(
     cluster, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="chatsvc.redis_fanout")
+    caplog.set_level(logging.INFO, logger="chatsvc.fanout.redis")
     a, b = cluster
     alice, bob, carol = await a.api.new_user(), await a.api.new_user(), await a.api.new_user()
     room = await group_of(a.api, alice, bob, carol)
@@ -337,9 +336,9 @@ async def test_cluster_starts_without_redis_and_joins_the_stream_when_it_comes(t
             sent = await alice_s.call("sendMessage", send_payload(alice, room, "no redis yet"))
             assert (await bob_s.next_chat())["message"]["id"] == sent["id"]
             await redis_server.start(None)
-            cluster = server.app[STATE].realtime.cluster
-            assert cluster is not None
-            await until(cluster.fanout.ordered, "the instance to join the stream", DEADLINE)
+            fanout = server.app[STATE].fanout
+            assert isinstance(fanout, RedisFanout)
+            await until(fanout.ordered, "the instance to join the stream", DEADLINE)
             sent = await alice_s.call("sendMessage", send_payload(alice, room, "through redis"))
             assert (await bob_s.next_chat())["message"]["id"] == sent["id"]
             await alice_s.disconnect()
@@ -407,8 +406,8 @@ async def test_cluster_instance_stores_and_publishes_only_under_the_shared_order
     alice, bob = await a.api.new_user(), await a.api.new_user()
     room = await a.api.one_to_one(alice, bob)
     alice_a = await a.socket(alice)
-    other_instance = OrderLock(order_lock_path(config.db_path))
-    other_instance.open()
+    other_instance = FileOrderLock(order_lock_path(config.db_path))
+    await other_instance.open()
     try:
         async with other_instance.held():
             sending = asyncio.create_task(alice_a.call("sendMessage", send_payload(alice, room, "waits")))
@@ -417,7 +416,7 @@ async def test_cluster_instance_stores_and_publishes_only_under_the_shared_order
             assert not done
         assert "id" in await asyncio.wait_for(sending, DEADLINE)
     finally:
-        other_instance.close()
+        await other_instance.close()
 
 
 async def test_cluster_database_write_waits_out_another_process_lock(tmp_path: Path) -> None:
@@ -441,21 +440,21 @@ async def test_cluster_database_write_waits_out_another_process_lock(tmp_path: P
         assert conn.execute("SELECT count(*) FROM setting WHERE key IN ('k', 'k2')").fetchone() == (2,)
 
 
-def test_cluster_redis_manager_delivers_locally_through_the_lean_emit() -> None:
-    mro = RedisFanout.__mro__
-    # The pub/sub manager's _handle_emit calls super().emit: that must be the lean one, after it in the MRO.
-    assert mro.index(AsyncPubSubManager) < mro.index(LeanEmitMixin) < mro.index(socketio.AsyncManager)
-
-
 def test_cluster_settings_come_from_the_environment(tmp_path: Path) -> None:
     config = Config.from_env({"CHATSVC_REDIS_URL": "redis://127.0.0.1:6390/2", "CHATSVC_REDIS_CHANNEL": "chat-a"})
     assert (config.redis_url, config.redis_channel) == ("redis://127.0.0.1:6390/2", "chat-a")
     assert Config.from_env({}).redis_url is None
     with pytest.raises(ValueError, match="CHATSVC_REDIS_URL"):
         Config.from_env({"CHATSVC_REDIS_URL": "http://127.0.0.1:6379"})
-    # One instance keeps the in-process manager and takes no cross-process lock.
-    app = create_app(make_config(tmp_path))
-    state = app[STATE]
-    assert state.realtime.cluster is None
-    assert state.writer.order_lock is None
+    # One instance delivers in-process and takes no cross-process lock; with Redis, python-socketio's
+    # manager still keeps only this instance's rooms, and the writer shares the order lock.
+    single = make_config(tmp_path)
+    state = create_app(single)[STATE]
+    assert type(state.fanout) is LocalFanout
+    assert type(order_lock_for(single)) is NoOrderLock
+    assert type(state.sio.manager) is LeanManager
+    shared = single.with_changes(redis_url="redis://127.0.0.1:6390/2")
+    state = create_app(shared)[STATE]
+    assert type(state.fanout) is RedisFanout
+    assert type(order_lock_for(shared)) is FileOrderLock
     assert type(state.sio.manager) is LeanManager

@@ -12,8 +12,8 @@ import pytest
 from engineio.packet import MESSAGE, PING, Packet
 
 from chatsvc.config import Config
-from chatsvc.socket_server import CUT_OFF_MESSAGE
-from chatsvc.transport import SendQueue
+from chatsvc.realtime.engine import SendQueue
+from chatsvc.realtime.server import CUT_OFF_MESSAGE
 from tests.conftest import make_config
 from tests.helpers import EVENT_TIMEOUT, Api, HandFramedSocket, User, connect_socket, raw_connect, send_payload
 from tests.process import ChatsvcProcess

@@ -1,7 +1,8 @@
 """The private parts of python-engineio, python-socketio and aiohttp that chatsvc leans on, on the installed versions.
 
-chatsvc goes below the libraries' public API in a few places (chatsvc/transport.py, socket_server.py,
-fanout.py, redis_fanout.py, cluster.py, metrics.py; the table is in docs/performance.md). An upgrade that
+chatsvc goes below the libraries' public API in one module per library: chatsvc/realtime/server.py for
+python-socketio, chatsvc/realtime/engine.py for python-engineio and aiohttp's WebSocket internals (the table
+is in docs/performance.md). An upgrade that
 renames or changes one of them need not fail anywhere else: a renamed ``_service_task`` would simply leave
 silent peers connected. Every assertion here names the upstream function and the chatsvc module that
 depends on it. ``make check-upstream`` runs this file, with the transport, delivery and cluster tests,
@@ -15,6 +16,7 @@ fingerprints of the installed versions).
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import hashlib
@@ -28,6 +30,7 @@ import time
 import tokenize
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -45,17 +48,14 @@ from engineio import payload as eio_payload
 from engineio.async_drivers import aiohttp as eio_aiohttp_driver
 from engineio.async_socket import AsyncSocket
 from socketio import packet as sio_packet
-from socketio.async_pubsub_manager import AsyncPubSubManager
-from socketio.async_redis_manager import AsyncRedisManager
 from socketio.base_manager import BaseManager
 
-from chatsvc import transport
-from chatsvc.fanout import ChatPacket, LeanManager
-from chatsvc.redis_fanout import RedisFanout
-from chatsvc.socket_server import ChatSocketServer, ack_requested
-from chatsvc.transport import ChatEngineServer, LeanWebSocket, SharedPacket, websocket_frame
+import chatsvc
+from chatsvc.realtime import engine as transport
+from chatsvc.realtime.engine import ChatEngineServer, LeanWebSocket, SharedPacket, SocketLimits
+from chatsvc.realtime.server import ChatPacket, ChatSocketServer, LeanManager, ack_requested
+from chatsvc.realtime.websocket import websocket_frame
 from tests.helpers import EVENT_TIMEOUT, connect_socket
-from tests.process import free_port
 
 log = logging.getLogger(__name__)
 
@@ -86,69 +86,53 @@ class Touch:
 TOUCHES = [
     # python-engineio
     Touch(engineio.AsyncServer, "start_background_task", "def", "(self, target, *args, **kwargs)",
-          "transport.py ChatEngineServer.start_background_task (turns each socket's ping task into a timer)"),
+          "realtime/engine.py ChatEngineServer.start_background_task (turns each socket's ping task into a timer)"),
     Touch(engineio.AsyncServer, "_service_task", "async def", "(self)",
-          "transport.py ChatEngineServer._service_task (replaces it with the keep-alive sweep)"),
+          "realtime/engine.py ChatEngineServer._service_task (replaces it with the keep-alive sweep)"),
     Touch(AsyncSocket, "_send_ping", "async def", "(self)",
-          "transport.py ChatEngineServer.start_background_task (recognises it) and _send_ping (mirrors it)"),
+          "realtime/engine.py ChatEngineServer.start_background_task (recognises it) and _send_ping (mirrors it)"),
     Touch(AsyncSocket, "schedule_ping", "def", "(self)",
-          "transport.py (a PONG restarts the ping through start_background_task(socket._send_ping))"),
+          "realtime/engine.py (a PONG restarts the ping through start_background_task(socket._send_ping))"),
     Touch(AsyncSocket, "_upgrade_websocket", "async def", "(self, environ)",
-          "transport.py LeanWebSocket (called as server._async['websocket'](socket._websocket_handler, server))"),
+          "realtime/engine.py LeanWebSocket (called as server._async['websocket'](socket._websocket_handler, server))"),
     Touch(AsyncSocket, "_websocket_handler", "async def", "(self, ws)",
-          "transport.py LeanWebSocket (takes the handler's __self__) and serve_websocket (its fork)"),
-    Touch(AsyncSocket, "receive", "async def", "(self, pkt)", "transport.py serve_websocket"),
+          "realtime/engine.py LeanWebSocket (takes the handler's __self__) and serve_websocket (its fork)"),
+    Touch(AsyncSocket, "receive", "async def", "(self, pkt)", "realtime/engine.py serve_websocket"),
     Touch(AsyncSocket, "close", "async def", "(self, wait=True, abort=False, reason=None)",
-          "transport.py serve_websocket and socket_server.py ChatSocketServer.close_transports"),
-    Touch(AsyncSocket, "check_ping_timeout", "async def", "(self)", "transport.py ChatEngineServer._sweep"),
+          "realtime/engine.py serve_websocket and ChatEngineServer.close_transports"),
+    Touch(AsyncSocket, "check_ping_timeout", "async def", "(self)", "realtime/engine.py ChatEngineServer._sweep"),
     Touch(eio_packet.Packet, "__init__", "def", "(self, packet_type=6, data=None, encoded_packet=None)",
-          "transport.py SharedPacket, fanout.py and socket_server.py (packets put on socket queues)"),
-    Touch(eio_packet.Packet, "encode", "def", "(self, b64=False)", "transport.py SharedPacket.encode (overrides it)"),
+          "realtime/engine.py SharedPacket and ChatEngineServer.queue_message (packets put on socket queues)"),
+    Touch(eio_packet.Packet, "encode", "def", "(self, b64=False)",
+          "realtime/engine.py SharedPacket.encode (overrides it)"),
     # python-socketio
     Touch(socketio.AsyncServer, "_engineio_server_class", "def", "(self)",
-          "socket_server.py ChatSocketServer._engineio_server_class (installs ChatEngineServer)"),
+          "realtime/server.py ChatSocketServer._engineio_server_class (installs ChatEngineServer)"),
     Touch(socketio.AsyncServer, "_handle_event_internal", "async def",
           "(self, server, sid, eio_sid, data, namespace, id)",
-          "socket_server.py ChatSocketServer._handle_event_internal (ack_requested, wait_idle, event_observer)"),
+          "realtime/server.py ChatSocketServer._handle_event_internal (ack_requested, wait_idle, event_observer)"),
     Touch(socketio.AsyncServer, "_handle_eio_disconnect", "async def", "(self, eio_sid, reason)",
-          "socket_server.py ChatSocketServer._handle_eio_disconnect (answers a polling client's goodbye)"),
+          "realtime/server.py ChatSocketServer._handle_eio_disconnect (answers a polling client's goodbye)"),
     Touch(socketio.AsyncServer, "_handle_eio_connect", "async def", "(self, eio_sid, environ)",
-          "socket_server.py ChatSocketServer._handle_eio_connect (counts sessions short of the Socket.IO connect)"),
+          "realtime/server.py ChatSocketServer._handle_eio_connect (counts sessions short of the Socket.IO connect)"),
     Touch(socketio.AsyncServer, "_handle_connect", "async def", "(self, eio_sid, namespace, data)",
-          "socket_server.py ChatSocketServer._handle_connect (a session leaves the pending count)"),
+          "realtime/server.py ChatSocketServer._handle_connect (a session leaves the pending count)"),
     Touch(socketio.AsyncServer, "_handle_eio_message", "async def", "(self, eio_sid, data)",
-          "socket_server.py ChatSocketServer._handle_eio_message (a malformed packet is one warning line)"),
+          "realtime/server.py ChatSocketServer._handle_eio_message (a malformed packet is one warning line)"),
     Touch(socketio.AsyncManager, "emit", "async def",
           "(self, event, data, namespace, room=None, skip_sid=None, callback=None, to=None, **kwargs)",
-          "fanout.py LeanEmitMixin.emit (overrides and mirrors it)"),
+          "realtime/server.py LeanManager.emit (overrides and mirrors it)"),
     Touch(BaseManager, "get_participants", "def", "(self, namespace, room)",
-          "fanout.py LeanEmitMixin.emit and realtime.py (a user's sockets)"),
-    Touch(BaseManager, "eio_sid_from_sid", "def", "(self, sid, namespace)",
-          "redis_fanout.py RedisFanout.emit (is the recipient on this instance?)"),
+          "realtime/server.py LeanManager.emit and ChatSocketServer.participants (a user's sockets)"),
+    Touch(BaseManager, "is_connected", "def", "(self, sid, namespace)",
+          "realtime/server.py ChatSocketServer.is_connected (did a client send connect? events.py asks)"),
+    Touch(BaseManager, "sid_from_eio_sid", "def", "(self, eio_sid, namespace)",
+          "realtime/server.py ChatSocketServer._handle_connect (was the connect refused?)"),
     Touch(sio_packet.Packet, "data_is_binary", "classmethod", "(data)",
-          "fanout.py ChatPacket.data_is_binary (overrides it) and redis_fanout.py RedisFanout.emit"),
-    Touch(AsyncPubSubManager, "emit", "async def",
-          "(self, event, data, namespace=None, room=None, skip_sid=None, callback=None, to=None, **kwargs)",
-          "redis_fanout.py RedisFanout.emit (overrides it; ignore_queue=True delivers locally)"),
-    Touch(AsyncPubSubManager, "_handle_emit", "async def", "(self, message)",
-          "redis_fanout.py RedisFanout.emit_many (delivers through it, in the message format of emit)"),
-    Touch(AsyncPubSubManager, "_thread", "async def", "(self)",
-          "redis_fanout.py (reads RedisFanout._listen; RedisFanout.close cancels it as self.thread)"),
-    Touch(AsyncPubSubManager, "initialize", "def", "(self)",
-          "cluster.py Cluster.start (starts the listener before the first socket)"),
-    Touch(AsyncRedisManager, "__init__", "def",
-          "(self, url='redis://localhost:6379/0', channel='socketio', write_only=False, logger=None, json=None, "
-          "redis_options=None)",
-          "redis_fanout.py RedisFanout.__init__ (passes url, channel=, logger=)"),
-    Touch(AsyncRedisManager, "_publish", "async def", "(self, data)", "redis_fanout.py RedisFanout._publish"),
-    Touch(AsyncRedisManager, "_listen", "async generator", "(self)",
-          "redis_fanout.py RedisFanout._listen (overrides it, yields decoded dicts)"),
-    Touch(AsyncRedisManager, "_redis_connect", "def", "(self)", "redis_fanout.py RedisFanout._redis_connect"),
-    Touch(AsyncRedisManager, "_redis_listen_with_retries", "async generator", "(self)",
-          "redis_fanout.py RedisFanout._redis_listen_with_retries"),
+          "realtime/server.py ChatPacket.data_is_binary (overrides it)"),
     # aiohttp
     Touch(aiohttp_abc.AbstractStreamWriter, "drain", "async def", "(self)",
-          "transport.py _FrameWriter (await request.writer.drain() after raw writes)"),
+          "realtime/websocket.py FrameWriter.drain (await request.writer.drain() after raw writes)"),
 ]  # fmt: skip
 
 
@@ -184,15 +168,71 @@ def test_upstream_private_name_exists_with_the_signature_chatsvc_uses(touch: Tou
     assert signature == touch.signature, f"{touch.upstream}{signature} was {touch.name}{touch.signature}: check {user}"
 
 
+# The one chatsvc module per library allowed below its public API (issue 13, 4 (a)).
+FENCES = {
+    "socketio": "chatsvc/realtime/server.py",
+    "engineio": "chatsvc/realtime/engine.py",
+    "aiohttp": "chatsvc/realtime/websocket.py",
+}
+# Other modules that import a Socket.IO library, and the public names they use from it.
+PUBLIC_USES = {
+    "chatsvc/realtime/events.py": {"socketio": {"AsyncNamespace", "exceptions"}},
+    "chatsvc/testing.py": {"socketio": {"AsyncClient"}},
+}
+PACKAGE = Path(chatsvc.__file__).parent
+
+
+def chatsvc_modules() -> dict[str, ast.Module]:
+    return {
+        f"chatsvc/{path.relative_to(PACKAGE).as_posix()}": ast.parse(path.read_text(), str(path))
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
+
+
+def test_each_library_internal_is_touched_in_its_one_module() -> None:
+    private = {
+        (touch.owner.__module__.split(".")[0], touch.name)
+        for touch in TOUCHES
+        if touch.name.startswith("_") and not touch.name.startswith("__")
+    }
+    misplaced: list[str] = []
+    for module, tree in chatsvc_modules().items():
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Attribute):
+                names = [node.attr]
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                names = [node.name]
+            for library, name in private:
+                if name in names and module != FENCES[library]:
+                    misplaced.append(f"{module}:{node.lineno} {library} {name}")
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                imported = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                for name in imported:
+                    library = name.split(".")[0]
+                    fenced_out = library in ("socketio", "engineio") and module != FENCES[library]
+                    if fenced_out and (name != library or library not in PUBLIC_USES.get(module, {})):
+                        misplaced.append(f"{module}:{node.lineno} imports {name}")
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                allowed = PUBLIC_USES.get(module, {}).get(node.value.id)
+                if allowed is not None and node.attr not in allowed:
+                    misplaced.append(f"{module}:{node.lineno} uses {node.value.id}.{node.attr}")
+    assert misplaced == [], (
+        "library internals outside their one module (chatsvc/realtime/server.py for python-socketio, "
+        f"engine.py for python-engineio, websocket.py for aiohttp's): {misplaced}"
+    )
+
+
 def test_aiohttp_websocket_response_takes_the_options_chatsvc_passes() -> None:
     parameters = inspect.signature(web.WebSocketResponse).parameters
     for name in ("max_msg_size", "compress"):
         assert name in parameters, (
-            f"aiohttp.web.WebSocketResponse has no {name!r} any more: chatsvc/transport.py LeanWebSocket passes it"
+            f"aiohttp.web.WebSocketResponse has no {name!r} any more: "
+            "chatsvc/realtime/engine.py LeanWebSocket passes it"
         )
     for owner, name in ((web.BaseRequest, "transport"), (web.BaseRequest, "writer")):
         assert isinstance(inspect.getattr_static(owner, name, None), property), (
-            f"{upstream_name(owner, name)} is no longer a property: chatsvc/transport.py _FrameWriter "
+            f"{upstream_name(owner, name)} is no longer a property: chatsvc/realtime/websocket.py FrameWriter "
             "writes frames to request.transport and waits on request.writer.drain()"
         )
 
@@ -209,12 +249,12 @@ def test_engineio_socket_has_the_fields_chatsvc_reads_and_sets() -> None:
     socket = AsyncSocket(server, "sid-1")
     fields = ["sid", "server", "queue", "last_ping", "connected", "upgrading", "upgraded", "closing", "closed"]
     assert missing_attributes(socket, fields) == [], (
-        "engineio.base_socket.BaseSocket.__init__ no longer sets these fields: chatsvc/transport.py "
-        "(serve_websocket, _upgrade, _sweep, _send_ping), chatsvc/fanout.py and chatsvc/socket_server.py use them"
+        "engineio.base_socket.BaseSocket.__init__ no longer sets these fields: chatsvc/realtime/engine.py "
+        "(serve_websocket, _upgrade, _sweep, _send_ping, queue_message, answer_goodbye) uses them"
     )
     assert isinstance(socket.queue, asyncio.Queue), (
         "engineio.base_socket.BaseSocket.queue is no longer an asyncio.Queue (AsyncServer.create_queue): "
-        "chatsvc/transport.py _FrameWriter and chatsvc/fanout.py LeanEmitMixin.emit call put_nowait/get_nowait on it"
+        "chatsvc/realtime/engine.py _FrameWriter and ChatEngineServer.queue_message call put_nowait/get_nowait on it"
     )
     assert (socket.connected, socket.upgrading, socket.upgraded, socket.closing, socket.closed) == (
         False,
@@ -222,15 +262,15 @@ def test_engineio_socket_has_the_fields_chatsvc_reads_and_sets() -> None:
         False,
         False,
         False,
-    ), "engineio.base_socket.BaseSocket starts in another state: check chatsvc/transport.py serve_websocket"
+    ), "engineio.base_socket.BaseSocket starts in another state: check chatsvc/realtime/engine.py serve_websocket"
     assert isinstance(socket.last_ping, float), (
-        "engineio.base_socket.BaseSocket.last_ping is no longer a time.time() float: chatsvc/transport.py "
+        "engineio.base_socket.BaseSocket.last_ping is no longer a time.time() float: chatsvc/realtime/engine.py "
         "_send_ping sets it like AsyncSocket._send_ping, and schedule_ping only restarts pings when it is set"
     )
 
 
 def test_engineio_and_socketio_read_no_environ_key_chatsvc_drops() -> None:
-    # chatsvc/transport.py _translate_request keeps only ENVIRON_KEYS of python-engineio's aiohttp environ
+    # chatsvc/realtime/engine.py _translate_request keeps only ENVIRON_KEYS of python-engineio's aiohttp environ
     # (engineio.async_drivers.aiohttp.translate_request).
     other_drivers = re.compile(r"^(asgi\.|eventlet\.|gunicorn\.|sanic\.|tornado\.|wsgi\.websocket$)")
     pattern = re.compile(
@@ -244,24 +284,24 @@ def test_engineio_and_socketio_read_no_environ_key_chatsvc_drops() -> None:
     dropped = sorted(key for key in read if not other_drivers.match(key) and key not in transport.ENVIRON_KEYS)
     assert dropped == [], (
         f"python-engineio or python-socketio now read {dropped} from the environ: add them to "
-        "chatsvc/transport.py ENVIRON_KEYS, which _translate_request keeps"
+        "chatsvc/realtime/engine.py ENVIRON_KEYS, which _translate_request keeps"
     )
 
 
 def test_engineio_uses_only_the_queue_methods_chatsvc_send_queue_has() -> None:
-    # chatsvc/transport.py SendQueue is not an asyncio.Queue: it has the part of its interface that
+    # chatsvc/realtime/engine.py SendQueue is not an asyncio.Queue: it has the part of its interface that
     # python-engineio calls on socket.queue (AsyncSocket.poll, send, close; AsyncServer), mirrored.
     used = set()
     for module in (eio_async_socket, eio_async_server):
         used |= set(re.findall(r"\bqueue\.(\w+)", inspect.getsource(module)))
     missing = sorted(name for name in used if not hasattr(transport.SendQueue, name))
     assert missing == [], (
-        f"python-engineio now calls {missing} on a socket's queue: chatsvc/transport.py SendQueue "
+        f"python-engineio now calls {missing} on a socket's queue: chatsvc/realtime/engine.py SendQueue "
         "mirrors asyncio.Queue's get/get_nowait/put/put_nowait/task_done/join/empty/qsize only"
     )
     assert "asyncio.QueueEmpty" in inspect.getsource(AsyncSocket.poll), (
         "engineio.async_socket.AsyncSocket.poll no longer catches asyncio.QueueEmpty, which "
-        "chatsvc/transport.py SendQueue.get_nowait raises"
+        "chatsvc/realtime/engine.py SendQueue.get_nowait raises"
     )
 
 
@@ -278,14 +318,14 @@ def test_engineio_server_has_the_fields_chatsvc_reads_and_sets() -> None:
         "max_http_buffer_size",
     ]
     assert missing_attributes(server, fields) == [], (
-        "engineio.base_server.BaseServer.__init__ no longer sets these fields: chatsvc/transport.py "
-        "ChatEngineServer and chatsvc/socket_server.py use them"
+        "engineio.base_server.BaseServer.__init__ no longer sets these fields: chatsvc/realtime/engine.py "
+        "ChatEngineServer uses them"
     )
     assert isinstance(server.sockets, dict), "engineio.AsyncServer.sockets is no longer a dict of sid to socket"
     for reason in ("CLIENT_DISCONNECT", "TRANSPORT_CLOSE", "PING_TIMEOUT"):
         assert hasattr(server.reason, reason), (
-            f"engineio.base_server.BaseServer.reason.{reason} is gone: chatsvc/transport.py and "
-            "chatsvc/socket_server.py _handle_eio_disconnect use it"
+            f"engineio.base_server.BaseServer.reason.{reason} is gone: chatsvc/realtime/engine.py "
+            "(serve_websocket, ChatEngineServer.answer_goodbye) uses it"
         )
 
 
@@ -293,13 +333,13 @@ def test_engineio_async_table_has_the_websocket_driver_that_chatsvc_replaces() -
     server = engineio.AsyncServer(async_mode="aiohttp")
     assert isinstance(server._async, dict) and server._async.get("websocket") is eio_aiohttp_driver.WebSocket, (
         "engineio.base_server.BaseServer.__init__ no longer keeps the aiohttp driver table in self._async with a "
-        "'websocket' entry (engineio.async_drivers.aiohttp._async): chatsvc/transport.py ChatEngineServer.__init__ "
-        "replaces that entry with LeanWebSocket"
+        "'websocket' entry (engineio.async_drivers.aiohttp._async): chatsvc/realtime/engine.py "
+        "ChatEngineServer.__init__ replaces that entry with LeanWebSocket"
     )
     chat = ChatEngineServer(async_mode="aiohttp")
     assert chat._async["websocket"] is LeanWebSocket
     assert server._async["websocket"] is eio_aiohttp_driver.WebSocket, (
-        "chatsvc/transport.py ChatEngineServer changed python-engineio's shared driver table "
+        "chatsvc/realtime/engine.py ChatEngineServer changed python-engineio's shared driver table "
         "(engineio.async_drivers.aiohttp._async) instead of its own copy"
     )
     assert engineio.AsyncServer(async_mode="aiohttp")._async["websocket"] is eio_aiohttp_driver.WebSocket
@@ -307,16 +347,15 @@ def test_engineio_async_table_has_the_websocket_driver_that_chatsvc_replaces() -
 
 def test_socketio_server_has_the_fields_chatsvc_reads_and_sets() -> None:
     sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=LeanManager(), serializer=ChatPacket)
-    assert missing_attributes(sio, ["eio", "manager", "manager_initialized", "packet_class"]) == [], (
-        "socketio.base_server.BaseServer.__init__ no longer sets eio/manager/manager_initialized/packet_class: "
-        "chatsvc/socket_server.py, chatsvc/fanout.py, chatsvc/cluster.py (manager_initialized) use them"
+    assert missing_attributes(sio, ["eio", "manager", "packet_class", "environ"]) == [], (
+        "socketio.base_server.BaseServer.__init__ no longer sets eio/manager/packet_class/environ: "
+        "chatsvc/realtime/server.py uses them"
     )
     assert sio.packet_class is ChatPacket, "socketio.AsyncServer(serializer=...) no longer sets packet_class"
-    assert sio.manager.json is ChatPacket.json, (
-        "socketio.base_manager.BaseManager.set_server no longer takes the packet class's json: "
-        "chatsvc/redis_fanout.py encodes its messages with self.json"
+    assert sio.manager.server is sio, (
+        "socketio.base_manager.BaseManager.set_server no longer keeps the server: "
+        "chatsvc/realtime/server.py LeanManager.emit encodes with server.packet_class and queues through server.eio"
     )
-    assert sio.manager_initialized is False
 
 
 # -- python-engineio behaviour ------------------------------------------------------------------------------
@@ -373,20 +412,20 @@ async def test_engineio_starts_the_service_task_and_each_sockets_ping_through_st
             assert body.startswith("0{"), body
         assert len(environs) == 1 and isinstance(environs[0].get("aiohttp.request"), web.BaseRequest), (
             "engineio.async_drivers.aiohttp.translate_request no longer puts the request under "
-            "environ['aiohttp.request']: chatsvc/transport.py LeanWebSocket.__call__ reads it"
+            "environ['aiohttp.request']: chatsvc/realtime/engine.py LeanWebSocket.__call__ reads it"
         )
         (socket,) = eio.sockets.values()
         service_task = getattr(engineio.AsyncServer, "_service_task", None)
         services = [t for t in eio.targets if service_task is not None and getattr(t, "__func__", None) is service_task]
         assert len(services) == 1 and services[0].__self__ is eio, (
             "engineio.AsyncServer._handle_connect no longer starts self._service_task through "
-            f"start_background_task (started: {eio.targets}): chatsvc/transport.py ChatEngineServer._service_task "
-            "would never run, and clients that stop answering pings would stay connected"
+            f"start_background_task (started: {eio.targets}): chatsvc/realtime/engine.py "
+            "ChatEngineServer._service_task would never run, and clients that stop answering pings would stay connected"
         )
         pings = [t for t in eio.targets if getattr(t, "__func__", None) is getattr(AsyncSocket, "_send_ping", None)]
         assert len(pings) == 1 and pings[0].__self__ is socket, (
             "engineio.AsyncServer._handle_connect / AsyncSocket.schedule_ping no longer start the socket's ping as "
-            f"start_background_task(socket._send_ping) (started: {eio.targets}): chatsvc/transport.py "
+            f"start_background_task(socket._send_ping) (started: {eio.targets}): chatsvc/realtime/engine.py "
             "ChatEngineServer.start_background_task would not replace it with a timer"
         )
     finally:
@@ -404,18 +443,18 @@ async def test_engineio_service_task_under_its_name_is_chatsvc_sweep_and_stops_o
         handle = eio.service_task_handle
         assert isinstance(handle, asyncio.Task), (
             "engineio.AsyncServer._handle_connect no longer keeps the service task in self.service_task_handle: "
-            "chatsvc/transport.py ChatEngineServer relies on AsyncServer.shutdown stopping it"
+            "chatsvc/realtime/engine.py ChatEngineServer relies on AsyncServer.shutdown stopping it"
         )
         assert handle.get_coro().__qualname__ == ChatEngineServer._service_task.__qualname__, (
             f"python-engineio started {handle.get_coro()} as its service task, not self._service_task: "
-            "chatsvc/transport.py ChatEngineServer._service_task (the keep-alive sweep) is not running"
+            "chatsvc/realtime/engine.py ChatEngineServer._service_task (the keep-alive sweep) is not running"
         )
         # The task set the event on its first step, which ran while the handshake went over the network.
         assert eio.service_task_event is not None
         await asyncio.wait_for(eio.shutdown(), EVENT_TIMEOUT)
         assert handle.done() and eio.service_task_handle is None, (
             "engineio.AsyncServer.shutdown no longer ends the service task through service_task_event and "
-            "service_task_handle: chatsvc/transport.py ChatEngineServer._service_task waits on that event"
+            "service_task_handle: chatsvc/realtime/engine.py ChatEngineServer._service_task waits on that event"
         )
 
 
@@ -439,12 +478,12 @@ async def test_engineio_socket_upgrade_calls_the_websocket_driver_with_its_webso
     served = await socket.handle_get_request(environ)
     assert served == "served" and len(calls) == 1, (
         "engineio.async_socket.AsyncSocket._upgrade_websocket no longer calls "
-        "server._async['websocket'](handler, server)(environ): chatsvc/transport.py LeanWebSocket is never used"
+        "server._async['websocket'](handler, server)(environ): chatsvc/realtime/engine.py LeanWebSocket is never used"
     )
     handler, server, seen = calls[0]
     assert getattr(handler, "__func__", None) is AsyncSocket._websocket_handler and handler.__self__ is socket, (
         f"engineio.async_socket.AsyncSocket._upgrade_websocket passes {handler!r} to the driver, not the socket's "
-        "_websocket_handler: chatsvc/transport.py LeanWebSocket finds the socket as handler.__self__"
+        "_websocket_handler: chatsvc/realtime/engine.py LeanWebSocket finds the socket as handler.__self__"
     )
     assert server is eio and seen is environ
 
@@ -461,7 +500,8 @@ async def test_engineio_send_ping_does_what_chatsvc_timer_does() -> None:
         queued = [socket.queue.get_nowait() for _ in range(socket.queue.qsize())]
         assert [(p.packet_type, p.encode()) for p in queued] == [(eio_packet.PING, "2")], (
             f"{socket.sid}: engineio.async_socket.AsyncSocket._send_ping no longer sets last_ping and queues one "
-            "PING (or chatsvc/transport.py _send_ping no longer does the same): a ping from the timer would differ"
+            "PING (or chatsvc/realtime/engine.py _send_ping no longer does the same): "
+            "a ping from the timer would differ"
         )
     for socket in (upstream, mirror):
         socket.closing = True
@@ -469,7 +509,7 @@ async def test_engineio_send_ping_does_what_chatsvc_timer_does() -> None:
     transport._send_ping(mirror)
     assert upstream.queue.empty() and mirror.queue.empty(), (
         "engineio.async_socket.AsyncSocket._send_ping now pings a closing socket: "
-        "update chatsvc/transport.py _send_ping to match"
+        "update chatsvc/realtime/engine.py _send_ping to match"
     )
 
 
@@ -481,11 +521,11 @@ async def test_engineio_pong_schedules_the_next_ping_through_send_ping() -> None
         await socket.receive(eio_packet.Packet(eio_packet.PONG))
         assert [getattr(t, "__func__", None) for t in eio.targets] == [getattr(AsyncSocket, "_send_ping", None)], (
             "engineio.async_socket.AsyncSocket.receive(PONG) / schedule_ping no longer start the next ping as "
-            f"start_background_task(socket._send_ping) (started: {eio.targets}): chatsvc/transport.py "
+            f"start_background_task(socket._send_ping) (started: {eio.targets}): chatsvc/realtime/engine.py "
             "ChatEngineServer.start_background_task would miss it and pings would run as sleeping tasks"
         )
         assert socket.last_ping is None, (
-            "engineio.async_socket.AsyncSocket.schedule_ping no longer clears last_ping: chatsvc/transport.py "
+            "engineio.async_socket.AsyncSocket.schedule_ping no longer clears last_ping: chatsvc/realtime/engine.py "
             "_send_ping and _sweep read it as python-engineio does"
         )
         await socket.receive(eio_packet.Packet(eio_packet.PONG))
@@ -510,7 +550,7 @@ async def test_engineio_ping_timeout_check_closes_a_silent_socket_and_returns_fa
     assert await live.check_ping_timeout() is True and not live.closed
     assert await silent.check_ping_timeout() is False, (
         "engineio.async_socket.AsyncSocket.check_ping_timeout no longer returns False for a socket whose ping went "
-        "unanswered: chatsvc/transport.py ChatEngineServer._sweep ends the transport on False"
+        "unanswered: chatsvc/realtime/engine.py ChatEngineServer._sweep ends the transport on False"
     )
     assert silent.closed and reasons == [eio.reason.PING_TIMEOUT], (
         "engineio.async_socket.AsyncSocket.check_ping_timeout no longer closes the socket with reason PING_TIMEOUT"
@@ -531,7 +571,7 @@ async def test_engineio_close_packet_disconnects_with_the_client_disconnect_reas
     await socket.receive(eio_packet.Packet(eio_packet.CLOSE))
     assert socket.closed and reasons == [eio.reason.CLIENT_DISCONNECT], (
         "engineio.async_socket.AsyncSocket.receive(CLOSE) no longer closes with reason CLIENT_DISCONNECT: "
-        "chatsvc/socket_server.py ChatSocketServer._handle_eio_disconnect answers the polling client on that reason"
+        "chatsvc/realtime/server.py ChatSocketServer._handle_eio_disconnect answers the polling client on that reason"
     )
     with pytest.raises(eio_exceptions.UnknownPacketError):
         await socket.receive(eio_packet.Packet(eio_packet.OPEN))
@@ -543,7 +583,7 @@ def test_engineio_polling_payload_encodes_a_shared_packet_like_a_plain_one() -> 
     assert shared.frame() == websocket_frame("4" + text)  # framed once for WebSocket sockets first
     plain = eio_packet.Packet(eio_packet.MESSAGE, text)
     assert eio_payload.Payload(packets=[shared]).encode() == eio_payload.Payload(packets=[plain]).encode(), (
-        "engineio.payload.Payload.encode encodes chatsvc/transport.py SharedPacket differently from a plain "
+        "engineio.payload.Payload.encode encodes chatsvc/realtime/engine.py SharedPacket differently from a plain "
         "Packet: a long-polling client would get other bytes than a WebSocket one"
     )
 
@@ -555,11 +595,17 @@ def test_socketio_builds_its_engineio_server_from_engineio_server_class() -> Non
     sio = ChatSocketServer(async_mode="aiohttp")
     assert type(sio.eio) is ChatEngineServer, (
         "socketio.base_server.BaseServer.__init__ no longer builds self.eio from self._engineio_server_class(): "
-        "chatsvc/socket_server.py ChatSocketServer would run the stock transport and keep-alive"
+        "chatsvc/realtime/server.py ChatSocketServer would run the stock transport and keep-alive"
+    )
+    limits = SocketLimits(queue_packets=7)
+    passed = ChatSocketServer(async_mode="aiohttp", socket_limits=limits).eio
+    assert sio.eio.cut_off_notice is not None and passed.limits is limits, (
+        "socketio.base_server.BaseServer.__init__ no longer hands the keyword arguments it does not know to the "
+        "Engine.IO server: chatsvc/realtime/server.py passes cut_off_notice and socket_limits that way"
     )
     assert sio.eio.handlers.get("disconnect") == sio._handle_eio_disconnect, (
         "socketio.base_server.BaseServer.__init__ no longer registers self._handle_eio_disconnect as Engine.IO's "
-        "disconnect handler: chatsvc/socket_server.py ChatSocketServer._handle_eio_disconnect would never run"
+        "disconnect handler: chatsvc/realtime/server.py ChatSocketServer._handle_eio_disconnect would never run"
     )
 
 
@@ -575,11 +621,13 @@ class CountingManager(socketio.AsyncManager):
 
 async def test_socketio_passes_every_event_and_its_ack_id_through_handle_event_internal() -> None:
     manager = CountingManager()
-    sio = ChatSocketServer(async_mode="aiohttp", client_manager=manager, async_handlers=False)
-    # What chatsvc/cluster.py Cluster.start does before the first socket (it starts the manager itself).
-    sio.manager_initialized = True
     observed: list[str] = []
-    sio.event_observer = lambda event, seconds: observed.append(event)
+    sio = ChatSocketServer(
+        async_mode="aiohttp",
+        client_manager=manager,
+        async_handlers=False,
+        event_observer=lambda event, seconds: observed.append(event),
+    )
     asked: asyncio.Queue[bool] = asyncio.Queue()
 
     @sio.on("probe")
@@ -595,18 +643,15 @@ async def test_socketio_passes_every_event_and_its_ack_id_through_handle_event_i
             assert await client.call("probe", 1) == "ack 1"
             assert await asyncio.wait_for(asked.get(), EVENT_TIMEOUT) is True, (
                 "socketio.AsyncServer._handle_event_internal no longer receives the ack id as `id`: "
-                "chatsvc/socket_server.py ack_requested() is wrong for every event"
+                "chatsvc/realtime/server.py ack_requested() is wrong for every event"
             )
             await client.emit("probe", 2)
             assert await asyncio.wait_for(asked.get(), EVENT_TIMEOUT) is False
             assert observed == ["probe", "probe"], (
                 "socketio.AsyncServer._handle_event no longer goes through self._handle_event_internal: "
-                "chatsvc/socket_server.py ChatSocketServer (ack_requested, wait_idle, event_observer) is bypassed"
+                "chatsvc/realtime/server.py ChatSocketServer (ack_requested, wait_idle, event_observer) is bypassed"
             )
-            assert manager.initialized == 0, (
-                "socketio.AsyncServer._handle_eio_connect initialized the client manager although "
-                "manager_initialized was set: chatsvc/cluster.py Cluster.start would start a second Redis listener"
-            )
+            assert manager.initialized == 1, "socketio.AsyncServer no longer initializes its client manager once"
         finally:
             await client.disconnect()
             await sio.shutdown()
@@ -627,7 +672,7 @@ def queued(socket: AsyncSocket) -> list[Any]:
 
 
 async def test_socketio_manager_rooms_map_namespace_and_room_to_sid_and_eio_sid() -> None:
-    sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=LeanManager(), serializer=ChatPacket)
+    sio = ChatSocketServer(async_mode="aiohttp", client_manager=LeanManager(), serializer=ChatPacket)
     sid, _ = await connected_socket(sio, "eio-1", "5")
     rooms = sio.manager.rooms
     assert rooms.get("/", {}).get(None, {}).get(sid) == "eio-1" and rooms["/"]["5"][sid] == "eio-1", (
@@ -636,13 +681,14 @@ async def test_socketio_manager_rooms_map_namespace_and_room_to_sid_and_eio_sid(
     )
     assert list(sio.manager.get_participants("/", "5")) == [(sid, "eio-1")], (
         "socketio.base_manager.BaseManager.get_participants no longer yields (sid, eio_sid): "
-        "chatsvc/fanout.py LeanEmitMixin.emit and chatsvc/realtime.py use it"
+        "chatsvc/realtime/server.py LeanManager.emit and ChatSocketServer.participants use it"
     )
-    assert sio.manager.eio_sid_from_sid(sid, "/") == "eio-1"
+    assert sio.manager.sid_from_eio_sid("eio-1", "/") == sid
+    assert sio.manager.is_connected(sid, "/") is True
 
 
 async def test_socketio_stock_emit_and_chatsvc_lean_emit_queue_the_same_packet() -> None:
-    sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=LeanManager(), serializer=ChatPacket)
+    sio = ChatSocketServer(async_mode="aiohttp", client_manager=LeanManager(), serializer=ChatPacket)
     sid, socket = await connected_socket(sio, "eio-1", "5")
     _, other = await connected_socket(sio, "eio-2", "6")
     data = {"type": "sendMessage", "userId": 1, "message": {"id": 7, "content": "héllo"}}
@@ -653,133 +699,13 @@ async def test_socketio_stock_emit_and_chatsvc_lean_emit_queue_the_same_packet()
     lean = queued(socket)
     assert [(p.packet_type, p.encode()) for p in lean] == [(p.packet_type, p.encode()) for p in stock], (
         "socketio.AsyncManager.emit (through AsyncServer._send_eio_packet and engineio AsyncServer.send_packet) "
-        f"now queues {[p.encode() for p in stock]} where chatsvc/fanout.py LeanEmitMixin.emit queues "
+        f"now queues {[p.encode() for p in stock]} where chatsvc/realtime/server.py LeanManager.emit queues "
         f"{[p.encode() for p in lean]} on the Engine.IO socket"
     )
     assert queued(other) == []
     await socketio.AsyncManager.emit(sio.manager, "message", data, "/", room="5", skip_sid=sid)
     await sio.manager.emit("message", data, "/", room="5", skip_sid=sid)
     assert queued(socket) == [], "skip_sid means something else now in socketio.AsyncManager.emit"
-
-
-class LocalRecorder(socketio.AsyncManager):
-    """Notes what the pub/sub manager delivers on this instance (its ``super().emit``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.delivered: list[tuple[Any, ...]] = []
-
-    async def emit(
-        self, event: str, data: Any, namespace: Any = None, room: Any = None, skip_sid: Any = None, **kwargs: Any
-    ) -> None:
-        self.delivered.append((event, data, namespace, room, skip_sid, kwargs.get("callback")))
-
-
-class PubSubProbe(AsyncPubSubManager, LocalRecorder):
-    """python-socketio's pub/sub manager over a list instead of a broker (the same base order as RedisFanout)."""
-
-    def __init__(self, incoming: list[Any]) -> None:
-        super().__init__(channel="probe")
-        self.incoming = incoming
-        self.published: list[dict[str, Any]] = []
-
-    async def _publish(self, data: Any) -> None:
-        self.published.append(data)
-
-    async def _listen(self) -> AsyncIterator[Any]:
-        for message in self.incoming:
-            yield message
-
-
-def probe_server(probe: PubSubProbe) -> socketio.AsyncServer:
-    return socketio.AsyncServer(async_mode="aiohttp", client_manager=probe, logger=log)
-
-
-def emit_message(host_id: str, room: str) -> dict[str, Any]:
-    """A broadcast as chatsvc/redis_fanout.py RedisFanout.emit_many publishes it."""
-    return {
-        "method": "emit",
-        "event": "message",
-        "data": [{"room": room}],
-        "binary": False,
-        "namespace": "/",
-        "room": room,
-        "skip_sid": None,
-        "callback": None,
-        "host_id": host_id,
-    }
-
-
-async def test_pubsub_manager_thread_delivers_what_listen_yields_unless_it_is_from_this_host() -> None:
-    probe = PubSubProbe([])
-    probe.incoming = [
-        emit_message("*", "1"),  # chatsvc's "every host, the sender too"
-        emit_message(probe.host_id, "2"),  # this host's own, already delivered
-        {"method": "chatsvc", "op": "probe", "host_id": "*"},  # chatsvc's control messages, read in _listen
-        emit_message("another-host", "3"),
-    ]
-    probe_server(probe)
-    await asyncio.wait_for(probe._thread(), EVENT_TIMEOUT)
-    assert probe.delivered == [
-        ("message", {"room": "1"}, "/", "1", None, None),
-        ("message", {"room": "3"}, "/", "3", None, None),
-    ], (
-        "socketio.async_pubsub_manager.AsyncPubSubManager._thread/_handle_emit no longer deliver a decoded dict "
-        f"from _listen whose host_id is not this host's (delivered: {probe.delivered}): chatsvc/redis_fanout.py "
-        "RedisFanout._listen yields dicts and publishes broadcasts with host_id '*' so every host delivers them"
-    )
-
-
-async def test_pubsub_manager_emit_publishes_the_message_format_chatsvc_writes() -> None:
-    probe = PubSubProbe([])
-    probe_server(probe)
-    await probe.emit("message", {"room": "5"}, namespace="/", room="5")
-    assert probe.published == [emit_message(probe.host_id, "5")], (
-        "socketio.async_pubsub_manager.AsyncPubSubManager.emit now publishes "
-        f"{probe.published} where chatsvc/redis_fanout.py RedisFanout.emit_many writes "
-        f"{emit_message(probe.host_id, '5')}: compare the keys _handle_emit reads"
-    )
-    assert probe.delivered == [("message", {"room": "5"}, "/", "5", None, None)]
-    await probe.emit("message", {"room": "5"}, namespace="/", room="5", ignore_queue=True)
-    assert len(probe.published) == 1 and len(probe.delivered) == 2, (
-        "socketio.async_pubsub_manager.AsyncPubSubManager.emit(ignore_queue=True) no longer delivers on this "
-        "instance only: chatsvc/redis_fanout.py RedisFanout.emit uses it for local and binary deliveries"
-    )
-
-
-async def test_pubsub_manager_initialize_keeps_its_listener_task_in_thread() -> None:
-    probe = PubSubProbe([])
-    probe_server(probe)
-    probe.initialize()
-    thread = getattr(probe, "thread", None)
-    assert isinstance(thread, asyncio.Task), (
-        "socketio.async_pubsub_manager.AsyncPubSubManager.initialize no longer keeps the listener task in "
-        "self.thread: chatsvc/redis_fanout.py RedisFanout.close cancels self.thread"
-    )
-    assert thread.get_coro().__qualname__ == AsyncPubSubManager._thread.__qualname__
-    await asyncio.wait_for(thread, EVENT_TIMEOUT)  # the probe's _listen ends at once
-
-
-async def test_redis_manager_handle_emit_delivers_the_messages_chatsvc_publishes() -> None:
-    # Redis is unreachable (nothing listens on the port): emit_many then delivers on this instance through
-    # python-socketio's _handle_emit, in the format it publishes.
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    fanout = RedisFanout(url, "contract")
-    sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=fanout, serializer=ChatPacket)
-    try:
-        assert (fanout.redis_url, fanout.channel) == (url, "contract"), (
-            "socketio.async_redis_manager.AsyncRedisManager.__init__ no longer keeps redis_url and channel: "
-            "chatsvc/redis_fanout.py RedisFanout connects and publishes with them"
-        )
-        _, socket = await connected_socket(sio, "eio-1", "5")
-        await fanout.emit_many("/", [("message", {"type": "sendMessage", "userId": 3}, "5", None)])
-        assert [p.encode() for p in queued(socket)] == ['42["message",{"type":"sendMessage","userId":3}]'], (
-            "socketio.async_pubsub_manager.AsyncPubSubManager._handle_emit no longer delivers the message "
-            "chatsvc/redis_fanout.py RedisFanout.emit_many publishes (or no longer through the lean emit after "
-            "it in RedisFanout's bases)"
-        )
-    finally:
-        await fanout.close()
 
 
 # -- aiohttp behaviour --------------------------------------------------------------------------------------
@@ -816,11 +742,11 @@ async def test_aiohttp_raw_writes_to_request_transport_interleave_with_the_webso
         closing = await ws.receive(timeout=EVENT_TIMEOUT)
     assert received == ["raw", "api", "x" * 200, b"\x01"], (
         "frames written to aiohttp's request.transport after WebSocketResponse.prepare no longer reach the client "
-        f"in order with the response's own ({received}): chatsvc/transport.py _FrameWriter writes them so"
+        f"in order with the response's own ({received}): chatsvc/realtime/websocket.py FrameWriter writes them so"
     )
     assert facts == {"same connection": True, "same flow control": True, "reply": "bye"}, (
         "aiohttp's request.transport / request.writer are no longer the WebSocket's connection after prepare "
-        f"({facts}): chatsvc/transport.py _FrameWriter writes there and waits on request.writer.drain()"
+        f"({facts}): chatsvc/realtime/websocket.py FrameWriter writes there and waits on request.writer.drain()"
     )
     assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
 
@@ -854,33 +780,23 @@ FORKS = [
     Fork(
         AsyncSocket,
         "_websocket_handler",
-        "chatsvc/transport.py serve_websocket, _upgrade, _FrameWriter",
+        "chatsvc/realtime/engine.py serve_websocket, _upgrade, _FrameWriter",
         "5cece101ba931afc",
     ),
-    Fork(AsyncSocket, "_send_ping", "chatsvc/transport.py _send_ping", "fe340a2c86787979"),
+    Fork(AsyncSocket, "_send_ping", "chatsvc/realtime/engine.py _send_ping", "fe340a2c86787979"),
     Fork(
         engineio.AsyncServer,
         "_service_task",
-        "chatsvc/transport.py ChatEngineServer._service_task and _sweep",
+        "chatsvc/realtime/engine.py ChatEngineServer._service_task and _sweep",
         "cd7637bb04e1fecb",
     ),
-    Fork(eio_aiohttp_driver.WebSocket, "__call__", "chatsvc/transport.py LeanWebSocket.__call__", "22fe7e629b1a3a05"),
-    Fork(socketio.AsyncManager, "emit", "chatsvc/fanout.py LeanEmitMixin.emit", "065f7fc5f7e6a501"),
-    Fork(AsyncPubSubManager, "emit", "chatsvc/redis_fanout.py RedisFanout.emit and emit_many", "f6bfa96c53c4f40c"),
     Fork(
-        AsyncRedisManager,
-        "_publish",
-        "chatsvc/redis_fanout.py RedisFanout._publish and _publish_many",
-        "4a63df0e8484a375",
+        eio_aiohttp_driver.WebSocket,
+        "__call__",
+        "chatsvc/realtime/engine.py LeanWebSocket.__call__",
+        "22fe7e629b1a3a05",
     ),
-    Fork(AsyncRedisManager, "_redis_connect", "chatsvc/redis_fanout.py RedisFanout._redis_connect", "dbcbbb229a17f035"),
-    Fork(AsyncRedisManager, "_listen", "chatsvc/redis_fanout.py RedisFanout._listen", "4f1a6b160d41b83f"),
-    Fork(
-        AsyncRedisManager,
-        "_redis_listen_with_retries",
-        "chatsvc/redis_fanout.py RedisFanout._redis_listen_with_retries",
-        "17339d7746b3e840",
-    ),
+    Fork(socketio.AsyncManager, "emit", "chatsvc/realtime/server.py LeanManager.emit", "065f7fc5f7e6a501"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""chatsvc's Engine.IO WebSocket transport (chatsvc/transport.py): the upgrade, frame lengths, compression, bursts."""
+"""chatsvc's Engine.IO WebSocket transport (chatsvc/realtime/engine.py): upgrade, frame lengths, compression, bursts."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the tests that lean on python-socketio, python-engineio and aiohttp internals against the newest
+# Runs the tests that lean on python-socketio, python-engineio and aiohttp internals (touched only in
+# chatsvc/realtime/server.py, engine.py and websocket.py; see docs/architecture.md) against the newest
 # releases of those three, in a scratch virtualenv, overriding the pins in setup.cfg. What to do when it
 # fails: docs/performance.md, "When `make check-upstream` fails".
 #
@@ -21,6 +22,7 @@ TESTS=(
     tests/test_socket_events.py
     tests/test_delivery.py
     tests/test_redis_cluster.py
+    tests/test_groups.py
 )
 LIBRARIES="python-socketio python-engineio aiohttp"
 

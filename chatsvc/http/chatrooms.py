@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from chatsvc import models
@@ -12,17 +10,11 @@ from chatsvc.http.middleware import caller
 from chatsvc.jsonutil import json_response
 from chatsvc.models import validate_params
 from chatsvc.state import STATE
-from chatsvc.store import Connection
 from chatsvc.store.rooms import (
-    add_member,
-    create_group_room,
-    create_one_to_one_room,
     find_one_to_one_room,
     find_room,
-    is_member,
     list_member_profiles,
     list_rooms_of_user,
-    remove_member,
 )
 from chatsvc.store.settings import find_system_user_id
 from chatsvc.store.users import find_user_by_id, find_user_by_username
@@ -46,12 +38,7 @@ async def create_one_to_one(request: web.Request) -> web.Response:
         raise BadRequest("User not found")
     if friend_id == await find_system_user_id(state.db.reader):
         raise BadRequest(SYSTEM_USER_NOT_A_MEMBER)
-    async with state.db.transaction() as conn:
-        # The stored name is only a fallback: lists name the room after the other member.
-        room_id = await create_one_to_one_room(
-            conn, me.id, friend_id, name=f"{me.user['nickName']} & {friend['nickName']}"
-        )
-    state.members.forget(room_id)
+    room_id, _ = await state.membership.open_one_to_one(me.user, friend)
     return json_response(room_id)
 
 
@@ -77,27 +64,12 @@ async def list_chatrooms(request: web.Request) -> web.Response:
     return json_response(rooms)
 
 
-async def _group_of_member(conn: Connection, room_id: int, user_id: int) -> dict[str, Any]:
-    """The group room ``room_id``, checked in this order: it exists, the user is a member, it is a group."""
-    room = await find_room(conn, room_id)
-    if room is None:
-        raise NotFound("Chatroom not found")
-    if not await is_member(conn, user_id, room_id):
-        raise Forbidden("You are not a member of this chatroom")
-    if not room["type"]:
-        raise BadRequest("This is a one-to-one chatroom: members can only change in a group")
-    return room
-
-
 @routes.get("/chatroom/create-group")
 async def create_group(request: web.Request) -> web.Response:
     """Create a group room named ``name`` with the caller as its first member; its id."""
     me = caller(request)
     name = validate_params(models.CreateGroupQuery, request.query).name.strip()
-    state = request.app[STATE]
-    async with state.db.transaction() as conn:
-        room_id = await create_group_room(conn, name, me.id)
-    state.members.forget(room_id)
+    room_id = await request.app[STATE].membership.create_group(name, [me.id])
     return json_response(room_id)
 
 
@@ -138,17 +110,14 @@ async def join_group(request: web.Request) -> web.Response:
     room_id = validate_params(models.RoomPath, request.match_info).id
     username = validate_params(models.JoinGroupQuery, request.query).joinUsername
     state = request.app[STATE]
-    async with state.db.transaction() as conn:
-        await _group_of_member(conn, room_id, me.id)
-        user = await find_user_by_username(conn, username)
-        if user is None:
-            raise BadRequest("User not found")
-        if user["id"] == await find_system_user_id(conn):
-            raise BadRequest(SYSTEM_USER_NOT_A_MEMBER)
-        added = await add_member(conn, room_id, user["id"])
-    state.members.forget(room_id)
-    if added:
-        await state.realtime.member_joined(user["id"], room_id)
+    reader = state.db.reader
+    await state.membership.check_group(room_id, member=me.id)
+    user = await find_user_by_username(reader, username)
+    if user is None:
+        raise BadRequest("User not found")
+    if user["id"] == await find_system_user_id(reader):
+        raise BadRequest(SYSTEM_USER_NOT_A_MEMBER)
+    await state.membership.add_members(room_id, [user["id"]], by=me.id)
     return json_response(room_id)
 
 
@@ -158,18 +127,7 @@ async def quit_group(request: web.Request) -> web.Response:
     me = caller(request)
     room_id = validate_params(models.RoomPath, request.match_info).id
     quit_user_id = validate_params(models.QuitGroupQuery, request.query).quitUserId
-    state = request.app[STATE]
-
-    async def remove() -> None:
-        # Between write batches: every message stored before the removal has
-        # been broadcast, and every one stored after it is broadcast to a room
-        # the user's sockets have already left.
-        async with state.db.transaction() as conn:
-            await _group_of_member(conn, room_id, me.id)
-            if not await remove_member(conn, room_id, quit_user_id):
-                raise BadRequest("That user is not a member of this group")
-        state.members.forget(room_id)
-        await state.realtime.member_left(quit_user_id, room_id)
-
-    await state.writer.run_between_batches(remove)
+    removed = await request.app[STATE].membership.remove_members(room_id, [quit_user_id], by=me.id)
+    if not removed:
+        raise BadRequest("That user is not a member of this group")
     return json_response(room_id)

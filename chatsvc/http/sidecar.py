@@ -4,8 +4,9 @@ Off unless ``CHATSVC_API_KEY`` is set (the routes then answer 404), and
 authenticated by that key in ``X-Api-Key``, never by a user's token. Users
 are named by username, the key the host chooses for them. Every change goes
 through the same paths as the user-facing routes: messages through the
-writer (stored durably, then broadcast), membership changes with cache
-invalidation and ``joinRoom`` / ``quitRoom`` events. See docs/sidecar.md.
+writer (stored durably, then broadcast), membership changes through
+chatsvc/membership.py (cache invalidation, ``joinRoom`` / ``quitRoom``
+events). See docs/sidecar.md.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ async def upsert_user(request: web.Request) -> web.Response:
     user, created = await admin.upsert_managed_user(
         state.db, username=username, nick_name=nick_name, email=address, head_pic=head_pic
     )
-    # Messages carry their sender's profile from this cache.
-    state.profiles.forget(user["id"])
+    # Messages carry their sender's profile from this cache, on every instance.
+    await state.fanout.forget_profile(user["id"])
     return json_response({"user": user, "created": created}, status=201 if created else 200)
 
 
@@ -111,8 +112,7 @@ async def create_room(request: web.Request) -> web.Response:
     name = None if body.name is None else body.name.strip()
     usernames = _unique(body.members)
     found = await admin.users_by_username(state.db, usernames)
-    room_id, created = await admin.create_room(state.db, kind, [found[n] for n in usernames], name)
-    state.members.forget(room_id)
+    room_id, created = await state.membership.create_room(kind, [found[n] for n in usernames], name)
     room = await admin.room_with_members(state.db, room_id)
     return json_response({"room": room, "created": created}, status=201 if created else 200)
 
@@ -125,10 +125,7 @@ async def add_members(request: web.Request) -> web.Response:
     room_id = _room_id(request)
     body = validate(models.SidecarMembersBody, await json_body(request), "Request body")
     user_ids = await _member_ids(state, _unique(body.members))
-    added = await admin.add_room_members(state.db, room_id, user_ids)
-    state.members.forget(room_id)
-    for user_id in added:
-        await state.realtime.member_joined(user_id, room_id)
+    added = await state.membership.add_members(room_id, user_ids)
     room = await admin.room_with_members(state.db, room_id)
     return json_response({"room": room, "added": added})
 
@@ -141,17 +138,7 @@ async def remove_members(request: web.Request) -> web.Response:
     room_id = _room_id(request)
     usernames = _unique(validate_params(models.SidecarRemoveQuery, request.query).username)
     user_ids = await _member_ids(state, usernames)
-
-    async def remove() -> list[int]:
-        # Between write batches, as /chatroom/quit: nothing stored after the
-        # removal is broadcast to the removed users' sockets.
-        removed = await admin.remove_room_members(state.db, room_id, user_ids)
-        state.members.forget(room_id)
-        for user_id in removed:
-            await state.realtime.member_left(user_id, room_id)
-        return removed
-
-    removed = await state.writer.run_between_batches(remove)
+    removed = await state.membership.remove_members(room_id, user_ids)
     room = await admin.room_with_members(state.db, room_id)
     return json_response({"room": room, "removed": removed})
 

@@ -210,7 +210,7 @@ async def logout(request: web.Request) -> web.Response:
         revoked = await revoke_tokens(conn, me.id)
     if revoked is None:
         raise NotFound("User not found")
-    await state.realtime.disconnect_user(me.id)
+    await state.fanout.disconnect_user(me.id)
     return json_response("Logged out", status=201)
 
 
@@ -279,8 +279,8 @@ async def update_user(request: web.Request) -> web.Response:
         raise BadRequest(problem)
     if profile is None:
         raise NotFound("User not found")
-    # Messages carry their sender's profile from this cache.
-    state.profiles.forget(me.id)
+    # Messages carry their sender's profile from this cache, on every instance.
+    await state.fanout.forget_profile(me.id)
     return json_response(profile, status=201)
 
 
@@ -301,5 +301,5 @@ async def update_password(request: web.Request) -> web.Response:
     if problem is not None or changed is None:
         raise BadRequest(problem or CODE_WRONG_OR_NO_ACCOUNT)
     # Sockets opened with the old password's tokens go too, not just later requests.
-    await state.realtime.disconnect_user(changed["id"])
+    await state.fanout.disconnect_user(changed["id"])
     return json_response("Password updated", status=201)

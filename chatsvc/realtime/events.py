@@ -1,9 +1,11 @@
-"""The Socket.IO side: connect with a token, joinRoom, sendMessage, leaveRoom.
+"""The Socket.IO event handlers: connect with a token, joinRoom, sendMessage, leaveRoom.
 
 A message goes in through ``on_sendMessage`` (validated, rate limited,
-checked against the room's membership), is stored by the MessageWriter in
-chatsvc/writer.py, which broadcasts it to the room as ``message`` once it is
-durable, and is acknowledged to the sender with the stored row.
+checked against the room's membership), is stored by the MessageWriter
+(chatsvc/writer.py), which hands it to the fan-out (chatsvc/fanout/) once it
+is durable, and is acknowledged to the sender with the stored row. The
+handlers talk to python-socketio through its public namespace API only;
+what it lacks is in chatsvc/realtime/server.py.
 """
 
 from __future__ import annotations
@@ -18,29 +20,18 @@ from urllib.parse import parse_qs
 import socketio
 
 from chatsvc.auth import bearer_token
-from chatsvc.cluster import Cluster
 from chatsvc.config import Config
 from chatsvc.errors import BadRequest, ChatError, Forbidden, TooManyRequests, Unauthorized
-from chatsvc.fanout import ChatPacket, LeanManager
+from chatsvc.fanout import MESSAGE_EVENT, message_event, room_name, user_room
 from chatsvc.logs import log_socket_event
+from chatsvc.membership import join_notice
 from chatsvc.models import JoinRoom, LeaveRoom, send_message_model, validate
-from chatsvc.socket_server import TRANSPORT_FLUSH_SECONDS, ChatSocketServer, ack_requested
+from chatsvc.realtime.server import TRANSPORT_FLUSH_SECONDS, ChatSocketServer, ack_requested
 from chatsvc.state import AppState
 from chatsvc.store.messages import MESSAGE_TYPES, list_history
-from chatsvc.transport import SocketLimits
 from chatsvc.writer import Draft
 
 log = logging.getLogger(__name__)
-
-
-def room_name(chatroom_id: int) -> str:
-    """The Socket.IO room of a chat room: its id as a string, as the original named it."""
-    return str(chatroom_id)
-
-
-def user_room(user_id: int) -> str:
-    """The Socket.IO room holding every socket of one user."""
-    return f"user:{user_id}"
 
 
 def _token_from_handshake(environ: Mapping[str, Any], auth: Any) -> str | None:
@@ -85,7 +76,7 @@ def recovery_limit(config: Config) -> int:
     A replay goes through the socket's bounded send queue at once; were it
     bigger than the queue, the socket would be cut off by its own recovery.
     """
-    # Queued, a message counts twice (chatsvc/transport.py packet_bytes): its text and its WebSocket frame.
+    # Queued, a message counts twice (chatsvc/realtime/engine.py packet_bytes): its text and its WebSocket frame.
     largest = 2 * (4 * config.message_max_length + MESSAGE_OVERHEAD_BYTES)
     return min(config.recovery_limit, config.socket_queue_packets // 2, config.socket_queue_bytes // 2 // largest)
 
@@ -139,8 +130,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self._sessions: dict[str, SocketSession] = {}
         self._sids_of_user: dict[int, set[str]] = {}
         self.recovery_limit = recovery_limit(state.config)
-        # Set when several instances share rooms through Redis (CHATSVC_REDIS_URL).
-        self.cluster: Cluster | None = None
+        self.server: ChatSocketServer
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         """Dispatch an event to its handler, except a client's event under a reserved name: that gets a 400."""
@@ -154,7 +144,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         # python-socketio dispatches a client's event only for a connected socket, while it triggers
         # connect before the socket counts as connected and disconnect after it stopped counting
         # (AsyncServer._handle_connect without always_connect, _handle_disconnect and disconnect).
-        return bool(self.server.manager.is_connected(sid, self.namespace))
+        return self.server.is_connected(sid, self.namespace)
 
     async def _refuse_reserved(self, event: str) -> None:
         raise BadRequest(f"{event} is a reserved event name")
@@ -270,62 +260,37 @@ class ChatNamespace(socketio.AsyncNamespace):
             # A trusted-client socket is known by user from its first join on, so
             # a later quit can take it out of the room like any other socket.
             await self.enter_room(sid, user_room(user_id))
+        room = room_name(chatroom_id)
+        notice = join_notice(user_id)
         if last_id is None:
-            await self.enter_room(sid, room_name(chatroom_id))
-            await self.emit("message", {"type": "joinRoom", "userId": user_id}, room=room_name(chatroom_id))
+            await self.enter_room(sid, room)
+            await self.state.fanout.notify(room, notice)
             return {"chatroomId": chatroom_id}
 
         async def join_and_catch_up() -> dict[str, Any]:
-            # Runs between write batches: every message up to the newest id is
-            # either in this catch-up or will be broadcast after the socket joined.
-            await self.enter_room(sid, room_name(chatroom_id))
-            await self.emit("message", {"type": "joinRoom", "userId": user_id}, room=room_name(chatroom_id))
+            # Between write batches, so no batch is being stored or handed to the fan-out: this read
+            # holds every message handed over before the point below and none handed over after it.
             limit = self.recovery_limit
             missed = await list_history(self.state.db.reader, chatroom_id, limit=limit + 1, after_id=last_id)
-            if len(missed) > limit:
+            recovered = len(missed) <= limit
+            if recovered:
+                session.bucket.charge(len(missed) / RECOVERY_MESSAGES_PER_TOKEN)
+
+            async def enter_and_catch_up() -> None:
+                # At that point of the stream: older deliveries passed before the socket entered, newer ones
+                # follow the catch-up (with several instances, the point where the marker comes back).
+                await self.enter_room(sid, room)
+                await self.emit(MESSAGE_EVENT, notice, to=sid)
+                for message in missed if recovered else ():
+                    await self.emit(MESSAGE_EVENT, message_event(message), to=sid)
+
+            await self.state.fanout.run_in_stream(enter_and_catch_up)
+            await self.state.fanout.notify(room, notice, skip_sid=sid)
+            if not recovered:
                 return {"chatroomId": chatroom_id, "recovered": False}
-            session.bucket.charge(len(missed) / RECOVERY_MESSAGES_PER_TOKEN)
-            for message in missed:
-                await self.emit(
-                    "message", {"type": "sendMessage", "userId": message["senderId"], "message": message}, to=sid
-                )
             return {"chatroomId": chatroom_id, "recovered": True, "count": len(missed)}
 
-        if self.cluster is not None:
-            return await self.state.writer.run_between_batches(
-                lambda: self._catch_up_in_stream(session, sid, user_id, chatroom_id, last_id)
-            )
         return await self.state.writer.run_between_batches(join_and_catch_up)
-
-    async def _catch_up_in_stream(
-        self, session: SocketSession, sid: str, user_id: int, chatroom_id: int, last_id: int
-    ) -> dict[str, Any]:
-        """A recovering join with several instances, whose live messages come through Redis a moment later."""
-        assert self.cluster is not None
-        room = room_name(chatroom_id)
-        notice = {"type": "joinRoom", "userId": user_id}
-        limit = self.recovery_limit
-        # Under the order lock no instance is storing a message, so this read holds every
-        # message published before the marker below and none published after it.
-        missed = await list_history(self.state.db.reader, chatroom_id, limit=limit + 1, after_id=last_id)
-        recovered = len(missed) <= limit
-        if recovered:
-            session.bucket.charge(len(missed) / RECOVERY_MESSAGES_PER_TOKEN)
-
-        async def enter_and_catch_up() -> None:
-            # At the marker: older broadcasts passed before the socket entered, newer ones follow the catch-up.
-            await self.enter_room(sid, room)
-            await self.emit("message", notice, to=sid)
-            for message in missed if recovered else ():
-                await self.emit(
-                    "message", {"type": "sendMessage", "userId": message["senderId"], "message": message}, to=sid
-                )
-
-        await self.cluster.fanout.run_in_stream(enter_and_catch_up)
-        await self.emit("message", notice, room=room, skip_sid=sid)
-        if not recovered:
-            return {"chatroomId": chatroom_id, "recovered": False}
-        return {"chatroomId": chatroom_id, "recovered": True, "count": len(missed)}
 
     async def _leave_room(self, sid: str, data: Any) -> dict[str, Any]:
         chatroom_id = validate(LeaveRoom, data).chatroomId
@@ -344,103 +309,3 @@ class ChatNamespace(socketio.AsyncNamespace):
         await self._require_member(user_id, chatroom_id)
         stored, _ = await self.state.writer.submit(Draft(chatroom_id, user_id, kind, content, client_msg_id))
         return stored
-
-    async def publish(self, messages: list[dict[str, Any]]) -> None:
-        """Broadcast stored messages to their rooms, in the order given (ascending id)."""
-        if self.cluster is not None:
-            # One Redis round trip for the batch, inside the order lock.
-            await self.cluster.fanout.emit_many(
-                self.namespace,
-                [
-                    (
-                        "message",
-                        {"type": "sendMessage", "userId": message["senderId"], "message": message},
-                        room_name(message["chatroomId"]),
-                        None,
-                    )
-                    for message in messages
-                ],
-            )
-            return
-        for message in messages:
-            await self.emit(
-                "message",
-                {"type": "sendMessage", "userId": message["senderId"], "message": message},
-                room=room_name(message["chatroomId"]),
-            )
-
-    async def disconnect_user(self, user_id: int) -> None:
-        """Disconnect every socket of a user, e.g. after their password changed (on every instance)."""
-        if self.cluster is not None:
-            await self.cluster.fanout.broadcast_control("disconnect_user", {"userId": user_id}, wait=True)
-        else:
-            await self.disconnect_local_sockets(user_id)
-
-    async def disconnect_local_sockets(self, user_id: int) -> None:
-        """Disconnect the user's sockets connected to this instance."""
-        for sid, _ in list(self.server.manager.get_participants(self.namespace, user_room(user_id))):
-            await self.server.disconnect(sid)
-
-    async def member_joined(self, user_id: int, chatroom_id: int) -> None:
-        """Tell a room that a user was made a member (their sockets still join it with ``joinRoom``)."""
-        if self.cluster is not None:
-            # Every instance drops the room's cached members before the caller answers:
-            # the new member may send through any of them at once.
-            await self.cluster.fanout.broadcast_control("members_changed", {"chatroomId": chatroom_id}, wait=True)
-        await self.emit("message", {"type": "joinRoom", "userId": user_id}, room=room_name(chatroom_id))
-
-    async def member_left(self, user_id: int, chatroom_id: int) -> None:
-        """Take every socket of a user who is no longer a member out of the room, then tell the room."""
-        room = room_name(chatroom_id)
-        if self.cluster is not None:
-            # In the stream, so every instance has done it before any later message; and before the caller answers.
-            await self.cluster.fanout.broadcast_control(
-                "member_left", {"userId": user_id, "chatroomId": chatroom_id}, wait=True
-            )
-        else:
-            await self.remove_local_sockets(user_id, chatroom_id)
-        await self.emit("message", {"type": "quitRoom", "userId": user_id}, room=room)
-
-    async def remove_local_sockets(self, user_id: int, chatroom_id: int) -> None:
-        """Take the user's sockets connected to this instance out of the room."""
-        room = room_name(chatroom_id)
-        # Only sockets that connected with a token are in the user's room; in
-        # trust-client mode a socket's user is known per event, not per socket.
-        for sid, _ in list(self.server.manager.get_participants(self.namespace, user_room(user_id))):
-            await self.leave_room(sid, room)
-
-
-def create_socket_server(state: AppState) -> ChatSocketServer:
-    """The Socket.IO server of one application, with the chat namespace registered."""
-    config = state.config
-    origins = config.cors_origins
-    cluster = Cluster(config.redis_url, config.redis_channel, config.db_path) if config.redis_url else None
-    sio = ChatSocketServer(
-        client_manager=cluster.fanout if cluster is not None else LeanManager(),
-        # orjson packets without a global change to python-socketio's Packet class.
-        serializer=ChatPacket,
-        # Engine.IO already runs each incoming message in its own task.
-        async_handlers=False,
-        async_mode="aiohttp",
-        # CHATSVC_CORS_ORIGINS, as for the HTTP API; no credentials: sockets authenticate with a token, not cookies.
-        cors_allowed_origins="*" if "*" in origins else list(origins),
-        cors_credentials=False,
-        max_http_buffer_size=config.max_socket_payload,
-        ping_interval=config.ping_interval,
-        ping_timeout=config.ping_timeout,
-        logger=False,
-        engineio_logger=False,
-        socket_limits=SocketLimits(
-            queue_packets=config.socket_queue_packets,
-            queue_bytes=config.socket_queue_bytes,
-            pending_sessions=config.max_pending_sessions,
-            pending_sessions_per_address=config.max_pending_sessions_per_address,
-        ),
-    )
-    namespace = ChatNamespace(state)
-    sio.register_namespace(namespace)
-    state.writer.publish = namespace.publish
-    state.realtime = namespace
-    if cluster is not None:
-        cluster.bind(state, namespace)
-    return sio

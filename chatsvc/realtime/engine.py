@@ -23,6 +23,27 @@ It also bounds what a client can make the server hold: each socket's send
 queue (``SendQueue``; a socket over it is cut off), the bytes handed to the
 kernel per write, the sessions that have not completed the Socket.IO connect
 (chatsvc/handshakes.py), and it logs malformed input in one throttled line.
+
+This is the one module that touches python-engineio's internals (the
+frames themselves go out through chatsvc/realtime/websocket.py, the one
+module below aiohttp's public API). Each is checked by
+tests/test_upstream_contract.py; docs/performance.md has the table:
+
+* ``AsyncServer._async["websocket"]``, the aiohttp driver table
+  (``engineio.async_drivers.aiohttp._async``), replaced by ``LeanWebSocket``,
+  which mirrors ``engineio.async_drivers.aiohttp.WebSocket.__call__``;
+  ``AsyncSocket._upgrade_websocket`` calls it with ``socket._websocket_handler``.
+* ``AsyncSocket._websocket_handler``, mirrored by ``serve_websocket``,
+  ``_upgrade`` and ``_FrameWriter``; ``AsyncSocket.receive`` and ``close``.
+* ``AsyncSocket._send_ping`` (mirrored by ``_send_ping``), ``schedule_ping``
+  and ``AsyncServer.start_background_task`` (ping timers instead of tasks).
+* ``AsyncServer._service_task`` (mirrored by ``ChatEngineServer._service_task``
+  and ``_sweep``), ``service_task_event``, ``service_task_handle`` and
+  ``AsyncSocket.check_ping_timeout``.
+* Socket fields ``connected``, ``upgrading``, ``upgraded``, ``closing``,
+  ``closed``, ``last_ping``, ``queue``; ``AsyncServer.sockets``, ``reason``,
+  ``create_queue``; ``environ["aiohttp.request"]`` and ``translate_request``.
+* ``engineio.packet.Packet.encode`` (overridden by ``SharedPacket``).
 """
 
 from __future__ import annotations
@@ -31,11 +52,10 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
-import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,13 +70,12 @@ from engineio.async_socket import AsyncSocket
 from chatsvc.errors import BadRequest
 from chatsvc.handshakes import PendingSessions
 from chatsvc.logs import ThrottledLog
+from chatsvc.realtime.websocket import FrameWriter, websocket_frame
 
 log = logging.getLogger(__name__)
 
-# aiohttp's own WebSocket writer waits for the peer once this much output is buffered.
-WRITE_BUFFER_LIMIT = 64 * 1024
-# Most bytes handed to the kernel in one write: with the limit above, what a connection holds outside its
-# (bounded) send queue while its client does not read.
+# Most bytes handed to the kernel in one write: with websocket.py's WRITE_BUFFER_LIMIT, what a connection
+# holds outside its (bounded) send queue while its client does not read.
 WRITE_BATCH_BYTES = 256 * 1024
 # The disconnect reason handlers and the log see for a socket that was cut off.
 CUT_OFF_REASON = "send queue full"
@@ -69,28 +88,6 @@ _POLLING_BODY = web.RequestKey("chatsvc_polling_body", bytes)
 # and how many sockets it checks before letting other work run.
 SWEEP_SECONDS = 5.0
 SWEEP_CHUNK = 1000
-
-_FIN = 0x80
-_TEXT = 0x1
-_BINARY = 0x2
-
-
-def websocket_frame(encoded: str | bytes) -> bytes:
-    """One unmasked, uncompressed WebSocket frame (RFC 6455 section 5.2), as a server sends it."""
-    if isinstance(encoded, str):
-        payload = encoded.encode()
-        first = _FIN | _TEXT
-    else:
-        payload = bytes(encoded)
-        first = _FIN | _BINARY
-    size = len(payload)
-    if size < 126:
-        header = bytes((first, size))
-    elif size < 1 << 16:
-        header = struct.pack("!BBH", first, 126, size)
-    else:
-        header = struct.pack("!BBQ", first, 127, size)
-    return header + payload
 
 
 class SharedPacket(eio_packet.Packet):
@@ -147,7 +144,7 @@ class SocketLimits:
 class SendQueue:
     """An Engine.IO socket's send queue, bounded in packets and bytes.
 
-    Fan-out puts packets on it without waiting (chatsvc/fanout.py), so a client
+    Fan-out puts packets on it without waiting (ChatEngineServer.queue_message), so a client
     that reads slower than its rooms talk would make it grow without end. Past
     either bound it takes no more messages, from then on, and tells its server,
     which cuts the socket off: the client got a gap-free prefix and rejoins with
@@ -449,13 +446,13 @@ class _FrameWriter:
     closes the WebSocket.
     """
 
-    __slots__ = ("_closed", "_closing", "_draining", "_stopped", "loop", "queue", "request", "sid", "transport", "ws")
+    __slots__ = ("_closed", "_closing", "_draining", "_stopped", "loop", "out", "queue", "sid", "ws")
 
     def __init__(self, socket: Any, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.queue: SendQueue = socket.queue
         self.ws = ws
-        self.request = request
-        self.transport = request.transport
+        # Raw frame writes under aiohttp's WebSocketResponse live in chatsvc/realtime/websocket.py.
+        self.out = FrameWriter(request)
         self.loop = asyncio.get_running_loop()
         self.sid: str = socket.sid
         self._draining = False
@@ -466,7 +463,7 @@ class _FrameWriter:
     def start(self) -> None:
         """Take over the queue, and send what is already on it."""
         queue = self.queue
-        queue.transport = self.transport
+        queue.transport = self.out.transport
         queue._writer = self
         if queue._queue and not queue._writer_scheduled:
             queue._writer_scheduled = True
@@ -478,7 +475,7 @@ class _FrameWriter:
         queue._writer_scheduled = False
         if self._draining or self._stopped:
             return
-        transport = self.transport
+        out = self.out
         try:
             while queue._queue:
                 frames: list[bytes] = []
@@ -496,15 +493,16 @@ class _FrameWriter:
                     # Bounded, so a client that does not read holds at most this much in the transport's buffer.
                     if size >= WRITE_BATCH_BYTES:
                         break
+                slow_reader = False
                 if frames:
-                    if transport is None or transport.is_closing():
+                    if out.closing():
                         stop = True
                     else:
-                        transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                        slow_reader = out.write(frames[0] if len(frames) == 1 else b"".join(frames))
                 if stop:
                     self._stop()
                     return
-                if transport is not None and transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+                if slow_reader:
                     self._draining = True
                     self._closing = asyncio.ensure_future(self._drain())
                     return
@@ -514,7 +512,7 @@ class _FrameWriter:
 
     async def _drain(self) -> None:
         try:
-            await self.request.writer.drain()
+            await self.out.drain()
         except Exception:
             log.debug("%s: WebSocket write failed", self.sid, exc_info=True)
             self._draining = False
@@ -560,7 +558,9 @@ class ChatEngineServer(engineio.AsyncServer):
     What is checked, and when a silent client is dropped, stays the same.
     """
 
-    def __init__(self, *, socket_limits: SocketLimits | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, socket_limits: SocketLimits | None = None, cut_off_notice: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if self.async_mode == "aiohttp":
             # A copy: python-engineio shares the driver table between servers in one process.
@@ -575,9 +575,55 @@ class ChatEngineServer(engineio.AsyncServer):
         # Counted for chatsvc/metrics.py.
         self.handshakes_refused = 0
         self.sockets_cut_off = 0
-        # A Socket.IO packet to send a socket that is cut off, telling the client why; set by the Socket.IO server.
-        self.cut_off_notice: eio_packet.Packet | None = None
+        # The encoded Socket.IO packet a socket that is cut off hears last, telling the client why.
+        self.cut_off_notice = None if cut_off_notice is None else SharedPacket(eio_packet.MESSAGE, cut_off_notice)
         self._cut_offs: set[asyncio.Future[None]] = set()
+
+    def queue_message(self, recipients: Iterable[tuple[str, str]], skip: Container[str], encoded: str) -> int:
+        """Queue one encoded Socket.IO packet on each recipient's socket that is still open; how many got it.
+
+        The fan-out's last step (chatsvc/realtime/server.py LeanManager): the
+        packet is encoded, and framed, once for all of them. ``recipients``
+        are (Socket.IO sid, Engine.IO sid) pairs; those whose sid is in
+        ``skip`` are left out.
+        """
+        packet = SharedPacket(_MESSAGE, encoded)
+        sockets = self.sockets
+        sent = 0
+        for sid, eio_sid in recipients:
+            if sid in skip:
+                continue
+            socket = sockets.get(eio_sid)
+            if socket is not None and not socket.closed:
+                socket.queue.put_nowait(packet)
+                sent += 1
+        return sent
+
+    def answer_goodbye(self, eio_sid: str, reason: Any) -> None:
+        """Answer the waiting GET of a long-polling client that said goodbye (from Socket.IO's disconnect handler).
+
+        The JavaScript Engine.IO server answers it at once; python-engineio
+        leaves it open until the next ping (25 s), and its client waits for it.
+        """
+        socket = self.sockets.get(eio_sid)
+        if socket is not None and not socket.upgraded and reason == self.reason.CLIENT_DISCONNECT:
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+
+    async def close_transports(self, flush_timeout: float) -> None:
+        """Close every Engine.IO connection, giving live ones up to ``flush_timeout`` to send the CLOSE packet.
+
+        engineio's own disconnect-all waits for each queue to drain, which never
+        happens for a long-polling client that went away without saying so.
+        """
+        transports = list(self.sockets.values())
+        for transport in transports:
+            await transport.close(wait=False)
+        flushes = [asyncio.ensure_future(transport.queue.join()) for transport in transports]
+        if flushes:
+            _, stuck = await asyncio.wait(flushes, timeout=flush_timeout)
+            for flush in stuck:
+                flush.cancel()
+        self.sockets.clear()
 
     def create_queue(self, *args: Any, **kwargs: Any) -> Any:
         """A new socket's send queue, bounded (python-engineio calls this once per socket)."""
@@ -701,6 +747,15 @@ def _abort_later(queue: Any, seconds: float) -> None:
     transport = getattr(queue, "transport", None)
     if transport is not None:
         asyncio.get_running_loop().call_later(seconds, transport.abort)
+
+
+def remote_address(environ: dict[str, Any]) -> str | None:
+    """The client's address, from a session's compact environ or the one python-engineio's aiohttp driver builds."""
+    if "REMOTE_ADDR" in environ:  # a session's compact environ (chatsvc/realtime/server.py session_environ)
+        kept: str | None = environ["REMOTE_ADDR"]
+        return kept
+    request = environ.get("aiohttp.request")
+    return getattr(request, "remote", None)
 
 
 def describe_error(exc: BaseException) -> str:
