@@ -26,8 +26,9 @@ run: install
 demo: install
 	$(PY) -m chatsvc demo
 
+# The suite runs on up to four processes (pytest-xdist): each starts its own servers on free ports.
 test: install
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs -n auto --maxprocesses 4
 
 # Every workload at full scale against chatsvc, the python-socketio baseline and the Node peer; then A, C, D
 # and I again under the official socket.io-client (shorter windows; skipped without node); then workload A
