@@ -53,13 +53,36 @@ CREATE TABLE IF NOT EXISTS chat_history (
     sender_id     INTEGER NOT NULL REFERENCES user (id),
     client_msg_id TEXT,
     create_time   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    update_time   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    update_time   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    edit_time     TEXT,
+    deleted       INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1))
 );
 -- History pages: newest first within a room, and cursors on id.
 CREATE INDEX IF NOT EXISTS chat_history_by_room ON chat_history (chatroom_id, id);
 -- Idempotent sends: one stored message per (sender, client message id).
 CREATE UNIQUE INDEX IF NOT EXISTS chat_history_client_msg
     ON chat_history (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
+-- Search: a trigram index of live text messages (substrings of three or more characters, any case),
+-- external content kept in step by the triggers; only rows the index holds are taken out of it.
+CREATE VIRTUAL TABLE IF NOT EXISTS chat_search USING fts5 (
+    content, content = 'chat_history', content_rowid = 'id', tokenize = 'trigram'
+);
+CREATE TRIGGER IF NOT EXISTS chat_search_insert AFTER INSERT ON chat_history
+WHEN new.type = 0 AND new.deleted = 0 BEGIN
+    INSERT INTO chat_search (rowid, content) VALUES (new.id, new.content);
+END;
+CREATE TRIGGER IF NOT EXISTS chat_search_update_old AFTER UPDATE OF content, deleted ON chat_history
+WHEN old.type = 0 AND old.deleted = 0 BEGIN
+    INSERT INTO chat_search (chat_search, rowid, content) VALUES ('delete', old.id, old.content);
+END;
+CREATE TRIGGER IF NOT EXISTS chat_search_update_new AFTER UPDATE OF content, deleted ON chat_history
+WHEN new.type = 0 AND new.deleted = 0 BEGIN
+    INSERT INTO chat_search (rowid, content) VALUES (new.id, new.content);
+END;
+CREATE TRIGGER IF NOT EXISTS chat_search_delete AFTER DELETE ON chat_history
+WHEN old.type = 0 AND old.deleted = 0 BEGIN
+    INSERT INTO chat_search (chat_search, rowid, content) VALUES ('delete', old.id, old.content);
+END;
 
 CREATE TABLE IF NOT EXISTS friendship (
     user_id   INTEGER NOT NULL REFERENCES user (id),
