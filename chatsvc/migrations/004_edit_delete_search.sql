@@ -10,14 +10,12 @@ CREATE VIRTUAL TABLE chat_search USING fts5 (
 CREATE TRIGGER chat_search_insert AFTER INSERT ON chat_history WHEN new.type = 0 AND new.deleted = 0 BEGIN
     INSERT INTO chat_search (rowid, content) VALUES (new.id, new.content);
 END;
--- Only rows the index holds are taken out of it: a 'delete' of a row it lacks would corrupt it.
-CREATE TRIGGER chat_search_update_old AFTER UPDATE OF content, deleted ON chat_history
-WHEN old.type = 0 AND old.deleted = 0 BEGIN
-    INSERT INTO chat_search (chat_search, rowid, content) VALUES ('delete', old.id, old.content);
-END;
-CREATE TRIGGER chat_search_update_new AFTER UPDATE OF content, deleted ON chat_history
-WHEN new.type = 0 AND new.deleted = 0 BEGIN
-    INSERT INTO chat_search (rowid, content) VALUES (new.id, new.content);
+-- One trigger, the old row out before the new one in: only a row the index holds may be taken out of it
+-- (a 'delete' of a row it lacks corrupts it), and two triggers would run in an order SQLite does not promise.
+CREATE TRIGGER chat_search_update AFTER UPDATE OF content, deleted ON chat_history BEGIN
+    INSERT INTO chat_search (chat_search, rowid, content)
+    SELECT 'delete', old.id, old.content WHERE old.type = 0 AND old.deleted = 0;
+    INSERT INTO chat_search (rowid, content) SELECT new.id, new.content WHERE new.type = 0 AND new.deleted = 0;
 END;
 CREATE TRIGGER chat_search_delete AFTER DELETE ON chat_history WHEN old.type = 0 AND old.deleted = 0 BEGIN
     INSERT INTO chat_search (chat_search, rowid, content) VALUES ('delete', old.id, old.content);
