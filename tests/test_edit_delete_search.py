@@ -79,7 +79,7 @@ async def test_only_the_sender_may_edit_and_nothing_changes_otherwise(api: Api, 
 
 
 async def test_a_member_who_left_cannot_edit_or_delete(api: Api, trio, sockets) -> None:
-    alice, bob, carol = trio
+    alice, _bob, carol = trio
     resp = await api.get("/chatroom/create-group", alice.token, name="g")
     assert resp.status == 200, resp.body
     room = resp.body if isinstance(resp.body, int) else resp.body["id"]
@@ -96,14 +96,14 @@ async def test_a_member_who_left_cannot_edit_or_delete(api: Api, trio, sockets) 
 
 
 async def test_only_text_messages_can_be_edited(api: Api, joined) -> None:
-    alice, bob, room, a, b = joined
+    alice, _bob, room, a, _b = joined
     picture = await a.send(alice, room, "http://pics/cat.png", kind="image")
     assert_ack_error(await a.call("editMessage", {"messageId": picture["id"], "content": "http://x"}), 400)
     assert by_id(await api.history(alice, room))[picture["id"]] == picture
 
 
 async def test_edit_is_refused_after_the_edit_window(api: Api, joined, db_rows) -> None:
-    alice, bob, room, a, b = joined
+    alice, _bob, room, a, _b = joined
     sent = await a.send(alice, room, "old")
     # Sent two days ago, as far as the database knows (the default window is one day).
     db_rows("UPDATE chat_history SET create_time = ? WHERE id = ?", ("2000-01-01T00:00:00.000Z", sent["id"]))
@@ -120,7 +120,7 @@ async def test_edit_is_refused_after_the_edit_window(api: Api, joined, db_rows) 
 
 @pytest.mark.parametrize("config", [0], indirect=True)
 async def test_an_edit_window_of_0_means_no_limit(api: Api, joined, db_rows) -> None:
-    alice, bob, room, a, b = joined
+    alice, _bob, room, a, _b = joined
     sent = await a.send(alice, room, "old")
     db_rows("UPDATE chat_history SET create_time = ? WHERE id = ?", ("2000-01-01T00:00:00.000Z", sent["id"]))
     ack = await a.call("editMessage", {"messageId": sent["id"], "content": "new"})
@@ -128,7 +128,7 @@ async def test_an_edit_window_of_0_means_no_limit(api: Api, joined, db_rows) -> 
 
 
 async def test_edit_payloads_are_validated(api: Api, joined) -> None:
-    alice, bob, room, a, b = joined
+    alice, _bob, room, a, _b = joined
     sent = await a.send(alice, room, "x")
     for payload in (None, {}, {"messageId": sent["id"]}, {"messageId": sent["id"], "content": ""}, {"content": "y"}):
         assert_ack_error(await a.call("editMessage", payload), 400)
@@ -190,7 +190,7 @@ async def test_only_the_sender_may_delete_and_nothing_changes_otherwise(api: Api
 
 
 async def test_recovery_replays_edits_and_deletions_as_their_current_state(api: Api, joined, sockets) -> None:
-    alice, bob, room, a, b = joined
+    alice, bob, room, a, _b = joined
     before = await a.send(alice, room, "seen")
     edited = await a.send(alice, room, "typo")
     deleted = await a.send(alice, room, "oops")
@@ -207,7 +207,7 @@ async def test_recovery_replays_edits_and_deletions_as_their_current_state(api: 
 
 async def test_changes_and_a_recovering_join_neither_miss_nor_repeat(api: Api, joined, sockets) -> None:
     """Edits racing a recovering join: each reaches the joiner once, as history or as a notice."""
-    alice, bob, room, a, b = joined
+    alice, bob, room, a, _b = joined
     sent = [await a.send(alice, room, f"m{i}") for i in range(6)]
     late = await sockets(bob.token)
     edits = [a.call("editMessage", {"messageId": m["id"], "content": f"e{i}"}) for i, m in enumerate(sent)]
@@ -250,7 +250,7 @@ async def test_search_finds_any_case_newest_first_with_sender_in_the_callers_roo
 
 
 async def test_search_finds_cjk_substrings_of_two_or_more_characters(api: Api, joined) -> None:
-    alice, bob, room, a, b = joined
+    alice, bob, room, a, _b = joined
     hello = await a.send(alice, room, "大家你好呀")
     kana = await a.send(alice, room, "今日はいい天気ですね")
     hangul = await a.send(alice, room, "안녕하세요 여러분")
@@ -263,7 +263,7 @@ async def test_search_finds_cjk_substrings_of_two_or_more_characters(api: Api, j
 
 
 async def test_search_treats_percent_underscore_and_quotes_literally(api: Api, joined) -> None:
-    alice, bob, room, a, b = joined
+    alice, bob, room, a, _b = joined
     percent = await a.send(alice, room, "100% sure")
     under = await a.send(alice, room, "snake_case name")
     quoted = await a.send(alice, room, "he said \"hi\" and 'bye'")
@@ -279,7 +279,7 @@ async def test_search_treats_percent_underscore_and_quotes_literally(api: Api, j
 
 
 async def test_search_pages_with_before_id_and_limit(api: Api, joined) -> None:
-    alice, bob, room, a, b = joined
+    alice, bob, room, a, _b = joined
     sent = [await a.send(alice, room, f"page word {i}") for i in range(5)]
     ids = [m["id"] for m in reversed(sent)]
     assert await found_ids(api, bob, "word", limit=2) == ids[:2]
@@ -288,7 +288,7 @@ async def test_search_pages_with_before_id_and_limit(api: Api, joined) -> None:
 
 
 async def test_search_parameters_are_validated_and_login_required(api: Api, pair) -> None:
-    alice, bob, room = pair
+    alice, _bob, _room = pair
     resp = await api.get("/chat-history/search", None, q="word")
     assert_error(resp.status, resp.body, 401)
     for params in ({}, {"q": "a"}, {"q": "ab", "limit": 0}, {"q": "ab", "limit": 101}, {"q": "ab", "beforeId": "x"}):
@@ -299,7 +299,7 @@ async def test_search_parameters_are_validated_and_login_required(api: Api, pair
 
 
 async def test_search_follows_edits(api: Api, joined) -> None:
-    alice, bob, room, a, b = joined
+    alice, bob, room, a, _b = joined
     sent = await a.send(alice, room, "colour")
     await a.call("editMessage", {"messageId": sent["id"], "content": "color"})
     assert await found_ids(api, bob, "colour") == []
@@ -307,7 +307,7 @@ async def test_search_follows_edits(api: Api, joined) -> None:
 
 
 async def test_any_search_text_answers_200_or_400(api: Api, joined) -> None:
-    alice, bob, room, a, b = joined
+    alice, bob, room, a, _b = joined
     await a.send(alice, room, 'mixed "quotes" AND OR NOT * ^ : ( ) 你好 % _')
     texts = nasty_text | st.sampled_from(['"', '""', "*", "a*", "NEAR(", "col:x", "^ab", "你好", "% _", "AND OR"])
 
