@@ -110,6 +110,8 @@ CREATE TABLE IF NOT EXISTS favorite (
 );
 -- A user's favorites newest first, without sorting.
 CREATE INDEX IF NOT EXISTS favorite_by_user ON favorite (user_id, id);
+-- Deleting a message drops the favorites of it.
+CREATE INDEX IF NOT EXISTS favorite_by_message ON favorite (chat_history_id);
 
 CREATE TABLE IF NOT EXISTS captcha (
     purpose    TEXT NOT NULL,  -- register | update_password | update_user

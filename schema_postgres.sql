@@ -92,6 +92,8 @@ CREATE TABLE favorite (
 );
 -- A user's favorites newest first, without sorting.
 CREATE INDEX favorite_by_user ON favorite (user_id, id);
+-- Deleting a message drops the favorites of it.
+CREATE INDEX favorite_by_message ON favorite (chat_history_id);
 
 CREATE TABLE captcha (
     purpose    TEXT NOT NULL,  -- register | update_password | update_user
