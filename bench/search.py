@@ -46,7 +46,9 @@ def seed(path: Path, messages: int, rooms: int, vocabulary: list[str]) -> None:
             "INSERT INTO user (id, username, password_hash, nick_name, email) VALUES (?, ?, 'x', ?, '')",
             (n, f"search{n}", f"Search {n}"),
         )
-    conn.executemany("INSERT INTO chatroom (id, name, type) VALUES (?, ?, 1)", [(r, f"r{r}") for r in range(1, rooms + 1)])
+    conn.executemany(
+        "INSERT INTO chatroom (id, name, type) VALUES (?, ?, 1)", [(r, f"r{r}") for r in range(1, rooms + 1)]
+    )
     members = [(2, r) for r in range(1, rooms + 1)] + [(1, r) for r in range(1, rooms + 1, 4)]
     conn.executemany("INSERT INTO user_chatroom (user_id, chatroom_id) VALUES (?, ?)", members)
     conn.execute("CREATE TEMP TABLE vocab (i INTEGER PRIMARY KEY, w TEXT NOT NULL)")
