@@ -104,7 +104,8 @@ async def measure(path: Path, words: list[str], rooms: list[int], runs: int) -> 
                 times.append((time.perf_counter() - started) * 1000)
                 found += len(rows)
             times.sort()
-            results[name] = (statistics.median(times), times[int(len(times) * 0.95) - 1], found // runs)
+            results[name] = (statistics.median(times), times[max(int(len(times) * 0.95) - 1, 0)], found // runs)
+            print(f"  {name}: p50 {results[name][0]:.2f} ms", flush=True)
         return results
     finally:
         await db.close()
