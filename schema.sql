@@ -53,13 +53,35 @@ CREATE TABLE IF NOT EXISTS chat_history (
     sender_id     INTEGER NOT NULL REFERENCES user (id),
     client_msg_id TEXT,
     create_time   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    update_time   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    update_time   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    edit_time     TEXT,
+    deleted       INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1))
 );
 -- History pages: newest first within a room, and cursors on id.
 CREATE INDEX IF NOT EXISTS chat_history_by_room ON chat_history (chatroom_id, id);
 -- Idempotent sends: one stored message per (sender, client message id).
 CREATE UNIQUE INDEX IF NOT EXISTS chat_history_client_msg
     ON chat_history (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
+-- Search: a trigram index of live text messages (substrings of three or more characters, any case),
+-- external content kept in step by the triggers.
+CREATE VIRTUAL TABLE IF NOT EXISTS chat_search USING fts5 (
+    content, content = 'chat_history', content_rowid = 'id', tokenize = 'trigram'
+);
+CREATE TRIGGER IF NOT EXISTS chat_search_insert AFTER INSERT ON chat_history
+WHEN new.type = 0 AND new.deleted = 0 BEGIN
+    INSERT INTO chat_search (rowid, content) VALUES (new.id, new.content);
+END;
+-- One trigger, the old row out before the new one in: only a row the index holds may be taken out of it
+-- (a 'delete' of a row it lacks corrupts it), and two triggers would run in an order SQLite does not promise.
+CREATE TRIGGER IF NOT EXISTS chat_search_update AFTER UPDATE OF content, deleted ON chat_history BEGIN
+    INSERT INTO chat_search (chat_search, rowid, content)
+    SELECT 'delete', old.id, old.content WHERE old.type = 0 AND old.deleted = 0;
+    INSERT INTO chat_search (rowid, content) SELECT new.id, new.content WHERE new.type = 0 AND new.deleted = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS chat_search_delete AFTER DELETE ON chat_history
+WHEN old.type = 0 AND old.deleted = 0 BEGIN
+    INSERT INTO chat_search (chat_search, rowid, content) VALUES ('delete', old.id, old.content);
+END;
 
 CREATE TABLE IF NOT EXISTS friendship (
     user_id   INTEGER NOT NULL REFERENCES user (id),
@@ -88,6 +110,8 @@ CREATE TABLE IF NOT EXISTS favorite (
 );
 -- A user's favorites newest first, without sorting.
 CREATE INDEX IF NOT EXISTS favorite_by_user ON favorite (user_id, id);
+-- Deleting a message drops the favorites of it.
+CREATE INDEX IF NOT EXISTS favorite_by_message ON favorite (chat_history_id);
 
 CREATE TABLE IF NOT EXISTS captcha (
     purpose    TEXT NOT NULL,  -- register | update_password | update_user

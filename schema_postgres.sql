@@ -52,13 +52,18 @@ CREATE TABLE chat_history (
     sender_id     BIGINT  NOT NULL REFERENCES "user" (id),
     client_msg_id TEXT,
     create_time   TIMESTAMPTZ NOT NULL DEFAULT now(),
-    update_time   TIMESTAMPTZ NOT NULL DEFAULT now()
+    update_time   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    edit_time     TIMESTAMPTZ,
+    deleted       INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1))
 );
 -- History pages: newest first within a room, and cursors on id.
 CREATE INDEX chat_history_by_room ON chat_history (chatroom_id, id);
 -- Idempotent sends: one stored message per (sender, client message id).
 CREATE UNIQUE INDEX chat_history_client_msg
     ON chat_history (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
+-- Search: a trigram index of live text messages, for ILIKE '%...%' (pg_trgm ships with PostgreSQL).
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE INDEX chat_history_search ON chat_history USING gin (content gin_trgm_ops) WHERE type = 0 AND deleted = 0;
 
 CREATE TABLE friendship (
     user_id   BIGINT NOT NULL REFERENCES "user" (id),
@@ -87,6 +92,8 @@ CREATE TABLE favorite (
 );
 -- A user's favorites newest first, without sorting.
 CREATE INDEX favorite_by_user ON favorite (user_id, id);
+-- Deleting a message drops the favorites of it.
+CREATE INDEX favorite_by_message ON favorite (chat_history_id);
 
 CREATE TABLE captcha (
     purpose    TEXT NOT NULL,  -- register | update_password | update_user

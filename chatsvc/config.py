@@ -66,6 +66,8 @@ class Config:
     ping_interval: int = 25
     ping_timeout: int = 20
     recovery_limit: int = 500
+    # Seconds after sending during which a message may be edited (0 = no limit).
+    edit_window: int = 86400
     # Bound of each socket's outgoing queue (chatsvc/realtime/engine.py SendQueue): past it the socket is cut off.
     socket_queue_packets: int = 10_000
     socket_queue_bytes: int = 16 * 1024 * 1024
@@ -294,6 +296,7 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_RATE_BURST": ("rate_burst", _int(minimum=1)),
     "CHATSVC_MAX_CONNECTIONS_PER_USER": ("max_connections_per_user", _int(minimum=1)),
     "CHATSVC_RECOVERY_LIMIT": ("recovery_limit", _int(minimum=0)),
+    "CHATSVC_EDIT_WINDOW": ("edit_window", _int(minimum=0)),
     # Browsers wait pingInterval + pingTimeout with setTimeout, which fires at once past 2**31 ms (24.8 days).
     "CHATSVC_PING_INTERVAL": ("ping_interval", _int(minimum=1, maximum=MAX_PING_SECONDS)),
     "CHATSVC_PING_TIMEOUT": ("ping_timeout", _int(minimum=1, maximum=MAX_PING_SECONDS)),

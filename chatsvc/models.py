@@ -319,6 +319,52 @@ def _send_message_model(max_length: int) -> type[Struct]:
     )
 
 
+# Edit and delete (issue 15).
+def _edit_message_model(max_length: int) -> type[Struct]:
+    return msgspec.defstruct(
+        "EditMessage",
+        [("messageId", Id), ("content", message_content(max_length)), ("userId", Id | None, None)],
+        bases=(_Request,),
+        kw_only=True,
+        module=__name__,
+    )
+
+
+class DeleteMessage(_Request, kw_only=True):
+    messageId: Id
+    userId: Id | None = None
+
+
+def _sidecar_edit_model(max_length: int) -> type[Struct]:
+    return msgspec.defstruct(
+        "SidecarEditBody",
+        [("content", message_content(max_length)), ("username", Username)],
+        bases=(_Request,),
+        kw_only=True,
+        module=__name__,
+    )
+
+
+class SidecarMessagePath(_Request, kw_only=True):
+    messageId: Annotated[Id, Meta(description="the message id")]
+
+
+class SidecarDeleteQuery(_Request, kw_only=True):
+    username: Annotated[Username, Meta(description="who deletes; absent: the service, any message")] | None = None
+
+
+SEARCH_MIN, SEARCH_MAX, SEARCH_DEFAULT_LIMIT, SEARCH_MAX_LIMIT = 2, 200, 20, 100
+
+
+class SearchQuery(_Request, kw_only=True):
+    q: Annotated[str, Meta(min_length=SEARCH_MIN, max_length=SEARCH_MAX, description="the text to find, literally")]
+    chatroomId: Annotated[Id, Meta(description="only this room")] | None = None
+    beforeId: Annotated[Id, Meta(description="messages older than this id")] | None = None
+    limit: Annotated[int, Meta(ge=1, le=SEARCH_MAX_LIMIT, description="at most this many (default 20)")] | None = None
+
+
+edit_message_model = cache(_edit_message_model)
+sidecar_edit_model = cache(_sidecar_edit_model)
 send_message_model = cache(_send_message_model)
 sidecar_message_model = cache(_sidecar_message_model)
 history_query_model = cache(_history_query_model)
@@ -386,7 +432,25 @@ class Message(_Response, kw_only=True):
     clientMsgId: str | None
     createTime: Time
     updateTime: Time
+    editedAt: Annotated[Time | None, Meta(description="when the content was last edited; null if never")]
     sender: PublicUser
+
+
+class DeletedMessage(_Response, kw_only=True):
+    id: int
+    chatroomId: int
+    senderId: int
+    createTime: Time
+    sender: PublicUser
+    deleted: Literal[True]
+    content: Literal[""]
+    type: Annotated[Literal[0, 1, 2], Meta(description="0 text, 1 image, 2 file")]
+
+
+class DeletedAck(_Response, kw_only=True):
+    id: int
+    chatroomId: int
+    deleted: Literal[True]
 
 
 class RoomSummary(_Response, kw_only=True):
@@ -508,6 +572,8 @@ RESPONSE_MODELS: tuple[type[Struct], ...] = (
     PublicUser,
     Friend,
     Message,
+    DeletedMessage,
+    DeletedAck,
     RoomSummary,
     Room,
     FriendRequest,

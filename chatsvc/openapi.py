@@ -373,7 +373,7 @@ def _history(history_max_limit: int) -> dict[str, Schema]:
             "get": _user_route(
                 "Messages of a room the caller is in, in ascending id order: the newest page, or one beside a cursor",
                 200,
-                _array(_ref("Message")),
+                _array(HISTORY_OR_DELETED),
                 params=_params(models.history_query_model(history_max_limit)),
                 errors=(400, 403),
                 tag="history",
@@ -509,6 +509,45 @@ SIDECAR: dict[str, Schema] = {
         )
     },
 }
+
+# --- edit, delete and search (issue 15: chatsvc/http/history.py, chatsvc/http/sidecar.py) ---
+HISTORY_OR_DELETED: Schema = {"oneOf": [_ref("Message"), _ref("DeletedMessage")]}
+SIDECAR_MESSAGE_ID = _params(models.SidecarMessagePath, "path")
+
+
+def _edit_delete_search(message_max_length: int) -> tuple[dict[str, Schema], dict[str, Schema]]:
+    """The search route and the sidecar's edit and delete routes, and the edit body's component."""
+    edit_body = models.sidecar_edit_model(message_max_length)
+    _, schemas = models.schema_components(edit_body)
+    paths: dict[str, Schema] = {
+        "/chat-history/search": {
+            "get": _user_route(
+                "Live text messages containing q (any case, literally), newest first, from the caller's rooms",
+                200,
+                _array(_ref("Message")),
+                params=_params(models.SearchQuery),
+                errors=(400, 403),
+                tag="history",
+            )
+        },
+        "/sidecar/v1/messages/{messageId}": {
+            "patch": _sidecar_route(
+                "Edit a text message on behalf of its sender (the rules of editMessage); the updated message",
+                {200: _ref("Message")},
+                params=SIDECAR_MESSAGE_ID,
+                body=_model(edit_body),
+                errors=(400, 403, 404, 503),
+            ),
+            "delete": _sidecar_route(
+                "Delete a message on behalf of its sender (username), or any message as the service",
+                {200: _model(models.DeletedAck)},
+                params=[*SIDECAR_MESSAGE_ID, *_params(models.SidecarDeleteQuery)],
+                errors=(400, 403, 404, 503),
+            ),
+        },
+    }
+    return paths, schemas
+
 
 # --- files (chatsvc/http/files.py) ---
 BINARY: Schema = {"type": "string", "format": "binary"}
@@ -655,6 +694,8 @@ def openapi_spec(config: Config | None = None) -> dict[str, Any]:
 @cache
 def _spec(message_max_length: int, history_max_limit: int) -> dict[str, Any]:
     _, schemas = models.schema_components(*MODELS, models.sidecar_message_model(message_max_length))
+    edit_paths, edit_schemas = _edit_delete_search(message_max_length)
+    schemas = {**schemas, **edit_schemas}
     return {
         "openapi": "3.0.3",
         "info": {
@@ -676,6 +717,7 @@ def _spec(message_max_length: int, history_max_limit: int) -> dict[str, Any]:
             **FAVORITES,
             **FILES,
             **SIDECAR,
+            **edit_paths,
             **OPERATIONS,
         },
         "components": {

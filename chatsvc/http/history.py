@@ -9,9 +9,9 @@ from aiohttp import web
 from chatsvc.errors import Forbidden
 from chatsvc.http.middleware import caller
 from chatsvc.jsonutil import json_response
-from chatsvc.models import history_query_model, validate_params
+from chatsvc.models import SEARCH_DEFAULT_LIMIT, SearchQuery, history_query_model, validate_params
 from chatsvc.state import STATE
-from chatsvc.store.messages import list_history
+from chatsvc.store.messages import list_history, search_messages
 from chatsvc.store.rooms import is_member
 
 routes = web.RouteTableDef()
@@ -28,5 +28,24 @@ async def list_chat_history(request: web.Request) -> web.Response:
         raise Forbidden("You are not a member of this chatroom")
     messages = await list_history(
         reader, room_id, limit=limit or config.history_default_limit, before_id=before_id, after_id=after_id
+    )
+    return json_response(messages)
+
+
+@routes.get("/chat-history/search")
+async def search_chat_history(request: web.Request) -> web.Response:
+    """Messages containing ``q`` (any case, literally), newest first, from the caller's rooms or one of them."""
+    query = validate_params(SearchQuery, request.query)
+    reader = request.app[STATE].db.reader
+    user_id = caller(request).id
+    if query.chatroomId is not None and not await is_member(reader, user_id, query.chatroomId):
+        raise Forbidden("You are not a member of this chatroom")
+    messages = await search_messages(
+        reader,
+        user_id,
+        query.q,
+        limit=query.limit or SEARCH_DEFAULT_LIMIT,
+        chatroom_id=query.chatroomId,
+        before_id=query.beforeId,
     )
     return json_response(messages)

@@ -21,6 +21,7 @@ from chatsvc import admin, models
 from chatsvc.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from chatsvc.http.middleware import Handler, public
 from chatsvc.jsonutil import json_response
+from chatsvc.message_changes import change_delete, change_edit
 from chatsvc.models import validate, validate_field, validate_params
 from chatsvc.state import STATE, AppState
 from chatsvc.store.messages import MESSAGE_TYPES
@@ -166,3 +167,29 @@ async def post_message(request: web.Request) -> web.Response:
             raise Forbidden("That user is not a member of this chatroom")
     stored, new = await state.writer.submit(Draft(room_id, sender_id, kind, content, client_msg_id))
     return json_response(stored, status=201 if new else 200)
+
+
+def _message_id(request: web.Request) -> int:
+    return validate_params(models.SidecarMessagePath, request.match_info).messageId
+
+
+@routes.patch(PREFIX + "/messages/{messageId}")
+@api_key_required
+async def edit_message(request: web.Request) -> web.Response:
+    """Edit a text message on behalf of its sender, under the rules of ``editMessage``."""
+    state = request.app[STATE]
+    message_id = _message_id(request)
+    body: Any = validate(models.sidecar_edit_model(state.config.message_max_length), await json_body(request))
+    user_id = (await admin.users_by_username(state.db, [body.username]))[body.username]["id"]
+    return json_response(await change_edit(state, user_id, message_id, body.content))
+
+
+@routes.delete(PREFIX + "/messages/{messageId}")
+@api_key_required
+async def delete_message(request: web.Request) -> web.Response:
+    """Delete a message on behalf of its sender (``?username=``), or any message as the service (no username)."""
+    state = request.app[STATE]
+    message_id = _message_id(request)
+    username = validate_params(models.SidecarDeleteQuery, request.query).username
+    user_id = None if username is None else (await admin.users_by_username(state.db, [username]))[username]["id"]
+    return json_response(await change_delete(state, user_id, message_id))

@@ -25,7 +25,8 @@ from chatsvc.errors import BadRequest, ChatError, Forbidden, TooManyRequests, Un
 from chatsvc.fanout import MESSAGE_EVENT, message_event, room_name, user_room
 from chatsvc.logs import log_socket_event
 from chatsvc.membership import join_notice
-from chatsvc.models import JoinRoom, LeaveRoom, send_message_model, validate
+from chatsvc.message_changes import change_delete, change_edit
+from chatsvc.models import DeleteMessage, JoinRoom, LeaveRoom, edit_message_model, send_message_model, validate
 from chatsvc.realtime.server import TRANSPORT_FLUSH_SECONDS, ChatSocketServer, ack_requested
 from chatsvc.state import AppState
 from chatsvc.store.messages import MESSAGE_TYPES, list_history
@@ -212,6 +213,14 @@ class ChatNamespace(socketio.AsyncNamespace):
         """Stop receiving a room's messages."""
         return await self._answer(sid, self._leave_room(sid, data))
 
+    async def on_editMessage(self, sid: str, data: Any = None) -> Any:
+        """Edit one's own text message; the room hears ``messageUpdated``."""
+        return await self._answer(sid, self._edit_message(sid, data))
+
+    async def on_deleteMessage(self, sid: str, data: Any = None) -> Any:
+        """Delete one's own message; the room hears ``messageDeleted``."""
+        return await self._answer(sid, self._delete_message(sid, data))
+
     async def _answer(self, sid: str, work: Any) -> Any:
         """Run an event; a failure goes to the ack if there is one, else as ``exception``."""
         try:
@@ -309,3 +318,20 @@ class ChatNamespace(socketio.AsyncNamespace):
         await self._require_member(user_id, chatroom_id)
         stored, _ = await self.state.writer.submit(Draft(chatroom_id, user_id, kind, content, client_msg_id))
         return stored
+
+    async def _edit_message(self, sid: str, data: Any) -> dict[str, Any]:
+        session = self._session(sid)
+        edit: Any = validate(edit_message_model(self.state.config.message_max_length), data)
+        user_id = self._acting_user(sid, edit.userId, "userId")
+        if not session.bucket.take():
+            raise TooManyRequests("Editing too fast: slow down")
+        # Membership, sender and window are checked with the change, in its transaction (chatsvc/message_changes.py).
+        return await change_edit(self.state, user_id, edit.messageId, edit.content)
+
+    async def _delete_message(self, sid: str, data: Any) -> dict[str, Any]:
+        session = self._session(sid)
+        delete = validate(DeleteMessage, data)
+        user_id = self._acting_user(sid, delete.userId, "userId")
+        if not session.bucket.take():
+            raise TooManyRequests("Deleting too fast: slow down")
+        return await change_delete(self.state, user_id, delete.messageId)

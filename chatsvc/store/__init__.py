@@ -40,6 +40,9 @@ class Dialect(Protocol):
     def list_value(self, values: Iterable[Any]) -> Any:
         """The parameter value for a list placeholder of :meth:`in_list`."""
 
+    def search(self, text: str) -> tuple[str, str, str, dict[str, Any]]:
+        """Messages whose content holds ``text`` in any case: FROM clause (with ``h``), condition, order key, params."""
+
 
 class Connection(Protocol):
     """A connection of either engine, as the store uses it; errors of lost storage raise StorageUnavailable."""

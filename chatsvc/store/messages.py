@@ -27,6 +27,7 @@ MESSAGE_WITH_SENDER = f"""
     h.id, h.content, h.type, h.chatroom_id AS "chatroomId", h.sender_id AS "senderId",
     {_from_system("h.sender_id")} AS system,
     h.client_msg_id AS "clientMsgId", h.create_time AS "createTime", h.update_time AS "updateTime",
+    h.edit_time AS "editedAt", h.deleted,
     u.username AS s_username, u.nick_name AS "s_nickName", u.head_pic AS "s_headPic", u.create_time AS "s_createTime"
 """
 
@@ -38,7 +39,21 @@ def nest_sender(row: dict[str, Any]) -> dict[str, Any]:
     for key in ("username", "nickName", "headPic", "createTime"):
         sender[key] = row.pop("s_" + key)
     row["sender"] = sender
+    if row.pop("deleted"):
+        return deleted_shape(row)
     return row
+
+
+# What a deleted message keeps (docs/protocol.md): its place, so ids, cursors and recovery stay gap-free.
+DELETED_KEYS = ("id", "chatroomId", "senderId", "createTime", "sender", "type")
+
+
+def deleted_shape(row: dict[str, Any]) -> dict[str, Any]:
+    """A deleted message as history shows it: its place, ``deleted: true`` and no content."""
+    shaped = {key: row[key] for key in DELETED_KEYS}
+    shaped["deleted"] = True
+    shaped["content"] = ""
+    return shaped
 
 
 async def insert_message(
@@ -132,7 +147,8 @@ async def insert_messages(conn: Connection, drafts: list[tuple[Any, ...]]) -> li
         ON CONFLICT (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL DO NOTHING
         RETURNING id, content, type, chatroom_id AS "chatroomId", sender_id AS "senderId",
                   {_from_system("sender_id")} AS system,
-                  client_msg_id AS "clientMsgId", create_time AS "createTime", update_time AS "updateTime"
+                  client_msg_id AS "clientMsgId", create_time AS "createTime", update_time AS "updateTime",
+                  edit_time AS "editedAt"
         """,
         [value for draft in drafts for value in draft],
     )
@@ -160,3 +176,82 @@ async def find_messages_by_client_ids(
         [value for key in keys for value in key],
     )
     return {(row["senderId"], row["clientMsgId"]): nest_sender(row) for row in rows}
+
+
+# -- edit and delete (issue 15) ------------------------------------------------------------------------------
+
+
+async def find_message_to_change(conn: Connection, message_id: int, edit_window: int) -> dict[str, Any] | None:
+    """What deciding on an edit or delete needs: room, sender, type, deleted, and whether within ``edit_window``.
+
+    ``edit_window`` in seconds; 0 means no limit.
+    """
+    dialect = conn.dialect
+    return await fetch_one(
+        conn,
+        f"""
+        SELECT chatroom_id AS "chatroomId", sender_id AS "senderId", type, deleted,
+               (:window = 0 OR create_time >= {dialect.seconds_from_now(":ago")}) AS editable
+        FROM chat_history WHERE id = :id
+        """,
+        {"id": message_id, "window": edit_window, "ago": -edit_window},
+    )
+
+
+async def edit_message(conn: Connection, message_id: int, content: str) -> None:
+    """Replace a live message's content and stamp ``edit_time``; inside a write transaction."""
+    now = conn.dialect.now
+    await conn.execute(
+        f"UPDATE chat_history SET content = ?, edit_time = {now}, update_time = {now} WHERE id = ? AND deleted = 0",
+        (content, message_id),
+    )
+
+
+async def delete_message(conn: Connection, message_id: int) -> None:
+    """Erase a message's content and mark it deleted, and drop every favorite of it; inside a write transaction."""
+    await conn.execute("DELETE FROM favorite WHERE chat_history_id = ?", (message_id,))
+    await conn.execute(
+        f"UPDATE chat_history SET content = '', deleted = 1, update_time = {conn.dialect.now} WHERE id = ?",
+        (message_id,),
+    )
+
+
+# -- search ------------------------------------------------------------------------------------------------
+
+
+async def search_messages(
+    conn: Connection,
+    user_id: int,
+    text: str,
+    *,
+    limit: int,
+    chatroom_id: int | None = None,
+    before_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """Live text messages containing ``text`` (any case), newest first, from rooms the user is a member of.
+
+    How the text is matched is the engine's (``conn.dialect.search``): an FTS5
+    trigram index on SQLite, a pg_trgm index on PostgreSQL; ``text`` is always
+    a bound parameter and matched literally.
+    """
+    source, match, order, params = conn.dialect.search(text)
+    conditions = [
+        match,
+        "h.type = 0",
+        "h.deleted = 0",
+        "h.chatroom_id IN (SELECT chatroom_id FROM user_chatroom WHERE user_id = :user)",
+    ]
+    if chatroom_id is not None:
+        conditions.append("h.chatroom_id = :room")
+    if before_id is not None:
+        conditions.append("h.id < :before")
+    rows = await fetch_all(
+        conn,
+        f"""
+        SELECT {MESSAGE_WITH_SENDER} FROM {source} JOIN "user" AS u ON u.id = h.sender_id
+        WHERE {" AND ".join(conditions)}
+        ORDER BY {order} DESC LIMIT :limit
+        """,
+        {**params, "user": user_id, "room": chatroom_id, "before": before_id, "limit": limit},
+    )
+    return [nest_sender(row) for row in rows]

@@ -68,6 +68,11 @@ class PostgresDialect:
         """A list, which asyncpg sends as an array."""
         return list(values)
 
+    def search(self, text: str) -> tuple[str, str, str, dict[str, Any]]:
+        """ILIKE over the pg_trgm index, with ``%``, ``_`` and ``\\`` in the text escaped."""
+        escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return "chat_history AS h", "h.content ILIKE :pattern ESCAPE '\\'", "h.id", {"pattern": f"%{escaped}%"}
+
 
 DIALECT = PostgresDialect()
 

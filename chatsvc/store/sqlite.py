@@ -46,6 +46,25 @@ class SqliteDialect:
         """A list as the JSON text json_each reads."""
         return orjson.dumps(list(values)).decode()
 
+    def search(self, text: str) -> tuple[str, str, str, dict[str, Any]]:
+        """The FTS5 trigram index for three characters or more; a scan of the rooms for fewer.
+
+        The text goes in as one FTS5 string (double quotes doubled), so no
+        character of it is query syntax. The trigram tokenizer matches nothing
+        shorter than three characters: a two-character query (a CJK word)
+        scans the rooms newest first instead (docs/performance.md).
+        """
+        if len(text) >= 3:
+            phrase = '"' + text.replace('"', '""') + '"'
+            return (
+                "chat_search AS s JOIN chat_history AS h ON h.id = s.rowid",
+                "s.chat_search MATCH :phrase",
+                "s.rowid",
+                {"phrase": phrase},
+            )
+        # lower() folds ASCII only on SQLite, as the query's lower() below.
+        return "chat_history AS h", "instr(lower(h.content), lower(:part)) > 0", "h.id", {"part": text}
+
 
 DIALECT = SqliteDialect()
 

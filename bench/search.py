@@ -1,0 +1,146 @@
+"""Search over a large history (issue 15): p50 and p95 of /chat-history/search's query, one room and all rooms.
+
+    .venv/bin/python -m bench.search --messages 1000000
+
+Seeds a throwaway SQLite database made by chatsvc's own schema (so the FTS5
+index is filled by its triggers, as in production), then times the store's
+``search_messages`` on the server's read connection: a word in one room, a
+word across the caller's rooms, and the same for two-character CJK words
+(the fallback path). Every message has three words from a vocabulary of
+Latin words and two-character CJK words; messages go round-robin to the
+rooms, of which the caller is a member of a quarter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from chatsvc.db import SqliteDatabase
+from chatsvc.store.messages import search_messages
+
+BATCH = 200_000
+
+
+def _vocabulary(rng: random.Random, latin: int, cjk: int) -> list[str]:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = {"".join(rng.choice(letters) for _ in range(rng.randint(4, 9))) for _ in range(latin)}
+    hanzi = {chr(rng.randint(0x4E00, 0x4FFF)) + chr(rng.randint(0x4E00, 0x4FFF)) for _ in range(cjk)}
+    return sorted(words) + sorted(hanzi)
+
+
+def seed(path: Path, messages: int, rooms: int, vocabulary: list[str]) -> None:
+    """Users 1 and 2, ``rooms`` rooms (user 1 in every fourth), and ``messages`` messages through the triggers."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("PRAGMA cache_size = -262144")
+    conn.execute("BEGIN")
+    for n in (1, 2):
+        conn.execute(
+            "INSERT INTO user (id, username, password_hash, nick_name, email) VALUES (?, ?, 'x', ?, '')",
+            (n, f"search{n}", f"Search {n}"),
+        )
+    conn.executemany(
+        "INSERT INTO chatroom (id, name, type) VALUES (?, ?, 1)", [(r, f"r{r}") for r in range(1, rooms + 1)]
+    )
+    members = [(2, r) for r in range(1, rooms + 1)] + [(1, r) for r in range(1, rooms + 1, 4)]
+    conn.executemany("INSERT INTO user_chatroom (user_id, chatroom_id) VALUES (?, ?)", members)
+    conn.execute("CREATE TEMP TABLE vocab (i INTEGER PRIMARY KEY, w TEXT NOT NULL)")
+    conn.executemany("INSERT INTO vocab (i, w) VALUES (?, ?)", list(enumerate(vocabulary)))
+    conn.execute("COMMIT")
+    size = len(vocabulary)
+    started = time.monotonic()
+    done = 0
+    while done < messages:
+        count = min(BATCH, messages - done)
+        conn.execute("BEGIN")
+        # Three words per message and the room, spread by multiplying with primes: every word about equally
+        # often, in every room.
+        conn.execute(
+            """
+            WITH RECURSIVE seq(n) AS (SELECT :first UNION ALL SELECT n + 1 FROM seq WHERE n < :last)
+            INSERT INTO chat_history (content, type, chatroom_id, sender_id)
+            SELECT a.w || ' ' || b.w || ' ' || c.w, 0, (n * 2654435761) % 4294967291 % :rooms + 1, n % 2 + 1
+            FROM seq
+            JOIN vocab AS a ON a.i = (n * 7919) % :size
+            JOIN vocab AS b ON b.i = (n * 104729 + 17) % :size
+            JOIN vocab AS c ON c.i = (n * 1299709 + 31) % :size
+            """,
+            {"first": done, "last": done + count - 1, "rooms": rooms, "size": size},
+        )
+        conn.execute("COMMIT")
+        done += count
+        print(f"  seeded {done:,}/{messages:,} messages ({time.monotonic() - started:.0f} s)", flush=True)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+async def measure(path: Path, words: list[str], rooms: list[int], runs: int) -> dict[str, tuple[float, float, int]]:
+    """Per case: p50 and p95 in ms, and the mean number of results."""
+    db = SqliteDatabase(path)
+    await db.open()
+    try:
+        rng = random.Random(7)
+        cases = {
+            "latin, one room": ([w for w in words if w.isascii()], True),
+            "latin, all 50 rooms": ([w for w in words if w.isascii()], False),
+            "cjk 2 chars, one room": ([w for w in words if not w.isascii()], True),
+            "cjk 2 chars, all 50 rooms": ([w for w in words if not w.isascii()], False),
+        }
+        results = {}
+        for name, (pool, one_room) in cases.items():
+            times, found = [], 0
+            for _ in range(runs):
+                word = rng.choice(pool)
+                room = rng.choice(rooms) if one_room else None
+                started = time.perf_counter()
+                rows = await search_messages(db.reader, 1, word, limit=20, chatroom_id=room)
+                times.append((time.perf_counter() - started) * 1000)
+                found += len(rows)
+            times.sort()
+            results[name] = (statistics.median(times), times[max(int(len(times) * 0.95) - 1, 0)], found // runs)
+            print(f"  {name}: p50 {results[name][0]:.2f} ms", flush=True)
+        return results
+    finally:
+        await db.close()
+
+
+def main() -> None:
+    """Seed, measure, print a table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--rooms", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--keep", type=Path, help="use (and keep) this database file; seeded only if missing")
+    args = parser.parse_args()
+    rng = random.Random(15)
+    vocabulary = _vocabulary(rng, 5000, 500)
+    with tempfile.TemporaryDirectory() as folder:
+        path = args.keep or Path(folder) / "search.db"
+        fresh = not path.exists()
+        asyncio.run(_create(path))
+        if fresh:
+            started = time.monotonic()
+            seed(path, args.messages, args.rooms, vocabulary)
+            print(f"seeded in {time.monotonic() - started:.0f} s; {path.stat().st_size / 2**30:.2f} GiB")
+        rooms = list(range(1, args.rooms + 1, 4))
+        results = asyncio.run(measure(path, vocabulary, rooms, args.runs))
+    print(f"{'case':28} {'p50 ms':>8} {'p95 ms':>8} {'results':>8}")
+    for name, (p50, p95, found) in results.items():
+        print(f"{name:28} {p50:8.2f} {p95:8.2f} {found:8}")
+
+
+async def _create(path: Path) -> None:
+    db = SqliteDatabase(path)
+    await db.open()
+    await db.close()
+
+
+if __name__ == "__main__":
+    main()
