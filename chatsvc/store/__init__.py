@@ -40,6 +40,13 @@ class Dialect(Protocol):
     def list_value(self, values: Iterable[Any]) -> Any:
         """The parameter value for a list placeholder of :meth:`in_list`."""
 
+    # Appended to a SELECT that claims rows, so that concurrent claimers pass over each other's rows
+    # (PostgreSQL); empty where one writer at a time is all there is (SQLite).
+    skip_locked: str
+
+    def fraction_from_now(self, param: str) -> str:
+        """The time ``param`` (a placeholder holding seconds, possibly fractional) from now."""
+
 
 class Connection(Protocol):
     """A connection of either engine, as the store uses it; errors of lost storage raise StorageUnavailable."""

@@ -68,6 +68,12 @@ class PostgresDialect:
         """A list, which asyncpg sends as an array."""
         return list(values)
 
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def fraction_from_now(self, param: str) -> str:
+        """The time ``param`` seconds from now, fractions kept (seconds_from_now rounds to whole seconds)."""
+        return f"(now() + CAST({param} AS double precision) * interval '1 second')"
+
 
 DIALECT = PostgresDialect()
 

@@ -46,6 +46,13 @@ class SqliteDialect:
         """A list as the JSON text json_each reads."""
         return orjson.dumps(list(values)).decode()
 
+    # The write lock makes a claiming UPDATE exclusive already.
+    skip_locked = ""
+
+    def fraction_from_now(self, param: str) -> str:
+        """The time ``param`` seconds from now; SQLite's modifier takes fractions as they are."""
+        return self.seconds_from_now(param)
+
 
 DIALECT = SqliteDialect()
 
