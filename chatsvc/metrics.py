@@ -150,6 +150,11 @@ class _StateCollector(Collector):
                 "Webhook attempts that failed and were scheduled again (error answer, timeout, no connection)",
                 webhooks.attempts_failed,
             )
+            yield CounterMetricFamily(
+                "chatsvc_webhook_unneeded",
+                "Webhook deliveries settled without a call: every member but the sender was online in the room",
+                webhooks.unneeded,
+            )
 
 
 METRICS = web.AppKey("chatsvc_metrics", Metrics)

@@ -57,6 +57,10 @@ SIGNATURE_HEADER = "X-Chatsvc-Signature"
 CLAIM_BATCH = 64
 # How often the sender looks for due retries and for rows other instances delivered, when not woken sooner.
 POLL_SECONDS = 1.0
+# What became of one attempt.
+SENT, UNNEEDED, FAILED, RETRY = "sent", "unneeded", "failed", "retry"
+# A claim lasts the attempt's timeout plus this: long enough to record the outcome, short after a crash.
+LEASE_MARGIN_SECONDS = 5.0
 # Messages whose online members are remembered; older ones have long been sent.
 ONLINE_LOG_SIZE = 100_000
 # A message is sent at the latest this long after it was stored, even if an instance never reported it.
@@ -249,11 +253,14 @@ class WebhookSender:
         self._online = online
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._next_retry = POLL_SECONDS
         # Read by chatsvc/metrics.py when scraped.
         self.pending = 0
         self.sent = 0
         self.failed = 0
         self.attempts_failed = 0
+        # Deliveries with no one to tell: every member but the sender was online (or the message is gone).
+        self.unneeded = 0
 
     async def start(self) -> None:
         """Start sending (after the database is open): messages stored before now count as delivered."""
@@ -276,6 +283,8 @@ class WebhookSender:
 
     async def _run(self) -> None:
         while True:
+            # The soonest retry this instance scheduled, if sooner than the next poll.
+            self._next_retry = POLL_SECONDS
             try:
                 claimed = await self._round()
             except asyncio.CancelledError:
@@ -286,12 +295,12 @@ class WebhookSender:
             if claimed < CLAIM_BATCH:
                 self._online.delivered.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._online.delivered.wait(), POLL_SECONDS)
+                    await asyncio.wait_for(self._online.delivered.wait(), self._next_retry)
 
     async def _round(self) -> int:
         """Claim and send one round of due deliveries; how many were claimed."""
         # The lease outlasts the attempt, so no other instance sends the same row meanwhile.
-        lease = self._timeout + 30.0
+        lease = self._timeout + LEASE_MARGIN_SECONDS
         up_to = await self._online.settled_up_to()
         rows = await self._db.write_statement(
             lambda conn: claim_deliveries(
@@ -308,17 +317,21 @@ class WebhookSender:
                     for i, row in zip(ids, rows, strict=True)
                 )
             )
-            done = [int(row["messageId"]) for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
+            done = [i for i, outcome in zip(ids, outcomes, strict=True) if outcome != RETRY]
             await self._db.write_statement(lambda conn: finish_deliveries(conn, done))
             self._online.forget(done)
+            # Counted once settled in the database, so a reader of the metrics finds the outbox agreeing.
+            self.sent += outcomes.count(SENT)
+            self.failed += outcomes.count(FAILED)
+            self.unneeded += outcomes.count(UNNEEDED)
         self.pending = await count_pending(self._db.reader)
         return len(rows)
 
-    async def _attempt(self, row: dict[str, Any], message: dict[str, Any] | None, online: frozenset[int]) -> str | None:
-        """Send one delivery; None when it is settled (sent, nobody to send to, or given up)."""
+    async def _attempt(self, row: dict[str, Any], message: dict[str, Any] | None, online: frozenset[int]) -> str:
+        """Send one delivery; the outcome (SENT, UNNEEDED, FAILED; RETRY once it is rescheduled)."""
         message_id = int(row["messageId"])
         if message is None:
-            return None
+            return UNNEEDED
         if row["recipientIds"] is not None:
             recipients = list(orjson.loads(row["recipientIds"]))
         else:
@@ -326,27 +339,26 @@ class WebhookSender:
             recipients = [uid for uid in members if uid != message["senderId"] and uid not in online]
         message.pop("members", None)
         if not recipients:
-            return None
+            return UNNEEDED
         body = orjson.dumps(
             {"type": EVENT_TYPE, "id": delivery_id(message_id), "message": message, "recipientIds": recipients}
         )
         error = await self._post(body)
         if error is None:
-            self.sent += 1
-            return None
+            return SENT
         attempts = int(row["attempts"]) + 1
         age = time.time() - _unix_time(row["createTime"])
         delay = min(self._backoff * 2 ** (attempts - 1), self._backoff_max)
         if age + delay > self._window:
-            self.failed += 1
             log.error("webhook for message %d given up after %d attempts: %s", message_id, attempts, error)
-            return None
+            return FAILED
         self.attempts_failed += 1
+        self._next_retry = min(self._next_retry, delay)
         log.warning("webhook for message %d failed (%s); attempt %d in %.1fs", message_id, error, attempts + 1, delay)
         await self._db.write_statement(
             lambda conn: postpone_delivery(conn, message_id, delay=delay, recipient_ids=recipients)
         )
-        return error
+        return RETRY
 
     async def _post(self, body: bytes) -> str | None:
         """POST a signed body; None on a 2xx answer, else what went wrong."""
