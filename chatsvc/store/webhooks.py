@@ -101,7 +101,8 @@ async def postpone_delivery(conn: Connection, message_id: int, *, delay: float, 
 
 async def count_pending(conn: Connection) -> int:
     """Deliveries not yet made nor given up."""
-    return int(await fetch_value(conn, "SELECT count(*) FROM webhook_outbox"))
+    # Every id is positive: the condition lets both engines count from the primary key index.
+    return int(await fetch_value(conn, "SELECT count(*) FROM webhook_outbox WHERE message_id > 0"))
 
 
 async def newest_message_id(conn: Connection) -> int:
