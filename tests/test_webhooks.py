@@ -7,9 +7,8 @@ answers as the test scripts it (500, no answer, 200), and records each call.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +26,7 @@ from chatsvc.app import create_app
 from chatsvc.config import Config
 from chatsvc.state import STATE
 from chatsvc.testing import ChatsvcServer, run_chatsvc
-from chatsvc.webhooks import WebhookSender
+from chatsvc.webhooks import WebhookSender, sign
 from tests.conftest import make_config
 from tests.helpers import Api, SocketClient, User, connect_socket, send_payload, until
 from tests.process import ChatsvcProcess, free_port
@@ -37,6 +36,7 @@ pytestmark = pytest.mark.both_engines
 
 SECRET = "webhook-secret-for-tests-0123456789abcdef"
 DEADLINE = 15.0
+SIDECAR_DOCS = Path(__file__).resolve().parent.parent / "docs" / "sidecar.md"
 
 
 @dataclass
@@ -83,17 +83,33 @@ class Receiver:
         return found
 
 
-def verify(header: str, body: bytes, tolerance: int = 300) -> int | None:
-    """The receiver's check from docs/sidecar.md: the timestamp if the signature is right and recent, else None."""
-    try:
-        parts = dict(item.split("=", 1) for item in header.split(","))
-        timestamp = int(parts["t"])
-    except (ValueError, KeyError):
+def documented_check() -> Callable[[str, str, bytes], bool]:
+    """``verify_signature`` from docs/sidecar.md, as a host would copy it."""
+    blocks = re.findall(r"```python\n(.*?)```", SIDECAR_DOCS.read_text(encoding="utf-8"), flags=re.S)
+    example = next(block for block in blocks if "def verify_signature" in block)
+    namespace: dict[str, Any] = {}
+    exec(compile(example, str(SIDECAR_DOCS), "exec"), namespace)
+    return namespace["verify_signature"]  # type: ignore[no-any-return]
+
+
+VERIFY_SIGNATURE = documented_check()
+
+
+def verify(header: str, body: bytes) -> int | None:
+    """The timestamp of a call that passes the documented check, else None."""
+    if not VERIFY_SIGNATURE(SECRET, header, body):
         return None
-    expected = hmac.new(SECRET.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, parts.get("v1", "")) or abs(time.time() - timestamp) > tolerance:
-        return None
-    return timestamp
+    return int(dict(item.split("=", 1) for item in header.split(","))["t"])
+
+
+def test_documented_check_refuses_a_wrong_secret_a_changed_body_and_an_old_timestamp() -> None:
+    body = b'{"type":"message.unseen"}'
+    now = int(time.time())
+    assert VERIFY_SIGNATURE(SECRET, sign(SECRET, now, body), body)
+    assert not VERIFY_SIGNATURE(SECRET, sign("another-secret-of-at-least-32-bytes!", now, body), body)
+    assert not VERIFY_SIGNATURE(SECRET, sign(SECRET, now, body), body + b" ")
+    assert not VERIFY_SIGNATURE(SECRET, sign(SECRET, now - 3600, body), body)
+    assert not VERIFY_SIGNATURE(SECRET, "v1=deadbeef", body)
 
 
 @pytest.fixture
