@@ -25,30 +25,38 @@ async def enqueue_deliveries(conn: Connection, message_ids: list[int]) -> None:
 
 
 async def claim_deliveries(
-    conn: Connection, *, limit: int, lease_seconds: float, up_to_id: int, stale_seconds: float
+    conn: Connection, *, limit: int, lease_seconds: float | None, up_to_id: int, stale_seconds: float
 ) -> list[dict[str, Any]]:
-    """Lease up to ``limit`` due deliveries to this instance, soonest first; the claimed rows.
+    """Up to ``limit`` due deliveries, soonest first, leased to this instance unless ``lease_seconds`` is None.
 
     A row is due when its next attempt time has come, no other instance holds
     a live lease on it, and its message is at most ``up_to_id`` (delivered on
     every instance, so who was online is known) or ``stale_seconds`` old
-    (an instance that never reported it is not waited for longer).
+    (an instance that never reported it is not waited for longer). Without a
+    lease (one instance alone on its database) this only reads.
     """
     dialect = conn.dialect
+    due = f"""
+        SELECT message_id FROM webhook_outbox
+        WHERE next_attempt_at <= {dialect.now}
+          AND (lease_until IS NULL OR lease_until <= {dialect.now})
+          AND (message_id <= :up_to OR create_time <= {dialect.fraction_from_now(":stale")})
+        ORDER BY next_attempt_at LIMIT :limit
+    """
+    returned = 'message_id AS "messageId", attempts, recipient_ids AS "recipientIds", create_time AS "createTime"'
+    params: dict[str, Any] = {"stale": -stale_seconds, "up_to": up_to_id, "limit": limit}
+    if lease_seconds is None:
+        return await fetch_all(
+            conn, f"SELECT {returned} FROM webhook_outbox WHERE message_id IN ({due}) ORDER BY next_attempt_at", params
+        )
     return await fetch_all(
         conn,
         f"""
         UPDATE webhook_outbox SET lease_until = {dialect.fraction_from_now(":lease")}
-        WHERE message_id IN (
-            SELECT message_id FROM webhook_outbox
-            WHERE next_attempt_at <= {dialect.now}
-              AND (lease_until IS NULL OR lease_until <= {dialect.now})
-              AND (message_id <= :up_to OR create_time <= {dialect.fraction_from_now(":stale")})
-            ORDER BY next_attempt_at LIMIT :limit{dialect.skip_locked}
-        )
-        RETURNING message_id AS "messageId", attempts, recipient_ids AS "recipientIds", create_time AS "createTime"
+        WHERE message_id IN ({due}{dialect.skip_locked})
+        RETURNING {returned}
         """,
-        {"lease": lease_seconds, "stale": -stale_seconds, "up_to": up_to_id, "limit": limit},
+        {**params, "lease": lease_seconds},
     )
 
 
@@ -86,16 +94,20 @@ async def finish_deliveries(conn: Connection, message_ids: list[int]) -> None:
         )
 
 
-async def postpone_delivery(conn: Connection, message_id: int, *, delay: float, recipient_ids: list[int]) -> None:
-    """Count a failed attempt, release the lease, and try again ``delay`` seconds from now with the same body."""
-    await conn.execute(
+async def postpone_deliveries(conn: Connection, retries: list[tuple[int, float, list[int]]]) -> None:
+    """Count a failed attempt of each ``(message_id, delay, recipient_ids)``, release its lease, and try again
+    ``delay`` seconds from now with the same body; inside one transaction, so one disk sync for the round."""
+    await conn.execute_many(
         f"""
         UPDATE webhook_outbox
         SET attempts = attempts + 1, lease_until = NULL, recipient_ids = :recipients,
             next_attempt_at = {conn.dialect.fraction_from_now(":delay")}
         WHERE message_id = :id
         """,
-        {"id": message_id, "delay": delay, "recipients": orjson.dumps(recipient_ids).decode()},
+        [
+            {"id": message_id, "delay": delay, "recipients": orjson.dumps(recipients).decode()}
+            for message_id, delay, recipients in retries
+        ],
     )
 
 
