@@ -58,7 +58,7 @@ SIGNATURE_HEADER = "X-Chatsvc-Signature"
 # Deliveries claimed (and sent concurrently) per round, and the shortest time from one round to the next.
 CLAIM_BATCH = 256
 # Calls under way at once.
-CONNECTIONS = 32
+CONNECTIONS = 16
 ROUND_SECONDS = 0.25
 # How often the sender looks for due retries and for rows other instances delivered, when not woken sooner.
 POLL_SECONDS = 1.0
