@@ -76,7 +76,7 @@ STALE_SECONDS = 30.0
 REPORT_SECONDS = 2.0
 LIVE_SECONDS = 10.0
 # Reports are needed until a delivery's first attempt fixes its recipients.
-ONLINE_TTL_SECONDS = 3600
+ONLINE_TTL_SECONDS = 120
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
