@@ -327,6 +327,43 @@ def render_cluster(report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def webhook_cost(results: dict[str, Any]) -> float | None:
+    """Issue 16: A's sends/s with webhooks on (every recipient offline) over the plain figure."""
+    pair = results.get("A", {})
+    if "plain" not in pair or "webhook on" not in pair or not pair["plain"]["sends_per_s"]:
+        return None
+    return float(pair["webhook on"]["sends_per_s"]) / float(pair["plain"]["sends_per_s"])
+
+
+def render_webhook(report: dict[str, Any]) -> str:
+    """The report of ``--webhook`` as printed on stdout."""
+    results, meta = report["results"], report["meta"]
+    parts = [
+        f"chatsvc webhook benchmark — {meta['cpu_model']}, {meta['cpu_count']} cores; server on cores "
+        f"{meta['server_cores']}, load generator on {meta['loadgen_cores']} ({meta['workers']} worker process(es))",
+        f"{meta['webhook']['layout']}; receiver: {meta['webhook']['receiver']}",
+        "server env: " + " ".join(f"{k}={v}" for k, v in meta["server_env"].items()),
+        "",
+        socket_table(results),
+        "",
+    ]
+    ratio = webhook_cost(results)
+    if ratio is not None:
+        on = results["A"]["webhook on"]
+        hook = on.get("webhook", {})
+        parts += [
+            f"webhook on / plain: sends/s {ratio:.3f}x (cost {100 * (1 - ratio):.1f} %); "
+            f"calls received {hook.get('calls')}, outbox pending after the drain {hook.get('pending_after_drain')}",
+            "",
+        ]
+        check = {"target": "A sends/s webhook on / plain", "value": ratio, "op": ">=", "bound": 0.9, "unit": "x"}
+        check["met"] = ratio >= 0.9
+        parts += ["Checks:", targets_text([check]), ""]
+    parts += saturation_warning(results)
+    parts.append(f"total time {meta['total_s']:.0f} s")
+    return "\n".join(parts)
+
+
 def node_peer_line(meta: dict[str, Any]) -> str:
     """Which Node peer ran, or why it did not."""
     versions = meta.get("node_versions") or {}
@@ -393,6 +430,8 @@ def render(report: dict[str, Any]) -> str:
     """The whole report as printed on stdout."""
     if "cluster" in report["meta"]:
         return render_cluster(report)
+    if "webhook" in report["meta"]:
+        return render_webhook(report)
     results = report["results"]
     meta = report["meta"]
     parts = [

@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         "through Redis (needs redis-server), and compare them",
     )
     p.add_argument(
+        "--webhook",
+        action="store_true",
+        help="instead: workload A with only the senders online, without and with CHATSVC_WEBHOOK_URL "
+        "(a receiver on loopback), and what webhooks cost (issue 16)",
+    )
+    p.add_argument(
         "--skip-without-redis",
         action="store_true",
         help="with --cluster: if redis-server is not installed, say the mode was skipped and exit 0",
@@ -149,6 +155,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         only = (args.only or "A").upper()
         if any(w in only for w in WORKLOADS if w not in report.SOCKET_WORKLOADS):
             parser.error("--cluster runs socket workloads only (A-D)")
+    elif args.webhook:
+        if (args.only or "A").upper() != "A":
+            parser.error("--webhook runs workload A only")
+        only = "A"
     else:
         only = (args.only or WORKLOADS).upper()
     args.only = [w for w in WORKLOADS if w in only]
@@ -829,10 +839,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0 if args.skip_without_redis else 2
         bench = ClusterBench(args)
+    elif args.webhook:
+        from bench.webhook import WebhookBench
+
+        bench = WebhookBench(args)
     else:
         bench = Bench(args)
     result = asyncio.run(bench.run())
-    kind = "cluster" if args.cluster else "bench"
+    kind = "cluster" if args.cluster else "webhook" if args.webhook else "bench"
     path: Path = args.json or _default_json_path(kind if args.client == "raw" else f"{kind}-{args.client}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")

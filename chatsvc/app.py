@@ -32,6 +32,7 @@ from chatsvc.realtime.events import ChatNamespace
 from chatsvc.realtime.server import ChatSocketServer, build_socket_server
 from chatsvc.state import STATE, AppState
 from chatsvc.throttle import Throttle
+from chatsvc.webhooks import OnlineLog, RedisOnlineLog, WebhookSender
 from chatsvc.writer import MessageWriter
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,21 @@ def create_app(config: Config) -> web.Application:
     members, profiles = MembershipCache(), ProfileCache()
     metrics = Metrics()
     sio = build_socket_server(config, event_observer=metrics.observe_socket_event)
+    # Webhooks for unseen messages: the fan-out records who was online, the sender drains the outbox.
+    online_log: OnlineLog | None = None
+    if config.webhook_url is not None:
+        redis_url = config.redis_url
+        online_log = OnlineLog() if redis_url is None else RedisOnlineLog(redis_url, config.redis_channel)
+    webhooks = WebhookSender(config, db, online_log) if online_log is not None else None
     fanout: Fanout
     if config.redis_url is not None:
-        fanout = RedisFanout(sio, members, profiles, config.redis_url, config.redis_channel)
+        fanout = RedisFanout(sio, members, profiles, config.redis_url, config.redis_channel, online_log=online_log)
     else:
-        fanout = LocalFanout(sio, members, profiles)
+        fanout = LocalFanout(sio, members, profiles, online_log=online_log)
     order_lock = order_lock_for(config)
-    writer = MessageWriter(db, profiles, fanout, order_lock, max_batch=config.write_batch_max)
+    writer = MessageWriter(
+        db, profiles, fanout, order_lock, max_batch=config.write_batch_max, webhook_outbox=webhooks is not None
+    )
     file_store = make_file_store(config)
     state = AppState(
         config=config,
@@ -78,6 +87,7 @@ def create_app(config: Config) -> web.Application:
         upload_sweeper=UploadSweeper(
             db, file_store, max_age=config.upload_unused_ttl, interval=config.upload_sweep_interval
         ),
+        webhooks=webhooks,
     )
     namespace = ChatNamespace(state)
     sio.register_namespace(namespace)
@@ -118,10 +128,15 @@ def _database_ctx(state: AppState, order_lock: OrderLock) -> CleanupContext:
             await order_lock.close()
             await state.db.close()
             raise
+        if state.webhooks is not None:
+            # Before the writer: what is stored before this counts as delivered, what is stored after does not.
+            await state.webhooks.start()
         state.writer.start()
         log.debug("database ready at %s", state.db.describe())
         yield
         await state.writer.close()
+        if state.webhooks is not None:
+            await state.webhooks.close()
         await order_lock.close()
         await state.db.close()
 

@@ -45,6 +45,10 @@ class MembershipCache:
             self._members[chatroom_id] = found
         return found
 
+    def cached(self, chatroom_id: int) -> frozenset[int] | None:
+        """The room's member ids if cached, without reading the database (None if not)."""
+        return self._members.get(chatroom_id)
+
     async def is_member(self, conn: Connection, user_id: int, chatroom_id: int) -> bool:
         """Whether the user is a member of the room."""
         return user_id in await self.members(conn, chatroom_id)

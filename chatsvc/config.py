@@ -103,6 +103,16 @@ class Config:
     s3_public_url: str | None = None
     # Base of the URLs upload answers give (None: the scheme and host the request came to).
     public_url: str | None = None
+    # --- webhooks for unseen messages (chatsvc/webhooks.py) ---
+    # None: off. Set: each message some member had no socket in its room for is POSTed here, signed.
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    # A delivery is retried for this long after its message, waiting backoff * 2 ** attempts (at most
+    # backoff_max) between attempts; each attempt waits at most timeout for the answer.
+    webhook_retry_window: int = 24 * 3600
+    webhook_backoff: float = 1.0
+    webhook_backoff_max: float = 3600.0
+    webhook_timeout: float = 10.0
 
     @property
     def files_path(self) -> Path:
@@ -122,6 +132,9 @@ class Config:
         config = cls(**values)
         if config.scrypt_n & (config.scrypt_n - 1):
             raise ValueError("CHATSVC_SCRYPT_N must be a power of two")
+        if config.webhook_url is not None and config.webhook_secret is None:
+            # Unsigned calls would let anyone who can reach the receiver forge them.
+            raise ValueError("CHATSVC_WEBHOOK_URL needs CHATSVC_WEBHOOK_SECRET (the key its calls are signed with)")
         return config
 
     def with_changes(self, **changes: Any) -> Config:
@@ -262,11 +275,24 @@ def _s3_url(name: str, raw: str) -> str:
     return raw
 
 
+def _positive(name: str, raw: str) -> float:
+    value = _rate(name, raw)
+    if value <= 0:
+        raise ValueError(f"{name} must be a number > 0")
+    return value
+
+
 def _http_url(name: str, raw: str) -> str:
     if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", raw):
         raise ValueError(f"{name} must be an http:// or https:// URL such as https://chat.example.com, got {raw!r}")
     _check_url_port(name, raw)
     return raw.rstrip("/")
+
+
+def _webhook_url(name: str, raw: str) -> str:
+    # Checked as other URLs are, but kept as given: a receiver's path may end in a slash.
+    _http_url(name, raw)
+    return raw
 
 
 # Longest ping interval or timeout, in seconds (see the ping settings below).
@@ -320,6 +346,12 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_S3_URL": ("s3_url", _s3_url),
     "CHATSVC_S3_PUBLIC_URL": ("s3_public_url", _http_url),
     "CHATSVC_PUBLIC_URL": ("public_url", _http_url),
+    "CHATSVC_WEBHOOK_URL": ("webhook_url", _webhook_url),
+    "CHATSVC_WEBHOOK_SECRET": ("webhook_secret", _secret),
+    "CHATSVC_WEBHOOK_RETRY_WINDOW": ("webhook_retry_window", _int(minimum=1)),
+    "CHATSVC_WEBHOOK_BACKOFF": ("webhook_backoff", _positive),
+    "CHATSVC_WEBHOOK_BACKOFF_MAX": ("webhook_backoff_max", _positive),
+    "CHATSVC_WEBHOOK_TIMEOUT": ("webhook_timeout", _positive),
 }
 # Settings whose variable, set but empty, means "not set" (a secret, a URL, a key).
 SKIP_WHEN_EMPTY = {
@@ -333,6 +365,8 @@ SKIP_WHEN_EMPTY = {
     "s3_public_url",
     "public_url",
     "database_url",
+    "webhook_url",
+    "webhook_secret",
 }
 
 

@@ -130,6 +130,31 @@ class _StateCollector(Collector):
             "Malformed Engine.IO or Socket.IO packets received (each logged, within a rate, as one warning line)",
             engine.malformed_input.count,
         )
+        webhooks = state.webhooks
+        if webhooks is not None:
+            yield GaugeMetricFamily(
+                "chatsvc_webhook_pending",
+                "Webhook deliveries in the outbox (all instances), as of this instance's last round",
+                webhooks.pending,
+            )
+            yield CounterMetricFamily(
+                "chatsvc_webhook_sent", "Webhook deliveries answered with 2xx by this instance", webhooks.sent
+            )
+            yield CounterMetricFamily(
+                "chatsvc_webhook_failed",
+                "Webhook deliveries given up by this instance after the retry window",
+                webhooks.failed,
+            )
+            yield CounterMetricFamily(
+                "chatsvc_webhook_attempts_failed",
+                "Webhook attempts that failed and were scheduled again (error answer, timeout, no connection)",
+                webhooks.attempts_failed,
+            )
+            yield CounterMetricFamily(
+                "chatsvc_webhook_unneeded",
+                "Webhook deliveries settled without a call: every member but the sender was online in the room",
+                webhooks.unneeded,
+            )
 
 
 METRICS = web.AppKey("chatsvc_metrics", Metrics)

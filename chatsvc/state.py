@@ -19,6 +19,7 @@ from chatsvc.membership import Membership
 from chatsvc.realtime.server import ChatSocketServer
 from chatsvc.store.users import find_user_by_id
 from chatsvc.throttle import Throttle
+from chatsvc.webhooks import WebhookSender
 from chatsvc.writer import MessageWriter
 
 
@@ -54,6 +55,8 @@ class AppState:
     # Uploaded files (chatsvc/files/): where their bytes live, and the sweep of unused ones.
     files: FileStore
     upload_sweeper: UploadSweeper
+    # Webhooks for unseen messages (chatsvc/webhooks.py); None when CHATSVC_WEBHOOK_URL is not set.
+    webhooks: WebhookSender | None = None
 
     async def authenticate(self, token: str) -> Caller:
         """The user a token belongs to; Unauthorized if the token or its user is no longer valid."""

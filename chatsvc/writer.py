@@ -25,6 +25,7 @@ from chatsvc.errors import ServiceUnavailable, StorageUnavailable
 from chatsvc.fanout import Fanout
 from chatsvc.order_lock import OrderLock
 from chatsvc.store.messages import MAX_ROWS_PER_INSERT, find_messages_by_client_ids, insert_messages
+from chatsvc.store.webhooks import enqueue_deliveries
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,14 @@ class MessageWriter:
     """Stores chat messages in batches and hands each batch to the fan-out after it is durable."""
 
     def __init__(
-        self, db: Database, profiles: ProfileCache, fanout: Fanout, order_lock: OrderLock, *, max_batch: int = 512
+        self,
+        db: Database,
+        profiles: ProfileCache,
+        fanout: Fanout,
+        order_lock: OrderLock,
+        *,
+        max_batch: int = 512,
+        webhook_outbox: bool = False,
     ) -> None:
         self._db = db
         self._profiles = profiles
@@ -78,6 +86,8 @@ class MessageWriter:
         # Held from INSERT to hand-over, so commit order is delivery order across instances.
         self._order_lock = order_lock
         self._max_batch = min(max_batch, MAX_ROWS_PER_INSERT)
+        # Webhooks on (chatsvc/webhooks.py): each batch also queues its deliveries, in its own transaction.
+        self._webhook_outbox = webhook_outbox
         self._queue: asyncio.Queue[_Submitted | _Barrier | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -181,6 +191,17 @@ class MessageWriter:
                 # The messages are durable; a failed fan-out must not fail their acks.
                 log.exception("publishing %d messages failed", len(new_messages))
 
+    async def _insert(self, drafts: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        """The batch's INSERT; with webhooks on, one transaction with the outbox rows of its new messages."""
+        if not self._webhook_outbox:
+            return await self._db.write_statement(lambda conn: insert_messages(conn, drafts))
+        # One more statement in the same transaction: the deliveries are durable exactly when the messages are.
+        async with self._db.transaction() as conn:
+            rows = await insert_messages(conn, drafts)
+            if rows:
+                await enqueue_deliveries(conn, [row["id"] for row in rows])
+        return rows
+
     async def _store(self, batch: list[_Submitted]) -> tuple[list[tuple[dict[str, Any], bool]], list[dict[str, Any]]]:
         """One INSERT statement for the batch (its own transaction); returns each item's result and the new rows."""
         # A retry may sit in the same batch as its original: only the first is written.
@@ -194,7 +215,7 @@ class MessageWriter:
                 first_of_key[key] = item
             to_insert.append(item)
         drafts = [item.draft.row() for item in to_insert]
-        rows = await self._db.write_statement(lambda conn: insert_messages(conn, drafts))
+        rows = await self._insert(drafts)
         # Rows come back in draft order; a draft with no row hit a stored client id.
         stored_by_item: dict[int, dict[str, Any]] = {}
         conflicts: list[tuple[int, str]] = []

@@ -182,6 +182,26 @@ def test_bench_cluster_mode_reports_one_and_two_instances_without_losses(tmp_pat
     assert "2 instances / 1 instance" in proc.stdout and "A: sends/s" in proc.stdout
 
 
+def test_bench_webhook_mode_compares_plain_and_webhook_runs_and_drains_the_outbox(tmp_path: Path) -> None:
+    out = tmp_path / "webhook.json"
+    # A few seconds: workload A's senders alone, without and then with CHATSVC_WEBHOOK_URL.
+    command = [
+        sys.executable, "-m", "bench", "--webhook", "--duration", "1", "--warmup", "0.3",
+        "--a-rooms", "2", "--a-members", "3", "--json", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]["A"]
+    assert set(results) == {"plain", "webhook on"}
+    for result in results.values():
+        assert result["sockets"] == 2 and result["senders"] == 2 and result["messages_sent"] > 0, result
+        assert result["missing"] == 0 and result["duplicates"] == 0, result
+    hook = results["webhook on"]["webhook"]
+    # Every member but the sender was offline: one call per message, none left in the outbox.
+    assert hook["pending_after_drain"] == 0 and hook["calls"] >= results["webhook on"]["messages_sent"], hook
+    assert "webhook on / plain: sends/s" in proc.stdout
+
+
 def test_bench_cluster_mode_without_redis_server_fails_or_is_skipped_on_request(tmp_path: Path) -> None:
     # An empty PATH: no redis-server to find.
     env = {**os.environ, "PATH": str(tmp_path)}

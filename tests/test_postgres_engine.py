@@ -89,6 +89,7 @@ async def test_postgres_schema_file_equals_the_migrated_database(
         "favorite",
         "captcha",
         "upload",
+        "webhook_outbox",
     }
 
 

@@ -18,13 +18,17 @@ import concurrent.futures
 import re
 import sqlite3
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
 from chatsvc.config import Config
 from chatsvc.state import STATE
-from tests.helpers import Api, send_payload
+from chatsvc.testing import run_chatsvc
+from tests.conftest import make_config
+from tests.helpers import Api, connect_socket, send_payload, until
+from tests.process import free_port
 
 pytestmark = pytest.mark.both_engines
 
@@ -131,4 +135,35 @@ async def test_query_plans_use_indexes_for_every_statement(
     await db.set_trace(None)
     queries = {s for s in statements if not NOT_QUERIES.match(s)}
     assert len(queries) >= 8, queries
+    assert plan_scans(config.db_path, queries, database_url) == {}
+
+
+async def test_query_plans_of_the_webhook_outbox_use_indexes(tmp_path, database_url: str | None) -> None:
+    # Nothing listens on the port: every attempt fails, is rescheduled, and is given up after a second.
+    config = make_config(
+        tmp_path,
+        webhook_url=f"http://127.0.0.1:{free_port()}/hook",
+        webhook_secret="s" * 32,
+        webhook_backoff=0.05,
+        webhook_retry_window=1,
+        database_url=database_url,
+    )
+    statements: set[str] = set()
+    async with run_chatsvc(config) as server, aiohttp.ClientSession() as session:
+        api = Api(server.base_url, session)
+        state = server.state
+        await state.db.set_trace(statements.add)
+        alice, bob = await api.new_user(), await api.new_user()
+        room = await api.one_to_one(alice, bob)
+        a = await connect_socket(api.base_url, alice.token)
+        try:
+            await a.send(alice, room)
+            webhooks = state.webhooks
+            assert webhooks is not None
+            await until(lambda: webhooks.failed == 1, "the delivery given up")
+        finally:
+            await a.disconnect()
+        await state.db.set_trace(None)
+    queries = {s for s in statements if not NOT_QUERIES.match(s) and "webhook_outbox" in s}
+    assert len(queries) >= 4, queries
     assert plan_scans(config.db_path, queries, database_url) == {}

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatsvc.cache import MembershipCache, ProfileCache
 from chatsvc.realtime.server import ChatSocketServer
+
+if TYPE_CHECKING:
+    from chatsvc.webhooks import OnlineLog
 
 # The one event chatsvc sends to rooms: stored messages and notices alike (docs/protocol.md).
 MESSAGE_EVENT = "message"
@@ -55,10 +58,19 @@ def message_event(message: dict[str, Any]) -> dict[str, Any]:
 class Fanout(ABC):
     """Delivers to rooms and users on every instance that serves them, in one order."""
 
-    def __init__(self, sockets: ChatSocketServer, members: MembershipCache, profiles: ProfileCache) -> None:
+    def __init__(
+        self,
+        sockets: ChatSocketServer,
+        members: MembershipCache,
+        profiles: ProfileCache,
+        *,
+        online_log: OnlineLog | None = None,
+    ) -> None:
         self._sockets = sockets
         self._members = members
         self._profiles = profiles
+        # Set when webhooks are on: who had a socket here in the room as each message was delivered.
+        self._online_log = online_log
 
     @abstractmethod
     async def start(self) -> None:
@@ -90,6 +102,19 @@ class Fanout(ABC):
         Called between the writer's batches (``MessageWriter.run_between_batches``),
         it puts a recovering join at one point of the stream.
         """
+
+    def _record_online(self, event: dict[str, Any]) -> None:
+        """After a ``message`` event was queued here: if it is a stored message, record its members online here."""
+        if self._online_log is None or event.get("type") != "sendMessage":
+            return
+        message = event["message"]
+        chatroom_id = int(message["chatroomId"])
+        # Members are cached by the send's check and by every joinRoom here; a room no socket here joined
+        # since its membership changed is not, and then no one here was in it.
+        members = self._members.cached(chatroom_id) or frozenset()
+        holders = {user_room(uid): uid for uid in members}
+        present = self._sockets.holders_in(room_name(chatroom_id), holders)
+        self._online_log.record(int(message["id"]), frozenset(holders[holder] for holder in present))
 
     async def forget_members(self, chatroom_id: int) -> None:
         """Drop a room's cached members everywhere (its membership changed)."""

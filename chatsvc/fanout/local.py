@@ -21,7 +21,9 @@ class LocalFanout(Fanout):
         """Queue each message on its room's sockets, in the order given."""
         emit = self._sockets.emit
         for message in messages:
-            await emit(MESSAGE_EVENT, message_event(message), room=room_name(message["chatroomId"]))
+            event = message_event(message)
+            await emit(MESSAGE_EVENT, event, room=room_name(message["chatroomId"]))
+            self._record_online(event)
 
     async def notify(self, room: str, notice: dict[str, Any], *, skip_sid: str | None = None) -> None:
         """Queue a notice on the room's sockets."""

@@ -40,7 +40,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -50,6 +50,9 @@ from chatsvc.cache import MembershipCache, ProfileCache
 from chatsvc.fanout import CONTROL_OPS, MESSAGE_EVENT, Fanout, message_event, room_name
 from chatsvc.jsonutil import SocketJSON
 from chatsvc.realtime.server import ChatSocketServer
+
+if TYPE_CHECKING:
+    from chatsvc.webhooks import OnlineLog
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +103,16 @@ class RedisFanout(Fanout):
     """Delivers every batch, notice and control message in the order of one Redis channel."""
 
     def __init__(
-        self, sockets: ChatSocketServer, members: MembershipCache, profiles: ProfileCache, url: str, channel: str
+        self,
+        sockets: ChatSocketServer,
+        members: MembershipCache,
+        profiles: ProfileCache,
+        url: str,
+        channel: str,
+        *,
+        online_log: OnlineLog | None = None,
     ) -> None:
-        super().__init__(sockets, members, profiles)
+        super().__init__(sockets, members, profiles, online_log=online_log)
         self.url = url
         self.channel = channel
         self.host_id = uuid.uuid4().hex
@@ -163,6 +173,8 @@ class RedisFanout(Fanout):
         emit = self._sockets.emit
         for event, data, room, skip_sid in broadcasts:
             await emit(event, data, room=room, skip_sid=skip_sid)
+            if event == MESSAGE_EVENT:
+                self._record_online(data)
 
     async def control(self, op: str, args: dict[str, Any]) -> None:
         """Apply ``op`` on every instance, this one included, in the channel's order.

@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import socketio
@@ -295,6 +295,14 @@ class ChatSocketServer(socketio.AsyncServer):
     def participants(self, room: str, namespace: str = "/") -> list[str]:
         """The sids of this instance's sockets in a room."""
         return [sid for sid, _ in self.manager.get_participants(namespace, room)]
+
+    def holders_in(self, room: str, holders: Iterable[str], namespace: str = "/") -> list[str]:
+        """Those of ``holders`` (rooms holding a user's sockets) with a socket of this instance in ``room``."""
+        rooms = self.manager.rooms.get(namespace, {})
+        in_room = rooms.get(room)
+        if not in_room:
+            return []
+        return [holder for holder in holders if any(sid in in_room for sid in rooms.get(holder, ()))]
 
     async def leave_room_of(self, holder: str, room: str, namespace: str = "/") -> None:
         """Take every socket in room ``holder`` (a user's sockets) out of ``room``."""

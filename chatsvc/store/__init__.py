@@ -43,6 +43,13 @@ class Dialect(Protocol):
     def search(self, text: str) -> tuple[str, str, str, dict[str, Any]]:
         """Messages whose content holds ``text`` in any case: FROM clause (with ``h``), condition, order key, params."""
 
+    # Appended to a SELECT that claims rows, so that concurrent claimers pass over each other's rows
+    # (PostgreSQL); empty where one writer at a time is all there is (SQLite).
+    skip_locked: str
+
+    def fraction_from_now(self, param: str) -> str:
+        """The time ``param`` (a placeholder holding seconds, possibly fractional) from now."""
+
 
 class Connection(Protocol):
     """A connection of either engine, as the store uses it; errors of lost storage raise StorageUnavailable."""

@@ -73,6 +73,12 @@ class PostgresDialect:
         escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         return "chat_history AS h", "h.content ILIKE :pattern ESCAPE '\\'", "h.id", {"pattern": f"%{escaped}%"}
 
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def fraction_from_now(self, param: str) -> str:
+        """The time ``param`` seconds from now, fractions kept (seconds_from_now rounds to whole seconds)."""
+        return f"(now() + CAST({param} AS double precision) * interval '1 second')"
+
 
 DIALECT = PostgresDialect()
 

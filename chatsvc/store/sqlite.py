@@ -65,6 +65,13 @@ class SqliteDialect:
         # lower() folds ASCII only on SQLite, as the query's lower() below.
         return "chat_history AS h", "instr(lower(h.content), lower(:part)) > 0", "h.id", {"part": text}
 
+    # The write lock makes a claiming UPDATE exclusive already.
+    skip_locked = ""
+
+    def fraction_from_now(self, param: str) -> str:
+        """The time ``param`` seconds from now; SQLite's modifier takes fractions as they are."""
+        return self.seconds_from_now(param)
+
 
 DIALECT = SqliteDialect()
 

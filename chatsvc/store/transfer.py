@@ -19,6 +19,7 @@ TABLES = (
     "favorite",
     "captcha",
     "upload",
+    "webhook_outbox",
 )
 # Tables with an integer id: read by ranges of ids, and their id sequence set past the largest after a copy.
 WITH_ID = {"user", "chatroom", "chat_history", "friend_request", "favorite"}
