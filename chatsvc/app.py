@@ -30,6 +30,7 @@ from chatsvc.metrics import METRICS, Metrics
 from chatsvc.order_lock import OrderLock, order_lock_for
 from chatsvc.realtime.events import ChatNamespace
 from chatsvc.realtime.server import ChatSocketServer, build_socket_server
+from chatsvc.receipts import ReadPositions, TypingNotices
 from chatsvc.state import STATE, AppState
 from chatsvc.throttle import Throttle
 from chatsvc.writer import MessageWriter
@@ -78,6 +79,8 @@ def create_app(config: Config) -> web.Application:
         upload_sweeper=UploadSweeper(
             db, file_store, max_age=config.upload_unused_ttl, interval=config.upload_sweep_interval
         ),
+        reads=ReadPositions(db, fanout),
+        typing=TypingNotices(fanout, timeout=config.typing_timeout),
     )
     namespace = ChatNamespace(state)
     sio.register_namespace(namespace)
@@ -119,8 +122,11 @@ def _database_ctx(state: AppState, order_lock: OrderLock) -> CleanupContext:
             await state.db.close()
             raise
         state.writer.start()
+        state.reads.start()
         log.debug("database ready at %s", state.db.describe())
         yield
+        await state.reads.close()
+        state.typing.close()
         await state.writer.close()
         await order_lock.close()
         await state.db.close()

@@ -17,6 +17,7 @@ from chatsvc.files import FileStore
 from chatsvc.files.sweep import UploadSweeper
 from chatsvc.membership import Membership
 from chatsvc.realtime.server import ChatSocketServer
+from chatsvc.receipts import ReadPositions, TypingNotices
 from chatsvc.store.users import find_user_by_id
 from chatsvc.throttle import Throttle
 from chatsvc.writer import MessageWriter
@@ -54,6 +55,9 @@ class AppState:
     # Uploaded files (chatsvc/files/): where their bytes live, and the sweep of unused ones.
     files: FileStore
     upload_sweeper: UploadSweeper
+    # Read positions (stored in batches) and typing notices (memory only): chatsvc/receipts.py.
+    reads: ReadPositions
+    typing: TypingNotices
 
     async def authenticate(self, token: str) -> Caller:
         """The user a token belongs to; Unauthorized if the token or its user is no longer valid."""

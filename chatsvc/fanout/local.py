@@ -23,7 +23,7 @@ class LocalFanout(Fanout):
         for message in messages:
             await emit(MESSAGE_EVENT, message_event(message), room=room_name(message["chatroomId"]))
 
-    async def notify(self, room: str, notice: dict[str, Any], *, skip_sid: str | None = None) -> None:
+    async def notify(self, room: str | list[str], notice: dict[str, Any], *, skip_sid: str | None = None) -> None:
         """Queue a notice on the room's sockets."""
         await self._sockets.emit(MESSAGE_EVENT, notice, room=room, skip_sid=skip_sid)
 

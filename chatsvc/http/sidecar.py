@@ -166,3 +166,19 @@ async def post_message(request: web.Request) -> web.Response:
             raise Forbidden("That user is not a member of this chatroom")
     stored, new = await state.writer.submit(Draft(room_id, sender_id, kind, content, client_msg_id))
     return json_response(stored, status=201 if new else 200)
+
+
+@routes.post(PREFIX + "/rooms/{id}/read")
+@api_key_required
+async def mark_read(request: web.Request) -> web.Response:
+    """Move a member's read position, as their ``markRead`` would; the room hears ``read`` if it moved."""
+    state = request.app[STATE]
+    room_id = _room_id(request)
+    body = validate(models.SidecarReadBody, await json_body(request), "Request body")
+    user_id = (await admin.users_by_username(state.db, [body.username]))[body.username]["id"]
+    if not await state.members.is_member(state.db.reader, user_id, room_id):
+        if await find_room(state.db.reader, room_id) is None:
+            raise NotFound("Chatroom not found")
+        raise Forbidden("That user is not a member of this chatroom")
+    last_read_id = await state.reads.mark(user_id, room_id, body.messageId)
+    return json_response({"chatroomId": room_id, "userId": user_id, "lastReadId": last_read_id})
