@@ -69,6 +69,8 @@ class Plan:
     pad: int = 0
     # Issue 15's variant: every socket also marks each message it receives read and says it is typing every 2 s.
     receipts: bool = False
+    # With receipts: 0 marks every message; otherwise a socket marks the newest it received at most this often (s).
+    receipts_debounce: float = 0.0
 
 
 def parse_stamp(frame: str) -> tuple[int, int, int] | None:
@@ -134,6 +136,9 @@ class Member:
     failed: list[int] = field(default_factory=list)
     # Broadcasts of the workload received, warm-up included.
     delivered: int = 0
+    # --receipts-debounce: when this socket last sent markRead, and the newest message it has not marked since.
+    marked_at: float = 0.0
+    unmarked: tuple[str, str] | None = None
 
 
 class Worker:
@@ -281,6 +286,14 @@ class Worker:
             return
         message_id = frame[i + len(MESSAGE_ID) : frame.find(",", i)]
         room = frame[j + len(CHATROOM_ID) : frame.find(",", j)]
+        assert self.plan is not None
+        if self.plan.receipts_debounce > 0:
+            # Like a client that marks what is on screen now and then: the newest, once per interval.
+            now = time.monotonic()
+            if now - member.marked_at < self.plan.receipts_debounce:
+                member.unmarked = (room, message_id)
+                return
+            member.marked_at, member.unmarked = now, None
         member.sock.emit_now("markRead", f'{{"chatroomId":{room},"messageId":{message_id}}}')
 
     async def _typing_loop(self, member: Member, t_begin: int) -> None:
@@ -291,6 +304,10 @@ class Worker:
         while at < self.t_end:
             await _sleep_until(at)
             await member.sock.emit("typing", f'{{"chatroomId":{room},"typing":true}}')
+            if member.unmarked is not None:  # debounced marks: the last one of a quiet spell goes out here
+                marked_room, message_id = member.unmarked
+                member.unmarked, member.marked_at = None, time.monotonic()
+                member.sock.emit_now("markRead", f'{{"chatroomId":{marked_room},"messageId":{message_id}}}')
             at += int(TYPING_EVERY_S * 1e9)
 
     # -- sending ----------------------------------------------------------
