@@ -22,6 +22,7 @@ from chatsvc.db import Database
 from chatsvc.errors import Forbidden
 from chatsvc.fanout import Fanout, room_name, user_room
 from chatsvc.store.reads import MAX_MARKS_PER_STATEMENT, find_read_positions, mark_read
+from chatsvc.writer import WriterClosed
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class ReadPositions:
         self._fanout = fanout
         self._queue: asyncio.Queue[_Mark | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self._notices: NoticeThrottle[tuple[int, int], int] = NoticeThrottle(notice_interval, self._announce)
 
     def start(self) -> None:
@@ -107,6 +109,7 @@ class ReadPositions:
 
     async def close(self) -> None:
         """Store what was accepted, then stop."""
+        self._closed = True
         if self._task is not None:
             self._queue.put_nowait(None)
             await self._task
@@ -115,6 +118,8 @@ class ReadPositions:
 
     async def mark(self, user_id: int, chatroom_id: int, message_id: int) -> int:
         """Move a member's read position towards ``message_id``; the position it has once stored."""
+        if self._closed:
+            raise WriterClosed("The server is shutting down")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Mark(user_id, chatroom_id, message_id, future))
         return await future
@@ -154,6 +159,8 @@ class ReadPositions:
         positions.update(await find_read_positions(self._db.reader, [key for key in furthest if key not in positions]))
         for mark in batch:
             position = positions.get((mark.user_id, mark.chatroom_id))
+            if mark.future.done():  # its event was cancelled (the socket went away)
+                continue
             if position is None:
                 mark.future.set_exception(Forbidden("You are not a member of this chatroom"))
             else:
