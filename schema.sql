@@ -40,6 +40,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS chatroom_pair_key ON chatroom (pair_key) WHERE
 CREATE TABLE IF NOT EXISTS user_chatroom (
     user_id     INTEGER NOT NULL REFERENCES user (id),
     chatroom_id INTEGER NOT NULL REFERENCES chatroom (id),
+    -- The newest message of the room the member has read (markRead, or one they sent); 0 if none.
+    last_read_id INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user_id, chatroom_id)
 ) WITHOUT ROWID;
 -- Members of a room; the primary key already serves rooms of a user.
@@ -81,6 +83,11 @@ END;
 CREATE TRIGGER IF NOT EXISTS chat_search_delete AFTER DELETE ON chat_history
 WHEN old.type = 0 AND old.deleted = 0 BEGIN
     INSERT INTO chat_search (chat_search, rowid, content) VALUES ('delete', old.id, old.content);
+END;
+-- Sending a message moves the sender's read position to it, in the statement that stores the message.
+CREATE TRIGGER IF NOT EXISTS chat_history_moves_sender_read AFTER INSERT ON chat_history BEGIN
+    UPDATE user_chatroom SET last_read_id = NEW.id
+    WHERE user_id = NEW.sender_id AND chatroom_id = NEW.chatroom_id AND last_read_id < NEW.id;
 END;
 
 CREATE TABLE IF NOT EXISTS friendship (

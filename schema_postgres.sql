@@ -39,6 +39,8 @@ CREATE UNIQUE INDEX chatroom_pair_key ON chatroom (pair_key) WHERE pair_key IS N
 CREATE TABLE user_chatroom (
     user_id     BIGINT NOT NULL REFERENCES "user" (id),
     chatroom_id BIGINT NOT NULL REFERENCES chatroom (id),
+    -- The newest message of the room the member has read (markRead, or one they sent); 0 if none.
+    last_read_id BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (user_id, chatroom_id)
 );
 -- Members of a room; the primary key already serves rooms of a user.
@@ -64,6 +66,19 @@ CREATE UNIQUE INDEX chat_history_client_msg
 -- Search: a trigram index of live text messages, for ILIKE '%...%' (pg_trgm ships with PostgreSQL).
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 CREATE INDEX chat_history_search ON chat_history USING gin (content gin_trgm_ops) WHERE type = 0 AND deleted = 0;
+
+-- Sending a message moves the sender's read position to it, in the statement that stores the message:
+-- once per statement, so a batch of messages costs one UPDATE.
+CREATE FUNCTION chat_history_moves_sender_read() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE user_chatroom AS m SET last_read_id = sent.id
+    FROM (SELECT sender_id, chatroom_id, max(id) AS id FROM new_messages GROUP BY sender_id, chatroom_id) AS sent
+    WHERE m.user_id = sent.sender_id AND m.chatroom_id = sent.chatroom_id AND m.last_read_id < sent.id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER chat_history_moves_sender_read AFTER INSERT ON chat_history
+    REFERENCING NEW TABLE AS new_messages FOR EACH STATEMENT EXECUTE FUNCTION chat_history_moves_sender_read();
 
 CREATE TABLE friendship (
     user_id   BIGINT NOT NULL REFERENCES "user" (id),

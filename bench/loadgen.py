@@ -33,6 +33,9 @@ from bench.rawsio import RawSocket
 Mode = Literal["closed", "open", "idle"]
 
 MARKER = '"content":"t='
+MESSAGE_ID = '"message":{"id":'
+CHATROOM_ID = '"chatroomId":'
+TYPING_EVERY_S = 2.0
 # A closed-loop sender whose own message does not come back in this time sends the next one anyway.
 STALL_TIMEOUT_S = 10.0
 ACK_WAIT_S = 15.0
@@ -64,6 +67,10 @@ class Plan:
     mode: Mode
     rate_per_sender: float = 0.0
     pad: int = 0
+    # Issue 15's variant: every socket also marks each message it receives read and says it is typing every 2 s.
+    receipts: bool = False
+    # With receipts: 0 marks every message; otherwise a socket marks the newest it received at most this often (s).
+    receipts_debounce: float = 0.0
 
 
 def parse_stamp(frame: str) -> tuple[int, int, int] | None:
@@ -129,6 +136,9 @@ class Member:
     failed: list[int] = field(default_factory=list)
     # Broadcasts of the workload received, warm-up included.
     delivered: int = 0
+    # --receipts-debounce: when this socket last sent markRead, and the newest message it has not marked since.
+    marked_at: float = 0.0
+    unmarked: tuple[str, str] | None = None
 
 
 class Worker:
@@ -204,6 +214,8 @@ class Worker:
             tasks = [self._open_loop(m, t_begin) for m in senders]
         else:
             tasks = []
+        if self.plan.receipts:
+            tasks += [self._typing_loop(m, t_begin) for m in self.members if m.sock is not None and m.spec.rooms]
         await asyncio.gather(*tasks)
         await asyncio.gather(*(m.sock.wait_for_acks(ACK_WAIT_S) for m in senders if m.sock is not None))
         return {"finals": {m.spec.index: (m.sent, m.failed) for m in senders}}
@@ -259,9 +271,44 @@ class Worker:
             self.latencies.append(now - sent_at)
         member.delivered += 1
         member.received.record(sender, seq)
+        if self.plan is not None and self.plan.receipts and member.sock is not None:
+            self._mark_read(member, data)
         waiting = member.waiting
         if waiting is not None and sender == member.spec.index and waiting[0] == seq and not waiting[1].done():
             waiting[1].set_result(None)
+
+    def _mark_read(self, member: Member, frame: str) -> None:
+        """markRead the message of a broadcast frame, without an ack (as a client showing it would)."""
+        assert member.sock is not None
+        i = frame.find(MESSAGE_ID)
+        j = frame.find(CHATROOM_ID, i)
+        if i < 0 or j < 0:
+            return
+        message_id = frame[i + len(MESSAGE_ID) : frame.find(",", i)]
+        room = frame[j + len(CHATROOM_ID) : frame.find(",", j)]
+        assert self.plan is not None
+        if self.plan.receipts_debounce > 0:
+            # Like a client that marks what is on screen now and then: the newest, once per interval.
+            now = time.monotonic()
+            if now - member.marked_at < self.plan.receipts_debounce:
+                member.unmarked = (room, message_id)
+                return
+            member.marked_at, member.unmarked = now, None
+        member.sock.emit_now("markRead", f'{{"chatroomId":{room},"messageId":{message_id}}}')
+
+    async def _typing_loop(self, member: Member, t_begin: int) -> None:
+        """``typing: true`` in the socket's first room every TYPING_EVERY_S, phase-shifted per socket."""
+        assert member.sock is not None
+        room = member.spec.rooms[0]
+        at = t_begin + int(TYPING_EVERY_S * 1e9 * ((member.spec.index * 0.618) % 1.0))
+        while at < self.t_end:
+            await _sleep_until(at)
+            await member.sock.emit("typing", f'{{"chatroomId":{room},"typing":true}}')
+            if member.unmarked is not None:  # debounced marks: the last one of a quiet spell goes out here
+                marked_room, message_id = member.unmarked
+                member.unmarked, member.marked_at = None, time.monotonic()
+                member.sock.emit_now("markRead", f'{{"chatroomId":{marked_room},"messageId":{message_id}}}')
+            at += int(TYPING_EVERY_S * 1e9)
 
     # -- sending ----------------------------------------------------------
 

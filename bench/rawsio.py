@@ -207,6 +207,11 @@ class RawSocket:
         if handler is not None:
             handler(data[start:])
 
+    def emit_now(self, event: str, payload_json: str) -> None:
+        """Send an event without an acknowledgement, from synchronous code (a receive callback)."""
+        assert self._protocol is not None
+        self._protocol.send_text(f'42["{event}",{payload_json}]')
+
     async def emit(self, event: str, payload_json: str, on_ack: AckHandler | None = None) -> None:
         """Send an event whose single argument is ``payload_json`` (already encoded)."""
         assert self._protocol is not None

@@ -89,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--c-pairs", type=int, default=100, help="C: one-to-one rooms (100)")
     p.add_argument("--open-rate", type=float, default=500.0, help="D: messages/s in total (500)")
     p.add_argument("--pad", type=int, default=0, help="extra characters in each message's content (0)")
+    p.add_argument(
+        "--receipts",
+        action="store_true",
+        help="A-D: every socket also sends markRead for each message it receives and typing every 2 s (issue 15; "
+        "chatsvc only: use with --no-baseline --no-node)",
+    )
+    p.add_argument(
+        "--receipts-debounce",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="with --receipts: each socket marks the newest message it received at most every S seconds instead "
+        "of every message (0)",
+    )
     p.add_argument("--history-rows", type=int, default=10_000_000, help="H: messages in the room (10,000,000)")
     p.add_argument("--users", type=int, default=100_000, help="R: users in the database (100,000)")
     p.add_argument("--rooms", type=int, default=200_000, help="R: rooms seeded (200,000)")
@@ -452,7 +466,10 @@ class Bench:
         args, pool = self.args, self.pool
         senders = [s for s in specs if s.send_room is not None]
         urls = tuple(server.url for server in target.servers)
-        plans = [Plan(urls, specs[w :: pool.size], mode, rate, args.pad) for w in range(pool.size)]
+        plans = [
+            Plan(urls, specs[w :: pool.size], mode, rate, args.pad, args.receipts, args.receipts_debounce)
+            for w in range(pool.size)
+        ]
         ready = await pool.command("setup", [(plan,) for plan in plans])
         connected = sum(r["connected"] for r in ready)
         if connected < len(specs):

@@ -30,6 +30,7 @@ from chatsvc.metrics import METRICS, Metrics
 from chatsvc.order_lock import OrderLock, order_lock_for
 from chatsvc.realtime.events import ChatNamespace
 from chatsvc.realtime.server import ChatSocketServer, build_socket_server
+from chatsvc.receipts import ReadPositions, TypingNotices
 from chatsvc.state import STATE, AppState
 from chatsvc.throttle import Throttle
 from chatsvc.webhooks import OnlineLog, RedisOnlineLog, WebhookSender
@@ -88,6 +89,8 @@ def create_app(config: Config) -> web.Application:
             db, file_store, max_age=config.upload_unused_ttl, interval=config.upload_sweep_interval
         ),
         webhooks=webhooks,
+        reads=ReadPositions(db, fanout),
+        typing=TypingNotices(fanout, timeout=config.typing_timeout),
     )
     namespace = ChatNamespace(state)
     sio.register_namespace(namespace)
@@ -132,8 +135,11 @@ def _database_ctx(state: AppState, order_lock: OrderLock) -> CleanupContext:
             # Before the writer: what is stored before this counts as delivered, what is stored after does not.
             await state.webhooks.start()
         state.writer.start()
+        state.reads.start()
         log.debug("database ready at %s", state.db.describe())
         yield
+        await state.reads.close()
+        state.typing.close()
         await state.writer.close()
         if state.webhooks is not None:
             await state.webhooks.close()

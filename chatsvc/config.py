@@ -68,6 +68,8 @@ class Config:
     recovery_limit: int = 500
     # Seconds after sending during which a message may be edited (0 = no limit).
     edit_window: int = 86400
+    # Seconds after a user's last `typing: true` that the server announces they stopped (docs/protocol.md#typing).
+    typing_timeout: float = 6.0
     # Bound of each socket's outgoing queue (chatsvc/realtime/engine.py SendQueue): past it the socket is cut off.
     socket_queue_packets: int = 10_000
     socket_queue_bytes: int = 16 * 1024 * 1024
@@ -176,6 +178,13 @@ def _rate(name: str, raw: str) -> float:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0")
+    return value
+
+
+def _positive_seconds(name: str, raw: str) -> float:
+    value = _rate(name, raw)
+    if value <= 0:
+        raise ValueError(f"{name} must be a number of seconds > 0")
     return value
 
 
@@ -323,6 +332,7 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_MAX_CONNECTIONS_PER_USER": ("max_connections_per_user", _int(minimum=1)),
     "CHATSVC_RECOVERY_LIMIT": ("recovery_limit", _int(minimum=0)),
     "CHATSVC_EDIT_WINDOW": ("edit_window", _int(minimum=0)),
+    "CHATSVC_TYPING_TIMEOUT": ("typing_timeout", _positive_seconds),
     # Browsers wait pingInterval + pingTimeout with setTimeout, which fires at once past 2**31 ms (24.8 days).
     "CHATSVC_PING_INTERVAL": ("ping_interval", _int(minimum=1, maximum=MAX_PING_SECONDS)),
     "CHATSVC_PING_TIMEOUT": ("ping_timeout", _int(minimum=1, maximum=MAX_PING_SECONDS)),

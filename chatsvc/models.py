@@ -213,8 +213,18 @@ class FindChatroomQuery(_Request, kw_only=True):
     userId2: Id
 
 
+ROOM_ORDERS = ("id", "activity")
+RoomOrder = Annotated[
+    Literal["id", "activity"],
+    Meta(
+        description="id: oldest room first (the default); activity: newest message first", extra={"order": ROOM_ORDERS}
+    ),
+]
+
+
 class RoomListQuery(_Request, kw_only=True):
     name: RoomNameFilter = ""
+    order: RoomOrder = "id"
 
 
 class CreateGroupQuery(_Request, kw_only=True):
@@ -291,6 +301,30 @@ class JoinRoom(_Request, kw_only=True):
 
 class LeaveRoom(_Request, kw_only=True):
     chatroomId: Id
+
+
+# --- read positions and typing (chatsvc/receipts.py) ---
+
+
+class MarkRead(_Request, kw_only=True):
+    chatroomId: Id
+    messageId: Id
+    userId: Id | None = None
+
+
+class Typing(_Request, kw_only=True):
+    chatroomId: Id
+    typing: bool
+    userId: Id | None = None
+
+
+class ReadReceiptsQuery(_Request, kw_only=True):
+    chatroomId: Id
+
+
+class SidecarReadBody(_Request, kw_only=True):
+    username: Username
+    messageId: Id
 
 
 def _send_message_model(max_length: int) -> type[Struct]:
@@ -460,6 +494,9 @@ class RoomSummary(_Response, kw_only=True):
     createTime: Time
     userCount: int
     userIds: list[int]
+    lastReadId: Annotated[int, Meta(description="the newest message the caller has read; 0 if none")]
+    unreadCount: Annotated[int, Meta(description="messages by others after lastReadId")]
+    lastMessage: Annotated[Message | None, Meta(description="the room's newest message; null if it has none")]
 
 
 class Room(_Response, kw_only=True):
@@ -540,6 +577,17 @@ class Status(_Response, kw_only=True):
     status: str
 
 
+class ReadReceipt(_Response, kw_only=True):
+    userId: int
+    lastReadId: Annotated[int, Meta(description="the newest message this member has read; 0 if none")]
+
+
+class ReadPosition(_Response, kw_only=True):
+    chatroomId: int
+    userId: int
+    lastReadId: int
+
+
 # --- files (chatsvc/http/files.py) -------------------------------------------------------------------------------
 
 # An object name for GET /minio/presignedUrl: S3 allows keys of up to 1024 bytes.
@@ -576,6 +624,7 @@ RESPONSE_MODELS: tuple[type[Struct], ...] = (
     DeletedAck,
     RoomSummary,
     Room,
+    ReadReceipt,
     FriendRequest,
     FriendRequestList,
     Favorite,

@@ -307,10 +307,20 @@ CHATROOMS: dict[str, Schema] = {
     },
     "/chatroom/list": {
         "get": _user_route(
-            "The caller's rooms, filtered by a name substring",
+            "The caller's rooms, filtered by a name substring, with read positions, unread counts and newest messages",
             200,
             _array(_ref("RoomSummary")),
             params=_params(models.RoomListQuery),
+            tag="chatrooms",
+        )
+    },
+    "/chatroom/read-receipts": {
+        "get": _user_route(
+            "Every member's read position in a room the caller is a member of",
+            200,
+            _array(_ref("ReadReceipt")),
+            params=_params(models.ReadReceiptsQuery),
+            errors=(400, 403),
             tag="chatrooms",
         )
     },
@@ -508,6 +518,15 @@ SIDECAR: dict[str, Schema] = {
             errors=(400, 403, 503),
         )
     },
+    "/sidecar/v1/rooms/{id}/read": {
+        "post": _sidecar_route(
+            "Move a member's read position (as their markRead would); the room hears read if it moved",
+            {200: _ref("ReadPosition")},
+            params=SIDECAR_ROOM_ID,
+            body=_ref("SidecarReadBody"),
+            errors=(400, 403),
+        )
+    },
 }
 
 # --- edit, delete and search (issue 15: chatsvc/http/history.py, chatsvc/http/sidecar.py) ---
@@ -675,12 +694,14 @@ MODELS: tuple[Any, ...] = (
     models.SidecarTokenBody,
     models.SidecarRoomBody,
     models.SidecarMembersBody,
+    models.SidecarReadBody,
     models.LoginResult,
     models.SidecarUserResult,
     models.SidecarTokenResult,
     models.SidecarRoomResult,
     models.SidecarAddedResult,
     models.SidecarRemovedResult,
+    models.ReadPosition,
     models.Status,
 )
 

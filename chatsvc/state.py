@@ -17,6 +17,7 @@ from chatsvc.files import FileStore
 from chatsvc.files.sweep import UploadSweeper
 from chatsvc.membership import Membership
 from chatsvc.realtime.server import ChatSocketServer
+from chatsvc.receipts import ReadPositions, TypingNotices
 from chatsvc.store.users import find_user_by_id
 from chatsvc.throttle import Throttle
 from chatsvc.webhooks import WebhookSender
@@ -55,6 +56,9 @@ class AppState:
     # Uploaded files (chatsvc/files/): where their bytes live, and the sweep of unused ones.
     files: FileStore
     upload_sweeper: UploadSweeper
+    # Read positions (stored in batches) and typing notices (memory only): chatsvc/receipts.py.
+    reads: ReadPositions
+    typing: TypingNotices
     # Webhooks for unseen messages (chatsvc/webhooks.py); None when CHATSVC_WEBHOOK_URL is not set.
     webhooks: WebhookSender | None = None
 

@@ -566,3 +566,43 @@ async def test_browser_layout_fits_at_desktop_and_phone_width(
         await expect(page.locator("#back")).to_be_hidden()
         await assert_sidebar_forms_line_up(page)
     await context.close()
+
+
+async def test_browser_unread_counts_previews_and_typing_live_between_two_users(
+    browser: Browser, api: Api, base_url: str
+) -> None:
+    alice = await api.new_user("alice")
+    bob = await api.new_user("bob")
+    room = await api.one_to_one(alice, bob)
+    other = (await api.get("/chatroom/create-group", alice.token, name="Elsewhere")).body
+    errors: list[str] = []
+    _, page_a = await log_in(browser, base_url, alice, collect_errors(errors))
+    _, page_b = await log_in(browser, base_url, bob, collect_errors(errors))
+    await open_room(page_a, other, "Elsewhere")
+    await open_room(page_b, room, alice.nick_name)
+    link = page_a.locator(f'#rooms [data-room-id="{room}"]')
+
+    # Bob writes while Alice looks at another room: her list counts it and shows it, live.
+    await send(page_b, "First, unread")
+    await send(page_b, "Second, unread")
+    await expect(link.locator(".unread")).to_have_text("2")
+    await expect(link.locator(".preview")).to_have_text(f"{bob.nick_name}: Second, unread")
+
+    # Opening the room reads it: the badge goes, and so it stays after a reload (the server has the position).
+    await open_room(page_a, room, bob.nick_name)
+    await expect(link.locator(".unread")).to_have_count(0)
+    await page_a.reload()
+    await expect(page_a.locator("#room-name")).to_have_text(bob.nick_name)
+    await expect(messages(page_a)).to_have_count(2)
+    await expect(link.locator(".unread")).to_have_count(0)
+    listed = await api.get("/chatroom/list", alice.token)
+    assert next(item for item in listed.body if item["id"] == room)["unreadCount"] == 0
+
+    # Typing shows in the open room on the other side, and goes when the message arrives.
+    await page_a.locator("#send-form [name=content]").press_sequentially("Hi Bo")
+    await expect(page_b.locator("#typing")).to_have_text(f"{alice.nick_name} is typing…")
+    await page_a.locator("#send-form [name=content]").press("Enter")
+    await expect(messages(page_b).last.locator(".text")).to_have_text("Hi Bo")
+    await expect(page_b.locator("#typing")).to_be_hidden()
+    await expect(page_b.locator(f'#rooms [data-room-id="{room}"] .preview')).to_have_text(f"{alice.nick_name}: Hi Bo")
+    assert errors == []

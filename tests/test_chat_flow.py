@@ -69,5 +69,9 @@ async def test_two_users_chat_live_and_history_lists_it(api: Api, sockets) -> No
             "createTime": listed.body[0]["createTime"],
             "userCount": 2,
             "userIds": sorted([alice.id, bob.id]),
+            # Alice's own message read her up to it; bob's after it is unread and the newest.
+            "lastReadId": ack["id"],
+            "unreadCount": 1,
+            "lastMessage": history.body[-1],
         }
     ]

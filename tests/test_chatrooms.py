@@ -182,7 +182,10 @@ async def test_list_names_one_to_one_rooms_after_the_other_member(api: Api, serv
     by_id = {room["id"]: room for room in resp.body}
     assert set(by_id) == {with_bob, with_carol, group}
     for room in resp.body:
-        assert set(room) == {"id", "name", "type", "createTime", "userCount", "userIds"}
+        assert set(room) == {
+            *("id", "name", "type", "createTime", "userCount", "userIds"),
+            *("lastReadId", "unreadCount", "lastMessage"),
+        }
     assert by_id[with_bob]["name"] == bob.nick_name and by_id[with_bob]["type"] is False
     assert by_id[with_carol]["name"] == carol.nick_name
     assert by_id[with_bob]["userIds"] == sorted([alice.id, bob.id]) and by_id[with_bob]["userCount"] == 2

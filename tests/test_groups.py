@@ -66,6 +66,9 @@ async def test_group_create_then_members_info_and_list(api: Api, trio) -> None:
             "createTime": info.body["createTime"],
             "userCount": 1,
             "userIds": [alice.id],
+            "lastReadId": 0,
+            "unreadCount": 0,
+            "lastMessage": None,
         }
     ]
     assert (await api.get("/chatroom/list", alice.token, name="book")).body[0]["id"] == room

@@ -88,8 +88,11 @@ class Fanout(ABC):
         """
 
     @abstractmethod
-    async def notify(self, room: str, notice: dict[str, Any], *, skip_sid: str | None = None) -> None:
-        """Send a ``message`` notice (``joinRoom``, ``quitRoom``) to a room or a user's room, on every instance."""
+    async def notify(self, room: str | list[str], notice: dict[str, Any], *, skip_sid: str | None = None) -> None:
+        """Send a ``message`` notice (``joinRoom``, ``quitRoom``) to a room or a user's room, on every instance.
+
+        Given several rooms, a socket in more than one of them gets the notice once.
+        """
 
     @abstractmethod
     async def control(self, op: str, args: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ class LocalFanout(Fanout):
             await emit(MESSAGE_EVENT, event, room=room_name(message["chatroomId"]))
             self._record_online(event)
 
-    async def notify(self, room: str, notice: dict[str, Any], *, skip_sid: str | None = None) -> None:
+    async def notify(self, room: str | list[str], notice: dict[str, Any], *, skip_sid: str | None = None) -> None:
         """Queue a notice on the room's sockets."""
         await self._sockets.emit(MESSAGE_EVENT, notice, room=room, skip_sid=skip_sid)
 

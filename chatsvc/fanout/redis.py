@@ -74,7 +74,7 @@ PUBLISH_PAUSE = 1.0
 PUBLISH_PAUSE_MAX = 30.0
 
 # event, data, room, skip_sid
-Broadcast = tuple[str, Any, str, str | None]
+Broadcast = tuple[str, Any, str | list[str], str | None]
 
 
 class _Acks:
@@ -155,7 +155,7 @@ class RedisFanout(Fanout):
         """Put the batch on the channel as one message; every instance delivers it when it comes back."""
         await self._emit([(MESSAGE_EVENT, message_event(m), room_name(m["chatroomId"]), None) for m in messages])
 
-    async def notify(self, room: str, notice: dict[str, Any], *, skip_sid: str | None = None) -> None:
+    async def notify(self, room: str | list[str], notice: dict[str, Any], *, skip_sid: str | None = None) -> None:
         """Put a notice on the channel (``skip_sid`` is a socket of this instance)."""
         await self._emit([(MESSAGE_EVENT, notice, room, skip_sid)])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from chatsvc import models
@@ -10,6 +12,7 @@ from chatsvc.http.middleware import caller
 from chatsvc.jsonutil import json_response
 from chatsvc.models import validate_params
 from chatsvc.state import STATE
+from chatsvc.store.reads import list_read_receipts, list_unread_of_user
 from chatsvc.store.rooms import (
     find_one_to_one_room,
     find_room,
@@ -58,10 +61,38 @@ async def find_chatroom(request: web.Request) -> web.Response:
 
 @routes.get("/chatroom/list")
 async def list_chatrooms(request: web.Request) -> web.Response:
-    """The caller's rooms, filtered by a name substring."""
-    name = validate_params(models.RoomListQuery, request.query).name
-    rooms = await list_rooms_of_user(request.app[STATE].db.reader, caller(request).id, name.strip())
+    """The caller's rooms, filtered by a name substring, with read positions, unread counts and newest messages."""
+    query = validate_params(models.RoomListQuery, request.query)
+    reader, me = request.app[STATE].db.reader, caller(request).id
+    rooms = await list_rooms_of_user(reader, me, query.name.strip())
+    with_unread(rooms, await list_unread_of_user(reader, me))
+    if query.order == "activity":
+        rooms.sort(key=activity, reverse=True)
     return json_response(rooms)
+
+
+def with_unread(rooms: list[dict[str, Any]], unread: dict[int, dict[str, Any]]) -> None:
+    """Add ``lastReadId``, ``unreadCount`` and ``lastMessage`` to room list items."""
+    for room in rooms:
+        # A room the caller joined between the two reads: nothing read, nothing known yet.
+        room.update(unread.get(room["id"]) or {"lastReadId": 0, "unreadCount": 0, "lastMessage": None})
+
+
+def activity(room: dict[str, Any]) -> tuple[str, int]:
+    """The sort key of ``order=activity``: when the newest message was sent, else when the room was made."""
+    last = room["lastMessage"]
+    return (last["createTime"] if last is not None else room["createTime"], room["id"])
+
+
+@routes.get("/chatroom/read-receipts")
+async def read_receipts(request: web.Request) -> web.Response:
+    """Every member's read position in a room the caller is a member of."""
+    me = caller(request)
+    room_id = validate_params(models.ReadReceiptsQuery, request.query).chatroomId
+    state = request.app[STATE]
+    if not await state.members.is_member(state.db.reader, me.id, room_id):
+        raise Forbidden("You are not a member of this chatroom")
+    return json_response(await list_read_receipts(state.db.reader, room_id))
 
 
 @routes.get("/chatroom/create-group")

@@ -193,3 +193,19 @@ async def delete_message(request: web.Request) -> web.Response:
     username = validate_params(models.SidecarDeleteQuery, request.query).username
     user_id = None if username is None else (await admin.users_by_username(state.db, [username]))[username]["id"]
     return json_response(await change_delete(state, user_id, message_id))
+
+
+@routes.post(PREFIX + "/rooms/{id}/read")
+@api_key_required
+async def mark_read(request: web.Request) -> web.Response:
+    """Move a member's read position, as their ``markRead`` would; the room hears ``read`` if it moved."""
+    state = request.app[STATE]
+    room_id = _room_id(request)
+    body = validate(models.SidecarReadBody, await json_body(request), "Request body")
+    user_id = (await admin.users_by_username(state.db, [body.username]))[body.username]["id"]
+    if not await state.members.is_member(state.db.reader, user_id, room_id):
+        if await find_room(state.db.reader, room_id) is None:
+            raise NotFound("Chatroom not found")
+        raise Forbidden("That user is not a member of this chatroom")
+    last_read_id = await state.reads.mark(user_id, room_id, body.messageId)
+    return json_response({"chatroomId": room_id, "userId": user_id, "lastReadId": last_read_id})

@@ -26,7 +26,16 @@ from chatsvc.fanout import MESSAGE_EVENT, message_event, room_name, user_room
 from chatsvc.logs import log_socket_event
 from chatsvc.membership import join_notice
 from chatsvc.message_changes import change_delete, change_edit
-from chatsvc.models import DeleteMessage, JoinRoom, LeaveRoom, edit_message_model, send_message_model, validate
+from chatsvc.models import (
+    DeleteMessage,
+    JoinRoom,
+    LeaveRoom,
+    MarkRead,
+    Typing,
+    edit_message_model,
+    send_message_model,
+    validate,
+)
 from chatsvc.realtime.server import TRANSPORT_FLUSH_SECONDS, ChatSocketServer, ack_requested
 from chatsvc.state import AppState
 from chatsvc.store.messages import MESSAGE_TYPES, list_history
@@ -177,6 +186,7 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def on_disconnect(self, sid: str, reason: str | None = None) -> None:
         """Forget the socket."""
+        await self.state.typing.forget_socket(sid)
         session = self._sessions.pop(sid, None)
         if session is not None:
             log_socket_event("disconnect", sid, session.user_id, self.server.get_environ(sid), reason)
@@ -220,6 +230,14 @@ class ChatNamespace(socketio.AsyncNamespace):
     async def on_deleteMessage(self, sid: str, data: Any = None) -> Any:
         """Delete one's own message; the room hears ``messageDeleted``."""
         return await self._answer(sid, self._delete_message(sid, data))
+
+    async def on_markRead(self, sid: str, data: Any = None) -> Any:
+        """Move the user's read position in a room; the room and the user's sockets hear ``read``."""
+        return await self._answer(sid, self._mark_read(sid, data))
+
+    async def on_typing(self, sid: str, data: Any = None) -> Any:
+        """Start or stop the user's typing in a room; the room's other sockets hear ``typing``."""
+        return await self._answer(sid, self._typing(sid, data))
 
     async def _answer(self, sid: str, work: Any) -> Any:
         """Run an event; a failure goes to the ack if there is one, else as ``exception``."""
@@ -305,6 +323,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         chatroom_id = validate(LeaveRoom, data).chatroomId
         self._session(sid)
         await self.leave_room(sid, room_name(chatroom_id))
+        await self.state.typing.forget_socket(sid, chatroom_id)
         return {"chatroomId": chatroom_id}
 
     async def _send_message(self, sid: str, data: Any) -> dict[str, Any]:
@@ -317,6 +336,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             raise TooManyRequests("Sending too fast: slow down")
         await self._require_member(user_id, chatroom_id)
         stored, _ = await self.state.writer.submit(Draft(chatroom_id, user_id, kind, content, client_msg_id))
+        await self.state.typing.stop(user_id, chatroom_id)
         return stored
 
     async def _edit_message(self, sid: str, data: Any) -> dict[str, Any]:
@@ -335,3 +355,25 @@ class ChatNamespace(socketio.AsyncNamespace):
         if not session.bucket.take():
             raise TooManyRequests("Deleting too fast: slow down")
         return await change_delete(self.state, user_id, delete.messageId)
+
+    # -- read positions and typing (chatsvc/receipts.py) --------------------
+
+    async def _mark_read(self, sid: str, data: Any) -> dict[str, Any]:
+        session = self._session(sid)
+        mark = validate(MarkRead, data)
+        user_id = self._acting_user(sid, mark.userId, "userId")
+        if not session.bucket.take():
+            raise TooManyRequests("Marking read too fast: slow down")
+        await self._require_member(user_id, mark.chatroomId)
+        last_read_id = await self.state.reads.mark(user_id, mark.chatroomId, mark.messageId)
+        return {"chatroomId": mark.chatroomId, "lastReadId": last_read_id}
+
+    async def _typing(self, sid: str, data: Any) -> dict[str, Any]:
+        session = self._session(sid)
+        typing = validate(Typing, data)
+        user_id = self._acting_user(sid, typing.userId, "userId")
+        if not session.bucket.take():
+            raise TooManyRequests("Typing notices too fast: slow down")
+        await self._require_member(user_id, typing.chatroomId)
+        await self.state.typing.update(sid, user_id, typing.chatroomId, typing.typing)
+        return {}

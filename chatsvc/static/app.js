@@ -239,6 +239,7 @@ function connectSocket() {
     conn.textContent = status === "connecting" ? "connecting…" : status;
   });
   socket.on("connect", () => {
+    receipts.onConnect();
     if (state.room && state.loaded) joinRoom(state.room);
     for (const item of state.outbox) deliver(item);
   });
@@ -255,6 +256,7 @@ function connectSocket() {
 }
 
 function onSocketMessage(event) {
+  receipts.onEvent(event);
   if (event.type === "sendMessage") {
     addMessages([event.message]);
   } else if (event.type === "quitRoom" || event.type === "joinRoom") {
@@ -315,6 +317,7 @@ async function refreshRooms() {
     closeRoom();
   }
   renderRooms();
+  receipts.watchRooms();
   const wanted = Number(new URLSearchParams(location.hash.slice(1)).get("room"));
   if (!state.room && wanted) {
     const room = state.rooms.find((r) => r.id === wanted);
@@ -330,6 +333,7 @@ function renderRooms() {
     open.dataset.roomId = room.id;
     if (state.room && state.room.id === room.id) open.classList.add("active");
     open.append(el("small", "muted", room.type ? ` group · ${room.userCount}` : ""));
+    receipts.decorate(open, room);
     li.append(open);
     return li;
   });
@@ -339,7 +343,7 @@ function renderRooms() {
 
 async function openRoom(room) {
   if (state.room && state.room.id === room.id) return;
-  if (state.room && socket && socket.connected) socket.emit("leaveRoom", { chatroomId: state.room.id });
+  if (state.room) receipts.stopTyping(state.room.id); // the page stays in every room, for live unread counts
   state.room = room;
   state.loaded = false;
   state.hasOlder = false;
@@ -374,7 +378,7 @@ function closeRoom() {
 
 // The phone layout's way from a room back to the rooms and friends.
 function backToRooms() {
-  if (state.room && socket && socket.connected) socket.emit("leaveRoom", { chatroomId: state.room.id });
+  if (state.room) receipts.stopTyping(state.room.id); // the page stays in every room, for live unread counts
   closeRoom();
   renderRooms();
 }
@@ -489,6 +493,7 @@ function addMessages(messages, options = {}) {
     changed = true;
   }
   if (changed || options.toBottom || options.keepPosition) renderMessages(options);
+  if (changed) receipts.markOpenRoomRead();
 }
 
 function renderMessages({ toBottom = false, keepPosition = false } = {}) {
@@ -839,6 +844,133 @@ async function chatWith(friend) {
 
 // -- start -----------------------------------------------------------------
 
+// -- read positions, unread counts and typing (issue 15) ------------------------------------------------
+// The page joins every room it lists, so the list's unread counts and previews stay live; the open room is
+// marked read as messages show, and the composer sends typing notices.
+
+const TYPING_EVERY_MS = 2000;
+
+const receipts = {
+  joined: new Set(), // rooms joined on this connection
+  typingSent: 0, // when the open room last heard typing: true from us
+  typingRoom: null,
+  typists: new Map(), // userId -> name, of the open room
+
+  start() {
+    const input = $("send-form").content;
+    input.addEventListener("input", () => receipts.typed());
+    input.addEventListener("blur", () => state.room && receipts.stopTyping(state.room.id));
+  },
+
+  onConnect() {
+    receipts.joined.clear();
+    receipts.typingRoom = null;
+    receipts.watchRooms();
+  },
+
+  // Join the listed rooms not yet joined (the open room's own join catches up on missed messages).
+  watchRooms() {
+    if (!socket || !socket.connected) return;
+    for (const room of state.rooms) {
+      if (receipts.joined.has(room.id)) continue;
+      receipts.joined.add(room.id);
+      if (!(state.room && state.room.id === room.id)) {
+        socket.call("joinRoom", { chatroomId: room.id, userId: state.me.id }).catch(() => {});
+      }
+    }
+  },
+
+  onEvent(event) {
+    if (event.type === "sendMessage") receipts.messageArrived(event.message);
+    else if (event.type === "read") receipts.readArrived(event);
+    else if (event.type === "typing") receipts.typingArrived(event);
+  },
+
+  messageArrived(message) {
+    const room = state.rooms.find((r) => r.id === message.chatroomId);
+    if (!room || (room.lastMessage && room.lastMessage.id >= message.id)) return;
+    room.lastMessage = message;
+    if (message.senderId === state.me.id) {
+      room.lastReadId = message.id;
+      room.unreadCount = 0;
+    } else if (message.id > room.lastReadId) {
+      room.unreadCount += 1;
+    }
+    receipts.typists.delete(message.senderId);
+    receipts.showTypists();
+    renderRooms();
+  },
+
+  // Our own position, moved here or in another tab.
+  readArrived(event) {
+    if (event.userId !== state.me.id) return;
+    const room = state.rooms.find((r) => r.id === event.chatroomId);
+    if (!room || event.lastReadId <= room.lastReadId) return;
+    room.lastReadId = event.lastReadId;
+    if (room.lastMessage && event.lastReadId >= room.lastMessage.id) room.unreadCount = 0;
+    else refreshRooms(); // how many are left unread is the server's to count
+    renderRooms();
+  },
+
+  typingArrived(event) {
+    if (!state.room || event.chatroomId !== state.room.id || event.userId === state.me.id) return;
+    if (event.typing) {
+      // A one-to-one room is named after the other member; in a group, a message of theirs names them.
+      const theirs = [...state.messages.values()].find((m) => m.senderId === event.userId);
+      const name = !state.room.type ? state.room.name : theirs && theirs.sender && theirs.sender.nickName;
+      receipts.typists.set(event.userId, name || "Someone");
+    } else {
+      receipts.typists.delete(event.userId);
+    }
+    receipts.showTypists();
+  },
+
+  showTypists() {
+    const names = [...receipts.typists.values()];
+    const line = $("typing");
+    line.textContent = names.length ? `${names.join(", ")} ${names.length > 1 ? "are" : "is"} typing…` : "";
+    line.hidden = !names.length;
+  },
+
+  markOpenRoomRead() {
+    const room = state.room;
+    if (!room || !socket || !socket.connected || document.visibilityState !== "visible") return;
+    const newest = Math.max(0, ...state.messages.keys());
+    const listed = state.rooms.find((r) => r.id === room.id);
+    if (!listed || newest <= listed.lastReadId) return;
+    listed.lastReadId = newest;
+    listed.unreadCount = 0;
+    renderRooms();
+    socket.call("markRead", { chatroomId: room.id, messageId: newest }).catch(() => {});
+  },
+
+  typed() {
+    if (!state.room || !socket || !socket.connected) return;
+    const now = Date.now();
+    if (receipts.typingRoom === state.room.id && now - receipts.typingSent < TYPING_EVERY_MS) return;
+    receipts.typingRoom = state.room.id;
+    receipts.typingSent = now;
+    socket.call("typing", { chatroomId: state.room.id, typing: true }).catch(() => {});
+  },
+
+  stopTyping(roomId) {
+    receipts.typists.clear();
+    receipts.showTypists();
+    if (receipts.typingRoom !== roomId) return;
+    receipts.typingRoom = null;
+    if (socket && socket.connected) socket.call("typing", { chatroomId: roomId, typing: false }).catch(() => {});
+  },
+
+  decorate(link, room) {
+    if (room.unreadCount > 0) link.append(el("span", "unread", String(room.unreadCount)));
+    const last = room.lastMessage;
+    if (!last) return;
+    const shown = last.type === 1 ? "[picture]" : last.type === 2 ? "[file]" : last.content;
+    const who = last.senderId === state.me.id ? "You" : (last.sender && last.sender.nickName) || "";
+    link.append(el("span", "preview", who ? `${who}: ${shown}` : shown));
+  },
+};
+
 async function start() {
   $("tab-login").addEventListener("click", () => setRegistering(false));
   $("tab-register").addEventListener("click", () => setRegistering(true));
@@ -864,6 +996,7 @@ async function start() {
   $("avatar-form").addEventListener("submit", saveAvatar);
   $("avatar-cancel").addEventListener("click", closeAvatarForm);
   $("older").addEventListener("click", loadOlder);
+  receipts.start();
   if (state.token) {
     try {
       enter(await api("GET", "/user/info"));
