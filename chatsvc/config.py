@@ -101,6 +101,11 @@ class Config:
     s3_public_url: str | None = None
     # Base of the URLs upload answers give (None: the scheme and host the request came to).
     public_url: str | None = None
+    # --- presence (chatsvc/presence.py) ---
+    # Seconds a user stays online after their last socket went, so a page reload does not flicker.
+    presence_grace: float = 5.0
+    # With Redis: seconds an instance's socket counts outlive it, should it stop without clearing them.
+    presence_ttl: int = 30
 
     @property
     def files_path(self) -> Path:
@@ -317,6 +322,8 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_S3_URL": ("s3_url", _s3_url),
     "CHATSVC_S3_PUBLIC_URL": ("s3_public_url", _http_url),
     "CHATSVC_PUBLIC_URL": ("public_url", _http_url),
+    "CHATSVC_PRESENCE_GRACE": ("presence_grace", _rate),
+    "CHATSVC_PRESENCE_TTL": ("presence_ttl", _int(minimum=3, maximum=86400)),
 }
 # Settings whose variable, set but empty, means "not set" (a secret, a URL, a key).
 SKIP_WHEN_EMPTY = {

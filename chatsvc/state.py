@@ -16,6 +16,7 @@ from chatsvc.fanout import Fanout
 from chatsvc.files import FileStore
 from chatsvc.files.sweep import UploadSweeper
 from chatsvc.membership import Membership
+from chatsvc.presence import Presence
 from chatsvc.realtime.server import ChatSocketServer
 from chatsvc.store.users import find_user_by_id
 from chatsvc.throttle import Throttle
@@ -54,6 +55,8 @@ class AppState:
     # Uploaded files (chatsvc/files/): where their bytes live, and the sweep of unused ones.
     files: FileStore
     upload_sweeper: UploadSweeper
+    # Who is online, over every instance (chatsvc/presence.py).
+    presence: Presence
 
     async def authenticate(self, token: str) -> Caller:
         """The user a token belongs to; Unauthorized if the token or its user is no longer valid."""

@@ -105,7 +105,7 @@ async def room_info(request: web.Request) -> web.Response:
 
 @routes.get("/chatroom/join/{id}")
 async def join_group(request: web.Request) -> web.Response:
-    """Add the user named ``joinUsername`` to a group the caller is in; the room id."""
+    """Add the user named ``joinUsername`` to a group the caller owns or administers; the room id."""
     me = caller(request)
     room_id = validate_params(models.RoomPath, request.match_info).id
     username = validate_params(models.JoinGroupQuery, request.query).joinUsername
@@ -123,7 +123,7 @@ async def join_group(request: web.Request) -> web.Response:
 
 @routes.get("/chatroom/quit/{id}")
 async def quit_group(request: web.Request) -> web.Response:
-    """Remove member ``quitUserId`` (the caller or, as in the original, any other member) from a group; the room id."""
+    """Remove member ``quitUserId`` (the caller, or another member if the caller is owner or admin); the room id."""
     me = caller(request)
     room_id = validate_params(models.RoomPath, request.match_info).id
     quit_user_id = validate_params(models.QuitGroupQuery, request.query).quitUserId
@@ -131,3 +131,13 @@ async def quit_group(request: web.Request) -> web.Response:
     if not removed:
         raise BadRequest("That user is not a member of this group")
     return json_response(room_id)
+
+
+@routes.get("/chatroom/set-role/{id}")
+async def set_role(request: web.Request) -> web.Response:
+    """The group's owner makes member ``userId`` an admin or a member again; the room hears ``roleChanged``."""
+    me = caller(request)
+    room_id = validate_params(models.RoomPath, request.match_info).id
+    query = validate_params(models.SetRoleQuery, request.query)
+    role = await request.app[STATE].membership.set_role(room_id, query.userId, query.role, by=me.id)
+    return json_response({"chatroomId": room_id, "userId": query.userId, "role": role})
