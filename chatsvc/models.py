@@ -404,7 +404,7 @@ class Room(_Response, kw_only=True):
     type: Annotated[bool, Meta(description="true for a group")]
     createTime: Time
     updateTime: Time
-    users: list[Profile]
+    users: list[Member]
 
 
 class FriendRequest(_Response, kw_only=True):
@@ -577,6 +577,8 @@ PRESENCE_MODELS: tuple[type[Struct], ...] = (Member, Presence, SidecarPresence, 
 
 def parse_id_list(raw: str) -> list[int]:
     """The ids of a validated comma-separated list, without repeats; BadRequest past the limits."""
+    if not re.fullmatch(r"[0-9]+(,[0-9]+)*", raw):
+        raise BadRequest("ids must be user ids separated by commas")
     ids = list(dict.fromkeys(int(part) for part in raw.split(",")))
     if len(ids) > MAX_PRESENCE_IDS:
         raise BadRequest(f"ids must name at most {MAX_PRESENCE_IDS} users")
