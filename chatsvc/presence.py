@@ -49,10 +49,10 @@ class PresenceCounter(ABC):
     def __init__(self) -> None:
         self.local: dict[int, int] = {}
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - nothing to start unless a subclass has
         """Start what counting needs (on application startup)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - nothing to stop unless a subclass has
         """Stop (on cleanup)."""
 
     @abstractmethod
@@ -198,7 +198,7 @@ class RedisCounter(PresenceCounter):
         await self._write(user_id, self._add_here(user_id, -1), announce=False)
 
     async def went_offline(self, user_id: int) -> bool:
-        """True if no live instance counts a socket of the user and this instance removed them from the announced set."""
+        """True if no live instance counts a socket of the user and this instance took them out of the announced set."""
         if self.local.get(user_id):
             return False
         try:

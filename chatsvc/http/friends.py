@@ -49,6 +49,7 @@ async def _profile(state: AppState, user_id: int, keys: tuple[str, ...]) -> dict
     user = await find_user_by_id(state.db.reader, user_id) or {"id": user_id}
     return {key: user.get(key) for key in keys}
 
+
 NO_PENDING_REQUEST = "There is no pending friend request from this user"
 
 

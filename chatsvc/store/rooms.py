@@ -211,7 +211,8 @@ async def add_members(conn: Connection, chatroom_id: int, user_ids: list[int]) -
     added = await conn.fetch_column(
         f"""
         INSERT INTO user_chatroom (user_id, chatroom_id, joined_at)
-        SELECT ids.value, CAST(:room AS BIGINT), {conn.dialect.now} FROM {conn.dialect.in_list(":ids", "int")} AS ids WHERE true
+        SELECT ids.value, CAST(:room AS BIGINT), {conn.dialect.now}
+        FROM {conn.dialect.in_list(":ids", "int")} AS ids WHERE true
         ON CONFLICT (user_id, chatroom_id) DO NOTHING
         RETURNING user_id
         """,
