@@ -69,6 +69,12 @@ async def exercise_every_route(api: Api, sockets) -> None:
     await api.get("/favorite/list", alice.token)
     await api.get("/favorite/del", alice.token, id=favorite["id"])
     await api.get("/user/register-captcha", address="new@example.com")
+    # Presence and group roles (issue 15): the sockets above already stored lastSeen and found who to tell.
+    await api.get("/user/presence", alice.token, ids=f"{bob.id},{carol.id}")
+    roles = (await api.get("/chatroom/create-group", alice.token, name="roles")).body
+    await api.get(f"/chatroom/join/{roles}", alice.token, joinUsername="bob")
+    await api.get(f"/chatroom/set-role/{roles}", alice.token, userId=bob.id, role="admin")
+    await api.get(f"/chatroom/quit/{roles}", alice.token, quitUserId=alice.id)  # the owner leaves: a successor
 
 
 PG_SEQ_SCAN = re.compile(r"Seq Scan on (\w+)")
