@@ -22,12 +22,13 @@ from tests.helpers import Api, SocketClient, User, assert_error, public_profile
 pytestmark = pytest.mark.both_engines
 
 GRACE = 0.2
+API_KEY = "presence-sidecar-key-0123456789abcdef"
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     # A client's disconnect may abort its connection before its last packet is written: short pings find it.
-    return make_config(tmp_path, presence_grace=GRACE, rate_limit=0, ping_interval=1, ping_timeout=1)
+    return make_config(tmp_path, presence_grace=GRACE, rate_limit=0, ping_interval=1, ping_timeout=1, api_key=API_KEY)
 
 
 async def befriend(api: Api, one: User, other: User) -> None:
@@ -151,6 +152,24 @@ async def test_presence_route_refuses_bad_ids(api: Api, trio, params: dict[str, 
     alice, _, _ = trio
     resp = await api.get("/user/presence", alice.token, **params)
     assert_error(resp.status, resp.body, 400)
+
+
+async def test_presence_sidecar_reads_anyone_by_username(api: Api, sockets, trio) -> None:
+    alice, bob, _ = trio
+    await sockets(alice.token)
+    key = {"X-Api-Key": API_KEY}
+    params = [("username", bob.username), ("username", alice.username)]
+    resp = await api.request("GET", "/sidecar/v1/presence", params=params, headers=key)  # type: ignore[arg-type]
+    assert resp.status == 200, resp.body
+    assert [(e["username"], e["id"], e["online"]) for e in resp.body] == [
+        (bob.username, bob.id, False),
+        (alice.username, alice.id, True),
+    ]
+    assert resp.body[1]["lastSeen"].endswith("Z") and resp.body[0]["lastSeen"] is None
+    unknown = await api.request("GET", "/sidecar/v1/presence", params={"username": "nobody"}, headers=key)
+    assert_error(unknown.status, unknown.body, 400)
+    wrong = await api.request("GET", "/sidecar/v1/presence", params={"username": bob.username}, token=alice.token)
+    assert_error(wrong.status, wrong.body, 401)
 
 
 async def test_presence_route_needs_a_login(api: Api) -> None:
