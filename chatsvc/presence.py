@@ -296,14 +296,17 @@ class Presence:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await self._settle(user_id)
+            try:
+                await self._settle(user_id)
+            except Exception as exc:
+                log.warning("presence: user %s not announced offline at shutdown: %s", user_id, exc)
         self._pending.clear()
         await self.counter.close()
 
     async def socket_connected(self, user_id: int) -> None:
         """A socket of the user connected here: announce the user online if they were not."""
         pending = self._pending.pop(user_id, None)
-        if pending is not None:
+        if pending is not None and not pending.done():
             pending.cancel()
         if await self.counter.connected(user_id):
             await self._announce(user_id, True)
@@ -318,12 +321,15 @@ class Presence:
         )
 
     async def _after_grace(self, user_id: int) -> None:
-        await asyncio.sleep(self.grace)
-        self._pending.pop(user_id, None)
+        # Stays in _pending until done, so that close() waits for (or cancels and redoes) a settle under way.
         try:
+            await asyncio.sleep(self.grace)
             await self._settle(user_id)
         except Exception:
             log.exception("presence: announcing user %s offline failed", user_id)
+        finally:
+            if self._pending.get(user_id) is asyncio.current_task():
+                del self._pending[user_id]
 
     async def _settle(self, user_id: int) -> None:
         if await self.counter.went_offline(user_id):
