@@ -22,7 +22,9 @@ CREATE TABLE IF NOT EXISTS user (
     -- Bumped on every password change; tokens carry it, so older tokens die.
     token_version INTEGER NOT NULL DEFAULT 0,
     create_time   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    update_time   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    update_time   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    -- When the user last had a socket connected (the moment they came online or went offline); NULL if never.
+    last_seen     TEXT
 );
 
 CREATE TABLE IF NOT EXISTS chatroom (
@@ -42,6 +44,9 @@ CREATE TABLE IF NOT EXISTS user_chatroom (
     chatroom_id INTEGER NOT NULL REFERENCES chatroom (id),
     -- The newest message of the room the member has read (markRead, or one they sent); 0 if none.
     last_read_id INTEGER NOT NULL DEFAULT 0,
+    role        TEXT    NOT NULL DEFAULT 'member' CHECK (role IN ('owner', 'admin', 'member')),
+    -- When the membership began: the longest-standing admin or member succeeds a leaving owner.
+    joined_at   TEXT,
     PRIMARY KEY (user_id, chatroom_id)
 ) WITHOUT ROWID;
 -- Members of a room; the primary key already serves rooms of a user.

@@ -21,7 +21,9 @@ CREATE TABLE "user" (
     -- Bumped on every password change; tokens carry it, so older tokens die.
     token_version INTEGER NOT NULL DEFAULT 0,
     create_time   TIMESTAMPTZ NOT NULL DEFAULT now(),
-    update_time   TIMESTAMPTZ NOT NULL DEFAULT now()
+    update_time   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- When the user last had a socket connected (the moment they came online or went offline); NULL if never.
+    last_seen     TIMESTAMPTZ
 );
 
 CREATE TABLE chatroom (
@@ -41,6 +43,9 @@ CREATE TABLE user_chatroom (
     chatroom_id BIGINT NOT NULL REFERENCES chatroom (id),
     -- The newest message of the room the member has read (markRead, or one they sent); 0 if none.
     last_read_id BIGINT NOT NULL DEFAULT 0,
+    role        TEXT   NOT NULL DEFAULT 'member' CHECK (role IN ('owner', 'admin', 'member')),
+    -- When the membership began: the longest-standing admin or member succeeds a leaving owner.
+    joined_at   TIMESTAMPTZ,
     PRIMARY KEY (user_id, chatroom_id)
 );
 -- Members of a room; the primary key already serves rooms of a user.

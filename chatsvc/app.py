@@ -22,12 +22,13 @@ from chatsvc.fanout.local import LocalFanout
 from chatsvc.fanout.redis import RedisFanout
 from chatsvc.files import make_file_store
 from chatsvc.files.sweep import UploadSweeper
-from chatsvc.http import chatrooms, demo, favorites, files, friends, history, ops, sidecar, users
+from chatsvc.http import chatrooms, demo, favorites, files, friends, history, ops, presence, sidecar, users
 from chatsvc.http.middleware import auth_middleware, cors_middleware, security_headers
 from chatsvc.http.observe import observe_middleware
 from chatsvc.membership import Membership
 from chatsvc.metrics import METRICS, Metrics
 from chatsvc.order_lock import OrderLock, order_lock_for
+from chatsvc.presence import Presence, make_counter
 from chatsvc.realtime.events import ChatNamespace
 from chatsvc.realtime.server import ChatSocketServer, build_socket_server
 from chatsvc.receipts import ReadPositions, TypingNotices
@@ -65,8 +66,10 @@ def create_app(config: Config) -> web.Application:
     fanout: Fanout
     if config.redis_url is not None:
         fanout = RedisFanout(sio, members, profiles, config.redis_url, config.redis_channel, online_log=online_log)
+        host_id = fanout.host_id
     else:
         fanout = LocalFanout(sio, members, profiles, online_log=online_log)
+        host_id = "local"
     order_lock = order_lock_for(config)
     writer = MessageWriter(
         db, profiles, fanout, order_lock, max_batch=config.write_batch_max, webhook_outbox=webhooks is not None
@@ -91,6 +94,12 @@ def create_app(config: Config) -> web.Application:
         webhooks=webhooks,
         reads=ReadPositions(db, fanout),
         typing=TypingNotices(fanout, timeout=config.typing_timeout),
+        presence=Presence(
+            db,
+            fanout,
+            make_counter(config.redis_url, config.redis_channel, host_id, config.presence_ttl),
+            config.presence_grace,
+        ),
     )
     namespace = ChatNamespace(state)
     sio.register_namespace(namespace)
@@ -102,7 +111,9 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_fanout_ctx(fanout))
     app.cleanup_ctx.append(_database_ctx(state, order_lock))
     app.cleanup_ctx.append(_files_ctx(state))
-    for module in (users, chatrooms, history, friends, favorites, files, demo, sidecar, ops):
+    # Last in, so first out: users still in their grace period are settled while the database and fan-out run.
+    app.cleanup_ctx.append(_presence_ctx(state))
+    for module in (users, chatrooms, history, friends, favorites, files, demo, sidecar, ops, presence):
         app.add_routes(module.routes)
     app.on_response_prepare.append(security_headers)
     app.on_shutdown.append(_close_sockets(namespace, sio))
@@ -158,6 +169,15 @@ def _files_ctx(state: AppState) -> CleanupContext:
         await state.files.close()
 
     return files_ctx
+
+
+def _presence_ctx(state: AppState) -> CleanupContext:
+    async def presence_ctx(app: web.Application) -> AsyncIterator[None]:
+        await state.presence.start()
+        yield
+        await state.presence.close()
+
+    return presence_ctx
 
 
 def _close_sockets(namespace: ChatNamespace, sio: ChatSocketServer) -> Callable[[web.Application], Awaitable[None]]:

@@ -115,6 +115,11 @@ class Config:
     webhook_backoff: float = 1.0
     webhook_backoff_max: float = 3600.0
     webhook_timeout: float = 10.0
+    # --- presence (chatsvc/presence.py) ---
+    # Seconds a user stays online after their last socket went, so a page reload does not flicker.
+    presence_grace: float = 5.0
+    # With Redis: seconds an instance's socket counts outlive it, should it stop without clearing them.
+    presence_ttl: int = 30
 
     @property
     def files_path(self) -> Path:
@@ -362,6 +367,8 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_WEBHOOK_BACKOFF": ("webhook_backoff", _positive),
     "CHATSVC_WEBHOOK_BACKOFF_MAX": ("webhook_backoff_max", _positive),
     "CHATSVC_WEBHOOK_TIMEOUT": ("webhook_timeout", _positive),
+    "CHATSVC_PRESENCE_GRACE": ("presence_grace", _rate),
+    "CHATSVC_PRESENCE_TTL": ("presence_ttl", _int(minimum=3, maximum=86400)),
 }
 # Settings whose variable, set but empty, means "not set" (a secret, a URL, a key).
 SKIP_WHEN_EMPTY = {

@@ -505,7 +505,7 @@ class Room(_Response, kw_only=True):
     type: Annotated[bool, Meta(description="true for a group")]
     createTime: Time
     updateTime: Time
-    users: list[Profile]
+    users: list[Member]
 
 
 class FriendRequest(_Response, kw_only=True):
@@ -631,6 +631,76 @@ RESPONSE_MODELS: tuple[type[Struct], ...] = (
     FavoriteWithMessage,
     Upload,
 )
+
+# --- presence and group roles (issue 15) ------------------------------------------------------------------------
+
+# Most user ids one GET /user/presence names.
+MAX_PRESENCE_IDS = 100
+RoleName = Annotated[Literal["owner", "admin", "member"], Meta(extra={"order": ("owner", "admin", "member")})]
+
+
+class SetRoleQuery(_Request, kw_only=True):
+    userId: Id
+    role: Annotated[Literal["admin", "member"], Meta(extra={"order": ("admin", "member")})]
+
+
+class PresenceQuery(_Request, kw_only=True):
+    ids: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=MAX_PRESENCE_IDS * 20,
+            pattern=r"^[0-9]+(,[0-9]+)*$",
+            description=f"comma-separated user ids, at most {MAX_PRESENCE_IDS}",
+        ),
+    ]
+
+
+class SidecarPresenceQuery(_Request, kw_only=True):
+    """The query of GET /sidecar/v1/presence: ``?username=`` repeated."""
+
+    username: Annotated[
+        QueryUsernames,
+        Meta(description=f"repeat for several users (at most {MAX_QUERY_USERNAMES}, to keep the URL short)"),
+    ]
+
+
+class Member(Profile, kw_only=True):
+    """A member of a room as /chatroom/members lists them: the profile and the role."""
+
+    role: Annotated[RoleName, Meta(description="owner, admin or member; one-to-one rooms have members only")]
+
+
+class Presence(_Response, kw_only=True):
+    id: int
+    online: bool
+    lastSeen: Annotated[str, Meta(description="when the user came online or went offline")] | None
+
+
+class SidecarPresence(Presence, kw_only=True):
+    username: str
+
+
+class RoleResult(_Response, kw_only=True):
+    chatroomId: int
+    userId: int
+    role: RoleName
+
+
+PRESENCE_MODELS: tuple[type[Struct], ...] = (Member, Presence, SidecarPresence, RoleResult)
+
+
+def parse_id_list(raw: str) -> list[int]:
+    """The ids of a validated comma-separated list, without repeats; BadRequest past the limits."""
+    if not re.fullmatch(r"[0-9]+(,[0-9]+)*", raw):
+        raise BadRequest("ids must be user ids separated by commas")
+    ids = list(dict.fromkeys(int(part) for part in raw.split(",")))
+    if len(ids) > MAX_PRESENCE_IDS:
+        raise BadRequest(f"ids must name at most {MAX_PRESENCE_IDS} users")
+    if any(not 1 <= user_id <= MAX_ID for user_id in ids):
+        raise BadRequest(f"ids must be between 1 and {MAX_ID}")
+    return ids
+
 
 # --- OpenAPI -----------------------------------------------------------------------------------------------------
 

@@ -337,7 +337,7 @@ CHATROOMS: dict[str, Schema] = {
         "get": _user_route(
             "The members of a room the caller is in (emails only of the caller and friends); [] for no room",
             200,
-            _array(_ref("Profile")),
+            _array(_model(models.Member)),
             params=_params(models.MembersQuery),
             errors=(400, 403),
             tag="chatrooms",
@@ -568,6 +568,36 @@ def _edit_delete_search(message_max_length: int) -> tuple[dict[str, Schema], dic
     return paths, schemas
 
 
+# --- presence and group roles (issue 15: chatsvc/http/presence.py, /chatroom/set-role, the sidecar) ---
+PRESENCE: dict[str, Schema] = {
+    "/user/presence": {
+        "get": _user_route(
+            "Online state and lastSeen of the listed users the caller is friends with or shares a room with",
+            200,
+            _array(_model(models.Presence)),
+            params=_params(models.PresenceQuery),
+            tag="users",
+        )
+    },
+    "/chatroom/set-role/{id}": {
+        "get": _user_route(
+            "The group's owner makes a member an admin or a member again; the room hears roleChanged",
+            200,
+            _model(models.RoleResult),
+            params=[*_params(models.RoomPath, "path"), *_params(models.SetRoleQuery)],
+            errors=(400, 403, 404),
+            tag="chatrooms",
+        )
+    },
+    "/sidecar/v1/presence": {
+        "get": _sidecar_route(
+            "Online state and lastSeen of users (?username= repeated)",
+            {200: _array(_model(models.SidecarPresence))},
+            params=_params(models.SidecarPresenceQuery),
+        )
+    },
+}
+
 # --- files (chatsvc/http/files.py) ---
 BINARY: Schema = {"type": "string", "format": "binary"}
 FILE_HEADERS: Schema = {
@@ -685,6 +715,7 @@ OPERATIONS: dict[str, Schema] = {
 # Every model the document names; its components are generated from them (chatsvc/models.py).
 MODELS: tuple[Any, ...] = (
     *models.RESPONSE_MODELS,
+    *models.PRESENCE_MODELS,
     models.RegisterBody,
     models.LoginBody,
     models.UpdateUserBody,
@@ -739,6 +770,7 @@ def _spec(message_max_length: int, history_max_limit: int) -> dict[str, Any]:
             **FILES,
             **SIDECAR,
             **edit_paths,
+            **PRESENCE,
             **OPERATIONS,
         },
         "components": {

@@ -16,6 +16,7 @@ from chatsvc.fanout import Fanout
 from chatsvc.files import FileStore
 from chatsvc.files.sweep import UploadSweeper
 from chatsvc.membership import Membership
+from chatsvc.presence import Presence
 from chatsvc.realtime.server import ChatSocketServer
 from chatsvc.receipts import ReadPositions, TypingNotices
 from chatsvc.store.users import find_user_by_id
@@ -59,6 +60,8 @@ class AppState:
     # Read positions (stored in batches) and typing notices (memory only): chatsvc/receipts.py.
     reads: ReadPositions
     typing: TypingNotices
+    # Who is online, over every instance (chatsvc/presence.py).
+    presence: Presence
     # Webhooks for unseen messages (chatsvc/webhooks.py); None when CHATSVC_WEBHOOK_URL is not set.
     webhooks: WebhookSender | None = None
 

@@ -59,7 +59,7 @@ SOCKET_URL = re.compile(r"/socket\.io/")
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     """As the shared fixture, without the send rate limit: one test stores 60 messages at once."""
-    return make_config(tmp_path, rate_limit=0)
+    return make_config(tmp_path, rate_limit=0, presence_grace=0.5)
 
 
 @pytest.fixture
@@ -456,6 +456,26 @@ async def test_browser_room_list_refreshes_when_the_page_is_shown_again(
     # What the browser fires when its user comes back to the window or tab.
     await page.evaluate("window.dispatchEvent(new Event('focus'))")
     await expect(page.locator(f'#rooms [data-room-id="{group}"]')).to_contain_text("Added meanwhile")
+
+
+async def test_browser_online_dots_and_rooms_appear_and_go_live(browser: Browser, api: Api, base_url: str) -> None:
+    alice, bob = await api.new_user("alice"), await api.new_user("bob")
+    assert (await api.post("/friendship/add", {"username": "bob"}, alice.token)).status == 201
+    assert (await api.get(f"/friendship/agree/{alice.id}", bob.token)).status == 200
+    _, page = await log_in(browser, base_url, bob)
+    dot = page.locator(f'#friends li[data-user-id="{alice.id}"] .presence')
+    await expect(dot).to_have_attribute("data-online", "false")
+    alice_context, _ = await log_in(browser, base_url, alice)
+    await expect(dot).to_have_attribute("data-online", "true")
+
+    group = (await api.get("/chatroom/create-group", alice.token, name="Appears live")).body
+    assert (await api.get(f"/chatroom/join/{group}", alice.token, joinUsername="bob")).status == 200
+    await expect(page.locator(f'#rooms [data-room-id="{group}"]')).to_contain_text("Appears live")
+    assert (await api.get(f"/chatroom/quit/{group}", alice.token, quitUserId=bob.id)).status == 200
+    await expect(page.locator(f'#rooms [data-room-id="{group}"]')).to_have_count(0)
+
+    await alice_context.close()
+    await expect(dot).to_have_attribute("data-online", "false", timeout=RECONNECT_TIMEOUT_MS)
 
 
 VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}

@@ -65,7 +65,11 @@ async def test_email_room_members_show_it_for_the_caller_and_friends_only(api: A
     info = await api.get(f"/chatroom/info/{group}", alice.token)
     for profiles in (members.body, info.body["users"]):
         seen = by_id(profiles)
-        assert seen[alice.id] == alice.profile and seen[bob.id] == bob.profile
+        # Members come with their group role (issue 15).
+        assert seen[alice.id] == {**alice.profile, "role": "owner"} and seen[bob.id] == {
+            **bob.profile,
+            "role": "member",
+        }
         assert "email" not in seen[carol.id] and seen[carol.id]["nickName"] == carol.nick_name
         assert not mentions(profiles, carol)
     # Carol sees only her own address.

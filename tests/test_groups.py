@@ -43,7 +43,7 @@ async def test_group_create_then_members_info_and_list(api: Api, trio) -> None:
 
     members = await api.get("/chatroom/members", alice.token, chatroomId=room)
     assert members.status == 200
-    assert members.body == [alice.profile]  # her own, email included
+    assert members.body == [{**alice.profile, "role": "owner"}]  # her own, email included; she created it
 
     info = await api.get(f"/chatroom/info/{room}", alice.token)
     assert info.status == 200
@@ -53,7 +53,7 @@ async def test_group_create_then_members_info_and_list(api: Api, trio) -> None:
         "type": True,
         "createTime": info.body["createTime"],
         "updateTime": info.body["updateTime"],
-        "users": [alice.profile],
+        "users": [{**alice.profile, "role": "owner"}],
     }
     assert info.body["createTime"].endswith("Z")
 
@@ -123,11 +123,13 @@ async def test_group_join_by_username_adds_the_member_once(api: Api, trio) -> No
     room = await create_group(api, alice)
     await add(api, alice, room, bob)
     await add(api, alice, room, bob)
-    await add(api, bob, room, alice)
+    await add(api, bob, room, bob)  # himself: nothing to manage
     assert await member_ids(api, alice, room) == sorted([alice.id, bob.id])
     info = await api.get(f"/chatroom/info/{room}", bob.token)
     # Bob sees his own email, not that of Alice, who is not his friend.
-    assert info.body["users"] == sorted([public_profile(alice), bob.profile], key=lambda u: u["id"])
+    assert info.body["users"] == sorted(
+        [{**public_profile(alice), "role": "owner"}, {**bob.profile, "role": "member"}], key=lambda u: u["id"]
+    )
     assert (await api.get("/chatroom/list", bob.token)).body[0]["userCount"] == 2
 
 
@@ -194,11 +196,13 @@ async def test_group_quit_stops_delivery_at_once_and_refuses_the_quitter(api: Ap
     assert [m["content"] for m in history.body] == ["before", "after"]
 
 
-async def test_group_member_may_remove_another_member_who_stops_receiving(api: Api, sockets, trio) -> None:
+async def test_group_admin_may_remove_another_member_who_stops_receiving(api: Api, sockets, trio) -> None:
     alice, bob, carol = trio
     room = await create_group(api, alice)
     await add(api, alice, room, bob)
     await add(api, alice, room, carol)
+    made = await api.get(f"/chatroom/set-role/{room}", alice.token, userId=bob.id, role="admin")
+    assert made.status == 200, made.body
     b = await sockets(bob.token)
     c = await sockets(carol.token)
     idle_carol = await sockets(carol.token)  # another of carol's sockets, never in the room

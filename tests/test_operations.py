@@ -76,8 +76,9 @@ async def test_metrics_count_sockets_rooms_messages_deliveries_and_requests(api:
     assert after[("chatsvc_room_sockets", ())] == 2
     assert after[("chatsvc_messages_stored_total", ())] == 2
     assert 1 <= after[("chatsvc_db_write_batches_total", ())] <= 2
-    # Two messages to two members, and bob's join notice to both sockets; alice's join reached only her.
-    assert after[("chatsvc_deliveries_total", ())] - before[("chatsvc_deliveries_total", ())] == 2 * 2 + 2 + 1
+    # Two messages to two members, and bob's join notice to both sockets; alice's join reached only her;
+    # bob coming online reached alice, his one-to-one partner (presence).
+    assert after[("chatsvc_deliveries_total", ())] - before[("chatsvc_deliveries_total", ())] == 2 * 2 + 2 + 1 + 1
     assert after[("chatsvc_send_ack_seconds_count", ())] == 2
     assert after[("chatsvc_send_ack_seconds_sum", ())] > 0
     ok = (("method", "GET"), ("route", "/chatroom/list"), ("status", "200"))

@@ -88,6 +88,12 @@ async def exercise_every_route(api: Api, sockets) -> None:
     await api.get("/chat-history/search", alice.token, q="words")
     await api.get("/chat-history/search", alice.token, q="words", chatroomId=room, beforeId=5, limit=5)
     await api.get("/chat-history/search", alice.token, q="wo", chatroomId=room)
+    # Presence and group roles (issue 15): the sockets above already stored lastSeen and found who to tell.
+    await api.get("/user/presence", alice.token, ids=f"{bob.id},{carol.id}")
+    roles = (await api.get("/chatroom/create-group", alice.token, name="roles")).body
+    await api.get(f"/chatroom/join/{roles}", alice.token, joinUsername="bob")
+    await api.get(f"/chatroom/set-role/{roles}", alice.token, userId=bob.id, role="admin")
+    await api.get(f"/chatroom/quit/{roles}", alice.token, quitUserId=alice.id)  # the owner leaves: a successor
 
 
 PG_SEQ_SCAN = re.compile(r"Seq Scan on (\w+)")

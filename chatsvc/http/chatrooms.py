@@ -12,12 +12,11 @@ from chatsvc.http.middleware import caller
 from chatsvc.jsonutil import json_response
 from chatsvc.models import validate_params
 from chatsvc.state import STATE
-from chatsvc.store.reads import list_read_receipts, list_unread_of_user
+from chatsvc.store.reads import list_read_receipts, list_room_items
 from chatsvc.store.rooms import (
     find_one_to_one_room,
     find_room,
     list_member_profiles,
-    list_rooms_of_user,
 )
 from chatsvc.store.settings import find_system_user_id
 from chatsvc.store.users import find_user_by_id, find_user_by_username
@@ -64,18 +63,10 @@ async def list_chatrooms(request: web.Request) -> web.Response:
     """The caller's rooms, filtered by a name substring, with read positions, unread counts and newest messages."""
     query = validate_params(models.RoomListQuery, request.query)
     reader, me = request.app[STATE].db.reader, caller(request).id
-    rooms = await list_rooms_of_user(reader, me, query.name.strip())
-    with_unread(rooms, await list_unread_of_user(reader, me))
+    rooms = await list_room_items(reader, me, query.name.strip())
     if query.order == "activity":
         rooms.sort(key=activity, reverse=True)
     return json_response(rooms)
-
-
-def with_unread(rooms: list[dict[str, Any]], unread: dict[int, dict[str, Any]]) -> None:
-    """Add ``lastReadId``, ``unreadCount`` and ``lastMessage`` to room list items."""
-    for room in rooms:
-        # A room the caller joined between the two reads: nothing read, nothing known yet.
-        room.update(unread.get(room["id"]) or {"lastReadId": 0, "unreadCount": 0, "lastMessage": None})
 
 
 def activity(room: dict[str, Any]) -> tuple[str, int]:
@@ -136,7 +127,7 @@ async def room_info(request: web.Request) -> web.Response:
 
 @routes.get("/chatroom/join/{id}")
 async def join_group(request: web.Request) -> web.Response:
-    """Add the user named ``joinUsername`` to a group the caller is in; the room id."""
+    """Add the user named ``joinUsername`` to a group the caller owns or administers; the room id."""
     me = caller(request)
     room_id = validate_params(models.RoomPath, request.match_info).id
     username = validate_params(models.JoinGroupQuery, request.query).joinUsername
@@ -154,7 +145,7 @@ async def join_group(request: web.Request) -> web.Response:
 
 @routes.get("/chatroom/quit/{id}")
 async def quit_group(request: web.Request) -> web.Response:
-    """Remove member ``quitUserId`` (the caller or, as in the original, any other member) from a group; the room id."""
+    """Remove member ``quitUserId`` (the caller, or another member if the caller is owner or admin); the room id."""
     me = caller(request)
     room_id = validate_params(models.RoomPath, request.match_info).id
     quit_user_id = validate_params(models.QuitGroupQuery, request.query).quitUserId
@@ -162,3 +153,13 @@ async def quit_group(request: web.Request) -> web.Response:
     if not removed:
         raise BadRequest("That user is not a member of this group")
     return json_response(room_id)
+
+
+@routes.get("/chatroom/set-role/{id}")
+async def set_role(request: web.Request) -> web.Response:
+    """The group's owner makes member ``userId`` an admin or a member again; the room hears ``roleChanged``."""
+    me = caller(request)
+    room_id = validate_params(models.RoomPath, request.match_info).id
+    query = validate_params(models.SetRoleQuery, request.query)
+    role = await request.app[STATE].membership.set_role(room_id, query.userId, query.role, by=me.id)
+    return json_response({"chatroomId": room_id, "userId": query.userId, "role": role})

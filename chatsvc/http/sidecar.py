@@ -209,3 +209,15 @@ async def mark_read(request: web.Request) -> web.Response:
         raise Forbidden("That user is not a member of this chatroom")
     last_read_id = await state.reads.mark(user_id, room_id, body.messageId)
     return json_response({"chatroomId": room_id, "userId": user_id, "lastReadId": last_read_id})
+
+
+@routes.get(PREFIX + "/presence")
+@api_key_required
+async def read_presence(request: web.Request) -> web.Response:
+    """Online state and ``lastSeen`` of users (``?username=`` repeated), with their usernames."""
+    state = request.app[STATE]
+    usernames = _unique(validate_params(models.SidecarPresenceQuery, request.query).username)
+    found = await admin.users_by_username(state.db, usernames)
+    answer = await state.presence.presence_of(None, [found[name]["id"] for name in usernames])
+    by_id = {entry["id"]: entry for entry in answer}
+    return json_response([{**by_id[found[name]["id"]], "username": name} for name in usernames])

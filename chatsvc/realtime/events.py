@@ -183,6 +183,8 @@ class ChatNamespace(socketio.AsyncNamespace):
             await self.enter_room(sid, user_room(user_id))
         self._sessions[sid] = SocketSession(user_id, TokenBucket(config.rate_limit, config.rate_burst))
         log_socket_event("connect", sid, user_id, environ)
+        if user_id is not None:
+            await self.state.presence.socket_connected(user_id)
 
     async def on_disconnect(self, sid: str, reason: str | None = None) -> None:
         """Forget the socket."""
@@ -196,6 +198,7 @@ class ChatNamespace(socketio.AsyncNamespace):
                 sids.discard(sid)
                 if not sids:
                     del self._sids_of_user[session.user_id]
+            await self.state.presence.socket_disconnected(session.user_id)
 
     async def close(self, timeout: float = 5.0) -> None:
         """On shutdown: store and ack what was accepted, then tell every socket and disconnect it."""

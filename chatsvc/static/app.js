@@ -267,6 +267,8 @@ function onSocketMessage(event) {
       if (event.type === "quitRoom" && event.userId === state.me.id) showError("side-error", "You left this group.");
       refreshRooms().then(showMembers);
     }
+  } else if (LIVE_NOTICES[event.type]) {
+    LIVE_NOTICES[event.type](event);
   }
 }
 
@@ -290,7 +292,7 @@ async function refreshSide() {
   await Promise.all([refreshRooms(), refreshFriends()]);
 }
 
-// Rooms do not arrive live yet: coming back to the page shows the ones made or joined meanwhile.
+// Rooms and friends arrive live; coming back to the page also catches what a lost connection missed.
 function refreshWhenShown() {
   if (state.me && document.visibilityState === "visible") refreshSide();
 }
@@ -799,6 +801,7 @@ async function refreshFriends() {
     ...friends.map((friend) => {
       const li = el("li", "friend");
       li.dataset.username = friend.username;
+      li.dataset.userId = friend.id;
       li.append(el("span", "", `${friend.nickName} (@${friend.username})`), button("Chat", () => chatWith(friend)));
       return li;
     }),
@@ -806,6 +809,7 @@ async function refreshFriends() {
   if (!friends.length && !pending.length && !waiting.length) {
     $("friends").append(el("li", "muted", "No friends yet: add someone by username to chat one-to-one."));
   }
+  loadPresence(friends.map((friend) => friend.id));
 }
 
 function addFriend(event) {
@@ -970,6 +974,46 @@ const receipts = {
     link.append(el("span", "preview", who ? `${who}: ${shown}` : shown));
   },
 };
+
+// -- presence and the live room list (issue 15) ------------------------------
+
+const online = new Map(); // user id -> whether they are online
+
+// Notices on the user's own sockets: rooms and friends appear and go without a reload.
+const LIVE_NOTICES = {
+  roomAdded: () => refreshRooms(),
+  roomRemoved: () => refreshRooms(),
+  friendRequest: () => refreshFriends(),
+  friendAdded: () => refreshFriends(),
+  presence: (event) => {
+    online.set(event.userId, event.online);
+    showPresence();
+  },
+};
+
+async function loadPresence(ids) {
+  if (!ids.length) return;
+  try {
+    for (const entry of await api("GET", "/user/presence", { ids: ids.join(",") })) online.set(entry.id, entry.online);
+  } catch {
+    return; // the dots are a nicety: the list works without them
+  }
+  showPresence();
+}
+
+// A dot before each friend: filled while they are online.
+function showPresence() {
+  for (const li of document.querySelectorAll("#friends li.friend")) {
+    const isOnline = online.get(Number(li.dataset.userId)) === true;
+    let dot = li.querySelector(".presence");
+    if (!dot) {
+      dot = el("span", "presence");
+      li.prepend(dot);
+    }
+    dot.dataset.online = String(isOnline);
+    dot.title = isOnline ? "online" : "offline";
+  }
+}
 
 async function start() {
   $("tab-login").addEventListener("click", () => setRegistering(false));

@@ -6,6 +6,7 @@ from typing import Any
 
 from chatsvc.store import Connection, fetch_all
 from chatsvc.store.messages import MESSAGE_WITH_SENDER, nest_sender
+from chatsvc.store.rooms import list_rooms_of_user
 
 # Most read positions one statement moves (three bound values each; SQLite allows 32766).
 MAX_MARKS_PER_STATEMENT = 1000
@@ -109,3 +110,16 @@ async def list_unread_of_user(conn: Connection, user_id: int) -> dict[int, dict[
         row["unreadCount"] = int(row["unreadCount"])
         unread[row.pop("chatroomId")] = row
     return unread
+
+
+async def list_room_items(
+    conn: Connection, user_id: int, name_filter: str = "", *, only_room: int | None = None
+) -> list[dict[str, Any]]:
+    """The user's rooms as ``/chatroom/list`` items: the rooms with their read positions, unread counts and newest
+    messages (``only_room``: just that one, as ``roomAdded`` carries it)."""
+    rooms = await list_rooms_of_user(conn, user_id, name_filter, only_room=only_room)
+    unread = await list_unread_of_user(conn, user_id)
+    for room in rooms:
+        # A room the user joined between the two reads: nothing read, nothing known yet.
+        room.update(unread.get(room["id"]) or {"lastReadId": 0, "unreadCount": 0, "lastMessage": None})
+    return rooms

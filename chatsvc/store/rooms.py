@@ -11,6 +11,8 @@ from chatsvc.store.users import PROFILE_COLUMNS, PROFILE_SEEN_BY_VIEWER, without
 
 ONE_TO_ONE = 0
 GROUP = 1
+# Roles of a group's members (user_chatroom.role); one-to-one rooms have members only.
+OWNER, ADMIN, MEMBER = "owner", "admin", "member"
 
 
 def pair_key(user_a: int, user_b: int) -> str:
@@ -57,16 +59,25 @@ async def create_one_to_one_room(conn: Connection, user_a: int, user_b: int, nam
         existing: int = await fetch_value(conn, "SELECT id FROM chatroom WHERE pair_key = ?", (key,))
         return existing
     await conn.execute(
-        "INSERT INTO user_chatroom (user_id, chatroom_id) VALUES (?, ?), (?, ?)",
+        f"""
+        INSERT INTO user_chatroom (user_id, chatroom_id, joined_at)
+        VALUES (?, ?, {conn.dialect.now}), (?, ?, {conn.dialect.now})
+        """,
         (user_a, created, user_b, created),
     )
     return int(created)
 
 
 async def create_group_room(conn: Connection, name: str, owner_id: int) -> int:
-    """Create a group room with its first member; inside a write transaction."""
+    """Create a group room with its first member, its owner; inside a write transaction."""
     room_id: int = await fetch_value(conn, "INSERT INTO chatroom (name, type) VALUES (?, 1) RETURNING id", (name,))
-    await conn.execute("INSERT INTO user_chatroom (user_id, chatroom_id) VALUES (?, ?)", (owner_id, room_id))
+    await conn.execute(
+        f"""
+        INSERT INTO user_chatroom (user_id, chatroom_id, role, joined_at)
+        VALUES (?, ?, '{OWNER}', {conn.dialect.now})
+        """,
+        (owner_id, room_id),
+    )
     return room_id
 
 
@@ -100,8 +111,10 @@ async def list_member_ids(conn: Connection, chatroom_id: int) -> list[int]:
     )
 
 
-async def list_rooms_of_user(conn: Connection, user_id: int, name_filter: str = "") -> list[dict[str, Any]]:
-    """The user's rooms with member ids, one-to-one rooms named after the other member.
+async def list_rooms_of_user(
+    conn: Connection, user_id: int, name_filter: str = "", *, only_room: int | None = None
+) -> list[dict[str, Any]]:
+    """The user's rooms with member ids, one-to-one rooms named after the other member (``only_room``: just that one).
 
     One statement: names and member lists come from correlated subqueries
     served by the membership indexes, not from a query per room.
@@ -122,12 +135,12 @@ async def list_rooms_of_user(conn: Connection, user_id: int, name_filter: str = 
                 (SELECT {dialect.json_array("user_id")} FROM user_chatroom WHERE chatroom_id = c.id) AS "userIds"
             FROM user_chatroom AS m
             JOIN chatroom AS c ON c.id = m.chatroom_id
-            WHERE m.user_id = :me
+            WHERE m.user_id = :me{" AND m.chatroom_id = :room" if only_room is not None else ""}
         ) AS room
         WHERE :name = '' OR {dialect.contains("lower(name)", "lower(:name)")}
         ORDER BY id
         """,
-        {"me": user_id, "name": name_filter},
+        {"me": user_id, "name": name_filter, **({"room": only_room} if only_room is not None else {})},
     )
     for row in rows:
         row["type"] = row["type"] == GROUP
@@ -146,7 +159,7 @@ async def list_member_profiles(conn: Connection, chatroom_id: int, *, seen_by: i
         return await fetch_all(
             conn,
             f"""
-            SELECT {PROFILE_COLUMNS}
+            SELECT {PROFILE_COLUMNS}, m.role
             FROM user_chatroom AS m
             JOIN "user" ON "user".id = m.user_id
             WHERE m.chatroom_id = ?
@@ -157,7 +170,7 @@ async def list_member_profiles(conn: Connection, chatroom_id: int, *, seen_by: i
     rows = await fetch_all(
         conn,
         f"""
-        SELECT {PROFILE_SEEN_BY_VIEWER}
+        SELECT {PROFILE_SEEN_BY_VIEWER}, m.role
         FROM user_chatroom AS m
         JOIN "user" AS u ON u.id = m.user_id
         WHERE m.chatroom_id = :room
@@ -172,8 +185,8 @@ async def add_member(conn: Connection, chatroom_id: int, user_id: int) -> bool:
     """Make the user a member of the room; False if they already were."""
     added = await fetch_value(
         conn,
-        """
-        INSERT INTO user_chatroom (user_id, chatroom_id) VALUES (?, ?)
+        f"""
+        INSERT INTO user_chatroom (user_id, chatroom_id, joined_at) VALUES (?, ?, {conn.dialect.now})
         ON CONFLICT (user_id, chatroom_id) DO NOTHING
         RETURNING 1
         """,
@@ -197,8 +210,9 @@ async def add_members(conn: Connection, chatroom_id: int, user_ids: list[int]) -
     # WHERE true: without it SQLite would read ON CONFLICT as part of the SELECT's join.
     added = await conn.fetch_column(
         f"""
-        INSERT INTO user_chatroom (user_id, chatroom_id)
-        SELECT ids.value, CAST(:room AS BIGINT) FROM {conn.dialect.in_list(":ids", "int")} AS ids WHERE true
+        INSERT INTO user_chatroom (user_id, chatroom_id, joined_at)
+        SELECT ids.value, CAST(:room AS BIGINT), {conn.dialect.now}
+        FROM {conn.dialect.in_list(":ids", "int")} AS ids WHERE true
         ON CONFLICT (user_id, chatroom_id) DO NOTHING
         RETURNING user_id
         """,
@@ -218,3 +232,37 @@ async def remove_members(conn: Connection, chatroom_id: int, user_ids: list[int]
         {"room": chatroom_id, "ids": conn.dialect.list_value(user_ids)},
     )
     return sorted(removed)
+
+
+async def find_member_role(conn: Connection, chatroom_id: int, user_id: int) -> str | None:
+    """The user's role in the room, or None if they are not a member."""
+    role: str | None = await fetch_value(
+        conn, "SELECT role FROM user_chatroom WHERE user_id = ? AND chatroom_id = ?", (user_id, chatroom_id)
+    )
+    return role
+
+
+async def set_member_role(conn: Connection, chatroom_id: int, user_id: int, role: str) -> bool:
+    """Give a member a role; False if they are not a member. Inside a write transaction."""
+    changed = await conn.execute(
+        "UPDATE user_chatroom SET role = ? WHERE user_id = ? AND chatroom_id = ?", (role, user_id, chatroom_id)
+    )
+    return changed > 0
+
+
+async def find_successor(conn: Connection, chatroom_id: int) -> int | None:
+    """Who becomes owner when the owner leaves: the longest-standing admin, else member; None if nobody is left.
+
+    Memberships older than join times (NULL) stood longest; ties go to the lower user id.
+    """
+    successor: int | None = await fetch_value(
+        conn,
+        f"""
+        SELECT user_id FROM user_chatroom
+        WHERE chatroom_id = ? AND role != '{OWNER}'
+        ORDER BY CASE role WHEN '{ADMIN}' THEN 0 ELSE 1 END, joined_at IS NOT NULL, joined_at, user_id
+        LIMIT 1
+        """,
+        (chatroom_id,),
+    )
+    return successor
