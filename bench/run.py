@@ -841,6 +841,7 @@ class Bench:
                     await done.stop()
             if "H" in args.only or "R" in args.only:
                 history, population = await self.seed_bulk()
+                assert self.chatsvc is not None
                 if history is not None:
                     self.results["H"] = await self.history_workload(history, self.chatsvc)
                 if population is not None:
