@@ -194,7 +194,8 @@ def test_bench_sio_js_client_drives_chatsvc_the_baseline_and_the_node_peer(tmp_p
     # A few seconds: workload A and 20 idle sockets, every socket an official socket.io-client on Node.
     command = [
         sys.executable, "-m", "bench", "--client", "sio-js", "--only", "A,I", "--duration", "1", "--warmup", "0.3",
-        "--a-rooms", "2", "--a-members", "3", "--idle-sockets", "20", "--idle-seconds", "0.5", "--json", str(out),
+        "--a-rooms", "2", "--a-members", "3", "--idle-sockets", "20", "--idle-seconds", "0.5", "--no-postgres",
+        "--json", str(out),
     ]  # fmt: skip
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
