@@ -30,25 +30,30 @@ demo: install
 test: install
 	$(PY) -m pytest -q -rs -n auto --maxprocesses 4
 
-# Every workload at full scale against chatsvc, the python-socketio baseline and the Node peer; then A, C, D
-# and I again under the official socket.io-client (shorter windows; skipped without node); then workload A
-# against 1 instance and against 2 instances behind Redis with short windows (skipped if redis-server is
-# missing); then uploads and downloads of a 5 MiB file (bench.files). About 12 minutes (2 more the first time: npm installs the Node packages). JSON reports go to
-# bench-results/.
+# Every workload at full scale against chatsvc, the python-socketio baseline and the Node peer, with chatsvc on
+# PostgreSQL beside chatsvc on SQLite for A-D, H and R (skipped without initdb); then A, C, D and I again under
+# the official socket.io-client (shorter windows; skipped without node); then workload A against 1 instance and
+# against 2 instances behind Redis with short windows, on SQLite and then on PostgreSQL (skipped if redis-server or
+# PostgreSQL is missing); then uploads and downloads of a 5 MiB file (bench.files). About 20 minutes (2 more the
+# first time: npm installs the Node packages). JSON reports go to bench-results/.
 bench: install
 	$(PY) -m bench
 	$(PY) -m bench --client sio-js --only A,C,D,I --duration 8 --warmup 2 --idle-sockets 5000 --idle-seconds 10 \
-		--skip-without-node
+		--no-postgres --skip-without-node
 	$(PY) -m bench --cluster 2 --only A --duration 5 --warmup 1 --skip-without-redis
+	$(PY) -m bench --cluster 2 --engine postgres --only A --duration 5 --warmup 1 --skip-without-redis \
+		--skip-without-postgres
 	$(PY) -m bench.files
 
 # Uploads and downloads of a 5 MiB file, and the server's RSS while 20 uploads run at once (bench/README.md).
 bench-files: install
 	$(PY) -m bench.files
 
-# Workload A against 1 instance and against 2 instances sharing rooms through Redis (needs redis-server).
+# Workload A against 1 instance and against 2 instances sharing rooms through Redis (needs redis-server), the
+# instances sharing an SQLite file, then one PostgreSQL database (skipped without PostgreSQL).
 bench-cluster: install
 	$(PY) -m bench --cluster 2 --only A
+	$(PY) -m bench --cluster 2 --engine postgres --only A --skip-without-postgres
 
 bench-quick: install
 	$(PY) -m bench --quick

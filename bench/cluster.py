@@ -33,6 +33,7 @@ import aiohttp
 
 from bench import report
 from bench.loadgen import Mode, SocketSpec
+from bench.pg import DATABASE as PG_DATABASE
 from bench.rawsio import RawSocket
 from bench.run import Bench, BenchUser, Target
 from bench.servers import ManagedProcess, RedisServer, ServerProcess, free_port
@@ -109,10 +110,16 @@ class ClusterBench(Bench):
 
     # -- servers ------------------------------------------------------------
 
+    def _db_args(self) -> list[str]:
+        """The shared SQLite file, or with ``--engine postgres`` the benchmark's PostgreSQL database."""
+        if self.pg is None:
+            return super()._db_args()
+        return ["--database-url", self.pg.url(PG_DATABASE)]
+
     async def start_chatsvc(self) -> None:
         """Start (or restart) the single instance, without Redis, on the first server core."""
         port = self.chatsvc.port if self.chatsvc is not None else free_port()
-        args = ["-m", "chatsvc", "serve", "--host", "127.0.0.1", "--port", str(port), "--db", str(self.db_path)]
+        args = ["-m", "chatsvc", "serve", "--host", "127.0.0.1", "--port", str(port), *self._db_args()]
         self.chatsvc = ServerProcess("chatsvc", args, port, self._server_env(), self.workdir / "chatsvc.log")
         await self.chatsvc.start(self._instance_cores(0))
         self.log(f"1 instance: chatsvc pid {self.chatsvc.pid} on {self.chatsvc.url}")
@@ -133,7 +140,7 @@ class ClusterBench(Bench):
         ports = [instance.port for instance in self.instances] or [free_port() for _ in range(self.args.cluster)]
         self.instances = []
         for index, port in enumerate(ports):
-            args = ["-m", "chatsvc", "serve", "--host", "127.0.0.1", "--port", str(port), "--db", str(self.db_path)]
+            args = ["-m", "chatsvc", "serve", "--host", "127.0.0.1", "--port", str(port), *self._db_args()]
             log_path = self.workdir / f"chatsvc-{index}.log"
             instance = ServerProcess(f"chatsvc-{index}", args, port, env, log_path)
             self.instances.append(instance)
@@ -212,6 +219,9 @@ class ClusterBench(Bench):
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.only}
         try:
+            # Blocking, once, before anything runs: the server's life is tied to this (the main) thread.
+            if args.engine == "postgres" and not self.start_postgres():
+                raise RuntimeError(f"PostgreSQL could not start: {self.pg_skipped}")
             await self.start_redis()
             await self.start_chatsvc()
             loads: dict[str, Load] = {name: await self.specs_for(name) for name in args.only}
@@ -247,11 +257,12 @@ class ClusterBench(Bench):
     def meta(self, workers: int) -> dict[str, Any]:
         """The main benchmark's meta, and how the instances were laid out."""
         meta = super().meta(workers)
-        for key in ("baseline_loop", "node_versions", "node_skipped"):
+        for key in ("baseline_loop", "node_versions", "node_skipped", "postgres_seed_s"):
             del meta[key]
         instance_cores = [self._instance_cores(i) for i in range(self.args.cluster)]
         meta["cluster"] = {
             "instances": self.args.cluster,
+            "engine": self.args.engine,
             "labels": [self.single_label, self.cluster_label],
             "single_instance_cores": self._instance_cores(0),
             "instance_cores": instance_cores,

@@ -1,4 +1,4 @@
-"""Figures from raw samples, the table printed on stdout, and the targets of issues 5 and 13."""
+"""Figures from raw samples, the table printed on stdout, and the targets of issues 5, 13 and 14."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 
 SOCKET_WORKLOADS = "ABCD"
 SATURATED_PCT = 90.0
+# chatsvc on PostgreSQL: its row in A-D, and its part of H and R.
+PG_LABEL = "chatsvc-pg"
 
 
 def percentiles_ms(samples_ns: array[int]) -> dict[str, float | None]:
@@ -116,14 +118,17 @@ def socket_table(results: dict[str, Any]) -> str:
 
 def http_table(results: dict[str, Any]) -> str:
     """Workloads H and R: one row per request kind, latency at the HTTP client."""
-    header = ["load", "request", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "srv CPU%"]
+    header = [
+        "load", "server", "request", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "srv CPU%",
+    ]  # fmt: skip
     rows = []
     for name in "HR":
-        for kind, r in results.get(name, {}).get("requests", {}).items():
+        for server, kind, r in http_requests(results.get(name, {})):
             lat = r["latency_ms"]
             rows.append(
                 [
                     name,
+                    server,
                     kind,
                     str(r["requests"]),
                     _num(r["per_s"], 0),
@@ -136,6 +141,14 @@ def http_table(results: dict[str, Any]) -> str:
                 ]
             )
     return _table(rows, header) if rows else ""
+
+
+def http_requests(result: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """H's or R's requests as (server, kind, figures): chatsvc on SQLite, then on PostgreSQL if it ran."""
+    rows = [("chatsvc", kind, r) for kind, r in result.get("requests", {}).items()]
+    pg = result.get(PG_LABEL, {})
+    rows += [(PG_LABEL, kind, r) for kind, r in pg.get("requests", {}).items()]
+    return rows
 
 
 def idle_summary(server: str, result: dict[str, Any]) -> str:
@@ -154,12 +167,14 @@ def _figure(result: dict[str, Any], field: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _ratio(results: dict[str, Any], name: str, field: str, other: str = "baseline") -> float | None:
-    """chatsvc's figure over another server's, both from this run; None if either is missing."""
+def _ratio(
+    results: dict[str, Any], name: str, field: str, other: str = "baseline", server: str = "chatsvc"
+) -> float | None:
+    """chatsvc's figure (or ``server``'s) over another server's, both from this run; None if either is missing."""
     pair = results.get(name, {})
-    if "chatsvc" not in pair or other not in pair:
+    if server not in pair or other not in pair:
         return None
-    mine, theirs = _figure(pair["chatsvc"], field), _figure(pair[other], field)
+    mine, theirs = _figure(pair[server], field), _figure(pair[other], field)
     if mine is None or not theirs:
         return None
     return mine / theirs
@@ -184,6 +199,10 @@ def ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
             value = _ratio(results, name, field, other)
             if value is not None:
                 table.setdefault(f"chatsvc/{other}", {})[f"{name} {label}"] = value
+    for name, field, label in RATIO_FIGURES:
+        value = _ratio(results, name, field, "chatsvc", PG_LABEL)
+        if value is not None:
+            table.setdefault(f"{PG_LABEL}/chatsvc", {})[f"{name} {label}"] = value
     return table
 
 
@@ -214,6 +233,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("H random-depth page p99", requests["random"]["latency_ms"]["p99"], "<=", 10.0, " ms")
     for kind, r in results.get("R", {}).get("requests", {}).items():
         add(f"R {kind} p50", r["latency_ms"]["p50"], "<=", 2.0, " ms")
+    # Issue 14: chatsvc on PostgreSQL, in the same run as on SQLite.
+    add(f"A sends/s {PG_LABEL}/chatsvc", _ratio(results, "A", "sends_per_s", "chatsvc", PG_LABEL), ">=", 0.7, "x")
+    add(f"C sends/s {PG_LABEL}/chatsvc", _ratio(results, "C", "sends_per_s", "chatsvc", PG_LABEL), ">=", 0.7, "x")
+    if PG_LABEL in results.get("D", {}):
+        add(f"D p99 send->delivery {PG_LABEL}", results["D"][PG_LABEL]["latency_ms"]["p99"], "<=", 5.0, " ms")
+    pg_requests = results.get("H", {}).get(PG_LABEL, {}).get("requests", {})
+    if "newest" in pg_requests:
+        add(f"H newest page p50 {PG_LABEL}", pg_requests["newest"]["latency_ms"]["p50"], "<=", 3.0, " ms")
+    if "random" in pg_requests:
+        add(f"H random-depth page p99 {PG_LABEL}", pg_requests["random"]["latency_ms"]["p99"], "<=", 15.0, " ms")
+    for kind, r in results.get("R", {}).get(PG_LABEL, {}).get("requests", {}).items():
+        add(f"R {kind} p50 {PG_LABEL}", r["latency_ms"]["p50"], "<=", 3.0, " ms")
     if "chatsvc" in results.get("I", {}):
         idle = results["I"]["chatsvc"]
         add("I RSS per idle connection", idle["rss_per_connection_kb"], "<=", 100.0, " KB")
@@ -289,7 +320,8 @@ def render_cluster(report: dict[str, Any]) -> str:
     n = cluster["instances"]
     parts = [
         f"chatsvc cluster benchmark — {meta['cpu_model']}, {meta['cpu_count']} cores: the same workload against "
-        f"1 instance (no Redis) and against {n} instances sharing rooms through Redis, on one database",
+        f"1 instance (no Redis) and against {n} instances sharing rooms through Redis, on one database: "
+        + (f"{meta.get('postgres')} (bench/pg.py)" if cluster.get("engine") == "postgres" else "an SQLite file"),
         f"1 instance on cores {cluster['single_instance_cores']}; {n} instances on {cluster['instance_cores']}, "
         f"Redis on {cluster['redis_cores']} ({cluster['redis_server'] or 'redis-server'}); "
         f"load generator on {meta['loadgen_cores']} ({meta['workers']} worker process(es))",
@@ -376,6 +408,21 @@ def node_peer_line(meta: dict[str, Any]) -> str:
     )
 
 
+def postgres_line(meta: dict[str, Any]) -> str:
+    """Which PostgreSQL the PostgreSQL column ran on, or why it did not."""
+    version = meta.get("postgres")
+    if not version:
+        skipped = meta.get("postgres_skipped")
+        return (
+            f"{PG_LABEL}: PostgreSQL column skipped ({skipped})"
+            if skipped
+            else f"{PG_LABEL}: PostgreSQL column not run (--no-postgres, or no workload of A-D, H, R)"
+        )
+    settings = meta.get("postgres_settings") or {}
+    shown = ", ".join(f"{k}={settings[k]}" for k in ("fsync", "synchronous_commit", "shared_buffers") if k in settings)
+    return f"{PG_LABEL}: chatsvc on the benchmark's own {version} ({shown}; bench/pg.py), same users and rooms"
+
+
 def client_line(meta: dict[str, Any]) -> str:
     """Which load generator drove the sockets."""
     if meta.get("client") == "sio-js":
@@ -442,6 +489,7 @@ def render(report: dict[str, Any]) -> str:
         + "  (SCRYPT_N=16: cheap password hashing, only to create the users quickly)",
         f"baseline: plain python-socketio AsyncServer on aiohttp, {meta['baseline_loop']} event loop, broadcast only",
         node_peer_line(meta),
+        postgres_line(meta),
         client_line(meta),
         "",
     ]
@@ -460,6 +508,14 @@ def render(report: dict[str, Any]) -> str:
             ratios.append(f"  {name}: sends/s {sends:.2f}x, deliveries/s {deliveries:.2f}x")
     if ratios:
         parts += ["chatsvc/baseline ratios:", *ratios, ""]
+    pg_ratios = []
+    for name in SOCKET_WORKLOADS:
+        sends = _ratio(results, name, "sends_per_s", "chatsvc", PG_LABEL)
+        p99 = _ratio(results, name, "p99", "chatsvc", PG_LABEL)
+        if sends is not None and p99 is not None:
+            pg_ratios.append(f"  {name}: sends/s {sends:.2f}x, p99 {p99:.2f}x")
+    if pg_ratios:
+        parts += [f"{PG_LABEL}/chatsvc ratios (chatsvc on PostgreSQL over chatsvc on SQLite):", *pg_ratios, ""]
     node_ratios = node_ratio_lines(results)
     if node_ratios:
         parts += ["chatsvc/node ratios (Node peer: socket.io 4 + better-sqlite3, synchronous=FULL):", *node_ratios, ""]
@@ -474,11 +530,17 @@ def render(report: dict[str, Any]) -> str:
         for name in "HR":
             if name in results:
                 parts.append(f"  {name}: {results[name]['scale']}")
+                if PG_LABEL in results[name]:
+                    parts.append(f"  {name} ({PG_LABEL}): {results[name][PG_LABEL]['scale']}")
         parts.append("")
     if "I" in results:
         parts += [idle_summary(server, result) for server, result in results["I"].items()]
         parts.append("")
     if report["targets"]:
-        parts += ["Targets (issue 5; chatsvc/node: issue 13):", targets_text(report["targets"]), ""]
+        parts += [
+            f"Targets (issue 5; chatsvc/node: issue 13; {PG_LABEL}: issue 14):",
+            targets_text(report["targets"]),
+            "",
+        ]
     parts.append(f"total time {meta['total_s']:.0f} s")
     return "\n".join(parts)

@@ -4,6 +4,10 @@ Workloads A–D run against chatsvc and then the baseline server, one after
 the other, so each pair of figures comes from the same minute of the same
 machine. H and R need bulk data: chatsvc is stopped, the data is written by
 SQL, and chatsvc is started again on the same file. I runs last.
+Unless --no-postgres, a second chatsvc runs on the benchmark's own PostgreSQL
+(bench/pg.py) with the same users and rooms (copied from the SQLite file
+once the API has made them), and A-D, H and R run against it too, right
+after the SQLite one.
 With ``--cluster N``, bench/cluster.py runs instead: the socket workloads
 against one instance and against N instances behind Redis.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import math
@@ -35,10 +40,23 @@ import aiohttp
 from bench import report
 from bench.loadgen import Mode, Plan, SocketSpec, WorkerPool
 from bench.node import NodeUnavailable, NodeWorkerPool, ensure_node_packages, node_peer
-from bench.seed import HistoryRoom, Population, create_groups, seed_history, seed_population
+from bench.pg import BENCH_SETTINGS, copy_from_sqlite, server_version, start_postgres
+from bench.pg import DATABASE as PG_DATABASE
+from bench.seed import (
+    HistoryRoom,
+    Population,
+    create_groups,
+    seed_history,
+    seed_history_postgres,
+    seed_population,
+    seed_population_postgres,
+)
 from bench.servers import CpuMark, ManagedProcess, ServerProcess, free_port, peak_rss_bytes, rss_bytes
+from chatsvc.testing_postgres import PostgresServer, find_bindir
 
 WORKLOADS = "ABCDHRI"
+# The workloads the PostgreSQL column runs (issue 14).
+POSTGRES_WORKLOADS = "ABCDHR"
 # The load generators: bench/rawsio.py sockets in Python workers, or socket.io-client in Node workers.
 CLIENTS = ("raw", "sio-js")
 PASSWORD = "bench-password"
@@ -120,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", action="store_true", help="skip the baseline server")
     p.add_argument("--no-node", action="store_true", help="skip the Node peer (socket.io 4 + better-sqlite3)")
     p.add_argument(
+        "--no-postgres",
+        action="store_true",
+        help="skip the PostgreSQL column (chatsvc on the benchmark's own PostgreSQL; skipped anyway without initdb)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="with --cluster: the instances share an SQLite file, or one PostgreSQL database (sqlite)",
+    )
+    p.add_argument(
         "--skip-without-node",
         action="store_true",
         help="with --client sio-js: if node or its packages are missing, say the run was skipped and exit 0",
@@ -151,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --cluster: if redis-server is not installed, say the mode was skipped and exit 0",
     )
+    p.add_argument(
+        "--skip-without-postgres",
+        action="store_true",
+        help="with --cluster --engine postgres: if PostgreSQL (initdb) is not installed, say so and exit 0",
+    )
     return p
 
 
@@ -174,6 +208,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error("--webhook runs workload A only")
         only = "A"
     else:
+        if args.engine != "sqlite":
+            parser.error("--engine chooses the database of --cluster; the main run has a PostgreSQL column already")
         only = (args.only or WORKLOADS).upper()
     args.only = [w for w in WORKLOADS if w in only]
     if not args.only:
@@ -242,6 +278,13 @@ class Bench:
         self.chatsvc: ServerProcess | None = None
         self.baseline: ServerProcess | None = None
         self.node: ServerProcess | None = None
+        # The PostgreSQL column: the server, chatsvc on it, the server's version, or why the column was skipped.
+        self.pg: PostgresServer | None = None
+        self.pg_chatsvc: ServerProcess | None = None
+        self.pg_version: str | None = None
+        self.pg_skipped: str | None = None
+        # Seconds the PostgreSQL seeding took, per part (history, population).
+        self.pg_seed_s: dict[str, float] = {}
         # The Node peer's and socket.io-client's versions once installed, or why the Node peer was skipped.
         self.node_versions: dict[str, str] = {}
         self.node_skipped: str | None = None
@@ -272,13 +315,51 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSVC_")}
         return {**env, **SERVER_ENV, "PYTHONUNBUFFERED": "1"}
 
+    def _db_args(self) -> list[str]:
+        """The command-line options that give chatsvc its database: the benchmark's SQLite file."""
+        return ["--db", str(self.db_path)]
+
     async def start_chatsvc(self) -> None:
         """Start (or restart) chatsvc on the benchmark database."""
         port = self.chatsvc.port if self.chatsvc is not None else free_port()
-        args = ["-m", "chatsvc", "serve", "--host", "127.0.0.1", "--port", str(port), "--db", str(self.db_path)]
+        args = ["-m", "chatsvc", "serve", "--host", "127.0.0.1", "--port", str(port), *self._db_args()]
         self.chatsvc = ServerProcess("chatsvc", args, port, self._server_env(), self.workdir / "chatsvc.log")
         await self.chatsvc.start(self.server_cores)
         self.log(f"chatsvc pid {self.chatsvc.pid} on {self.chatsvc.url}")
+
+    def start_postgres(self) -> bool:
+        """Start the benchmark's PostgreSQL (blocking: only at the start of a run); False, and why, if it cannot."""
+        started = start_postgres(self.server_cores, self.log)
+        if isinstance(started, str):
+            self.pg_skipped = started
+            self.log(f"PostgreSQL column skipped: {started}")
+            return False
+        self.pg = started
+        self.pg_version = server_version(started)
+        return True
+
+    async def start_pg_chatsvc(self) -> None:
+        """Start (or restart) chatsvc on the benchmark's PostgreSQL database."""
+        assert self.pg is not None
+        port = self.pg_chatsvc.port if self.pg_chatsvc is not None else free_port()
+        args = ["-m", "chatsvc", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        args += ["--database-url", self.pg.url(PG_DATABASE)]
+        log_path = self.workdir / "chatsvc-pg.log"
+        self.pg_chatsvc = ServerProcess(report.PG_LABEL, args, port, self._server_env(), log_path)
+        await self.pg_chatsvc.start(self.server_cores)
+        self.log(f"chatsvc on PostgreSQL pid {self.pg_chatsvc.pid} on {self.pg_chatsvc.url}")
+
+    async def prepare_postgres_leg(self, socket_loads: list[str]) -> None:
+        """Make every user and room the run needs through the API, copy them to PostgreSQL, start chatsvc there."""
+        assert self.pg is not None
+        if "H" in self.args.only or "R" in self.args.only:
+            await self.ensure_users(max(HISTORY_MEMBERS, R_CALLERS))
+        for name in socket_loads:
+            await self.specs_for(name)
+        began = time.monotonic()
+        await copy_from_sqlite(self.db_path, self.pg.url(PG_DATABASE), self.workdir / "copy-to-postgres.log")
+        self.log(f"users and rooms copied to PostgreSQL ({time.monotonic() - began:.1f} s)")
+        await self.start_pg_chatsvc()
 
     async def start_baseline(self) -> None:
         """Start the plain python-socketio server."""
@@ -551,11 +632,11 @@ class Bench:
     # -- HTTP workloads -----------------------------------------------------
 
     async def timed_requests(
-        self, next_request: Callable[[], tuple[str, str]], accept: Callable[[Any], bool]
+        self, server: ServerProcess, next_request: Callable[[], tuple[str, str]], accept: Callable[[Any], bool]
     ) -> dict[str, Any]:
-        """Sequential GETs of ``(path, token)`` for --http-duration seconds after a short warm-up, timed here."""
-        assert self.http is not None and self.chatsvc is not None
-        base = self.chatsvc.url
+        """Sequential GETs of ``(path, token)`` to ``server`` for --http-duration seconds after a warm-up."""
+        assert self.http is not None
+        base = server.url
         samples = array("q")
         errors = 0
         first_error: str | None = None
@@ -565,7 +646,7 @@ class Bench:
             async with self.http.get(base + path, headers={"Authorization": f"Bearer {token}"}) as resp:
                 await resp.read()
         end = time.monotonic() + self.args.http_duration
-        mark = CpuMark.take([self.chatsvc.pid])
+        mark = CpuMark.take([server.pid])
         while time.monotonic() < end:
             path, token = next_request()
             headers = {"Authorization": f"Bearer {token}"}
@@ -578,7 +659,7 @@ class Bench:
                 errors += 1
                 if first_error is None:
                     first_error = f"{path}: {status} {body[:200]!r}"
-        cpu = CpuMark.take([self.chatsvc.pid]).percent_since(mark)[self.chatsvc.pid]
+        cpu = CpuMark.take([server.pid]).percent_since(mark)[server.pid]
         return {
             "requests": len(samples),
             "per_s": len(samples) / self.args.http_duration,
@@ -608,7 +689,32 @@ class Bench:
         await self.start_chatsvc()
         return history, population
 
-    async def history_workload(self, room: HistoryRoom) -> dict[str, Any]:
+    async def seed_bulk_postgres(self) -> tuple[HistoryRoom | None, Population | None]:
+        """The same data as :meth:`seed_bulk` in the PostgreSQL database, with chatsvc on it stopped meanwhile."""
+        args = self.args
+        assert self.pg is not None and self.pg_chatsvc is not None
+        members = await self.ensure_users(max(HISTORY_MEMBERS, R_CALLERS))
+        url = self.pg.url(PG_DATABASE)
+        await self.pg_chatsvc.stop()
+        history = population = None
+        if "H" in args.only:
+            self.log(f"seeding {args.history_rows:,} history messages into PostgreSQL (server stopped)")
+            began = time.monotonic()
+            history = await seed_history_postgres(
+                url, args.history_rows, [u.id for u in members[:HISTORY_MEMBERS]], self.log
+            )
+            self.pg_seed_s["history"] = time.monotonic() - began
+        if "R" in args.only:
+            self.log(f"seeding {args.users:,} users and {args.rooms:,} rooms into PostgreSQL (server stopped)")
+            began = time.monotonic()
+            population = await seed_population_postgres(
+                url, args.users, args.rooms, [u.id for u in members[:R_CALLERS]], self.log
+            )
+            self.pg_seed_s["population"] = time.monotonic() - began
+        await self.start_pg_chatsvc()
+        return history, population
+
+    async def history_workload(self, room: HistoryRoom, server: ServerProcess) -> dict[str, Any]:
         """H: the newest page and pages at random depths of a room with --history-rows messages."""
         token = next(u.token for u in self.users if u.id == room.reader_id)
         rng = random.Random(7)
@@ -622,17 +728,18 @@ class Bench:
             return f"{base}&beforeId={rng.randint(low, max(low, room.last_id))}", token
 
         requests = {
-            "newest": await self.timed_requests(lambda: (base, token), full_page),
-            "random": await self.timed_requests(random_page, full_page),
+            "newest": await self.timed_requests(server, lambda: (base, token), full_page),
+            "random": await self.timed_requests(server, random_page, full_page),
         }
         self.log(
-            "H: newest p50 {:.2f} ms, random p99 {:.2f} ms".format(
+            f"H/{server.name}: "
+            + "newest p50 {:.2f} ms, random p99 {:.2f} ms".format(
                 requests["newest"]["latency_ms"]["p50"] or 0, requests["random"]["latency_ms"]["p99"] or 0
             )
         )
         return {"scale": f"{room.rows:,} messages in the room, pages of {HISTORY_PAGE}", "requests": requests}
 
-    async def rooms_workload(self, population: Population) -> dict[str, Any]:
+    async def rooms_workload(self, population: Population, server: ServerProcess) -> dict[str, Any]:
         """R: findChatroom (half existing pairs, half not) and the callers' room lists, callers in turn."""
         rng = random.Random(11)
         callers = [u for u in self.users if u.id in population.partners]
@@ -649,11 +756,14 @@ class Bench:
             return "/chatroom/list", callers[next(turns) % len(callers)].token
 
         requests = {
-            "findChatroom": await self.timed_requests(find, lambda body: body is None or isinstance(body, int)),
-            "list": await self.timed_requests(list_rooms, lambda body: isinstance(body, list) and len(body) > 0),
+            "findChatroom": await self.timed_requests(server, find, lambda body: body is None or isinstance(body, int)),
+            "list": await self.timed_requests(
+                server, list_rooms, lambda body: isinstance(body, list) and len(body) > 0
+            ),
         }
         self.log(
-            "R: findChatroom p50 {:.2f} ms, list p50 {:.2f} ms".format(
+            f"R/{server.name}: "
+            + "findChatroom p50 {:.2f} ms, list p50 {:.2f} ms".format(
                 requests["findChatroom"]["latency_ms"]["p50"] or 0, requests["list"]["latency_ms"]["p50"] or 0
             )
         )
@@ -725,6 +835,10 @@ class Bench:
         try:
             await self.start_chatsvc()
             socket_loads = [w for w in args.only if w in report.SOCKET_WORKLOADS]
+            wants_pg = not args.no_postgres and any(w in POSTGRES_WORKLOADS for w in args.only)
+            # Blocking, once, before any workload: the server's life is tied to this (the main) thread.
+            if wants_pg and self.start_postgres():
+                await self.prepare_postgres_leg(socket_loads)
             wants_node = bool(socket_loads or "I" in args.only) and not args.no_node
             with_node = wants_node and await self.prepare_node()
             if socket_loads and not args.no_baseline:
@@ -737,7 +851,12 @@ class Bench:
                 for _ in range(args.repeat):
                     # The same workload against each server in turn: chatsvc, the baseline, the Node peer.
                     pair: dict[str, Any] = {}
-                    for label, server in (("chatsvc", self.chatsvc), ("baseline", self.baseline), ("node", self.node)):
+                    for label, server in (
+                        ("chatsvc", self.chatsvc),
+                        (report.PG_LABEL, self.pg_chatsvc),
+                        ("baseline", self.baseline),
+                        ("node", self.node),
+                    ):
                         if server is not None:
                             pair[label] = await self.socket_workload(name, Target(label, [server]), specs, mode, rate)
                     runs.append(pair)
@@ -749,10 +868,19 @@ class Bench:
                     await done.stop()
             if "H" in args.only or "R" in args.only:
                 history, population = await self.seed_bulk()
+                assert self.chatsvc is not None
                 if history is not None:
-                    self.results["H"] = await self.history_workload(history)
+                    self.results["H"] = await self.history_workload(history, self.chatsvc)
                 if population is not None:
-                    self.results["R"] = await self.rooms_workload(population)
+                    self.results["R"] = await self.rooms_workload(population, self.chatsvc)
+                if self.pg_chatsvc is not None:
+                    history, population = await self.seed_bulk_postgres()
+                    if history is not None:
+                        self.results["H"][report.PG_LABEL] = await self.history_workload(history, self.pg_chatsvc)
+                    if population is not None:
+                        self.results["R"][report.PG_LABEL] = await self.rooms_workload(population, self.pg_chatsvc)
+            if self.pg_chatsvc is not None:
+                await self.pg_chatsvc.stop()
             if "I" in args.only:
                 assert self.chatsvc is not None
                 idle = {"chatsvc": await self.idle_workload(self.chatsvc)}
@@ -768,7 +896,7 @@ class Bench:
 
     def servers(self) -> list[ManagedProcess | None]:
         """Every process this run may have started."""
-        return [self.chatsvc, self.baseline, self.node]
+        return [self.chatsvc, self.pg_chatsvc, self.baseline, self.node]
 
     async def tear_down(self) -> None:
         """Stop the servers and the load generator; remove the work folder unless --keep."""
@@ -779,6 +907,12 @@ class Bench:
                 await server.stop()
         if self.pool is not None:
             self.pool.close()
+        if self.pg is not None:
+            if self.args.keep:
+                # Its folder goes with it: keep the server's log beside the others.
+                with contextlib.suppress(OSError):
+                    shutil.copy(self.pg.log_path, self.workdir / "postgres.log")
+            self.pg.close()
         if self.args.keep:
             self.log(f"work folder kept: {self.workdir}")
         else:
@@ -817,6 +951,11 @@ class Bench:
             "node_versions": self.node_versions,
             "node_skipped": self.node_skipped,
             "group_rooms_via": "API" if self.group_api else "SQL (no group routes in this chatsvc)",
+            # The PostgreSQL column: the server's version and settings, the seeding times, or why it was skipped.
+            "postgres": self.pg_version,
+            "postgres_settings": dict(BENCH_SETTINGS) if self.pg_version else None,
+            "postgres_seed_s": self.pg_seed_s,
+            "postgres_skipped": self.pg_skipped,
             "options": options,
         }
 
@@ -848,6 +987,13 @@ def main(argv: list[str] | None = None) -> int:
         # Imported here: bench.cluster builds on this module's Bench.
         from bench.cluster import ClusterBench, find_redis_server
 
+        if args.engine == "postgres" and find_bindir() is None:
+            print(
+                f"cluster mode on PostgreSQL ({args.cluster} instances behind Redis) skipped: no PostgreSQL server "
+                "binaries (initdb, postgres, psql) found (Debian: apt-get install postgresql)",
+                file=sys.stdout if args.skip_without_postgres else sys.stderr,
+            )
+            return 0 if args.skip_without_postgres else 2
         if find_redis_server() is None:
             print(
                 f"cluster mode ({args.cluster} instances behind Redis) skipped: redis-server is not installed "

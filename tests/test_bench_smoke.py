@@ -14,8 +14,10 @@ import pytest
 
 from bench.loadgen import Received, parse_stamp
 from bench.node import ensure_node_packages, node_peer
+from bench.report import PG_LABEL
 from bench.servers import free_port
 from chatsvc.jsonutil import SocketJSON
+from chatsvc.testing_postgres import find_bindir
 from tests.helpers import User, connect_socket
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +50,7 @@ def test_bench_small_run_reports_every_delivery(tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "bench", "--only", "A,H", "--duration", "1", "--warmup", "0.3",
         "--a-rooms", "2", "--a-members", "3", "--history-rows", "1000", "--http-duration", "0.3",
-        "--json", str(out),
+        "--no-postgres", "--json", str(out),
     ]  # fmt: skip
     if node_available():
         require_node()  # installs the Node packages first, so the run's own time limit is not spent on npm
@@ -80,6 +82,79 @@ def test_bench_small_run_reports_every_delivery(tmp_path: Path) -> None:
         assert "A sends/s chatsvc/node" in {check["target"] for check in report["targets"]}
         assert report["ratios"]["chatsvc/node"]["A sends/s"] > 0
         assert "chatsvc/node ratios" in proc.stdout
+
+
+def require_postgres() -> None:
+    """Skip without PostgreSQL's server binaries, except in CI, where their absence is a failure."""
+    if find_bindir() is None:
+        message = "PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def test_bench_postgres_column_runs_every_workload_of_issue_14_on_postgresql(tmp_path: Path) -> None:
+    require_postgres()
+    out = tmp_path / "bench.json"
+    # A few seconds: A, C, D, H and R on chatsvc over SQLite and over the benchmark's own PostgreSQL.
+    command = [
+        sys.executable, "-m", "bench", "--only", "A,C,D,H,R", "--duration", "0.7", "--warmup", "0.2",
+        "--a-rooms", "2", "--a-members", "3", "--c-pairs", "3", "--open-rate", "20", "--history-rows", "3000",
+        "--users", "300", "--rooms", "400", "--http-duration", "0.2", "--no-baseline", "--no-node",
+        "--json", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["meta"]["postgres"].startswith("PostgreSQL "), report["meta"]["postgres_skipped"]
+    assert report["meta"]["postgres_settings"]["synchronous_commit"] == "on"
+    assert report["meta"]["postgres_settings"]["fsync"] == "on"
+    for name in "ACD":
+        assert set(report["results"][name]) == {"chatsvc", PG_LABEL}
+        result = report["results"][name][PG_LABEL]
+        assert result["messages_sent"] > 0 and result["sends_per_s"] > 0, result
+        assert result["deliveries_per_s"] >= result["sends_per_s"], result
+        assert result["missing"] == 0 and result["duplicates"] == 0 and result["out_of_order"] == 0, result
+        assert result["send_errors"] == 0 and result["stalls"] == 0, result
+    # The PostgreSQL room holds every seeded message: the newest and deep pages are full pages, without error.
+    assert report["results"]["H"][PG_LABEL]["scale"].startswith("3,000 messages")
+    for name, kinds in (("H", ("newest", "random")), ("R", ("findChatroom", "list"))):
+        for kind in kinds:
+            page = report["results"][name][PG_LABEL]["requests"][kind]
+            assert page["requests"] > 0 and page["errors"] == 0, (name, kind, page)
+    assert "300 users" in report["results"]["R"][PG_LABEL]["scale"]
+    assert {check["target"] for check in report["targets"]} >= {
+        f"A sends/s {PG_LABEL}/chatsvc",
+        f"C sends/s {PG_LABEL}/chatsvc",
+        f"D p99 send->delivery {PG_LABEL}",
+        f"H newest page p50 {PG_LABEL}",
+        f"H random-depth page p99 {PG_LABEL}",
+        f"R findChatroom p50 {PG_LABEL}",
+        f"R list p50 {PG_LABEL}",
+    }
+    assert report["ratios"][f"{PG_LABEL}/chatsvc"]["A sends/s"] > 0
+    assert f"{PG_LABEL}/chatsvc ratios" in proc.stdout and "issue 14" in proc.stdout
+
+
+def test_bench_cluster_mode_on_postgresql_reports_one_and_two_instances_without_losses(tmp_path: Path) -> None:
+    require_postgres()
+    require_redis_server()
+    out = tmp_path / "cluster.json"
+    command = [
+        sys.executable, "-m", "bench", "--cluster", "2", "--engine", "postgres", "--only", "A", "--duration", "1",
+        "--warmup", "0.3", "--a-rooms", "2", "--a-members", "3", "--json", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["meta"]["cluster"]["engine"] == "postgres" and report["meta"]["postgres"].startswith("PostgreSQL")
+    for label in ("1 instance", "2 instances"):
+        result = report["results"]["A"][label]
+        assert result["messages_sent"] > 0 and result["deliveries_per_s"] > result["sends_per_s"], result
+        assert result["missing"] == 0 and result["duplicates"] == 0 and result["out_of_order"] == 0, result
+        assert result["send_errors"] == 0, result
+    assert min(report["results"]["A"]["2 instances"]["deliveries_by_instance"]) > 0
+    assert "PostgreSQL" in proc.stdout.splitlines()[0]
 
 
 async def test_node_peer_stores_acks_and_broadcasts_a_message(tmp_path: Path) -> None:
@@ -119,7 +194,8 @@ def test_bench_sio_js_client_drives_chatsvc_the_baseline_and_the_node_peer(tmp_p
     # A few seconds: workload A and 20 idle sockets, every socket an official socket.io-client on Node.
     command = [
         sys.executable, "-m", "bench", "--client", "sio-js", "--only", "A,I", "--duration", "1", "--warmup", "0.3",
-        "--a-rooms", "2", "--a-members", "3", "--idle-sockets", "20", "--idle-seconds", "0.5", "--json", str(out),
+        "--a-rooms", "2", "--a-members", "3", "--idle-sockets", "20", "--idle-seconds", "0.5", "--no-postgres",
+        "--json", str(out),
     ]  # fmt: skip
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -39,6 +39,7 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 
 # PostgreSQL's timestamps count microseconds from this instant.
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_PG_EPOCH_NAIVE = _PG_EPOCH.replace(tzinfo=None)
 
 
 class PostgresDialect:
@@ -141,8 +142,9 @@ def storage_failure(exc: BaseException) -> StorageUnavailable | None:
 
 
 def _decode_time(value: tuple[int]) -> str:
-    moment = _PG_EPOCH + timedelta(microseconds=value[0])
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+    # Every row read carries two or three times: isoformat on a naive datetime costs half of strftime.
+    moment = _PG_EPOCH_NAIVE + timedelta(microseconds=value[0])
+    return moment.isoformat(timespec="milliseconds") + "Z"
 
 
 def _encode_time(value: str | datetime) -> tuple[int]:
