@@ -65,7 +65,9 @@ class Host:
 
 @pytest.fixture
 async def hosts(
-    tmp_path: Path, postgres_database_url: str, redis_server: RedisServer  # noqa: F811
+    tmp_path: Path,
+    postgres_database_url: str,
+    redis_server: RedisServer,  # noqa: F811
 ) -> AsyncIterator[list[Host]]:
     """Hosts A and B, started and subscribed to the channel, with a warm-up message across them."""
     started = [Host(name, tmp_path / name, postgres_database_url, redis_server.url) for name in ("A", "B")]
@@ -85,6 +87,8 @@ async def hosts(
             for host in started:
                 if host.process.proc is not None:
                     await host.process.wait(15)
+                    # Shown when the test fails: what each host logged.
+                    print(f"--- host {host.name} ---\n{await host.process.stderr()}")
 
 
 async def until_subscribed(redis_server: RedisServer, count: int) -> None:  # noqa: F811
@@ -118,7 +122,8 @@ async def group_of(api: Api, owner: User, *members: User) -> int:
 
 async def test_postgres_cluster_every_member_gets_the_room_in_id_order_across_hosts(hosts: list[Host]) -> None:
     a, b = hosts
-    alice, bob, carol, dave = await a.api.new_user(), await b.api.new_user(), await a.api.new_user(), await b.api.new_user()
+    alice, carol = await a.api.new_user(), await a.api.new_user()
+    bob, dave = await b.api.new_user(), await b.api.new_user()
     room = await group_of(a.api, alice, bob, carol, dave)
     alice_a, carol_a = await a.socket(alice), await a.socket(carol)
     bob_b, dave_b = await b.socket(bob), await b.socket(dave)
@@ -376,13 +381,15 @@ async def test_postgres_restart_under_load_answers_503_reconnects_and_loses_noth
     finally:
         server.kill()
         await server.wait(15)
+    logged = await errors
+    print(logged)  # shown when the test fails
     for ack in refused:
         # While the database was away: a clear 503, never a 500 or a hang past ANSWER_TIMEOUT (the call's timeout).
         assert_ack_error(ack, 503)
     stored = await stored_client_ids(url)
     assert len(stored) == len(set(stored)), "a message was stored twice"
     assert set(acked) <= set(stored), "an acknowledged message was lost"
-    assert "Traceback" not in await errors
+    assert "Traceback" not in logged
 
 
 async def test_postgres_sigkill_mid_stream_keeps_every_acknowledged_message_once(
@@ -418,4 +425,3 @@ async def test_postgres_sigkill_mid_stream_keeps_every_acknowledged_message_once
     stored = await stored_client_ids(postgres_database_url)
     assert len(stored) == len(set(stored)), "a message was stored twice"
     assert set(acked) <= set(stored), "an acknowledged message was lost"
-

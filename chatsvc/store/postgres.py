@@ -114,6 +114,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # A connection the server dropped mid-operation (a restart) can surface as a client state error, also when the
+    # pool resets a connection on release after the statement's own error.
+    asyncpg.InternalClientError,
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
     asyncpg.PostgresSystemError,
@@ -244,6 +247,21 @@ def _unavailable(exc: BaseException) -> StorageUnavailable:
     failure = storage_failure(exc)
     assert failure is not None
     return failure
+
+
+class _OneLineRetries(logging.Filter):
+    """asyncpg's pool logs a full traceback each time it retries a connection during an outage: keep one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {record.exc_info[1]!r}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_OneLineRetries())
 
 
 class PostgresDatabase:
@@ -484,12 +502,12 @@ class PostgresOrderLock(OrderLock):
         try:
             conn = await self._session()
             await conn.fetchval("SELECT pg_advisory_lock($1)", ORDER_LOCK_KEY)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:
+            # Whatever went wrong (refused, timed out, a session ended under the client's feet, which asyncpg may
+            # report as an InternalClientError), the session's state is unknown: end it, store nothing.
             self._drop()
             log.error("the order lock on %s is unavailable: %s", url_without_password(self.url), exc)
-            raise StorageUnavailable(
-                "The database is unavailable: nothing was saved, please try again later"
-            ) from exc
+            raise StorageUnavailable("The database is unavailable: nothing was saved, please try again later") from exc
         except BaseException:
             # Cancelled while waiting: the server may grant the lock anyway; ending the session frees it.
             self._drop()
