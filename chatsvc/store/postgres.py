@@ -464,7 +464,8 @@ class PostgresOrderLock(OrderLock):
         try:
             self._conn = await self._connect()
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise StartupError(f"cannot connect the order lock to {url_without_password(self.url)}: {exc}") from exc
+            where = url_without_password(self.url)
+            raise StartupError(f"cannot connect the order lock to {where}: {exc}", exit_status=2) from exc
 
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(
