@@ -9,10 +9,10 @@ commit order. One instance needs no lock: its writer is the only one.
 
 The writer is given an :class:`OrderLock` and knows nothing of how it is
 held: :class:`NoOrderLock` for one instance, :class:`FileOrderLock` (an
-``flock`` beside the SQLite file) for instances on one host. Another
-database brings its own (for PostgreSQL an advisory lock held on the
-connection that runs the INSERT): subclass OrderLock and choose it in
-:func:`order_lock_for`.
+``flock`` beside the SQLite file) for instances on one host, and on
+PostgreSQL ``PostgresOrderLock`` (chatsvc/store/postgres.py: an advisory
+lock in the shared database) for instances on any number of hosts.
+:func:`order_lock_for` chooses.
 """
 
 from __future__ import annotations
@@ -118,7 +118,15 @@ def _unlock_if_taken(fd: int, done: asyncio.Future[Any]) -> None:
 
 
 def order_lock_for(config: Config) -> OrderLock:
-    """The lock this configuration needs: shared when instances share rooms (CHATSVC_REDIS_URL), else none."""
+    """The lock this configuration needs: shared when instances share rooms (CHATSVC_REDIS_URL), else none.
+
+    On PostgreSQL the lock is an advisory lock in the database every instance
+    already shares, so instances on different hosts need no common file.
+    """
     if config.redis_url is None:
         return NoOrderLock()
+    if config.database_url is not None:
+        from chatsvc.store.postgres import PostgresOrderLock  # asyncpg is an extra: imported only when used
+
+        return PostgresOrderLock(config.database_url)
     return FileOrderLock(order_lock_path(config.db_path))

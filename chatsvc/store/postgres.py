@@ -24,6 +24,7 @@ import asyncpg
 
 from chatsvc.config import url_without_password
 from chatsvc.errors import BadRequest, StartupError, StorageUnavailable
+from chatsvc.order_lock import OrderLock
 from chatsvc.store import Connection, Params
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # A connection the server dropped mid-operation (a restart) can surface as a client state error, also when the
+    # pool resets a connection on release after the statement's own error.
+    asyncpg.InternalClientError,
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
     asyncpg.PostgresSystemError,
@@ -256,6 +260,21 @@ def _unavailable(exc: BaseException) -> StorageUnavailable:
     failure = storage_failure(exc)
     assert failure is not None
     return failure
+
+
+class _OneLineRetries(logging.Filter):
+    """asyncpg's pool logs a full traceback each time it retries a connection during an outage: keep one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {record.exc_info[1]!r}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_OneLineRetries())
 
 
 class PostgresDatabase:
@@ -410,3 +429,117 @@ class PostgresDatabase:
         if self.write_failure is not None:
             log.warning("the database %s works again", self.describe())
             self.write_failure = None
+
+
+# The advisory lock every instance's writer holds from a batch's INSERT until the batch is on the Redis channel.
+ORDER_LOCK_KEY = 0x636861747376630B
+# How long a batch waits for another instance to let go of the order lock, and for the lock's connection, before 503.
+ORDER_LOCK_WAIT_SECONDS = 5.0
+ORDER_LOCK_CONNECT_SECONDS = 5.0
+# The lock's session asks the server to probe it, so that the lock of a host that vanished (power, network) is
+# freed within about idle + interval x count = 11 s, not the system default of two hours: the other instances
+# would wait for it, answering 503, until then.
+ORDER_LOCK_SESSION = {
+    "application_name": "chatsvc order lock",
+    "lock_timeout": f"{int(ORDER_LOCK_WAIT_SECONDS * 1000)}ms",
+    "tcp_keepalives_idle": "5",
+    "tcp_keepalives_interval": "2",
+    "tcp_keepalives_count": "3",
+}
+
+
+class PostgresOrderLock(OrderLock):
+    """A session-level advisory lock on a connection of its own, shared by every instance on every host.
+
+    Ids come from a sequence at INSERT time, not at commit, so two instances
+    storing at once could commit (and publish) id 6 before id 5. Holding one
+    lock across the cluster from before the INSERT, through its commit,
+    until the batch is on the Redis channel means no other instance stores
+    in between: the channel gets batches in id order, and every id in it is
+    committed. A transaction-scoped lock would not do: it ends at the commit,
+    before the publish.
+
+    The lock lives as long as its session. Any doubt about the session (an
+    error, a timeout, an unlock that finds nothing to release) ends it, which
+    frees the lock server-side, and the next batch connects again; while that
+    fails, or the lock stays busy past ORDER_LOCK_WAIT_SECONDS, batches fail
+    with StorageUnavailable (503) and nothing is stored or published.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: asyncpg.Connection | None = None
+        self._closed = False
+
+    async def open(self) -> None:
+        """Connect the lock's session (StartupError, exit 2, if the server cannot be reached)."""
+        self._closed = False
+        try:
+            self._conn = await self._connect()
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            where = url_without_password(self.url)
+            raise StartupError(f"cannot connect the order lock to {where}: {exc}", exit_status=2) from exc
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            self.url,
+            timeout=ORDER_LOCK_CONNECT_SECONDS,
+            # Lock and unlock each answer in one round trip, or the lock waits out lock_timeout: a hung server
+            # cannot hold a batch longer than this.
+            command_timeout=ORDER_LOCK_WAIT_SECONDS + ORDER_LOCK_CONNECT_SECONDS,
+            server_settings=ORDER_LOCK_SESSION,
+        )
+
+    async def close(self) -> None:
+        """End the session, which releases the lock if held (idempotent)."""
+        self._closed = True
+        self._drop()
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            # terminate, not close: no round trip to a server that may be gone; the server frees the lock then.
+            conn.terminate()
+
+    async def _session(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = None
+            if self._closed:
+                raise StorageUnavailable("The server is shutting down")
+            self._conn = await self._connect()
+            log.warning("the order lock is connected to %s again", url_without_password(self.url))
+        return self._conn
+
+    @asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        """Hold the lock for the block; StorageUnavailable (503) if it cannot be had in time."""
+        try:
+            conn = await self._session()
+            await conn.fetchval("SELECT pg_advisory_lock($1)", ORDER_LOCK_KEY)
+        except Exception as exc:
+            # Whatever went wrong (refused, timed out, a session ended under the client's feet, which asyncpg may
+            # report as an InternalClientError), the session's state is unknown: end it, store nothing.
+            self._drop()
+            log.error("the order lock on %s is unavailable: %s", url_without_password(self.url), exc)
+            raise StorageUnavailable("The database is unavailable: nothing was saved, please try again later") from exc
+        except BaseException:
+            # Cancelled while waiting: the server may grant the lock anyway; ending the session frees it.
+            self._drop()
+            raise
+        try:
+            yield
+        finally:
+            await self._release(conn)
+
+    async def _release(self, conn: asyncpg.Connection) -> None:
+        try:
+            released = await conn.fetchval("SELECT pg_advisory_unlock($1)", ORDER_LOCK_KEY)
+        except BaseException as exc:
+            self._drop()
+            if not isinstance(exc, Exception):
+                raise
+            log.error("releasing the order lock failed (%s): its session is ended, which frees it", exc)
+            return
+        if not released:
+            self._drop()
+            log.error("the order lock was no longer held when released: its session had been replaced")
