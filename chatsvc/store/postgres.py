@@ -176,76 +176,39 @@ class PostgresConnection:
 
     async def fetch_one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
         """The first row of a query as a dict, or None."""
-        text, names = translate(sql)
-        if self.trace is not None:
-            self.trace(text)
-        try:
-            row = await self.raw.fetchrow(text, *_arguments(names, params))
-        except _UNAVAILABLE as exc:
-            raise _unavailable(exc) from exc
-        except _UNSTORABLE_TEXT as exc:
-            raise BadRequest("Text must not contain the NUL character") from exc
+        row = await self._run(self.raw.fetchrow, sql, params)
         return dict(row) if row is not None else None
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
         """Every row of a query as dicts."""
-        text, names = translate(sql)
-        if self.trace is not None:
-            self.trace(text)
-        try:
-            rows = await self.raw.fetch(text, *_arguments(names, params))
-        except _UNAVAILABLE as exc:
-            raise _unavailable(exc) from exc
-        except _UNSTORABLE_TEXT as exc:
-            raise BadRequest("Text must not contain the NUL character") from exc
-        return [dict(row) for row in rows]
+        return [dict(row) for row in await self._run(self.raw.fetch, sql, params)]
 
     async def fetch_value(self, sql: str, params: Params = ()) -> Any:
         """The first column of the first row, or None."""
-        text, names = translate(sql)
-        if self.trace is not None:
-            self.trace(text)
-        try:
-            return await self.raw.fetchval(text, *_arguments(names, params))
-        except _UNAVAILABLE as exc:
-            raise _unavailable(exc) from exc
-        except _UNSTORABLE_TEXT as exc:
-            raise BadRequest("Text must not contain the NUL character") from exc
+        return await self._run(self.raw.fetchval, sql, params)
 
     async def fetch_column(self, sql: str, params: Params = ()) -> list[Any]:
         """The first column of every row."""
-        text, names = translate(sql)
-        if self.trace is not None:
-            self.trace(text)
-        try:
-            rows = await self.raw.fetch(text, *_arguments(names, params))
-        except _UNAVAILABLE as exc:
-            raise _unavailable(exc) from exc
-        except _UNSTORABLE_TEXT as exc:
-            raise BadRequest("Text must not contain the NUL character") from exc
-        return [row[0] for row in rows]
+        return [row[0] for row in await self._run(self.raw.fetch, sql, params)]
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run a statement; the number of rows it changed (from its status, e.g. ``DELETE 3``)."""
-        text, names = translate(sql)
-        if self.trace is not None:
-            self.trace(text)
-        try:
-            status = await self.raw.execute(text, *_arguments(names, params))
-        except _UNAVAILABLE as exc:
-            raise _unavailable(exc) from exc
-        except _UNSTORABLE_TEXT as exc:
-            raise BadRequest("Text must not contain the NUL character") from exc
+        status: str = await self._run(self.raw.execute, sql, params)
         count = status.rpartition(" ")[2]
         return int(count) if count.isdigit() else 0
 
     async def execute_many(self, sql: str, rows: Iterable[Params]) -> None:
         """Run one statement once per row of parameters."""
+        await self._run(self.raw.executemany, sql, rows, many=True)
+
+    async def _run(self, method: Callable[..., Awaitable[Any]], sql: str, params: Any, *, many: bool = False) -> Any:
+        """One statement through an asyncpg method, translated, traced, and its errors mapped to the store's."""
         text, names = translate(sql)
         if self.trace is not None:
             self.trace(text)
+        arguments = ([_arguments(names, row) for row in params],) if many else _arguments(names, params)
         try:
-            await self.raw.executemany(text, [_arguments(names, row) for row in rows])
+            return await method(text, *arguments)
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
         except _UNSTORABLE_TEXT as exc:
