@@ -157,6 +157,16 @@ class Api:
         assert resp.status == 200, resp.body
         return resp.body
 
+    async def group(self, owner: User, *members: User, name: str = "Team") -> int:
+        """A group made by ``owner``, who adds ``members``; its id."""
+        resp = await self.get("/chatroom/create-group", owner.token, name=name)
+        assert resp.status == 200, resp.body
+        room = int(resp.body)
+        for member in members:
+            joined = await self.get(f"/chatroom/join/{room}", owner.token, joinUsername=member.username)
+            assert joined.status == 200, joined.body
+        return room
+
 
 @asynccontextmanager
 async def serve(config: Config) -> AsyncIterator[Api]:

@@ -110,21 +110,11 @@ async def crossing(sender: SocketClient, user: User, room: int, receiver: Socket
             assert time.monotonic() < deadline, "cross-host delivery never started"
 
 
-async def group_of(api: Api, owner: User, *members: User) -> int:
-    resp = await api.get("/chatroom/create-group", owner.token, name="hosts")
-    assert resp.status == 200, resp.body
-    room: int = resp.body
-    for member in members:
-        joined = await api.get(f"/chatroom/join/{room}", owner.token, joinUsername=member.username)
-        assert joined.status == 200, joined.body
-    return room
-
-
 async def test_postgres_cluster_every_member_gets_the_room_in_id_order_across_hosts(hosts: list[Host]) -> None:
     a, b = hosts
     alice, carol = await a.api.new_user(), await a.api.new_user()
     bob, dave = await b.api.new_user(), await b.api.new_user()
-    room = await group_of(a.api, alice, bob, carol, dave)
+    room = await a.api.group(alice, bob, carol, dave)
     alice_a, carol_a = await a.socket(alice), await a.socket(carol)
     bob_b, dave_b = await b.socket(bob), await b.socket(dave)
     for client, user in ((alice_a, alice), (carol_a, carol), (bob_b, bob), (dave_b, dave)):
@@ -215,7 +205,7 @@ async def test_postgres_cluster_member_removed_on_one_host_cannot_send_on_the_ot
 ) -> None:
     a, b = hosts
     alice, bob, carol = await a.api.new_user(), await a.api.new_user(), await a.api.new_user()
-    room = await group_of(a.api, alice, bob, carol)
+    room = await a.api.group(alice, bob, carol)
     bob_b, carol_b = await b.socket(bob), await b.socket(carol)
     await bob_b.join(bob, room)
     await carol_b.join(carol, room)

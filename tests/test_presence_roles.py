@@ -38,14 +38,6 @@ async def befriend(api: Api, one: User, other: User) -> None:
     assert agreed.status == 200, agreed.body
 
 
-async def group_of(api: Api, owner: User, *members: User) -> int:
-    room = (await api.get("/chatroom/create-group", owner.token, name="Team")).body
-    for member in members:
-        resp = await api.get(f"/chatroom/join/{room}", owner.token, joinUsername=member.username)
-        assert resp.status == 200, resp.body
-    return int(room)
-
-
 async def roles(api: Api, viewer: User, room: int) -> dict[int, str]:
     resp = await api.get("/chatroom/members", viewer.token, chatroomId=room)
     assert resp.status == 200, resp.body
@@ -115,7 +107,7 @@ async def test_presence_reaches_one_to_one_partners_but_not_mere_group_mates(api
     alice, bob, carol = trio
     dan = await api.new_user()
     await api.one_to_one(alice, bob)
-    await group_of(api, alice, carol)
+    await api.group(alice, carol)
     await befriend(api, dan, carol)
     b, c = await sockets(bob.token), await sockets(carol.token)
     await sockets(alice.token)
@@ -127,7 +119,7 @@ async def test_presence_reaches_one_to_one_partners_but_not_mere_group_mates(api
 
 async def test_presence_route_answers_only_about_users_the_caller_may_see(api: Api, sockets, trio) -> None:
     alice, bob, carol = trio
-    group = await group_of(api, alice, carol)
+    group = await api.group(alice, carol)
     await befriend(api, alice, bob)
     await sockets(carol.token)
     dan = await api.new_user()
@@ -182,7 +174,7 @@ async def test_presence_route_needs_a_login(api: Api) -> None:
 
 async def test_live_room_list_added_to_a_group_then_removed(api: Api, sockets, trio) -> None:
     alice, bob, _ = trio
-    room = await group_of(api, alice)
+    room = await api.group(alice)
     b = await sockets(bob.token)
     other_tab = await sockets(bob.token)
     await api.get(f"/chatroom/join/{room}", alice.token, joinUsername=bob.username)
@@ -237,7 +229,7 @@ async def test_live_friend_request_and_answers(api: Api, sockets, trio) -> None:
 async def test_roles_creator_owns_and_makes_admins_who_manage_members(api: Api, sockets, trio) -> None:
     alice, bob, carol = trio
     dan = await api.new_user()
-    room = await group_of(api, alice, bob)
+    room = await api.group(alice, bob)
     assert await roles(api, bob, room) == {alice.id: "owner", bob.id: "member"}
     b = await sockets(bob.token)
     await b.join(bob, room)
@@ -277,7 +269,7 @@ async def test_roles_leaving_owner_is_succeeded_by_the_longest_standing_admin_el
 ) -> None:
     alice, bob, carol = trio
     dan = await api.new_user()
-    room = await group_of(api, alice, bob, carol, dan)
+    room = await api.group(alice, bob, carol, dan)
     await api.get(f"/chatroom/set-role/{room}", alice.token, userId=dan.id, role="admin")
     await api.get(f"/chatroom/set-role/{room}", alice.token, userId=carol.id, role="admin")
     b = await sockets(bob.token)
@@ -297,7 +289,7 @@ async def test_roles_leaving_owner_is_succeeded_by_the_longest_standing_admin_el
 async def test_roles_set_role_authorization_matrix_changes_nothing(api: Api, trio) -> None:
     alice, bob, carol = trio
     dan, eve = await api.new_user(), await api.new_user()
-    room = await group_of(api, alice, bob, carol)
+    room = await api.group(alice, bob, carol)
     await api.get(f"/chatroom/set-role/{room}", alice.token, userId=bob.id, role="admin")
     direct = await api.one_to_one(alice, dan)
     cases = [
@@ -325,7 +317,7 @@ async def test_roles_set_role_authorization_matrix_changes_nothing(api: Api, tri
 
 async def test_roles_setting_the_same_role_again_sends_nothing(api: Api, sockets, trio) -> None:
     alice, bob, _ = trio
-    room = await group_of(api, alice, bob)
+    room = await api.group(alice, bob)
     b = await sockets(bob.token)
     await b.join(bob, room)
     again = await api.get(f"/chatroom/set-role/{room}", alice.token, userId=bob.id, role="member")
@@ -341,7 +333,7 @@ SETTINGS = settings(
 
 async def test_roles_and_presence_hostile_queries_never_fail_the_server(api: Api, trio) -> None:
     alice, bob, _ = trio
-    room = await group_of(api, alice, bob)
+    room = await api.group(alice, bob)
     loop = asyncio.get_running_loop()
     text = st.text(st.characters(exclude_categories=("Cs",)), max_size=30)
     value = text | st.integers(min_value=-(2**70), max_value=2**70).map(str) | st.sampled_from([str(bob.id), "admin"])

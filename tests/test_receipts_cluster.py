@@ -5,7 +5,6 @@ from __future__ import annotations
 from tests.test_redis_cluster import (  # noqa: F401 (fixtures of this module too)
     cluster,
     config,
-    group_of,
     redis_server,
 )
 
@@ -13,7 +12,7 @@ from tests.test_redis_cluster import (  # noqa: F401 (fixtures of this module to
 async def test_cluster_read_and_typing_notices_reach_the_other_instance(cluster) -> None:  # noqa: F811
     a, b = cluster
     alice, bob, carol = await a.api.new_user(), await a.api.new_user(), await a.api.new_user()
-    room = await group_of(a.api, alice, bob, carol)
+    room = await a.api.group(alice, bob, carol)
     alice_a = await a.socket(alice)
     bob_b = await b.socket(bob)
     alice_b = await b.socket(alice)  # alice's other tab, on the other instance, in no room

@@ -130,20 +130,10 @@ async def cluster(config: Config) -> AsyncIterator[tuple[Instance, Instance]]:
             await instance.server.close()
 
 
-async def group_of(api: Api, owner: User, *members: User) -> int:
-    resp = await api.get("/chatroom/create-group", owner.token, name="cluster")
-    assert resp.status == 200, resp.body
-    room: int = resp.body
-    for member in members:
-        joined = await api.get(f"/chatroom/join/{room}", owner.token, joinUsername=member.username)
-        assert joined.status == 200, joined.body
-    return room
-
-
 async def test_cluster_members_on_two_instances_get_every_message_once_in_id_order(cluster) -> None:
     a, b = cluster
     alice, bob, carol = await a.api.new_user(), await a.api.new_user(), await a.api.new_user()
-    room = await group_of(a.api, alice, bob, carol)
+    room = await a.api.group(alice, bob, carol)
     on_a = await a.socket(alice)
     on_b = await b.socket(bob)
     also_on_b = await b.socket(carol)
@@ -167,7 +157,7 @@ async def test_cluster_members_on_two_instances_get_every_message_once_in_id_ord
 async def test_cluster_client_moving_to_the_other_instance_misses_nothing(cluster) -> None:
     a, b = cluster
     alice, bob, carol = await a.api.new_user(), await a.api.new_user(), await a.api.new_user()
-    room = await group_of(a.api, alice, bob, carol)
+    room = await a.api.group(alice, bob, carol)
     alice_a = await a.socket(alice)
     carol_b = await b.socket(carol)
     bob_a = await a.socket(bob)
@@ -209,7 +199,7 @@ async def test_cluster_client_moving_to_the_other_instance_misses_nothing(cluste
 async def test_cluster_quit_on_one_instance_takes_effect_on_the_other_before_it_answers(cluster) -> None:
     a, b = cluster
     alice, bob, carol, dave = [await a.api.new_user() for _ in range(4)]
-    room = await group_of(a.api, alice, bob, carol)
+    room = await a.api.group(alice, bob, carol)
     alice_a = await a.socket(alice)
     bob_b = await b.socket(bob)
     carol_b = await b.socket(carol)
@@ -239,7 +229,7 @@ async def test_cluster_quit_on_one_instance_takes_effect_on_the_other_before_it_
 async def test_cluster_profile_change_reaches_the_other_instances_cache(cluster, config: Config) -> None:
     a, b = cluster
     alice, bob = await a.api.new_user(), await a.api.new_user()
-    room = await group_of(a.api, alice, bob)
+    room = await a.api.group(alice, bob)
     bob_b = await b.socket(bob)
     first = await bob_b.call("sendMessage", send_payload(bob, room, "old name"))
     assert first["sender"]["nickName"] == bob.nick_name  # B caches bob's profile now
@@ -289,7 +279,7 @@ async def test_cluster_redis_outage_keeps_local_delivery_and_fan_out_resumes(
     caplog.set_level(logging.INFO, logger="chatsvc.fanout.redis")
     a, b = cluster
     alice, bob, carol = await a.api.new_user(), await a.api.new_user(), await a.api.new_user()
-    room = await group_of(a.api, alice, bob, carol)
+    room = await a.api.group(alice, bob, carol)
     alice_a, carol_a, bob_b = await a.socket(alice), await a.socket(carol), await b.socket(bob)
     for client, user in ((alice_a, alice), (carol_a, carol), (bob_b, bob)):
         await client.join(user, room)

@@ -30,7 +30,7 @@ from chatsvc.webhooks import WebhookSender, sign
 from tests.conftest import make_config
 from tests.helpers import Api, SocketClient, User, connect_socket, send_payload, until
 from tests.process import ChatsvcProcess, free_port
-from tests.test_redis_cluster import REDIS_SERVER, group_of, require_redis_server
+from tests.test_redis_cluster import REDIS_SERVER, require_redis_server
 
 pytestmark = pytest.mark.both_engines
 
@@ -183,7 +183,7 @@ async def test_webhook_leaves_out_members_online_in_the_room(
     server: ChatsvcServer, receiver: Receiver, api: Api, trio: tuple[User, User, User], sockets
 ) -> None:
     alice, bob, carol = trio
-    room = await group_of(api, alice, bob, carol)
+    room = await api.group(alice, bob, carol)
     together = await api.one_to_one(alice, bob)
     a = await sockets(alice.token)
     b = await sockets(bob.token)
@@ -310,7 +310,7 @@ async def test_webhooks_with_two_instances_send_each_delivery_once_and_count_soc
             url_a, url_b = (str(server.make_url("")).rstrip("/") for server in servers)
             api = Api(url_a, session)
             alice, bob, carol = await api.new_user(), await api.new_user(), await api.new_user()
-            room = await group_of(api, alice, bob, carol)
+            room = await api.group(alice, bob, carol)
             on_a = await connect_socket(url_a, alice.token)
             on_b = await connect_socket(url_b, bob.token)
             clients += [on_a, on_b]
