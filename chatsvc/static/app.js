@@ -987,7 +987,8 @@ const receipts = {
     if (room.unreadCount > 0) link.append(el("span", "unread", String(room.unreadCount)));
     const last = room.lastMessage;
     if (!last) return;
-    const shown = last.deleted ? "message deleted" : last.type === 1 ? "[picture]" : last.type === 2 ? "[file]" : last.content;
+    const kind = last.deleted ? "message deleted" : { 1: "[picture]", 2: "[file]" }[last.type];
+    const shown = kind || last.content;
     const who = last.senderId === state.me.id ? "You" : (last.sender && last.sender.nickName) || "";
     link.append(el("span", "preview", who ? `${who}: ${shown}` : shown));
   },
