@@ -285,14 +285,25 @@ class Presence:
         self.counter = counter
         self.grace = grace
         self._pending: dict[int, asyncio.Task[None]] = {}
+        # Shutdown: from the start of close() no user comes online here, and once it has settled every pending
+        # user nothing starts a grace timer any more; a timer left running would fire after the database closed.
+        self._closing = False
+        self._closed = False
 
     async def start(self) -> None:
         """Start the counter."""
         await self.counter.start()
 
     async def close(self) -> None:
-        """Settle every user whose grace period is running now (no socket will come back here), then stop."""
-        for user_id, task in list(self._pending.items()):
+        """Settle every user whose grace period is running (no socket will come back here), then stop.
+
+        Runs before the database closes (chatsvc/app.py). A socket that goes
+        while this settles others is settled here too; one that goes after it
+        starts no timer, so none is left to fire once the database is closed.
+        """
+        self._closing = True
+        while self._pending:
+            user_id, task = self._pending.popitem()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -300,11 +311,13 @@ class Presence:
                 await self._settle(user_id)
             except Exception as exc:
                 log.warning("presence: user %s not announced offline at shutdown: %s", user_id, exc)
-        self._pending.clear()
+        self._closed = True
         await self.counter.close()
 
     async def socket_connected(self, user_id: int) -> None:
         """A socket of the user connected here: announce the user online if they were not."""
+        if self._closing:  # the server is going away, and this socket with it
+            return
         pending = self._pending.pop(user_id, None)
         if pending is not None and not pending.done():
             pending.cancel()
@@ -313,8 +326,10 @@ class Presence:
 
     async def socket_disconnected(self, user_id: int) -> None:
         """A socket of the user went: once the grace period passes with none back, announce them offline."""
+        if self._closed:
+            return
         await self.counter.disconnected(user_id)
-        if self.counter.local.get(user_id) or user_id in self._pending:
+        if self._closed or self.counter.local.get(user_id) or user_id in self._pending:
             return
         self._pending[user_id] = asyncio.get_running_loop().create_task(
             self._after_grace(user_id), name=f"chatsvc-presence-{user_id}"

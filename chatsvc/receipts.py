@@ -48,9 +48,12 @@ class NoticeThrottle(Generic[K, V]):
         self._send = send
         self._windows: dict[K, _Window[V]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def offer(self, key: K, value: V) -> None:
-        """Announce ``value`` for ``key`` now, or at the end of the key's current interval."""
+        """Announce ``value`` for ``key`` now, or at the end of the key's current interval (nothing once closed)."""
+        if self._closed:  # a timer opened now would fire after the fan-out closed
+            return
         window = self._windows.get(key)
         if window is not None:
             window.pending[:] = [value]
@@ -78,10 +81,13 @@ class NoticeThrottle(Generic[K, V]):
             log.exception("sending a notice for %r failed", key)
 
     def close(self) -> None:
-        """Drop what is still waiting (on shutdown)."""
+        """Drop what is still waiting or being sent, and send nothing more (on shutdown)."""
+        self._closed = True
         for window in self._windows.values():
             window.timer.cancel()
         self._windows.clear()
+        for task in self._tasks:
+            task.cancel()
 
 
 @dataclass
@@ -191,9 +197,12 @@ class TypingNotices:
         self._keys_of_sid: dict[str, set[tuple[int, int]]] = {}
         self._notices: NoticeThrottle[tuple[int, int], bool] = NoticeThrottle(notice_interval, self._announce)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def update(self, sid: str, user_id: int, chatroom_id: int, typing: bool) -> None:
         """A client's ``typing`` event: start (or keep up) or stop the user's typing in the room."""
+        if self._closed:  # its expiry timer would fire after shutdown
+            return
         if not typing:
             await self.stop(user_id, chatroom_id)
             return
@@ -229,12 +238,15 @@ class TypingNotices:
                 await self.stop(user_id, room)
 
     def close(self) -> None:
-        """Forget everything (on shutdown)."""
+        """Forget everything and start no timer any more (on shutdown)."""
+        self._closed = True
         for current in self._typing.values():
             current.expiry.cancel()
         self._typing.clear()
         self._keys_of_sid.clear()
         self._notices.close()
+        for task in self._tasks:
+            task.cancel()
 
     def _expire(self, key: tuple[int, int]) -> None:
         task = asyncio.create_task(self.stop(*key))

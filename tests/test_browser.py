@@ -585,6 +585,17 @@ async def test_browser_layout_fits_at_desktop_and_phone_width(
     else:
         await expect(page.locator("#back")).to_be_hidden()
         await assert_sidebar_forms_line_up(page)
+
+    # The search with its results, and an open edit of a message, fit as well.
+    await page.locator("#search-form [name=q]").fill("tent")
+    await page.locator("#search-form [name=q]").press("Enter")
+    await expect(page.locator("#search-results .search-hit")).to_have_count(1)
+    assert await page.evaluate(LAYOUT_PROBLEMS) == []
+    await page.locator("#search-results .search-hit").click()
+    await expect(page.locator("#room-name")).to_have_text("Weekend plans")
+    await messages(page).get_by_role("button", name="Edit").click()
+    await expect(page.locator("#message-list .edit-input")).to_be_focused()
+    assert await page.evaluate(LAYOUT_PROBLEMS) == []
     await context.close()
 
 
@@ -625,4 +636,111 @@ async def test_browser_unread_counts_previews_and_typing_live_between_two_users(
     await expect(messages(page_b).last.locator(".text")).to_have_text("Hi Bo")
     await expect(page_b.locator("#typing")).to_be_hidden()
     await expect(page_b.locator(f'#rooms [data-room-id="{room}"] .preview')).to_have_text(f"{alice.nick_name}: Hi Bo")
+    assert errors == []
+
+
+async def test_browser_edit_delete_and_search_live_between_two_users(
+    browser: Browser, api: Api, base_url: str, db_rows
+) -> None:
+    alice, bob = await api.new_user("alice"), await api.new_user("bob")
+    room = await api.one_to_one(alice, bob)
+    group = await api.group(alice, bob, name="Camping")
+    errors: list[str] = []
+    _, page_a = await log_in(browser, base_url, alice, collect_errors(errors))
+    _, page_b = await log_in(browser, base_url, bob, collect_errors(errors))
+    await open_room(page_a, room, bob.nick_name)
+    await open_room(page_b, room, alice.nick_name)
+    await send(page_a, "See you at 5")
+    await send(page_a, "Wrong chat, sorry")
+    await expect(messages(page_b).locator(".text")).to_have_text(["See you at 5", "Wrong chat, sorry"])
+    first, second = [int(i) for i in await messages(page_a).evaluate_all("items => items.map((li) => li.dataset.id)")]
+    mine = page_a.locator(f'#message-list [data-id="{first}"]')
+    seen = page_b.locator(f'#message-list [data-id="{first}"]')
+    # Only the sender has the actions.
+    await expect(mine.get_by_role("button", name="Edit")).to_be_visible()
+    await expect(page_b.locator("#message-list .actions")).to_have_count(0)
+
+    # An inline edit: Escape cancels it, Enter saves it, and the other side sees the new text and "(edited)" live.
+    await mine.get_by_role("button", name="Edit").click()
+    editor = mine.locator(".edit-input")
+    await expect(editor).to_be_focused()
+    await expect(editor).to_have_value("See you at 5")
+    await editor.fill("never saved")
+    await editor.press("Escape")
+    await expect(editor).to_have_count(0)
+    await expect(mine.locator(".text")).to_have_text("See you at 5")
+    await mine.get_by_role("button", name="Edit").click()
+    await editor.fill("See you at 6")
+    await editor.press("Enter")
+    await expect(seen.locator(".text")).to_have_text("See you at 6")
+    await expect(seen.locator(".edited")).to_have_text("(edited)")
+    await expect(mine.locator(".text")).to_have_text("See you at 6")
+    await expect(mine.locator(".edited")).to_have_text("(edited)")
+    stored = {m["id"]: m for m in await api.history(bob, room)}
+    assert stored[first]["content"] == "See you at 6" and stored[first]["editedAt"] is not None
+
+    # Deleting asks first; then everyone sees "message deleted" in its place, and the room list's preview says so.
+    asked: list[str] = []
+
+    async def accept(dialog: Any) -> None:
+        asked.append(dialog.message)
+        await dialog.accept()
+
+    page_a.once("dialog", accept)
+    await page_a.locator(f'#message-list [data-id="{second}"]').get_by_role("button", name="Delete").click()
+    gone = page_b.locator(f'#message-list [data-id="{second}"]')
+    await expect(gone.locator(".text")).to_have_text("message deleted")
+    await expect(page_b.locator("#message-list")).not_to_contain_text("Wrong chat, sorry")
+    await expect(page_a.locator(f'#message-list [data-id="{second}"] .text')).to_have_text("message deleted")
+    await expect(page_b.locator(f'#rooms [data-room-id="{room}"] .preview')).to_have_text(
+        f"{alice.nick_name}: message deleted"
+    )
+    assert asked == ["Delete this message for everyone?"]
+    assert {m["id"]: m for m in await api.history(bob, room)}[second]["deleted"] is True
+    # Both stay so after a reload: from the history's editedAt and deleted.
+    await page_b.reload()
+    await expect(seen.locator(".edited")).to_have_text("(edited)")
+    await expect(gone.locator(".text")).to_have_text("message deleted")
+
+    # A refused edit says why, and stays open to cancel.
+    db_rows("UPDATE chat_history SET create_time = ? WHERE id = ?", ("2000-01-01T00:00:00.000Z", first))
+    await mine.get_by_role("button", name="Edit").click()
+    await editor.fill("too late")
+    await editor.press("Enter")
+    await expect(page_a.locator("#chat-error")).to_have_text("This message is too old to edit")
+    await expect(editor).to_have_value("too late")
+    await editor.press("Escape")
+    await expect(mine.locator(".text")).to_have_text("See you at 6")
+
+    # Search: Bob writes in the group; Alice finds it from another room (any case) and opening the hit opens its room.
+    await open_room(page_b, group, "Camping")
+    await send(page_b, "The tent is in the garage")
+    await expect(messages(page_b)).to_have_count(1)
+    search_form = page_a.locator("#search-form")
+    await search_form.locator("[name=scope]").select_option("room")
+    await search_form.locator("[name=q]").fill("TENT")
+    await search_form.locator("[name=q]").press("Enter")
+    await expect(page_a.locator("#search-results")).to_have_text("Nothing found for “TENT”.")
+    await search_form.locator("[name=scope]").select_option("all")
+    await search_form.locator("[name=q]").press("Enter")
+    hit = page_a.locator("#search-results .search-hit")
+    await expect(hit).to_have_count(1)
+    await expect(hit.locator(".who")).to_have_text(bob.nick_name)
+    await expect(hit.locator(".hit-room")).to_have_text("Camping")
+    await expect(hit.locator(".text")).to_have_text("The tent is in the garage")
+    await expect(hit.locator("time")).to_have_attribute("datetime", re.compile(r"^\d{4}-.+Z$"))
+    await hit.click()
+    await expect(page_a.locator("#room-name")).to_have_text("Camping")
+    await expect(page_a.locator("#message-list .msg.found .text")).to_have_text("The tent is in the garage")
+    # Deleted messages are not found; edited ones by their new text.
+    await search_form.locator("[name=q]").fill("wrong chat")
+    await search_form.locator("[name=q]").press("Enter")
+    await expect(page_a.locator("#search-results")).to_have_text("Nothing found for “wrong chat”.")
+    await search_form.locator("[name=q]").fill("at 6")
+    await search_form.locator("[name=q]").press("Enter")
+    await expect(page_a.locator("#search-results .search-hit .text")).to_have_text(["See you at 6"])
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page_a.screenshot(path=ARTIFACTS / "edit-delete-search.png")
+    await page_a.locator("#search-clear").click()
+    await expect(page_a.locator("#search")).to_be_hidden()
     assert errors == []

@@ -18,6 +18,7 @@ const state = {
   loaded: false, // whether the open room's newest page has arrived
   messages: new Map(), // id -> message of the open room
   nodes: new Map(), // id -> rendered <li>, so re-rendering keeps images loaded
+  editing: null, // the open edit of one of our messages: { id, input }
   hasOlder: false,
   outbox: [], // messages not yet acknowledged: { chatroomId, clientMsgId, message, sending }
   registering: false,
@@ -208,7 +209,8 @@ function logout(message) {
   socket = null;
   clearInterval(state.refreshTimer);
   setToken(null);
-  Object.assign(state, { me: null, rooms: [], room: null, loaded: false, outbox: [] });
+  Object.assign(state, { me: null, rooms: [], room: null, loaded: false, outbox: [], editing: null });
+  clearSearch();
   state.messages.clear();
   state.nodes.clear();
   history.replaceState(null, "", location.pathname);
@@ -259,6 +261,10 @@ function onSocketMessage(event) {
   receipts.onEvent(event);
   if (event.type === "sendMessage") {
     addMessages([event.message]);
+  } else if (event.type === "messageUpdated") {
+    showUpdated(event.message);
+  } else if (event.type === "messageDeleted") {
+    showDeleted(event.chatroomId, event.messageId);
   } else if (event.type === "quitRoom" || event.type === "joinRoom") {
     const room = state.room;
     const known = room && room.userIds.includes(event.userId);
@@ -298,7 +304,7 @@ function refreshWhenShown() {
 }
 
 // Lists are refreshed by timers and by actions at once: only the latest answer is shown.
-const asked = { rooms: 0, friends: 0, members: 0 };
+const asked = { rooms: 0, friends: 0, members: 0, search: 0 };
 
 async function refreshRooms() {
   const mine = ++asked.rooms;
@@ -349,6 +355,7 @@ async function openRoom(room) {
   state.room = room;
   state.loaded = false;
   state.hasOlder = false;
+  state.editing = null;
   state.messages.clear();
   state.nodes.clear();
   history.replaceState(null, "", `#room=${room.id}`);
@@ -370,6 +377,7 @@ async function openRoom(room) {
 
 function closeRoom() {
   state.room = null;
+  state.editing = null;
   state.messages.clear();
   state.nodes.clear();
   history.replaceState(null, "", location.pathname);
@@ -514,7 +522,10 @@ function renderMessages({ toBottom = false, keepPosition = false } = {}) {
       items.push(shownSafely(pendingNode, item, "msg mine pending"));
     }
   }
+  // Re-inserting the list's nodes takes the focus away from an open edit (or a button): give it back.
+  const focused = box.contains(document.activeElement) ? document.activeElement : null;
   $("message-list").replaceChildren(...items);
+  if (focused && focused.isConnected && document.activeElement !== focused) focused.focus();
   $("older").hidden = !state.hasOlder;
   if (keepPosition) box.scrollTop = box.scrollHeight - fromBottom;
   else if (toBottom || atBottom) box.scrollTop = box.scrollHeight;
@@ -547,6 +558,13 @@ function messageNode(message) {
   when.dateTime = message.createTime;
   when.title = new Date(message.createTime).toLocaleString();
   meta.append(el("span", "who", sender.nickName || sender.username || `user ${message.senderId}`), when);
+  if (message.deleted) {
+    li.classList.add("deleted");
+    li.append(meta, el("p", "text", "message deleted"));
+    return li;
+  }
+  if (message.editedAt) meta.append(editedMark(message.editedAt));
+  if (message.senderId === state.me.id) meta.append(messageActions(message));
   li.append(meta, messageBody(MESSAGE_TYPES[message.type], message.content));
   return li;
 }
@@ -969,7 +987,8 @@ const receipts = {
     if (room.unreadCount > 0) link.append(el("span", "unread", String(room.unreadCount)));
     const last = room.lastMessage;
     if (!last) return;
-    const shown = last.type === 1 ? "[picture]" : last.type === 2 ? "[file]" : last.content;
+    const kind = last.deleted ? "message deleted" : { 1: "[picture]", 2: "[file]" }[last.type];
+    const shown = kind || last.content;
     const who = last.senderId === state.me.id ? "You" : (last.sender && last.sender.nickName) || "";
     link.append(el("span", "preview", who ? `${who}: ${shown}` : shown));
   },
@@ -1015,6 +1034,217 @@ function showPresence() {
   }
 }
 
+// -- edit and delete your own messages, and search (issue 15) ------------------------------------------------
+// Edits and deletions arrive as notices on the rooms the page has joined, so everyone's page shows them live.
+
+function editedMark(editedAt) {
+  const mark = el("span", "edited", "(edited)");
+  mark.title = `edited ${new Date(editedAt).toLocaleString()}`;
+  return mark;
+}
+
+function messageActions(message) {
+  const actions = el("span", "actions");
+  // Only text can be edited; anything of ours can be deleted.
+  if (MESSAGE_TYPES[message.type] === "text") actions.append(button("Edit", () => startEdit(message.id), "link"));
+  actions.append(button("Delete", () => deleteMessage(message.id), "link"));
+  return actions;
+}
+
+// Replace the message's text with an input: Enter saves, Escape cancels.
+function startEdit(id) {
+  const message = state.messages.get(id);
+  const node = state.nodes.get(id);
+  const text = node && node.querySelector(".text");
+  if (!message || !text) return;
+  cancelEdit();
+  const input = el("input", "edit-input");
+  input.value = message.content;
+  input.maxLength = $("send-form").content.maxLength;
+  input.setAttribute("aria-label", "Edit your message: Enter saves, Escape cancels");
+  input.title = "Enter saves, Escape cancels";
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      saveEdit(id, input);
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      cancelEdit();
+    }
+  });
+  text.replaceWith(input);
+  node.classList.add("editing");
+  state.editing = { id, input };
+  input.focus();
+}
+
+function cancelEdit() {
+  const editing = state.editing;
+  if (!editing) return;
+  state.editing = null;
+  state.nodes.delete(editing.id); // rendered anew from the message as stored
+  renderMessages();
+}
+
+async function saveEdit(id, input) {
+  const message = state.messages.get(id);
+  if (!message || input.disabled) return;
+  const content = input.value;
+  if (content === message.content) return cancelEdit();
+  if (!content.trim()) {
+    showError("chat-error", "A message cannot be empty: delete it instead.");
+    return;
+  }
+  input.disabled = true;
+  let ack;
+  try {
+    ack = await socket.call("editMessage", { messageId: id, content });
+  } catch {
+    ack = { statusCode: 0, message: "Not connected: the edit was not saved, try again." };
+  }
+  input.disabled = false;
+  if (ack && ack.statusCode !== undefined) {
+    // The edit stays open, to fix or to cancel.
+    showError("chat-error", ack.message);
+    if (state.editing && state.editing.input === input) input.focus();
+    return;
+  }
+  if (state.editing && state.editing.input === input) state.editing = null;
+  showUpdated(ack);
+}
+
+async function deleteMessage(id) {
+  if (!socket || !confirm("Delete this message for everyone?")) return;
+  let ack;
+  try {
+    ack = await socket.call("deleteMessage", { messageId: id });
+  } catch {
+    ack = { statusCode: 0, message: "Not connected: the message was not deleted, try again." };
+  }
+  if (ack && ack.statusCode !== undefined) showError("chat-error", ack.message);
+  else showDeleted(ack.chatroomId, ack.id);
+}
+
+// A message of some room changed: its place in the open room, and the room list's preview if it is the last one.
+function showChanged(chatroomId, id, changed) {
+  const room = state.rooms.find((r) => r.id === chatroomId);
+  if (room && room.lastMessage && room.lastMessage.id === id) {
+    room.lastMessage = changed(room.lastMessage);
+    renderRooms();
+  }
+  const message = state.room && state.room.id === chatroomId && state.messages.get(id);
+  if (!message) return;
+  state.messages.set(id, changed(message));
+  if (state.editing && state.editing.id === id) state.editing = null;
+  state.nodes.delete(id);
+  renderMessages();
+}
+
+function showUpdated(message) {
+  showChanged(message.chatroomId, message.id, (old) => ({ ...old, ...message }));
+}
+
+function showDeleted(chatroomId, id) {
+  showChanged(chatroomId, id, (old) => ({ ...old, content: "", deleted: true }));
+}
+
+const SEARCH_LIMIT = 20;
+// Opening a search hit pages back through the room's history for it, this far at most.
+const SEARCH_PAGES_BACK = 20;
+
+const search = { params: null, hits: [], hasMore: false };
+
+async function submitSearch(event) {
+  event.preventDefault();
+  const form = event.target;
+  const params = { q: form.q.value.trim(), limit: SEARCH_LIMIT };
+  if (form.scope.value === "room") {
+    if (!state.room) {
+      showError("search-error", "Open a room to search in it, or search all rooms.");
+      return;
+    }
+    params.chatroomId = state.room.id;
+  }
+  search.params = params;
+  search.hits = [];
+  await searchMore();
+}
+
+// The next page of hits: older than the last one shown.
+async function searchMore() {
+  const mine = ++asked.search;
+  const params = { ...search.params };
+  if (search.hits.length) params.beforeId = search.hits[search.hits.length - 1].id;
+  let hits;
+  try {
+    hits = await api("GET", "/chat-history/search", params);
+  } catch (err) {
+    showError("search-error", err.message);
+    return;
+  }
+  if (mine !== asked.search || !state.me) return;
+  showError("search-error", "");
+  search.hits.push(...hits);
+  search.hasMore = hits.length === SEARCH_LIMIT;
+  renderSearch();
+}
+
+function renderSearch() {
+  const items = search.hits.map(hitNode);
+  if (!items.length) items.push(el("li", "muted", `Nothing found for “${search.params.q}”.`));
+  $("search-results").replaceChildren(...items);
+  $("search-more").hidden = !search.hasMore;
+  $("search").hidden = false;
+}
+
+function hitNode(message) {
+  const room = state.rooms.find((r) => r.id === message.chatroomId);
+  const sender = message.sender || {};
+  const when = el("time", "when", formatTime(message.createTime));
+  when.dateTime = message.createTime;
+  const meta = el("span", "meta");
+  meta.append(
+    el("span", "who", sender.nickName || sender.username || `user ${message.senderId}`),
+    when,
+    el("span", "hit-room", room ? room.name : `room ${message.chatroomId}`),
+  );
+  if (message.editedAt) meta.append(editedMark(message.editedAt));
+  const open = button("", () => openHit(message), "search-hit");
+  open.dataset.messageId = message.id;
+  open.dataset.roomId = message.chatroomId;
+  open.append(meta, el("span", "text", message.content));
+  const li = el("li");
+  li.append(open);
+  return li;
+}
+
+// Open the hit's room and show the message in it, loading older pages if it is further back.
+async function openHit(message) {
+  const room = state.rooms.find((r) => r.id === message.chatroomId);
+  if (!room) {
+    showError("search-error", "You are no longer a member of that room.");
+    return;
+  }
+  await openRoom(room);
+  for (let n = 0; n < SEARCH_PAGES_BACK && state.room === room && !state.messages.has(message.id); n++) {
+    if (!state.hasOlder) break;
+    await loadOlder();
+  }
+  const node = state.room === room && state.nodes.get(message.id);
+  if (!node) return;
+  for (const other of document.querySelectorAll("#message-list .found")) other.classList.remove("found");
+  node.classList.add("found");
+  node.scrollIntoView({ block: "center" });
+}
+
+function clearSearch() {
+  ++asked.search;
+  Object.assign(search, { params: null, hits: [], hasMore: false });
+  $("search-results").replaceChildren();
+  $("search").hidden = true;
+  showError("search-error", "");
+}
+
 async function start() {
   $("tab-login").addEventListener("click", () => setRegistering(false));
   $("tab-register").addEventListener("click", () => setRegistering(true));
@@ -1040,6 +1270,9 @@ async function start() {
   $("avatar-form").addEventListener("submit", saveAvatar);
   $("avatar-cancel").addEventListener("click", closeAvatarForm);
   $("older").addEventListener("click", loadOlder);
+  $("search-form").addEventListener("submit", submitSearch);
+  $("search-more").addEventListener("click", searchMore);
+  $("search-clear").addEventListener("click", clearSearch);
   receipts.start();
   if (state.token) {
     try {
