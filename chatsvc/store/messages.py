@@ -8,6 +8,8 @@ from chatsvc.store import Connection, fetch_all, fetch_one
 from chatsvc.store.settings import SYSTEM_USER_SETTING
 
 TEXT, IMAGE, FILE = 0, 1, 2
+# The highest message id search finds (the SQLite index packs room and id into one rowid).
+MAX_SEARCH_ID = 2**32 - 1
 MESSAGE_TYPES = {"text": TEXT, "image": IMAGE, "file": FILE}
 
 # The id of the system user, or NULL before it exists. Uncorrelated, so SQLite runs it once per statement.
@@ -230,28 +232,24 @@ async def search_messages(
 ) -> list[dict[str, Any]]:
     """Live text messages containing ``text`` (any case), newest first, from rooms the user is a member of.
 
-    How the text is matched is the engine's (``conn.dialect.search``): an FTS5
-    trigram index on SQLite, a pg_trgm index on PostgreSQL; ``text`` is always
-    a bound parameter and matched literally.
+    Each of the user's rooms (or the one asked for) is searched through the
+    engine's index (``conn.dialect.search``), which reads that room's
+    matches only; ``text`` is always a bound parameter and matched literally.
     """
-    source, match, order, params = conn.dialect.search(text)
-    conditions = [
-        match,
-        "h.type = 0",
-        "h.deleted = 0",
-        "h.chatroom_id IN (SELECT chatroom_id FROM user_chatroom WHERE user_id = :user)",
-    ]
+    joins, condition, params = conn.dialect.search(text)
+    conditions = ["m.user_id = :user", condition, "h.type = 0", "h.deleted = 0"]
     if chatroom_id is not None:
-        conditions.append("h.chatroom_id = :room")
+        conditions.append("m.chatroom_id = :room")
     if before_id is not None:
         conditions.append("h.id < :before")
+    top = MAX_SEARCH_ID if before_id is None else max(min(before_id - 1, MAX_SEARCH_ID), -1)
     rows = await fetch_all(
         conn,
         f"""
-        SELECT {MESSAGE_WITH_SENDER} FROM {source} JOIN "user" AS u ON u.id = h.sender_id
+        SELECT {MESSAGE_WITH_SENDER} FROM user_chatroom AS m {joins} JOIN "user" AS u ON u.id = h.sender_id
         WHERE {" AND ".join(conditions)}
-        ORDER BY {order} DESC LIMIT :limit
+        ORDER BY h.id DESC LIMIT :limit
         """,
-        {**params, "user": user_id, "room": chatroom_id, "before": before_id, "limit": limit},
+        {**params, "user": user_id, "room": chatroom_id, "before": before_id, "top": top, "limit": limit},
     )
     return [nest_sender(row) for row in rows]

@@ -15,9 +15,13 @@ import orjson
 
 from chatsvc.errors import StorageUnavailable
 from chatsvc.store import Params
+from chatsvc.store.search import is_cjk_pair
 
 # Times are stored as ISO 8601 UTC text with milliseconds, as the API returns them.
 NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
+# A search index entry's rowid is chatroom_id * ROOM_STRIDE + message id (schema.sql).
+ROOM_STRIDE = 2**32
 
 
 class SqliteDialect:
@@ -46,24 +50,34 @@ class SqliteDialect:
         """A list as the JSON text json_each reads."""
         return orjson.dumps(list(values)).decode()
 
-    def search(self, text: str) -> tuple[str, str, str, dict[str, Any]]:
-        """The FTS5 trigram index for three characters or more; a scan of the rooms for fewer.
+    def search(self, text: str) -> tuple[str, str, dict[str, Any]]:
+        """The room's range of an FTS5 index (schema.sql): trigrams for three characters or more, CJK pairs for two.
 
-        The text goes in as one FTS5 string (double quotes doubled), so no
-        character of it is query syntax. The trigram tokenizer matches nothing
-        shorter than three characters: a two-character query (a CJK word)
-        scans the rooms newest first instead (docs/performance.md).
+        An entry's rowid is ``chatroom_id * 2^32 + message id``, so a room's
+        matches are one rowid range, read newest first; the correlated
+        subquery finds where the room's ``limit`` newest matches begin, so no
+        room yields more than ``limit`` rows, however common the word. The
+        text goes in as one FTS5 string (double quotes doubled), so no
+        character of it is query syntax. Two characters that are not both CJK
+        have no index: the caller's rooms are scanned (docs/performance.md).
         """
         if len(text) >= 3:
-            phrase = '"' + text.replace('"', '""') + '"'
-            return (
-                "chat_search AS s JOIN chat_history AS h ON h.id = s.rowid",
-                "s.chat_search MATCH :phrase",
-                "s.rowid",
-                {"phrase": phrase},
-            )
-        # lower() folds ASCII only on SQLite, as the query's lower() below.
-        return "chat_history AS h", "instr(lower(h.content), lower(:part)) > 0", "h.id", {"part": text}
+            table, match = "chat_search", '"' + text.replace('"', '""') + '"'
+        elif is_cjk_pair(text):
+            table, match = "chat_search_pairs", '"' + text.encode("utf-8", "surrogatepass").hex().upper() + '"'
+        else:
+            # lower() folds ASCII only on SQLite, as the query's lower() below.
+            joins = "JOIN chat_history AS h ON h.chatroom_id = m.chatroom_id"
+            return joins, "instr(lower(h.content), lower(:part)) > 0", {"part": text}
+        room = f"m.chatroom_id * {ROOM_STRIDE}"
+        joins = f"""
+            JOIN {table} AS s ON s.{table} MATCH :match AND s.rowid <= {room} + :top AND s.rowid >= coalesce(
+                (SELECT t.rowid FROM {table} AS t
+                 WHERE t.{table} MATCH :match AND t.rowid BETWEEN {room} AND {room} + :top
+                 ORDER BY t.rowid DESC LIMIT 1 OFFSET :limit - 1),
+                {room})
+            JOIN chat_history AS h ON h.id = s.rowid - {room}"""
+        return joins, "1", {"match": match}
 
     # The write lock makes a claiming UPDATE exclusive already.
     skip_locked = ""
