@@ -2,13 +2,19 @@
 
     .venv/bin/python -m bench.search --messages 1000000
 
-Seeds a throwaway SQLite database made by chatsvc's own schema (so the FTS5
-index is filled by its triggers, as in production), then times the store's
-``search_messages`` on the server's read connection: a word in one room, a
-word across the caller's rooms, and the same for two-character CJK words
-(the fallback path). Every message has three words from a vocabulary of
-Latin words and two-character CJK words; messages go round-robin to the
-rooms, of which the caller is a member of a quarter.
+Seeds a throwaway SQLite database made by chatsvc's own schema, then times
+the store's ``search_messages`` on the server's read connection: a word in
+one room, a word across the caller's rooms, and the same for two-character
+CJK words. Every message has three words from a vocabulary of Latin words and
+two-character CJK words; messages are spread over the rooms, of which the
+caller is a member of a quarter.
+
+Seeding fills the search index the way migration 008 fills it for the
+messages of an existing database: the messages go in with the index's
+triggers set aside, then the migration's own backfill statements index them
+all, in rowid order, and the triggers are put back exactly as they were. The
+database is then what a production database migrated to 008 is; per-row
+triggers would write an FTS5 segment per message (rowids out of order).
 """
 
 from __future__ import annotations
@@ -23,9 +29,23 @@ import time
 from pathlib import Path
 
 from chatsvc.db import SqliteDatabase
+from chatsvc.migrate import load_migrations, split_statements
 from chatsvc.store.messages import search_messages
 
-BATCH = 200_000
+BATCH = 500_000
+SEARCH_MIGRATION = "search_by_room"
+TAIL_BATCH = 50
+# Messages number :first to :last: three words each and the room, spread by multiplying with primes (every
+# word about equally often, in every room).
+MESSAGES = """
+    WITH RECURSIVE seq(n) AS (SELECT :first UNION ALL SELECT n + 1 FROM seq WHERE n < :last)
+    INSERT INTO chat_history (content, type, chatroom_id, sender_id)
+    SELECT a.w || ' ' || b.w || ' ' || c.w, 0, (n * 2654435761) % 4294967291 % :rooms + 1, n % 2 + 1
+    FROM seq
+    JOIN vocab AS a ON a.i = (n * 7919) % :size
+    JOIN vocab AS b ON b.i = (n * 104729 + 17) % :size
+    JOIN vocab AS c ON c.i = (n * 1299709 + 31) % :size
+"""
 
 
 def _vocabulary(rng: random.Random, latin: int, cjk: int) -> list[str]:
@@ -36,10 +56,15 @@ def _vocabulary(rng: random.Random, latin: int, cjk: int) -> list[str]:
 
 
 def seed(path: Path, messages: int, rooms: int, vocabulary: list[str]) -> None:
-    """Users 1 and 2, ``rooms`` rooms (user 1 in every fourth), and ``messages`` messages through the triggers."""
+    """Users 1 and 2, ``rooms`` rooms (user 1 in every fourth), and ``messages`` messages, indexed as 008 does."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("PRAGMA cache_size = -262144")
+    triggers = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'chat\\_search\\_%' ESCAPE '\\'"
+    ).fetchall()
+    for name, _sql in triggers:
+        conn.execute(f"DROP TRIGGER {name}")
     conn.execute("BEGIN")
     for n in (1, 2):
         conn.execute(
@@ -57,28 +82,36 @@ def seed(path: Path, messages: int, rooms: int, vocabulary: list[str]) -> None:
     size = len(vocabulary)
     started = time.monotonic()
     done = 0
-    while done < messages:
-        count = min(BATCH, messages - done)
+    tail = min(messages // 100, 100_000)
+    while done < messages - tail:
+        count = min(BATCH, messages - tail - done)
         conn.execute("BEGIN")
-        # Three words per message and the room, spread by multiplying with primes: every word about equally
-        # often, in every room.
-        conn.execute(
-            """
-            WITH RECURSIVE seq(n) AS (SELECT :first UNION ALL SELECT n + 1 FROM seq WHERE n < :last)
-            INSERT INTO chat_history (content, type, chatroom_id, sender_id)
-            SELECT a.w || ' ' || b.w || ' ' || c.w, 0, (n * 2654435761) % 4294967291 % :rooms + 1, n % 2 + 1
-            FROM seq
-            JOIN vocab AS a ON a.i = (n * 7919) % :size
-            JOIN vocab AS b ON b.i = (n * 104729 + 17) % :size
-            JOIN vocab AS c ON c.i = (n * 1299709 + 31) % :size
-            """,
-            {"first": done, "last": done + count - 1, "rooms": rooms, "size": size},
-        )
+        conn.execute(MESSAGES, {"first": done, "last": done + count - 1, "rooms": rooms, "size": size})
         conn.execute("COMMIT")
         done += count
         print(f"  seeded {done:,}/{messages:,} messages ({time.monotonic() - started:.0f} s)", flush=True)
+    conn.execute("BEGIN")
+    for statement in backfill_statements():
+        conn.execute(statement)
+    for _name, sql in triggers:
+        conn.execute(sql)
+    conn.execute("COMMIT")
+    print(f"  indexed ({time.monotonic() - started:.0f} s)", flush=True)
+    # The newest messages as a running server stores them: through the triggers, a few per transaction (the
+    # writer's group commit), so the index also has the small segments that live traffic leaves on top.
+    for first in range(messages - tail, messages, TAIL_BATCH):
+        conn.execute("BEGIN")
+        conn.execute(MESSAGES, {"first": first, "last": first + TAIL_BATCH - 1, "rooms": rooms, "size": size})
+        conn.execute("COMMIT")
+    print(f"  {tail:,} more through the triggers ({time.monotonic() - started:.0f} s)", flush=True)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
+
+
+def backfill_statements() -> list[str]:
+    """The statements with which migration 008 indexes the messages already stored (after its "-- Backfill")."""
+    step = next(step for step in load_migrations() if step.name == SEARCH_MIGRATION)
+    return split_statements(step.sql[step.sql.index("-- Backfill") :])
 
 
 async def measure(path: Path, words: list[str], rooms: list[int], runs: int) -> dict[str, tuple[float, float, int]]:

@@ -40,10 +40,10 @@ class Dialect(Protocol):
     def list_value(self, values: Iterable[Any]) -> Any:
         """The parameter value for a list placeholder of :meth:`in_list`."""
 
-    def search(self, text: str) -> tuple[str, str, dict[str, Any]]:
-        """Messages holding ``text`` in any case in the room of membership ``m``: joins bringing ``h``, condition, params.
+    def search(self, text: str, one_room: bool) -> tuple[str, str, str, dict[str, Any]]:
+        """Messages ``h`` holding ``text`` in any case in the rooms of memberships ``m``: FROM, condition, order key, params.
 
-        The joins may use ``:top`` (the highest message id wanted) and ``:limit``.
+        The FROM clause may use ``:top`` (the highest message id wanted); ``one_room``: ``m`` is one membership.
         """
 
     # Appended to a SELECT that claims rows, so that concurrent claimers pass over each other's rows

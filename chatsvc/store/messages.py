@@ -232,11 +232,11 @@ async def search_messages(
 ) -> list[dict[str, Any]]:
     """Live text messages containing ``text`` (any case), newest first, from rooms the user is a member of.
 
-    Each of the user's rooms (or the one asked for) is searched through the
-    engine's index (``conn.dialect.search``), which reads that room's
-    matches only; ``text`` is always a bound parameter and matched literally.
+    The engine's index (``conn.dialect.search``) holds each room's matches
+    apart, so a search in one room reads that room's only; ``text`` is always
+    a bound parameter and matched literally.
     """
-    joins, condition, params = conn.dialect.search(text)
+    source, condition, order, params = conn.dialect.search(text, chatroom_id is not None)
     conditions = ["m.user_id = :user", condition, "h.type = 0", "h.deleted = 0"]
     if chatroom_id is not None:
         conditions.append("m.chatroom_id = :room")
@@ -246,9 +246,9 @@ async def search_messages(
     rows = await fetch_all(
         conn,
         f"""
-        SELECT {MESSAGE_WITH_SENDER} FROM user_chatroom AS m {joins} JOIN "user" AS u ON u.id = h.sender_id
+        SELECT {MESSAGE_WITH_SENDER} FROM {source} JOIN "user" AS u ON u.id = h.sender_id
         WHERE {" AND ".join(conditions)}
-        ORDER BY h.id DESC LIMIT :limit
+        ORDER BY {order} DESC LIMIT :limit
         """,
         {**params, "user": user_id, "room": chatroom_id, "before": before_id, "top": top, "limit": limit},
     )

@@ -71,7 +71,7 @@ class PostgresDialect:
         """A list, which asyncpg sends as an array."""
         return list(values)
 
-    def search(self, text: str) -> tuple[str, str, dict[str, Any]]:
+    def search(self, text: str, one_room: bool) -> tuple[str, str, str, dict[str, Any]]:
         """ILIKE (``%``, ``_`` and ``\\`` escaped), found through the room's terms (schema_postgres.sql) where it has any.
 
         The query's own terms (three characters or more, or a CJK pair) are
@@ -82,8 +82,8 @@ class PostgresDialect:
         condition = "h.content ILIKE :pattern ESCAPE '\\'"
         if len(text) >= 3 or is_cjk_pair(text):
             condition = f"chat_search_terms(h.chatroom_id, h.content) @> chat_search_terms(m.chatroom_id, :part) AND {condition}"
-        joins = "JOIN chat_history AS h ON h.chatroom_id = m.chatroom_id"
-        return joins, condition, {"pattern": f"%{escaped}%", "part": text}
+        source = "user_chatroom AS m JOIN chat_history AS h ON h.chatroom_id = m.chatroom_id"
+        return source, condition, "h.id", {"pattern": f"%{escaped}%", "part": text}
 
     skip_locked = " FOR UPDATE SKIP LOCKED"
 

@@ -50,13 +50,13 @@ class SqliteDialect:
         """A list as the JSON text json_each reads."""
         return orjson.dumps(list(values)).decode()
 
-    def search(self, text: str) -> tuple[str, str, dict[str, Any]]:
-        """The room's range of an FTS5 index (schema.sql): trigrams for three characters or more, CJK pairs for two.
+    def search(self, text: str, one_room: bool) -> tuple[str, str, str, dict[str, Any]]:
+        """An FTS5 index (schema.sql): trigrams for three characters or more, CJK pairs for two.
 
-        An entry's rowid is ``chatroom_id * 2^32 + message id``, so a room's
-        matches are one rowid range, read newest first; the correlated
-        subquery finds where the room's ``limit`` newest matches begin, so no
-        room yields more than ``limit`` rows, however common the word. The
+        An entry's rowid is ``chatroom_id * 2^32 + message id``. In one room,
+        the room's rowid range is read newest first until ``limit``; across
+        rooms, the word's matches in every room are read once, those in the
+        caller's rooms kept (one index lookup instead of one per room). The
         text goes in as one FTS5 string (double quotes doubled), so no
         character of it is query syntax. Two characters that are not both CJK
         have no index: the caller's rooms are scanned (docs/performance.md).
@@ -67,17 +67,20 @@ class SqliteDialect:
             table, match = "chat_search_pairs", '"' + text.encode("utf-8", "surrogatepass").hex().upper() + '"'
         else:
             # lower() folds ASCII only on SQLite, as the query's lower() below.
-            joins = "JOIN chat_history AS h ON h.chatroom_id = m.chatroom_id"
-            return joins, "instr(lower(h.content), lower(:part)) > 0", {"part": text}
+            source = "user_chatroom AS m JOIN chat_history AS h ON h.chatroom_id = m.chatroom_id"
+            return source, "instr(lower(h.content), lower(:part)) > 0", "h.id", {"part": text}
         room = f"m.chatroom_id * {ROOM_STRIDE}"
-        joins = f"""
-            JOIN {table} AS s ON s.{table} MATCH :match AND s.rowid <= {room} + :top AND s.rowid >= coalesce(
-                (SELECT t.rowid FROM {table} AS t
-                 WHERE t.{table} MATCH :match AND t.rowid BETWEEN {room} AND {room} + :top
-                 ORDER BY t.rowid DESC LIMIT 1 OFFSET :limit - 1),
-                {room})
+        # CROSS JOIN fixes the order (SQLite does not reorder it): the room, then its range of the index.
+        if one_room:
+            source = f"""user_chatroom AS m
+                CROSS JOIN {table} AS s ON s.{table} MATCH :match AND s.rowid BETWEEN {room} AND {room} + :top
+                JOIN chat_history AS h ON h.id = s.rowid - {room}"""
+            return source, "1", "s.rowid", {"match": match}
+        # Across rooms: the index first, each match's room (its rowid's high half) checked for membership.
+        source = f"""{table} AS s
+            CROSS JOIN user_chatroom AS m ON m.chatroom_id = s.rowid / {ROOM_STRIDE}
             JOIN chat_history AS h ON h.id = s.rowid - {room}"""
-        return joins, "1", {"match": match}
+        return source, f"s.{table} MATCH :match AND s.rowid % {ROOM_STRIDE} <= :top", "h.id", {"match": match}
 
     # The write lock makes a claiming UPDATE exclusive already.
     skip_locked = ""
