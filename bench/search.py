@@ -28,11 +28,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import asyncpg
+
+from bench.pg import DATABASE as PG_DATABASE
+from bench.pg import start_postgres
 from chatsvc.db import SqliteDatabase
 from chatsvc.migrate import load_migrations, split_statements
 from chatsvc.store.messages import search_messages
+from chatsvc.store.postgres import PostgresDatabase
 
 BATCH = 500_000
+Database = SqliteDatabase | PostgresDatabase
 SEARCH_MIGRATION = "search_by_room"
 TAIL_BATCH = 50
 # Messages number :first to :last: three words each and the room, spread by multiplying with primes (every
@@ -114,9 +120,8 @@ def backfill_statements() -> list[str]:
     return split_statements(step.sql[step.sql.index("-- Backfill") :])
 
 
-async def measure(path: Path, words: list[str], rooms: list[int], runs: int) -> dict[str, tuple[float, float, int]]:
+async def measure(db: Database, words: list[str], rooms: list[int], runs: int) -> dict[str, tuple[float, float, int]]:
     """Per case: p50 and p95 in ms, and the mean number of results."""
-    db = SqliteDatabase(path)
     await db.open()
     try:
         rng = random.Random(7)
@@ -151,22 +156,88 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=200)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--keep", type=Path, help="use (and keep) this database file; seeded only if missing")
+    parser.add_argument("--postgres", action="store_true", help="on a throwaway PostgreSQL server (bench/pg.py)")
     args = parser.parse_args()
     rng = random.Random(15)
     vocabulary = _vocabulary(rng, 5000, 500)
-    with tempfile.TemporaryDirectory() as folder:
-        path = args.keep or Path(folder) / "search.db"
-        fresh = not path.exists()
-        asyncio.run(_create(path))
-        if fresh:
-            started = time.monotonic()
-            seed(path, args.messages, args.rooms, vocabulary)
-            print(f"seeded in {time.monotonic() - started:.0f} s; {path.stat().st_size / 2**30:.2f} GiB")
-        rooms = list(range(1, args.rooms + 1, 4))
-        results = asyncio.run(measure(path, vocabulary, rooms, args.runs))
+    rooms = list(range(1, args.rooms + 1, 4))
+    if args.postgres:
+        results = _on_postgres(args.messages, args.rooms, vocabulary, rooms, args.runs)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            path = args.keep or Path(folder) / "search.db"
+            fresh = not path.exists()
+            asyncio.run(_create(path))
+            if fresh:
+                started = time.monotonic()
+                seed(path, args.messages, args.rooms, vocabulary)
+                print(f"seeded in {time.monotonic() - started:.0f} s; {path.stat().st_size / 2**30:.2f} GiB")
+            results = asyncio.run(measure(SqliteDatabase(path), vocabulary, rooms, args.runs))
     print(f"{'case':28} {'p50 ms':>8} {'p95 ms':>8} {'results':>8}")
     for name, (p50, p95, found) in results.items():
         print(f"{name:28} {p50:8.2f} {p95:8.2f} {found:8}")
+
+
+def _on_postgres(
+    messages: int, rooms: int, vocabulary: list[str], member_rooms: list[int], runs: int
+) -> dict[str, tuple[float, float, int]]:
+    server = start_postgres(None, print)
+    if isinstance(server, str):
+        raise SystemExit(f"no PostgreSQL: {server}")
+    try:
+        url = server.url(PG_DATABASE)
+        started = time.monotonic()
+        asyncio.run(seed_postgres(url, messages, rooms, vocabulary))
+        print(f"seeded in {time.monotonic() - started:.0f} s", flush=True)
+        return asyncio.run(measure(PostgresDatabase(url), vocabulary, member_rooms, runs))
+    finally:
+        server.close()
+
+
+async def seed_postgres(url: str, messages: int, rooms: int, vocabulary: list[str]) -> None:
+    """As :func:`seed`, on PostgreSQL: the search index made again after the bulk insert, as migration 008 makes it."""
+    db = PostgresDatabase(url)
+    await db.open()
+    await db.close()
+    conn = await asyncpg.connect(url)
+    try:
+        index = await conn.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname = 'chat_history_search'")
+        await conn.execute("DROP INDEX chat_history_search")
+        await conn.executemany(
+            """INSERT INTO "user" (id, username, password_hash, nick_name, email) VALUES ($1, $2, 'x', $2, '')""",
+            [(1, "search1"), (2, "search2")],
+        )
+        await conn.executemany(
+            "INSERT INTO chatroom (id, name, type) VALUES ($1, $2, 1)", [(r, f"r{r}") for r in range(1, rooms + 1)]
+        )
+        members = [(2, r) for r in range(1, rooms + 1)] + [(1, r) for r in range(1, rooms + 1, 4)]
+        await conn.executemany("INSERT INTO user_chatroom (user_id, chatroom_id) VALUES ($1, $2)", members)
+        await conn.execute("CREATE TEMP TABLE vocab (i INTEGER PRIMARY KEY, w TEXT NOT NULL)")
+        await conn.executemany("INSERT INTO vocab (i, w) VALUES ($1, $2)", list(enumerate(vocabulary)))
+        size, started = len(vocabulary), time.monotonic()
+        for first in range(0, messages, BATCH):
+            last = min(first + BATCH, messages) - 1
+            await conn.execute(
+                """
+                INSERT INTO chat_history (content, type, chatroom_id, sender_id)
+                SELECT a.w || ' ' || b.w || ' ' || c.w, 0, (n * 2654435761) % 4294967291 % $3 + 1, n % 2 + 1
+                FROM generate_series($1::bigint, $2::bigint) AS n
+                JOIN vocab AS a ON a.i = (n * 7919) % $4
+                JOIN vocab AS b ON b.i = (n * 104729 + 17) % $4
+                JOIN vocab AS c ON c.i = (n * 1299709 + 31) % $4
+                ORDER BY n
+                """,
+                first,
+                last,
+                rooms,
+                size,
+            )
+            print(f"  seeded {last + 1:,}/{messages:,} messages ({time.monotonic() - started:.0f} s)", flush=True)
+        await conn.execute(index)
+        await conn.execute("ANALYZE")
+        print(f"  indexed ({time.monotonic() - started:.0f} s)", flush=True)
+    finally:
+        await conn.close()
 
 
 async def _create(path: Path) -> None:

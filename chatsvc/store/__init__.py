@@ -41,7 +41,7 @@ class Dialect(Protocol):
         """The parameter value for a list placeholder of :meth:`in_list`."""
 
     def search(self, text: str, one_room: bool) -> tuple[str, str, str, dict[str, Any]]:
-        """Messages ``h`` holding ``text`` in any case in the rooms of memberships ``m``: FROM, condition, order key, params.
+        """Messages ``h`` holding ``text`` (any case) in rooms of memberships ``m``: FROM, condition, order key, params.
 
         The FROM clause may use ``:top`` (the highest message id wanted); ``one_room``: ``m`` is one membership.
         """

@@ -72,7 +72,7 @@ class PostgresDialect:
         return list(values)
 
     def search(self, text: str, one_room: bool) -> tuple[str, str, str, dict[str, Any]]:
-        """ILIKE (``%``, ``_`` and ``\\`` escaped), found through the room's terms (schema_postgres.sql) where it has any.
+        """ILIKE (``%``, ``_`` and ``\\`` escaped), through the room's terms (schema_postgres.sql) where it has any.
 
         The query's own terms (three characters or more, or a CJK pair) are
         looked up among the room's in the GIN index; two characters that are
@@ -81,7 +81,8 @@ class PostgresDialect:
         escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         condition = "h.content ILIKE :pattern ESCAPE '\\'"
         if len(text) >= 3 or is_cjk_pair(text):
-            condition = f"chat_search_terms(h.chatroom_id, h.content) @> chat_search_terms(m.chatroom_id, :part) AND {condition}"
+            terms = "chat_search_terms(h.chatroom_id, h.content) @> chat_search_terms(m.chatroom_id, :part)"
+            condition = f"{terms} AND {condition}"
         source = "user_chatroom AS m JOIN chat_history AS h ON h.chatroom_id = m.chatroom_id"
         return source, condition, "h.id", {"pattern": f"%{escaped}%", "part": text}
 
