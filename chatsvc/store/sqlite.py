@@ -66,9 +66,12 @@ class SqliteDialect:
         elif is_cjk_pair(text):
             table, match = "chat_search_pairs", '"' + text.encode("utf-8", "surrogatepass").hex().upper() + '"'
         else:
-            # lower() folds ASCII only on SQLite, as the query's lower() below.
-            source = "user_chatroom AS m JOIN chat_history AS h ON h.chatroom_id = m.chatroom_id"
-            return source, "instr(lower(h.content), lower(:part)) > 0", "h.id", {"part": text}
+            # lower() folds ASCII only on SQLite, as the query's lower() below. Across rooms, the history newest
+            # first (CROSS JOIN keeps it outside) until ``limit`` matches in the caller's rooms.
+            pair = "user_chatroom AS m JOIN chat_history AS h ON h.chatroom_id = m.chatroom_id"
+            if not one_room:
+                pair = "chat_history AS h CROSS JOIN user_chatroom AS m ON m.chatroom_id = h.chatroom_id"
+            return pair, "instr(lower(h.content), lower(:part)) > 0", "h.id", {"part": text}
         room = f"m.chatroom_id * {ROOM_STRIDE}"
         # CROSS JOIN fixes the order (SQLite does not reorder it): the room, then its range of the index.
         if one_room:
