@@ -75,13 +75,24 @@ CREATE EXTENSION IF NOT EXISTS pg_trgm;
 -- compatibility ideographs, full-width forms, supplementary ideographs); a search in one room reads that
 -- room's postings only.
 CREATE FUNCTION chat_search_terms(room BIGINT, content TEXT) RETURNS TEXT[]
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT coalesce(array_agg(DISTINCT term), '{}') FROM (
-        SELECT room || 'x' || lower(substr(content, i, 3)) AS term FROM generate_series(1, length(content) - 2) AS i
-        UNION ALL
-        SELECT room || 'x' || substr(content, i, 2) FROM generate_series(1, length(content) - 1) AS i
-        WHERE substr(content, i, 2) ~ '^[⺀-鿿가-힯豈-﫿＀-￯ᄀ-ᇿ𠀀-𿿿][⺀-鿿가-힯豈-﫿＀-￯ᄀ-ᇿ𠀀-𿿿]$'
-    ) AS grams
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    folded TEXT := lower(content);
+    prefix TEXT := room || 'x';
+    terms TEXT[] := '{}';
+BEGIN
+    FOR i IN 1 .. length(folded) - 2 LOOP
+        terms := terms || (prefix || substr(folded, i, 3));
+    END LOOP;
+    IF content ~ '[⺀-鿿가-힯豈-﫿＀-￯ᄀ-ᇿ𠀀-𿿿][⺀-鿿가-힯豈-﫿＀-￯ᄀ-ᇿ𠀀-𿿿]' THEN
+        FOR i IN 1 .. length(content) - 1 LOOP
+            IF substr(content, i, 2) ~ '^[⺀-鿿가-힯豈-﫿＀-￯ᄀ-ᇿ𠀀-𿿿][⺀-鿿가-힯豈-﫿＀-￯ᄀ-ᇿ𠀀-𿿿]$' THEN
+                terms := terms || (prefix || substr(content, i, 2));
+            END IF;
+        END LOOP;
+    END IF;
+    RETURN terms;
+END
 $$;
 CREATE INDEX chat_history_search ON chat_history USING gin (chat_search_terms(chatroom_id, content))
 WHERE type = 0 AND deleted = 0;
