@@ -55,8 +55,9 @@ class SqliteDialect:
 
         An entry's rowid is ``chatroom_id * 2^32 + message id``. In one room,
         the room's rowid range is read newest first until ``limit``; across
-        rooms, the word's matches in every room are read once, those in the
-        caller's rooms kept (one index lookup instead of one per room). The
+        rooms, the word's matches in every room are read once, the newest
+        ``limit`` in the caller's rooms kept (one index lookup instead of one
+        per room, and ``limit`` rows of the history read). The
         text goes in as one FTS5 string (double quotes doubled), so no
         character of it is query syntax. Two characters that are not both CJK
         have no index: the caller's rooms are scanned (docs/performance.md).
@@ -79,11 +80,17 @@ class SqliteDialect:
                 CROSS JOIN {table} AS s ON s.{table} MATCH :match AND s.rowid BETWEEN {room} AND {room} + :top
                 JOIN chat_history AS h ON h.id = s.rowid - {room}"""
             return source, "1", "s.rowid", {"match": match}
-        # Across rooms: the index first, each match's room (its rowid's high half) checked for membership.
-        source = f"""{table} AS s
-            CROSS JOIN user_chatroom AS m ON m.chatroom_id = s.rowid / {ROOM_STRIDE}
-            JOIN chat_history AS h ON h.id = s.rowid - {room}"""
-        return source, f"s.{table} MATCH :match AND s.rowid % {ROOM_STRIDE} <= :top", "h.id", {"match": match}
+        # Across rooms: the index once, each match's room (its rowid's high half) checked against the caller's
+        # rooms, and only the newest ``limit`` of them (by the rowid's low half, the id) read from the history.
+        source = f"""(
+                SELECT s.rowid % {ROOM_STRIDE} AS id, s.rowid / {ROOM_STRIDE} AS room FROM {table} AS s
+                WHERE s.{table} MATCH :match AND s.rowid % {ROOM_STRIDE} <= :top
+                  AND s.rowid / {ROOM_STRIDE} IN (SELECT chatroom_id FROM user_chatroom WHERE user_id = :user)
+                ORDER BY 1 DESC LIMIT :limit
+            ) AS hit
+            JOIN user_chatroom AS m ON m.user_id = :user AND m.chatroom_id = hit.room
+            JOIN chat_history AS h ON h.id = hit.id"""
+        return source, "1", "h.id", {"match": match}
 
     # The write lock makes a claiming UPDATE exclusive already.
     skip_locked = ""
