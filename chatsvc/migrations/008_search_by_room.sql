@@ -8,11 +8,12 @@ DROP TABLE chat_search;
 -- An entry's rowid is chatroom_id * 2^32 + message id: each posting list is ordered by room, then by message,
 -- so a room's matches are one rowid range that FTS5 seeks to and reads newest first (message ids below 2^32).
 -- Contentless (the text lives in chat_history): an entry leaves the index with the text it entered with.
-CREATE VIRTUAL TABLE chat_search USING fts5 (content, content = '', columnsize = 0, tokenize = 'trigram');
+-- Sizes are kept (no columnsize = 0): without them FTS5 cannot list a contentless table, and dumps fail.
+CREATE VIRTUAL TABLE chat_search USING fts5 (content, content = '', tokenize = 'trigram');
 -- Two-character words: every pair of CJK characters (CJK and Hangul blocks, compatibility ideographs,
 -- full-width forms, supplementary ideographs) of a live text message, as the hex of its UTF-8 so that any
--- character is a plain token; only rowids are kept. chatsvc/store/sqlite.py spells a query's pair the same way.
-CREATE VIRTUAL TABLE chat_search_pairs USING fts5 (pairs, content = '', detail = none, columnsize = 0);
+-- character is a plain token; no positions are kept. chatsvc/store/sqlite.py spells a query's pair the same way.
+CREATE VIRTUAL TABLE chat_search_pairs USING fts5 (pairs, content = '', detail = none);
 -- The pairs of each live text message that has any (json_each of "[0,0,...]" numbers the characters: a
 -- trigger may not use WITH RECURSIVE).
 CREATE VIEW chat_search_pairs_source AS
