@@ -69,25 +69,50 @@ CREATE INDEX IF NOT EXISTS chat_history_by_room ON chat_history (chatroom_id, id
 -- Idempotent sends: one stored message per (sender, client message id).
 CREATE UNIQUE INDEX IF NOT EXISTS chat_history_client_msg
     ON chat_history (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
--- Search: a trigram index of live text messages (substrings of three or more characters, any case),
--- external content kept in step by the triggers.
-CREATE VIRTUAL TABLE IF NOT EXISTS chat_search USING fts5 (
-    content, content = 'chat_history', content_rowid = 'id', tokenize = 'trigram'
-);
-CREATE TRIGGER IF NOT EXISTS chat_search_insert AFTER INSERT ON chat_history
-WHEN new.type = 0 AND new.deleted = 0 BEGIN
-    INSERT INTO chat_search (rowid, content) VALUES (new.id, new.content);
+-- Search (chatsvc/store/sqlite.py): a trigram index of live text messages (substrings of three or more
+-- characters, any case), and one of their pairs of CJK characters (two-character words). An entry's rowid
+-- is chatroom_id * 2^32 + message id: each posting list is ordered by room, then by message, so a room's
+-- matches are one rowid range that FTS5 seeks to and reads newest first (message ids below 2^32).
+-- Contentless (the text lives in chat_history): an entry leaves the index with the text it entered with.
+-- Sizes are kept (no columnsize = 0): without them FTS5 cannot list a contentless table, and dumps fail.
+CREATE VIRTUAL TABLE IF NOT EXISTS chat_search USING fts5 (content, content = '', tokenize = 'trigram');
+-- Two-character words: every pair of CJK characters (CJK and Hangul blocks, compatibility ideographs,
+-- full-width forms, supplementary ideographs) of a live text message, as the hex of its UTF-8 so that any
+-- character is a plain token; no positions are kept. chatsvc/store/sqlite.py spells a query's pair the same way.
+CREATE VIRTUAL TABLE IF NOT EXISTS chat_search_pairs USING fts5 (pairs, content = '', detail = none);
+-- The pairs of each live text message that has any (json_each of "[0,0,...]" numbers the characters: a
+-- trigger may not use WITH RECURSIVE).
+CREATE VIEW IF NOT EXISTS chat_search_pairs_source AS
+SELECT h.id AS id, h.chatroom_id * 4294967296 + h.id AS entry, (
+    SELECT group_concat(hex(substr(h.content, s.key + 1, 2)), ' ')
+    FROM json_each('[' || substr(replace(hex(zeroblob(length(h.content))), '00', ',0'), 2) || ']') AS s
+    WHERE substr(h.content, s.key + 1, 2) GLOB '[⺀-鿿가-힯豈-﫿＀-￯ᄀ-ᇿ𠀀-𿿿][⺀-鿿가-힯豈-﫿＀-￯ᄀ-ᇿ𠀀-𿿿]'
+) AS pairs
+FROM chat_history AS h
+WHERE h.type = 0 AND h.deleted = 0 AND h.content GLOB '*[⺀-鿿가-힯豈-﫿＀-￯ᄀ-ᇿ𠀀-𿿿][⺀-鿿가-힯豈-﫿＀-￯ᄀ-ᇿ𠀀-𿿿]*';
+-- A message leaves the index before its row changes (BEFORE: the pairs are read from the row as it was) and
+-- comes back after (AFTER); SQLite runs BEFORE triggers first. Only an entry the index holds may be taken out.
+CREATE TRIGGER IF NOT EXISTS chat_search_insert AFTER INSERT ON chat_history WHEN new.type = 0 AND new.deleted = 0 BEGIN
+    INSERT INTO chat_search (rowid, content) VALUES (new.chatroom_id * 4294967296 + new.id, new.content);
+    INSERT INTO chat_search_pairs (rowid, pairs) SELECT entry, pairs FROM chat_search_pairs_source WHERE id = new.id;
 END;
--- One trigger, the old row out before the new one in: only a row the index holds may be taken out of it
--- (a 'delete' of a row it lacks corrupts it), and two triggers would run in an order SQLite does not promise.
-CREATE TRIGGER IF NOT EXISTS chat_search_update AFTER UPDATE OF content, deleted ON chat_history BEGIN
-    INSERT INTO chat_search (chat_search, rowid, content)
-    SELECT 'delete', old.id, old.content WHERE old.type = 0 AND old.deleted = 0;
-    INSERT INTO chat_search (rowid, content) SELECT new.id, new.content WHERE new.type = 0 AND new.deleted = 0;
-END;
-CREATE TRIGGER IF NOT EXISTS chat_search_delete AFTER DELETE ON chat_history
+CREATE TRIGGER IF NOT EXISTS chat_search_unindex BEFORE UPDATE OF content, deleted, type, chatroom_id ON chat_history
 WHEN old.type = 0 AND old.deleted = 0 BEGIN
-    INSERT INTO chat_search (chat_search, rowid, content) VALUES ('delete', old.id, old.content);
+    INSERT INTO chat_search (chat_search, rowid, content)
+    VALUES ('delete', old.chatroom_id * 4294967296 + old.id, old.content);
+    INSERT INTO chat_search_pairs (chat_search_pairs, rowid, pairs)
+    SELECT 'delete', entry, pairs FROM chat_search_pairs_source WHERE id = old.id;
+END;
+CREATE TRIGGER IF NOT EXISTS chat_search_reindex AFTER UPDATE OF content, deleted, type, chatroom_id ON chat_history
+WHEN new.type = 0 AND new.deleted = 0 BEGIN
+    INSERT INTO chat_search (rowid, content) VALUES (new.chatroom_id * 4294967296 + new.id, new.content);
+    INSERT INTO chat_search_pairs (rowid, pairs) SELECT entry, pairs FROM chat_search_pairs_source WHERE id = new.id;
+END;
+CREATE TRIGGER IF NOT EXISTS chat_search_delete BEFORE DELETE ON chat_history WHEN old.type = 0 AND old.deleted = 0 BEGIN
+    INSERT INTO chat_search (chat_search, rowid, content)
+    VALUES ('delete', old.chatroom_id * 4294967296 + old.id, old.content);
+    INSERT INTO chat_search_pairs (chat_search_pairs, rowid, pairs)
+    SELECT 'delete', entry, pairs FROM chat_search_pairs_source WHERE id = old.id;
 END;
 -- Sending a message moves the sender's read position to it, in the statement that stores the message.
 CREATE TRIGGER IF NOT EXISTS chat_history_moves_sender_read AFTER INSERT ON chat_history BEGIN

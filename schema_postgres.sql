@@ -68,9 +68,34 @@ CREATE INDEX chat_history_by_room ON chat_history (chatroom_id, id);
 -- Idempotent sends: one stored message per (sender, client message id).
 CREATE UNIQUE INDEX chat_history_client_msg
     ON chat_history (sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
--- Search: a trigram index of live text messages, for ILIKE '%...%' (pg_trgm ships with PostgreSQL).
+-- pg_trgm: made by step 004 for the search index that step 008 replaced; no index uses it now.
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
-CREATE INDEX chat_history_search ON chat_history USING gin (content gin_trgm_ops) WHERE type = 0 AND deleted = 0;
+-- Search (chatsvc/store/postgres.py): the terms of a message in a room, "<room>x<gram>" for every three
+-- characters in a row (lower-cased) and for every two in a row that are both CJK (CJK and Hangul blocks,
+-- compatibility ideographs, full-width forms, supplementary ideographs); a search in one room reads that
+-- room's postings only.
+CREATE FUNCTION chat_search_terms(room BIGINT, content TEXT) RETURNS TEXT[]
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    folded TEXT := lower(content);
+    prefix TEXT := room || 'x';
+    terms TEXT[] := '{}';
+BEGIN
+    FOR i IN 1 .. length(folded) - 2 LOOP
+        terms := terms || (prefix || substr(folded, i, 3));
+    END LOOP;
+    IF content ~ '[⺀-鿿가-힯豈-﫿＀-￯ᄀ-ᇿ𠀀-𿿿][⺀-鿿가-힯豈-﫿＀-￯ᄀ-ᇿ𠀀-𿿿]' THEN
+        FOR i IN 1 .. length(content) - 1 LOOP
+            IF substr(content, i, 2) ~ '^[⺀-鿿가-힯豈-﫿＀-￯ᄀ-ᇿ𠀀-𿿿][⺀-鿿가-힯豈-﫿＀-￯ᄀ-ᇿ𠀀-𿿿]$' THEN
+                terms := terms || (prefix || substr(content, i, 2));
+            END IF;
+        END LOOP;
+    END IF;
+    RETURN terms;
+END
+$$;
+CREATE INDEX chat_history_search ON chat_history USING gin (chat_search_terms(chatroom_id, content))
+WHERE type = 0 AND deleted = 0;
 
 -- Sending a message moves the sender's read position to it, in the statement that stores the message:
 -- once per statement, so a batch of messages costs one UPDATE.

@@ -323,6 +323,91 @@ async def test_any_search_text_answers_200_or_400(api: Api, joined) -> None:
     await drive(property_test)
 
 
+async def test_search_finds_two_cjk_characters_in_one_room_and_across_rooms(api: Api, joined, trio, sockets) -> None:
+    alice, bob, room, a, _b = joined
+    carol, _dave, _erin = trio
+    group = await api.group(alice, bob, carol)
+    outside = await api.group(carol, name="Elsewhere")
+    c = await sockets(carol.token)
+    here = await a.send(alice, room, "大家你好呀")
+    there = await a.send(alice, group, "你好，世界")
+    apart = await a.send(alice, room, "你们好")  # 你 and 好, but not side by side
+    hidden = await c.send(carol, outside, "你好 in a room bob is not in")
+    assert await found_ids(api, bob, "你好", chatroomId=room) == [here["id"]]
+    assert await found_ids(api, bob, "你好", chatroomId=group) == [there["id"]]
+    assert await found_ids(api, bob, "你好") == [there["id"], here["id"]]
+    assert await found_ids(api, carol, "你好") == [hidden["id"], there["id"]]
+    assert await found_ids(api, bob, "世界") == [there["id"]]
+    assert await found_ids(api, bob, "们好", chatroomId=room) == [apart["id"]]
+    assert await found_ids(api, bob, "好你") == []
+
+
+async def test_search_across_rooms_merges_them_newest_first_and_pages(api: Api, joined, trio, sockets) -> None:
+    alice, bob, room, a, _b = joined
+    carol, _dave, _erin = trio
+    group = await api.group(alice, bob, carol)
+    outside = await api.group(carol, name="Elsewhere")
+    c = await sockets(carol.token)
+    sent = []
+    for i in range(6):
+        sent.append(await a.send(alice, (room, group)[i % 2], f"Meeting notes {i}"))
+        await c.send(carol, outside, f"meeting elsewhere {i}")
+    newest_first = list(reversed(sent))
+    ids = [m["id"] for m in newest_first]
+    assert await found_ids(api, bob, "MEETING") == ids
+    assert await found_ids(api, bob, "meeting", limit=4) == ids[:4]
+    assert await found_ids(api, bob, "meeting", limit=4, beforeId=ids[3]) == ids[4:]
+    in_group = [m["id"] for m in newest_first if m["chatroomId"] == group]
+    assert await found_ids(api, bob, "meeting", chatroomId=group) == in_group
+    assert await found_ids(api, bob, "meeting", chatroomId=group, limit=2, beforeId=in_group[0]) == in_group[1:3]
+
+
+async def test_search_follows_edits_and_deletes_of_cjk_text(api: Api, joined) -> None:
+    alice, bob, room, a, _b = joined
+    sent = await a.send(alice, room, "今天天气很好")
+    kept = await a.send(alice, room, "天气预报")
+    assert await found_ids(api, bob, "天气") == [kept["id"], sent["id"]]
+    await a.call("editMessage", {"messageId": sent["id"], "content": "明天下雨"})
+    assert await found_ids(api, bob, "天气") == [kept["id"]]
+    assert await found_ids(api, bob, "下雨", chatroomId=room) == [sent["id"]]
+    assert await found_ids(api, bob, "明天下雨") == [sent["id"]]
+    await a.call("deleteMessage", {"messageId": sent["id"]})
+    await a.call("deleteMessage", {"messageId": kept["id"]})
+    assert await found_ids(api, bob, "下雨") == []
+    assert await found_ids(api, bob, "天气") == []
+    assert await found_ids(api, bob, "天气预报", chatroomId=room) == []
+
+
+# Few characters, so that queries often hit: ASCII letters in both cases, CJK, and characters of LIKE and FTS5.
+SEARCH_ALPHABET = "aAbB 你好世%_\\\"'*"
+SEARCHED = ["ab你好", "AB 世界", "你好世", "a%b_c", "'ab' \"q\"", "*ab*", "b你a好", "你好你好", "aBa", "世%_", "a b"]
+
+
+async def test_search_answers_exactly_the_messages_holding_the_text(api: Api, joined) -> None:
+    alice, bob, room, a, _b = joined
+    group = await api.group(alice, bob)
+    sent = [await a.send(alice, (room, group)[i % 2], text) for i, text in enumerate(SEARCHED)]
+
+    def expected(text: str, chatroom: int | None) -> list[int]:
+        folded = text.lower()
+        matching = [m for m in sent if folded in m["content"].lower() and chatroom in (None, m["chatroomId"])]
+        return [m["id"] for m in reversed(matching)]
+
+    @SETTINGS
+    @given(st.text(alphabet=SEARCH_ALPHABET, min_size=2, max_size=5), st.sampled_from([None, room, group]))
+    def property_test(loop: asyncio.AbstractEventLoop, text: str, chatroom: int | None) -> None:
+        EXAMPLES.append(text)
+        params = {"q": text} if chatroom is None else {"q": text, "chatroomId": chatroom}
+        resp = run_on_loop(loop, api.request("GET", "/chat-history/search", token=bob.token, params=params))
+        if not text.strip():
+            assert_error(resp.status, resp.body, 400)  # blank text is refused, not searched
+            return
+        assert resp.status == 200, (text, resp.body)
+        assert [m["id"] for m in resp.body] == expected(text, chatroom), text
+
+    await drive(property_test)
+
+
 async def test_hostile_edit_and_delete_payloads(api: Api, joined) -> None:
     alice, bob, room, a, b = joined
     sent = await a.send(alice, room, "stable")

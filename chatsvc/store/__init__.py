@@ -40,8 +40,11 @@ class Dialect(Protocol):
     def list_value(self, values: Iterable[Any]) -> Any:
         """The parameter value for a list placeholder of :meth:`in_list`."""
 
-    def search(self, text: str) -> tuple[str, str, str, dict[str, Any]]:
-        """Messages whose content holds ``text`` in any case: FROM clause (with ``h``), condition, order key, params."""
+    def search(self, text: str, one_room: bool) -> tuple[str, str, str, dict[str, Any]]:
+        """Messages ``h`` holding ``text`` (any case) in rooms of memberships ``m``: FROM, condition, order key, params.
+
+        The FROM clause may use ``:top`` (the highest message id wanted); ``one_room``: ``m`` is one membership.
+        """
 
     # Appended to a SELECT that claims rows, so that concurrent claimers pass over each other's rows
     # (PostgreSQL); empty where one writer at a time is all there is (SQLite).

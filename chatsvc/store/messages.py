@@ -8,6 +8,8 @@ from chatsvc.store import Connection, fetch_all, fetch_one
 from chatsvc.store.settings import SYSTEM_USER_SETTING
 
 TEXT, IMAGE, FILE = 0, 1, 2
+# The highest message id search finds (the SQLite index packs room and id into one rowid).
+MAX_SEARCH_ID = 2**32 - 1
 MESSAGE_TYPES = {"text": TEXT, "image": IMAGE, "file": FILE}
 
 # The id of the system user, or NULL before it exists. Uncorrelated, so SQLite runs it once per statement.
@@ -230,21 +232,17 @@ async def search_messages(
 ) -> list[dict[str, Any]]:
     """Live text messages containing ``text`` (any case), newest first, from rooms the user is a member of.
 
-    How the text is matched is the engine's (``conn.dialect.search``): an FTS5
-    trigram index on SQLite, a pg_trgm index on PostgreSQL; ``text`` is always
+    The engine's index (``conn.dialect.search``) holds each room's matches
+    apart, so a search in one room reads that room's only; ``text`` is always
     a bound parameter and matched literally.
     """
-    source, match, order, params = conn.dialect.search(text)
-    conditions = [
-        match,
-        "h.type = 0",
-        "h.deleted = 0",
-        "h.chatroom_id IN (SELECT chatroom_id FROM user_chatroom WHERE user_id = :user)",
-    ]
+    source, condition, order, params = conn.dialect.search(text, chatroom_id is not None)
+    conditions = ["m.user_id = :user", condition, "h.type = 0", "h.deleted = 0"]
     if chatroom_id is not None:
-        conditions.append("h.chatroom_id = :room")
+        conditions.append("m.chatroom_id = :room")
     if before_id is not None:
         conditions.append("h.id < :before")
+    top = MAX_SEARCH_ID if before_id is None else max(min(before_id - 1, MAX_SEARCH_ID), -1)
     rows = await fetch_all(
         conn,
         f"""
@@ -252,6 +250,6 @@ async def search_messages(
         WHERE {" AND ".join(conditions)}
         ORDER BY {order} DESC LIMIT :limit
         """,
-        {**params, "user": user_id, "room": chatroom_id, "before": before_id, "limit": limit},
+        {**params, "user": user_id, "room": chatroom_id, "before": before_id, "top": top, "limit": limit},
     )
     return [nest_sender(row) for row in rows]

@@ -26,6 +26,7 @@ from chatsvc.config import url_without_password
 from chatsvc.errors import BadRequest, StartupError, StorageUnavailable
 from chatsvc.order_lock import OrderLock
 from chatsvc.store import Connection, Params
+from chatsvc.store.search import is_cjk_pair
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,20 @@ class PostgresDialect:
         """A list, which asyncpg sends as an array."""
         return list(values)
 
-    def search(self, text: str) -> tuple[str, str, str, dict[str, Any]]:
-        """ILIKE over the pg_trgm index, with ``%``, ``_`` and ``\\`` in the text escaped."""
+    def search(self, text: str, one_room: bool) -> tuple[str, str, str, dict[str, Any]]:
+        """ILIKE (``%``, ``_`` and ``\\`` escaped), through the room's terms (schema_postgres.sql) where it has any.
+
+        The query's own terms (three characters or more, or a CJK pair) are
+        looked up among the room's in the GIN index; two characters that are
+        not both CJK have none, and the room is scanned.
+        """
         escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return "chat_history AS h", "h.content ILIKE :pattern ESCAPE '\\'", "h.id", {"pattern": f"%{escaped}%"}
+        condition = "h.content ILIKE :pattern ESCAPE '\\'"
+        if len(text) >= 3 or is_cjk_pair(text):
+            terms = "chat_search_terms(h.chatroom_id, h.content) @> chat_search_terms(m.chatroom_id, :part)"
+            condition = f"{terms} AND {condition}"
+        source = "user_chatroom AS m JOIN chat_history AS h ON h.chatroom_id = m.chatroom_id"
+        return source, condition, "h.id", {"pattern": f"%{escaped}%", "part": text}
 
     skip_locked = " FOR UPDATE SKIP LOCKED"
 

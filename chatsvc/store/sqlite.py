@@ -15,9 +15,13 @@ import orjson
 
 from chatsvc.errors import StorageUnavailable
 from chatsvc.store import Params
+from chatsvc.store.search import is_cjk_pair
 
 # Times are stored as ISO 8601 UTC text with milliseconds, as the API returns them.
 NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
+# A search index entry's rowid is chatroom_id * ROOM_STRIDE + message id (schema.sql).
+ROOM_STRIDE = 2**32
 
 
 class SqliteDialect:
@@ -46,24 +50,47 @@ class SqliteDialect:
         """A list as the JSON text json_each reads."""
         return orjson.dumps(list(values)).decode()
 
-    def search(self, text: str) -> tuple[str, str, str, dict[str, Any]]:
-        """The FTS5 trigram index for three characters or more; a scan of the rooms for fewer.
+    def search(self, text: str, one_room: bool) -> tuple[str, str, str, dict[str, Any]]:
+        """An FTS5 index (schema.sql): trigrams for three characters or more, CJK pairs for two.
 
-        The text goes in as one FTS5 string (double quotes doubled), so no
-        character of it is query syntax. The trigram tokenizer matches nothing
-        shorter than three characters: a two-character query (a CJK word)
-        scans the rooms newest first instead (docs/performance.md).
+        An entry's rowid is ``chatroom_id * 2^32 + message id``. In one room,
+        the room's rowid range is read newest first until ``limit``; across
+        rooms, the word's matches in every room are read once, the newest
+        ``limit`` in the caller's rooms kept (one index lookup instead of one
+        per room, and ``limit`` rows of the history read). The
+        text goes in as one FTS5 string (double quotes doubled), so no
+        character of it is query syntax. Two characters that are not both CJK
+        have no index: the caller's rooms are scanned (docs/performance.md).
         """
         if len(text) >= 3:
-            phrase = '"' + text.replace('"', '""') + '"'
-            return (
-                "chat_search AS s JOIN chat_history AS h ON h.id = s.rowid",
-                "s.chat_search MATCH :phrase",
-                "s.rowid",
-                {"phrase": phrase},
-            )
-        # lower() folds ASCII only on SQLite, as the query's lower() below.
-        return "chat_history AS h", "instr(lower(h.content), lower(:part)) > 0", "h.id", {"part": text}
+            table, match = "chat_search", '"' + text.replace('"', '""') + '"'
+        elif is_cjk_pair(text):
+            table, match = "chat_search_pairs", '"' + text.encode("utf-8", "surrogatepass").hex().upper() + '"'
+        else:
+            # lower() folds ASCII only on SQLite, as the query's lower() below. Across rooms, the history newest
+            # first (CROSS JOIN keeps it outside) until ``limit`` matches in the caller's rooms.
+            pair = "user_chatroom AS m JOIN chat_history AS h ON h.chatroom_id = m.chatroom_id"
+            if not one_room:
+                pair = "chat_history AS h CROSS JOIN user_chatroom AS m ON m.chatroom_id = h.chatroom_id"
+            return pair, "instr(lower(h.content), lower(:part)) > 0", "h.id", {"part": text}
+        room = f"m.chatroom_id * {ROOM_STRIDE}"
+        # CROSS JOIN fixes the order (SQLite does not reorder it): the room, then its range of the index.
+        if one_room:
+            source = f"""user_chatroom AS m
+                CROSS JOIN {table} AS s ON s.{table} MATCH :match AND s.rowid BETWEEN {room} AND {room} + :top
+                JOIN chat_history AS h ON h.id = s.rowid - {room}"""
+            return source, "1", "s.rowid", {"match": match}
+        # Across rooms: the index once, each match's room (its rowid's high half) checked against the caller's
+        # rooms, and only the newest ``limit`` of them (by the rowid's low half, the id) read from the history.
+        source = f"""(
+                SELECT s.rowid % {ROOM_STRIDE} AS id, s.rowid / {ROOM_STRIDE} AS room FROM {table} AS s
+                WHERE s.{table} MATCH :match AND s.rowid % {ROOM_STRIDE} <= :top
+                  AND s.rowid / {ROOM_STRIDE} IN (SELECT chatroom_id FROM user_chatroom WHERE user_id = :user)
+                ORDER BY 1 DESC LIMIT :limit
+            ) AS hit
+            JOIN user_chatroom AS m ON m.user_id = :user AND m.chatroom_id = hit.room
+            JOIN chat_history AS h ON h.id = hit.id"""
+        return source, "1", "h.id", {"match": match}
 
     # The write lock makes a claiming UPDATE exclusive already.
     skip_locked = ""
