@@ -716,6 +716,17 @@ async def test_socketio_stock_emit_and_chatsvc_lean_emit_queue_the_same_packet()
 # -- aiohttp behaviour --------------------------------------------------------------------------------------
 
 
+def test_aiohttp_websocket_mask_unmasks_in_place() -> None:
+    from aiohttp._websocket.helpers import websocket_mask
+
+    data = bytearray(b"\x00\x00\x00\x00\xff")
+    websocket_mask(b"\x01\x02\x03\x04", data)
+    assert data == bytearray(b"\x01\x02\x03\x04\xfe"), (
+        "aiohttp._websocket.helpers.websocket_mask(mask, data) no longer XORs data in place with the repeated "
+        "4-byte key: chatsvc/realtime/websocket.py _unmask uses it on every client frame"
+    )
+
+
 class EchoProtocol(WebSocketProtocol):
     """Echoes each message; closes on "bye"."""
 

@@ -18,6 +18,8 @@ with 1009, text that is not UTF-8 with 1007, a protocol error with 1002.
 
 aiohttp internals touched here, each checked by tests/test_upstream_contract.py:
 
+* ``aiohttp._websocket.helpers.websocket_mask``: unmasks a client's frame in
+  place (aiohttp's WebSocket reader does the same).
 * ``RequestHandler._message_tail``: bytes the client sent after its upgrade
   request, which aiohttp keeps for the WebSocket parser it would install
   (``RequestHandler.set_parser``); they are the new protocol's first input.
@@ -42,6 +44,7 @@ import struct
 from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp._websocket.helpers import websocket_mask
 
 # A slow reader's connection stops taking frames once this much output is buffered (as aiohttp's own writer).
 WRITE_BUFFER_LIMIT = 64 * 1024
@@ -63,7 +66,6 @@ _CLOSE = 0x8
 _PING = 0x9
 _PONG = 0xA
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_NO_MASK = bytes(4)
 
 
 def websocket_frame(encoded: str | bytes) -> bytes:
@@ -73,7 +75,7 @@ def websocket_frame(encoded: str | bytes) -> bytes:
     return _frame(_BINARY, bytes(encoded))
 
 
-def _frame(opcode: int, payload: bytes) -> bytes:
+def _frame(opcode: int, payload: bytes | bytearray) -> bytes:
     first = _FIN | opcode
     size = len(payload)
     if size < 126:
@@ -85,13 +87,11 @@ def _frame(opcode: int, payload: bytes) -> bytes:
     return header + payload
 
 
-def _unmask(mask: bytes | bytearray, payload: bytes | bytearray) -> bytes:
-    # XOR with the 4-byte key repeated, done on whole integers: one pass in C whatever the length.
-    size = len(payload)
-    if not size or mask == _NO_MASK:
-        return bytes(payload)
-    key = (bytes(mask) * (size // 4 + 1))[:size]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
+def _unmask(mask: bytes | bytearray, payload: bytes | bytearray) -> bytearray:
+    # aiohttp's own unmasking (in C where its extension is built): XOR with the 4-byte key, in place.
+    data = bytearray(payload)
+    websocket_mask(bytes(mask), data)
+    return data
 
 
 class WebSocketProtocol(asyncio.Protocol):
@@ -243,7 +243,9 @@ class WebSocketProtocol(asyncio.Protocol):
                 if not first & _FIN or length > 125:
                     self._fail(CLOSE_PROTOCOL_ERROR)
                     return
-            elif length + self._fragments_size() > self.max_size:
+            elif length > self.max_size or (
+                self._fragments is not None and length + self._fragments_size() > self.max_size
+            ):
                 self._fail(CLOSE_TOO_BIG)  # before buffering it
                 return
             end = start + 4 + length
@@ -266,7 +268,7 @@ class WebSocketProtocol(asyncio.Protocol):
         fragments = self._fragments
         return 0 if fragments is None else sum(len(part) for part in fragments[1:])
 
-    def _frame_received(self, opcode: int, fin: bool, payload: bytes) -> bool:
+    def _frame_received(self, opcode: int, fin: bool, payload: bytearray) -> bool:
         # False once the connection is failing or closed: nothing more is read.
         if opcode in (_TEXT, _BINARY):
             if self._fragments is not None:
@@ -298,7 +300,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._fail(CLOSE_PROTOCOL_ERROR)  # an opcode RFC 6455 reserves
         return False
 
-    def _message(self, opcode: int, payload: bytes) -> bool:
+    def _message(self, opcode: int, payload: bytes | bytearray) -> bool:
         if self._close_sent:
             return True  # read on, and drop, until the client's close frame (closing earlier could reset it)
         if opcode == _TEXT:
@@ -309,10 +311,10 @@ class WebSocketProtocol(asyncio.Protocol):
                 return False
             self.message_received(text)
         else:
-            self.message_received(payload)
+            self.message_received(bytes(payload))
         return self.transport is not None
 
-    def _close_received(self, payload: bytes) -> None:
+    def _close_received(self, payload: bytearray) -> None:
         transport = self.transport
         if transport is None:
             return
