@@ -7,6 +7,10 @@ frame. Profiles of a 100-member room put those two at a third of the server's
 time. This transport drains the same queue but writes every packet that
 has piled up in one ``transport.write``, and a broadcast queued on many
 sockets (``SharedPacket``) builds its WebSocket frame once for all of them.
+Each WebSocket runs as one small protocol object (``_WebSocketSession``) on
+the connection taken over from aiohttp after the handshake
+(chatsvc/realtime/websocket.py), with no task and no request kept alive:
+an idle socket costs a few KB.
 
 Fan-out still only puts packets on each Engine.IO socket's queue; this module is
 the WebSocket end of that queue. Long-polling clients and the upgrade from
@@ -25,7 +29,7 @@ kernel per write, the sessions that have not completed the Socket.IO connect
 (chatsvc/handshakes.py), and it logs malformed input in one throttled line.
 
 This is the one module that touches python-engineio's internals (the
-frames themselves go out through chatsvc/realtime/websocket.py, the one
+connection and its frames are chatsvc/realtime/websocket.py's, the one
 module below aiohttp's public API). Each is checked by
 tests/test_upstream_contract.py; docs/performance.md has the table:
 
@@ -33,8 +37,8 @@ tests/test_upstream_contract.py; docs/performance.md has the table:
   (``engineio.async_drivers.aiohttp._async``), replaced by ``LeanWebSocket``,
   which mirrors ``engineio.async_drivers.aiohttp.WebSocket.__call__``;
   ``AsyncSocket._upgrade_websocket`` calls it with ``socket._websocket_handler``.
-* ``AsyncSocket._websocket_handler``, mirrored by ``serve_websocket``,
-  ``_upgrade`` and ``_FrameWriter``; ``AsyncSocket.receive`` and ``close``.
+* ``AsyncSocket._websocket_handler``, mirrored by ``_WebSocketSession``;
+  ``AsyncSocket.receive`` and ``close``.
 * ``AsyncSocket._send_ping`` (mirrored by ``_send_ping``), ``schedule_ping``
   and ``AsyncServer.start_background_task`` (ping timers instead of tasks).
 * ``AsyncServer._service_task`` (mirrored by ``ChatEngineServer._service_task``
