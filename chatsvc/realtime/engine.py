@@ -378,7 +378,18 @@ class _WebSocketSession(WebSocketProtocol):
     WebSocket ends.
     """
 
-    __slots__ = ("_inbound", "_receiving", "_stage", "_timer", "_writing", "loop", "queue", "server", "socket")
+    __slots__ = (
+        "_ended",
+        "_inbound",
+        "_receiving",
+        "_stage",
+        "_timer",
+        "_writing",
+        "loop",
+        "queue",
+        "server",
+        "socket",
+    )
 
     def __init__(self, socket: Any, server: Any) -> None:
         super().__init__(server.max_http_buffer_size)
@@ -394,6 +405,8 @@ class _WebSocketSession(WebSocketProtocol):
         self._receiving: asyncio.Task[None] | None = None
         # True while the writer is attached to the queue; None once it has stopped.
         self._writing: bool | None = False
+        # Set once the session stopped taking packets (the client's last ones are dropped while it closes).
+        self._ended = False
 
     # -- the connection ---------------------------------------------------------------------------------------
 
@@ -430,6 +443,8 @@ class _WebSocketSession(WebSocketProtocol):
 
     def message_received(self, data: str | bytes) -> None:
         """A message from the client: an upgrade step, or an Engine.IO packet for the socket."""
+        if self._ended:
+            return
         packet = _decode(data)
         if self._stage:
             self._upgrade_step(packet)
@@ -456,10 +471,12 @@ class _WebSocketSession(WebSocketProtocol):
     async def _receive(self) -> None:
         socket = self.socket
         try:
-            while self._inbound:
+            while self._inbound and not self._ended:
                 packets = self._inbound
                 self._inbound = None
                 for packet in packets:
+                    if self._ended:
+                        return
                     try:
                         await socket.receive(packet)
                     except eio_exceptions.UnknownPacketError:
@@ -477,10 +494,12 @@ class _WebSocketSession(WebSocketProtocol):
             self._receiving = None
 
     def _end(self) -> None:
-        """Stop reading; write what is queued, then close the WebSocket (as the end of engineio's reader)."""
+        """Take no more packets; write what is queued, then close the WebSocket (as the end of engineio's reader)."""
+        self._ended = True
         self._inbound = None
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and not transport.is_reading():
+            transport.resume_reading()  # paused for a backlog, which is dropped: the client's close frame is read
         if self._writing is not None and self.queue._writer is self:
             self.queue.put_nowait(None)  # the writer finishes what is queued and closes
         else:
