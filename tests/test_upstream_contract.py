@@ -37,8 +37,7 @@ import aiohttp
 import engineio
 import pytest
 import socketio
-from aiohttp import abc as aiohttp_abc
-from aiohttp import web
+from aiohttp import web, web_protocol
 from aiohttp.test_utils import TestServer
 from engineio import async_server as eio_async_server
 from engineio import async_socket as eio_async_socket
@@ -54,7 +53,7 @@ import chatsvc
 from chatsvc.realtime import engine as transport
 from chatsvc.realtime.engine import ChatEngineServer, LeanWebSocket, SharedPacket, SocketLimits
 from chatsvc.realtime.server import ChatPacket, ChatSocketServer, LeanManager, ack_requested
-from chatsvc.realtime.websocket import websocket_frame
+from chatsvc.realtime.websocket import WebSocketProtocol, take_over, websocket_frame
 from tests.helpers import EVENT_TIMEOUT, connect_socket
 
 log = logging.getLogger(__name__)
@@ -96,10 +95,10 @@ TOUCHES = [
     Touch(AsyncSocket, "_upgrade_websocket", "async def", "(self, environ)",
           "realtime/engine.py LeanWebSocket (called as server._async['websocket'](socket._websocket_handler, server))"),
     Touch(AsyncSocket, "_websocket_handler", "async def", "(self, ws)",
-          "realtime/engine.py LeanWebSocket (takes the handler's __self__) and serve_websocket (its fork)"),
-    Touch(AsyncSocket, "receive", "async def", "(self, pkt)", "realtime/engine.py serve_websocket"),
+          "realtime/engine.py LeanWebSocket (takes the handler's __self__) and _WebSocketSession (its fork)"),
+    Touch(AsyncSocket, "receive", "async def", "(self, pkt)", "realtime/engine.py _WebSocketSession._receive"),
     Touch(AsyncSocket, "close", "async def", "(self, wait=True, abort=False, reason=None)",
-          "realtime/engine.py serve_websocket and ChatEngineServer.close_transports"),
+          "realtime/engine.py _WebSocketSession._close_socket and ChatEngineServer.close_transports"),
     Touch(AsyncSocket, "check_ping_timeout", "async def", "(self)", "realtime/engine.py ChatEngineServer._sweep"),
     Touch(eio_packet.Packet, "__init__", "def", "(self, packet_type=6, data=None, encoded_packet=None)",
           "realtime/engine.py SharedPacket and ChatEngineServer.queue_message (packets put on socket queues)"),
@@ -131,8 +130,10 @@ TOUCHES = [
     Touch(sio_packet.Packet, "data_is_binary", "classmethod", "(data)",
           "realtime/server.py ChatPacket.data_is_binary (overrides it)"),
     # aiohttp
-    Touch(aiohttp_abc.AbstractStreamWriter, "drain", "async def", "(self)",
-          "realtime/websocket.py FrameWriter.drain (await request.writer.drain() after raw writes)"),
+    Touch(web_protocol.RequestHandler, "connection_lost", "def", "(self, exc)",
+          "realtime/websocket.py _TakenOver.write_eof (aiohttp forgets a connection taken over)"),
+    Touch(web_protocol.RequestHandler, "keep_alive", "def", "(self, val)",
+          "realtime/websocket.py take_over (no keep-alive timer on a connection taken over)"),
 ]  # fmt: skip
 
 
@@ -223,17 +224,20 @@ def test_each_library_internal_is_touched_in_its_one_module() -> None:
     )
 
 
-def test_aiohttp_websocket_response_takes_the_options_chatsvc_passes() -> None:
-    parameters = inspect.signature(web.WebSocketResponse).parameters
-    for name in ("max_msg_size", "compress"):
-        assert name in parameters, (
-            f"aiohttp.web.WebSocketResponse has no {name!r} any more: "
-            "chatsvc/realtime/engine.py LeanWebSocket passes it"
+def test_aiohttp_request_handler_has_the_fields_a_take_over_uses() -> None:
+    slots = set()
+    for owner in web_protocol.RequestHandler.__mro__:
+        slots.update(getattr(owner, "__slots__", ()))
+    for name in ("_message_tail", "transport"):
+        assert name in slots, (
+            f"aiohttp.web_protocol.RequestHandler has no {name!r} any more: chatsvc/realtime/websocket.py "
+            "take_over reads _message_tail (bytes after the upgrade request) and _TakenOver.write_eof sets "
+            "transport to None so that aiohttp's request loop ends without closing the connection"
         )
-    for owner, name in ((web.BaseRequest, "transport"), (web.BaseRequest, "writer")):
+    for owner, name in ((web.BaseRequest, "transport"), (web.BaseRequest, "protocol")):
         assert isinstance(inspect.getattr_static(owner, name, None), property), (
-            f"{upstream_name(owner, name)} is no longer a property: chatsvc/realtime/websocket.py FrameWriter "
-            "writes frames to request.transport and waits on request.writer.drain()"
+            f"{upstream_name(owner, name)} is no longer a property: chatsvc/realtime/websocket.py take_over "
+            "moves request.transport from request.protocol to its own protocol"
         )
 
 
@@ -250,11 +254,12 @@ def test_engineio_socket_has_the_fields_chatsvc_reads_and_sets() -> None:
     fields = ["sid", "server", "queue", "last_ping", "connected", "upgrading", "upgraded", "closing", "closed"]
     assert missing_attributes(socket, fields) == [], (
         "engineio.base_socket.BaseSocket.__init__ no longer sets these fields: chatsvc/realtime/engine.py "
-        "(serve_websocket, _upgrade, _sweep, _send_ping, queue_message, answer_goodbye) uses them"
+        "(_WebSocketSession, _sweep, _send_ping, queue_message, answer_goodbye) uses them"
     )
     assert isinstance(socket.queue, asyncio.Queue), (
         "engineio.base_socket.BaseSocket.queue is no longer an asyncio.Queue (AsyncServer.create_queue): "
-        "chatsvc/realtime/engine.py _FrameWriter and ChatEngineServer.queue_message call put_nowait/get_nowait on it"
+        "chatsvc/realtime/engine.py _WebSocketSession and ChatEngineServer.queue_message call "
+        "put_nowait/get_nowait on it"
     )
     assert (socket.connected, socket.upgrading, socket.upgraded, socket.closing, socket.closed) == (
         False,
@@ -262,7 +267,7 @@ def test_engineio_socket_has_the_fields_chatsvc_reads_and_sets() -> None:
         False,
         False,
         False,
-    ), "engineio.base_socket.BaseSocket starts in another state: check chatsvc/realtime/engine.py serve_websocket"
+    ), "engineio.base_socket.BaseSocket starts in another state: check chatsvc/realtime/engine.py _WebSocketSession"
     assert isinstance(socket.last_ping, float), (
         "engineio.base_socket.BaseSocket.last_ping is no longer a time.time() float: chatsvc/realtime/engine.py "
         "_send_ping sets it like AsyncSocket._send_ping, and schedule_ping only restarts pings when it is set"
@@ -325,7 +330,7 @@ def test_engineio_server_has_the_fields_chatsvc_reads_and_sets() -> None:
     for reason in ("CLIENT_DISCONNECT", "TRANSPORT_CLOSE", "PING_TIMEOUT"):
         assert hasattr(server.reason, reason), (
             f"engineio.base_server.BaseServer.reason.{reason} is gone: chatsvc/realtime/engine.py "
-            "(serve_websocket, ChatEngineServer.answer_goodbye) uses it"
+            "(_WebSocketSession, ChatEngineServer.answer_goodbye) uses it"
         )
 
 
@@ -711,44 +716,82 @@ async def test_socketio_stock_emit_and_chatsvc_lean_emit_queue_the_same_packet()
 # -- aiohttp behaviour --------------------------------------------------------------------------------------
 
 
-async def test_aiohttp_raw_writes_to_request_transport_interleave_with_the_websocket_response() -> None:
-    facts: dict[str, Any] = {}
+def test_aiohttp_websocket_mask_unmasks_in_place() -> None:
+    from aiohttp._websocket.helpers import websocket_mask
 
-    async def handler(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=1024, compress=False)
-        await ws.prepare(request)
-        raw = request.transport
-        assert raw is not None
-        facts["same connection"] = raw.get_extra_info("socket") is ws.get_extra_info("socket")
-        facts["same flow control"] = request.writer.transport is raw
-        raw.write(websocket_frame("raw"))
-        await ws.send_str("api")
-        raw.write(websocket_frame("x" * 200) + websocket_frame(b"\x01"))  # a 16-bit length, then binary
-        await request.writer.drain()
-        facts["reply"] = (await ws.receive(timeout=EVENT_TIMEOUT)).data
-        await ws.close()
-        return ws
+    data = bytearray(b"\x00\x00\x00\x00\xff")
+    websocket_mask(b"\x01\x02\x03\x04", data)
+    assert data == bytearray(b"\x01\x02\x03\x04\xfe"), (
+        "aiohttp._websocket.helpers.websocket_mask(mask, data) no longer XORs data in place with the repeated "
+        "4-byte key: chatsvc/realtime/websocket.py _unmask uses it on every client frame"
+    )
+
+
+class EchoProtocol(WebSocketProtocol):
+    """Echoes each message; closes on "bye"."""
+
+    def __init__(self) -> None:
+        super().__init__(max_size=1024)
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def message_received(self, data: str | bytes) -> None:
+        if data == "bye":
+            self.close()
+        else:
+            self.write(websocket_frame(data))
+
+    def connection_closed(self) -> None:
+        self.closed.set_result(None)
+
+
+async def test_aiohttp_hands_a_websocket_connection_over_and_forgets_it() -> None:
+    facts: dict[str, Any] = {}
+    protocols: list[EchoProtocol] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        protocols.append(EchoProtocol())
+        response = await take_over(request, protocols[-1])
+        facts["handler returned"] = True
+        return response
 
     app = web.Application()
     app.router.add_get("/ws", handler)
-    async with (
-        serve_app(app) as server,
-        aiohttp.ClientSession() as session,
-        session.ws_connect(server.make_url("/ws"), compress=15) as ws,
-    ):
-        received = [(await ws.receive(timeout=EVENT_TIMEOUT)).data for _ in range(4)]
-        assert ws.compress == 0, "WebSocketResponse(compress=False) negotiated permessage-deflate"
-        await ws.send_str("bye")
-        closing = await ws.receive(timeout=EVENT_TIMEOUT)
-    assert received == ["raw", "api", "x" * 200, b"\x01"], (
-        "frames written to aiohttp's request.transport after WebSocketResponse.prepare no longer reach the client "
-        f"in order with the response's own ({received}): chatsvc/realtime/websocket.py FrameWriter writes them so"
+    async with serve_app(app) as server:
+        async with aiohttp.ClientSession() as session, session.ws_connect(server.make_url("/ws"), compress=15) as ws:
+            assert ws.compress == 0, "chatsvc/realtime/websocket.py take_over agreed to permessage-deflate"
+            await ws.send_str("héllo")
+            await ws.send_bytes(b"\x01" * 300)  # a 16-bit length
+            await ws.ping(b"p")
+            replies = [(await ws.receive(timeout=EVENT_TIMEOUT)).data for _ in range(2)]
+            facts["connections aiohttp knows"] = len(server.runner.server.connections)  # type: ignore[union-attr]
+            await ws.send_str("bye")
+            closing = await ws.receive(timeout=EVENT_TIMEOUT)
+        await asyncio.wait_for(protocols[0].closed, EVENT_TIMEOUT)
+        # Bytes sent right behind the upgrade request, before the 101, are kept by aiohttp and handed over.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        mask = b"\x01\x02\x03\x04"
+        early = bytes(b ^ mask[i % 4] for i, b in enumerate(b"early"))
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            + bytes((0x81, 0x80 | 5))
+            + mask
+            + early
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), EVENT_TIMEOUT)
+        echoed = await asyncio.wait_for(reader.readexactly(7), EVENT_TIMEOUT)
+        writer.close()
+        await asyncio.wait_for(protocols[1].closed, EVENT_TIMEOUT)
+    assert replies == ["héllo", b"\x01" * 300] and closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert facts == {"handler returned": True, "connections aiohttp knows": 0}, (
+        f"aiohttp still counts a connection taken over ({facts}): chatsvc/realtime/websocket.py _TakenOver.write_eof "
+        "sets RequestHandler.transport to None and calls connection_lost so that aiohttp lets go of it"
     )
-    assert facts == {"same connection": True, "same flow control": True, "reply": "bye"}, (
-        "aiohttp's request.transport / request.writer are no longer the WebSocket's connection after prepare "
-        f"({facts}): chatsvc/realtime/websocket.py FrameWriter writes there and waits on request.writer.drain()"
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head, "RFC 6455's sample key got another Sec-WebSocket-Accept"
+    assert echoed == websocket_frame("early"), (
+        "bytes that followed the upgrade request were lost: chatsvc/realtime/websocket.py take_over reads "
+        "aiohttp's RequestHandler._message_tail"
     )
-    assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
 
 
 # -- code chatsvc copies ------------------------------------------------------------------------------------
@@ -780,7 +823,7 @@ FORKS = [
     Fork(
         AsyncSocket,
         "_websocket_handler",
-        "chatsvc/realtime/engine.py serve_websocket, _upgrade, _FrameWriter",
+        "chatsvc/realtime/engine.py _WebSocketSession",
         "5cece101ba931afc",
     ),
     Fork(AsyncSocket, "_send_ping", "chatsvc/realtime/engine.py _send_ping", "fe340a2c86787979"),

@@ -186,3 +186,97 @@ async def test_websocket_transport_slow_reader_holds_up_no_one_and_loses_nothing
     seen = [(await watcher.next_chat())["message"]["id"] for _ in expected]
     assert seen == expected
     assert await slow.chat_ids(len(expected)) == expected
+
+
+async def test_websocket_transport_idle_socket_keeps_no_request(sockets, pair) -> None:
+    # An idle socket's memory: once accepted, a WebSocket's connection is chatsvc's, and aiohttp's request
+    # (headers, parser, handler frames) is freed instead of living as long as the socket.
+    alice, bob, _ = pair
+    direct = await sockets(alice.token, transports=["websocket"])
+    upgraded = await sockets(bob.token, transports=["polling", "websocket"])
+    assert upgraded.sio.transport() == "websocket"
+    await direct.call("joinRoom", {"chatroomId": 0, "userId": alice.id})  # the socket works
+    gc.collect()
+    requests = [obj for obj in gc.get_objects() if isinstance(obj, web.BaseRequest) and obj.path == "/socket.io/"]
+    assert requests == [], f"{len(requests)} Socket.IO request(s) still referenced by idle sockets"
+
+
+def masked_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes = b"\x11\x22\x33\x44") -> bytes:
+    """A client's WebSocket frame (masked unless ``mask`` is empty)."""
+    first = (0x80 if fin else 0) | opcode
+    size = len(payload)
+    if size < 126:
+        length = bytes((size,))
+    elif size < 1 << 16:
+        length = bytes((126,)) + size.to_bytes(2, "big")
+    else:
+        length = bytes((127,)) + size.to_bytes(8, "big")
+    if not mask:
+        return bytes((first,)) + length + payload
+    length = bytes((length[0] | 0x80,)) + length[1:]
+    return bytes((first,)) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The next server frame as (opcode, payload)."""
+    first, second = await asyncio.wait_for(reader.readexactly(2), EVENT_TIMEOUT)
+    size = second & 0x7F
+    if size == 126:
+        size = int.from_bytes(await reader.readexactly(2), "big")
+    elif size == 127:
+        size = int.from_bytes(await reader.readexactly(8), "big")
+    return first & 0x0F, await asyncio.wait_for(reader.readexactly(size), EVENT_TIMEOUT)
+
+
+@contextlib.asynccontextmanager
+async def websocket_by_hand(base_url: str) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A TCP connection upgraded to an Engine.IO WebSocket, past the OPEN packet."""
+    host, port = base_url.split("//", 1)[1].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), EVENT_TIMEOUT)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    opcode, opened = await read_frame(reader)
+    assert (opcode, opened[:2]) == (0x1, b"0{"), opened
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+
+
+async def test_websocket_transport_joins_fragments_and_answers_pings(base_url: str, pair) -> None:
+    alice, _, _ = pair
+    connect = ("40" + json.dumps({"token": alice.token})).encode()
+    async with websocket_by_hand(base_url) as (reader, writer):
+        writer.write(
+            masked_frame(0x1, connect[:5], fin=False)
+            + masked_frame(0x9, b"are you there")  # a control frame between fragments, as RFC 6455 allows
+            + masked_frame(0x0, connect[5:])
+        )
+        assert await read_frame(reader) == (0xA, b"are you there")
+        opcode, connected = await read_frame(reader)
+        assert (opcode, connected[:3]) == (0x1, b"40{"), connected
+        writer.write(masked_frame(0x8, (1000).to_bytes(2, "big")))
+        assert await read_frame(reader) == (0x8, (1000).to_bytes(2, "big"))
+        assert await asyncio.wait_for(reader.read(), EVENT_TIMEOUT) == b""  # and the server hangs up
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (masked_frame(0x1, b"40", mask=b""), 1002),  # a client's frame must be masked
+        # Over CHATSVC_MAX_SOCKET_PAYLOAD: refused on its header, before the payload is read.
+        (masked_frame(0x1, b"4" + b"x" * 300 * 1024)[:14], 1009),
+        (masked_frame(0x1, b"4\xff\xfe"), 1007),  # text that is not UTF-8
+        (masked_frame(0x0, b"4"), 1002),  # a continuation of nothing
+    ],
+    ids=["unmasked", "too-big", "not-utf8", "stray-continuation"],
+)
+async def test_websocket_transport_closes_on_a_broken_frame(base_url: str, frame: bytes, code: int) -> None:
+    async with websocket_by_hand(base_url) as (reader, writer):
+        writer.write(frame)
+        assert await read_frame(reader) == (0x8, code.to_bytes(2, "big"))
+        assert await asyncio.wait_for(reader.read(), EVENT_TIMEOUT) == b""

@@ -39,9 +39,9 @@ EOF
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
 if ! { "$VENV/bin/python" -m pip install --quiet --upgrade pip &&
-    "$VENV/bin/python" -m pip install --quiet -e '.[test]'; } >"$VENV/install.log" 2>&1; then
+    "$VENV/bin/python" -m pip install --quiet -e '.[test,postgres]'; } >"$VENV/install.log" 2>&1; then
     cat "$VENV/install.log"
-    echo "check-upstream: could not install chatsvc with its test extras"
+    echo "check-upstream: could not install chatsvc with its test and postgres extras"
     exit 1
 fi
 echo "check-upstream: pinned (setup.cfg): $(versions)"

@@ -7,6 +7,10 @@ frame. Profiles of a 100-member room put those two at a third of the server's
 time. This transport drains the same queue but writes every packet that
 has piled up in one ``transport.write``, and a broadcast queued on many
 sockets (``SharedPacket``) builds its WebSocket frame once for all of them.
+Each WebSocket runs as one small protocol object (``_WebSocketSession``) on
+the connection taken over from aiohttp after the handshake
+(chatsvc/realtime/websocket.py), with no task and no request kept alive:
+an idle socket costs a few KB.
 
 Fan-out still only puts packets on each Engine.IO socket's queue; this module is
 the WebSocket end of that queue. Long-polling clients and the upgrade from
@@ -25,7 +29,7 @@ kernel per write, the sessions that have not completed the Socket.IO connect
 (chatsvc/handshakes.py), and it logs malformed input in one throttled line.
 
 This is the one module that touches python-engineio's internals (the
-frames themselves go out through chatsvc/realtime/websocket.py, the one
+connection and its frames are chatsvc/realtime/websocket.py's, the one
 module below aiohttp's public API). Each is checked by
 tests/test_upstream_contract.py; docs/performance.md has the table:
 
@@ -33,8 +37,8 @@ tests/test_upstream_contract.py; docs/performance.md has the table:
   (``engineio.async_drivers.aiohttp._async``), replaced by ``LeanWebSocket``,
   which mirrors ``engineio.async_drivers.aiohttp.WebSocket.__call__``;
   ``AsyncSocket._upgrade_websocket`` calls it with ``socket._websocket_handler``.
-* ``AsyncSocket._websocket_handler``, mirrored by ``serve_websocket``,
-  ``_upgrade`` and ``_FrameWriter``; ``AsyncSocket.receive`` and ``close``.
+* ``AsyncSocket._websocket_handler``, mirrored by ``_WebSocketSession``;
+  ``AsyncSocket.receive`` and ``close``.
 * ``AsyncSocket._send_ping`` (mirrored by ``_send_ping``), ``schedule_ping``
   and ``AsyncServer.start_background_task`` (ping timers instead of tasks).
 * ``AsyncServer._service_task`` (mirrored by ``ChatEngineServer._service_task``
@@ -49,6 +53,7 @@ tests/test_upstream_contract.py; docs/performance.md has the table:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -60,7 +65,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import engineio
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio import payload as eio_payload
@@ -70,7 +75,7 @@ from engineio.async_socket import AsyncSocket
 from chatsvc.errors import BadRequest
 from chatsvc.handshakes import PendingSessions
 from chatsvc.logs import ThrottledLog
-from chatsvc.realtime.websocket import FrameWriter, websocket_frame
+from chatsvc.realtime.websocket import WebSocketProtocol, take_over, websocket_frame
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +161,7 @@ class SendQueue:
     catches ``asyncio.QueueEmpty``; ``close`` awaits ``join``), but holds one
     deque where ``asyncio.Queue`` allocates four (items, getters, putters and
     the ``join`` event's waiters: 3 KB per idle socket). Over WebSocket nothing
-    waits on it: ``put_nowait`` schedules the socket's ``_FrameWriter`` for the
+    waits on it: ``put_nowait`` schedules the socket's ``_WebSocketSession.flush`` for the
     end of the loop turn instead of waking a writer task.
     """
 
@@ -189,8 +194,8 @@ class SendQueue:
         self._getters: list[asyncio.Future[None]] | None = None
         self._unfinished = 0
         self._joiners: list[asyncio.Future[None]] | None = None
-        # The WebSocket writer, called soon after a put (see _FrameWriter).
-        self._writer: _FrameWriter | None = None
+        # The WebSocket writer, called soon after a put (see _WebSocketSession).
+        self._writer: _WebSocketSession | None = None
         self._writer_scheduled = False
 
     def put_nowait(self, item: Any) -> None:
@@ -316,35 +321,20 @@ class LeanWebSocket:
     """Takes the place of python-engineio's aiohttp WebSocket driver for one server.
 
     Engine.IO calls it with the socket's ``_websocket_handler``; the handler is
-    only used to find the socket, whose WebSocket session ``serve_websocket``
-    then runs.
+    only used to find the socket, whose WebSocket session a ``_WebSocketSession``
+    then runs, on the connection taken over from aiohttp: the request handler
+    returns the 101 response at once instead of living as long as the socket.
     """
 
     def __init__(self, handler: Any, server: Any) -> None:
         self.socket = handler.__self__
         self.server = server
 
-    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
-        """Accept the WebSocket and serve the Engine.IO session on it until it ends."""
+    async def __call__(self, environ: dict[str, Any]) -> web.StreamResponse:
+        """Accept the WebSocket and start serving the Engine.IO session on it."""
         request: web.Request = environ["aiohttp.request"]
-        ws = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
-        await ws.prepare(request)
-        await serve_websocket(self.socket, ws, request)
-        return ws
-
-
-async def _read_frame(ws: web.WebSocketResponse, timeout: float | None, limit: int) -> str | bytes | None:
-    """The next text or binary message; None when the peer is gone, silent too long or over the limit."""
-    try:
-        message = await ws.receive(timeout=timeout)
-    except TimeoutError:
-        return None
-    if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-        return None
-    data: str | bytes = message.data
-    if len(data) > limit:
-        return None
-    return data
+        session = _WebSocketSession(self.socket, self.server)
+        return await take_over(request, session)
 
 
 def _decode(data: str | bytes) -> eio_packet.Packet | None:
@@ -360,122 +350,230 @@ def _known_type(packet: eio_packet.Packet) -> bool:
     return isinstance(packet.packet_type, int) and 0 <= packet.packet_type < len(eio_packet.packet_names)
 
 
-async def _upgrade(socket: Any, ws: web.WebSocketResponse, timeout: float, limit: int) -> bool:
-    """The Engine.IO upgrade handshake of a long-polling socket: ping "probe", pong "probe", upgrade."""
-    socket.upgrading = True  # Engine.IO holds back packets from the polling side meanwhile
-    try:
-        probe = await _read_frame(ws, timeout, limit)
-        if probe is None:
-            return False
-        ping = _decode(probe)
-        if ping is None or ping.packet_type != eio_packet.PING or ping.data != "probe":
-            log.info("%s: WebSocket upgrade failed, no ping probe", socket.sid)
-            return False
-        await ws.send_str(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
-        # A no-op answers the poll the client still has open, so it can switch.
-        await socket.queue.put(eio_packet.Packet(eio_packet.NOOP))
-        confirm = await _read_frame(ws, timeout, limit)
-        if confirm is None:
-            return False
-        upgrade = _decode(confirm)
-        if upgrade is None or upgrade.packet_type != eio_packet.UPGRADE:
-            log.info("%s: WebSocket upgrade failed, expected an upgrade packet", socket.sid)
-            socket.upgraded = False
-            return False
-        socket.upgraded = True
-        return True
-    finally:
-        socket.upgrading = False
+# Where a session is in the Engine.IO upgrade of a long-polling socket (python-engineio's
+# AsyncSocket._websocket_handler): waiting for the client's ping "probe", then for its upgrade packet.
+_PROBE = 1
+_CONFIRM = 2
+# A session stops reading while this many received packets wait for Engine.IO.
+_INBOUND_PAUSE = 64
 
 
-async def serve_websocket(socket: Any, ws: web.WebSocketResponse, request: web.Request) -> None:
-    """Run one Engine.IO socket over an accepted WebSocket: a reader here, a _FrameWriter beside it."""
-    server = socket.server
-    timeout = server.ping_interval + server.ping_timeout
-    limit = server.max_http_buffer_size
-    if socket.connected:
-        if not await _upgrade(socket, ws, timeout, limit):
-            return
-    else:
-        socket.connected = True
-        socket.upgraded = True
+class _WebSocketSession(WebSocketProtocol):
+    """One Engine.IO socket over a WebSocket: what python-engineio's ``_websocket_handler`` does, without a task.
 
-    writer = _FrameWriter(socket, ws, request)
-    writer.start()
-    try:
-        while True:
-            # No timeout (a timer per frame): a client that misses a pong, or stays after its
-            # socket was closed, is found by ChatEngineServer's sweep, which stops the writer;
-            # the writer closes the WebSocket, and that ends this read.
-            data = await _read_frame(ws, None, limit)
-            if data is None:
-                break
-            packet = _decode(data)
-            if packet is None:
-                server.malformed_input.warning(
-                    "%s: not an Engine.IO packet from %s (%d bytes), closing the connection",
-                    socket.sid,
-                    request.remote,
-                    len(data),
-                )
-                break
-            try:
-                await socket.receive(packet)
-            except eio_exceptions.UnknownPacketError:
-                pass
-            except eio_exceptions.SocketIsClosedError:
-                break
-            except Exception:
-                log.exception("%s: error while handling a packet", socket.sid)
-    finally:
-        await socket.queue.put(None)  # lets the writer finish what is queued and stop
-        await writer.wait_closed()
-    await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+    Frames arrive in ``message_received`` (from the connection's
+    ``data_received``). During the upgrade of a long-polling socket they are
+    the probe and the upgrade packet, answered on the spot under a timer;
+    afterwards each packet goes to ``AsyncSocket.receive`` in order, in a
+    task that lives only while packets wait (python-engineio runs each
+    message's handler in its own task, so one rarely waits long).
 
-
-class _FrameWriter:
-    """Sends what is queued on a socket to its WebSocket: everything that piled up in one write (up to a bound).
-
-    python-engineio drains a socket's queue in a writer task; here the queue
-    calls ``flush`` once per loop turn in which something was queued, from
-    the loop's ready list: no task, no coroutine frame and no future per
-    socket, and one callback instead of a task wake-up per delivery. A flush
-    writes up to ``WRITE_BATCH_BYTES`` at a time; once the connection's
-    buffer is over ``WRITE_BUFFER_LIMIT`` it stops and a task waits for the
-    client to read (aiohttp's ``drain``). ``None`` in the queue stops it and
-    closes the WebSocket.
+    Outgoing, the socket's queue calls ``flush`` once per loop turn in which
+    something was queued (``SendQueue._append``): everything that piled up
+    is written in one ``transport.write`` (up to ``WRITE_BATCH_BYTES``); once
+    the connection's buffer is over ``WRITE_BUFFER_LIMIT`` a task waits for
+    the client to read. ``None`` in the queue stops the writer and closes
+    the WebSocket; when the connection is gone, the Engine.IO socket is
+    closed (``TRANSPORT_CLOSE``), as python-engineio does when its
+    WebSocket ends.
     """
 
-    __slots__ = ("_closed", "_closing", "_draining", "_stopped", "loop", "out", "queue", "sid", "ws")
+    __slots__ = (
+        "_ended",
+        "_inbound",
+        "_receiving",
+        "_stage",
+        "_timer",
+        "_writing",
+        "loop",
+        "queue",
+        "server",
+        "socket",
+    )
 
-    def __init__(self, socket: Any, ws: web.WebSocketResponse, request: web.Request) -> None:
+    def __init__(self, socket: Any, server: Any) -> None:
+        super().__init__(server.max_http_buffer_size)
+        self.socket = socket
+        self.server = server
         self.queue: SendQueue = socket.queue
-        self.ws = ws
-        # Raw frame writes under aiohttp's WebSocketResponse live in chatsvc/realtime/websocket.py.
-        self.out = FrameWriter(request)
         self.loop = asyncio.get_running_loop()
-        self.sid: str = socket.sid
-        self._draining = False
-        self._stopped = False
-        self._closing: asyncio.Future[None] | None = None
-        self._closed: asyncio.Future[None] | None = None
+        # _PROBE or _CONFIRM during an upgrade; 0 once packets go to Engine.IO.
+        self._stage = 0
+        self._timer: asyncio.TimerHandle | None = None
+        # Received packets waiting for Engine.IO, and the task handing them over (only while there are some).
+        self._inbound: list[eio_packet.Packet] | None = None
+        self._receiving: asyncio.Task[None] | None = None
+        # True while the writer is attached to the queue; None once it has stopped.
+        self._writing: bool | None = False
+        # Set once the session stopped taking packets (the client's last ones are dropped while it closes).
+        self._ended = False
 
-    def start(self) -> None:
+    # -- the connection ---------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the session: the upgrade handshake, or straight to the writer for a WebSocket-only client."""
+        super().connection_made(transport)
+        self.server.connections.add(self)
+        socket = self.socket
+        if socket.connected:
+            socket.upgrading = True  # Engine.IO holds back packets from the polling side meanwhile
+            self._stage = _PROBE
+            self._arm_timer()
+        else:
+            socket.connected = True
+            socket.upgraded = True
+            self._start_writer()
+
+    def connection_closed(self) -> None:
+        """The connection is gone: end the upgrade, or close the Engine.IO socket (its session ends)."""
+        self.server.connection_gone(self)
+        self._cancel_timer()
+        self._stop_writer()
+        self.queue.transport = None
+        if self._stage:
+            self.socket.upgrading = False  # the client keeps long-polling
+            return
+        self.server.run_soon(self._close_socket())
+
+    async def _close_socket(self) -> None:
+        receiving = self._receiving
+        if receiving is not None:
+            await asyncio.wait([receiving])  # packets received before the end are handled first
+        await self.socket.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+
+    def message_received(self, data: str | bytes) -> None:
+        """A message from the client: an upgrade step, or an Engine.IO packet for the socket."""
+        if self._ended:
+            return
+        packet = _decode(data)
+        if self._stage:
+            self._upgrade_step(packet)
+            return
+        if packet is None:
+            self.server.malformed_input.warning(
+                "%s: not an Engine.IO packet from %s (%d bytes), closing the connection",
+                self.socket.sid,
+                self.peer(),
+                len(data),
+            )
+            self._end()
+            return
+        inbound = self._inbound
+        if inbound is None:
+            self._inbound = [packet]
+        else:
+            inbound.append(packet)
+            if len(inbound) >= _INBOUND_PAUSE and self.transport is not None:
+                self.transport.pause_reading()  # the client sends faster than its packets are handled
+        if self._receiving is None:
+            self._receiving = self.loop.create_task(self._receive())
+
+    async def _receive(self) -> None:
+        socket = self.socket
+        try:
+            while self._inbound and not self._ended:
+                packets = self._inbound
+                self._inbound = None
+                for packet in packets:
+                    if self._ended:
+                        return
+                    try:
+                        await socket.receive(packet)
+                    except eio_exceptions.UnknownPacketError:
+                        pass
+                    except eio_exceptions.SocketIsClosedError:
+                        self._end()
+                        return
+                    except Exception:
+                        log.exception("%s: error while handling a packet", socket.sid)
+                transport = self.transport
+                if transport is not None and not transport.is_reading() and not transport.is_closing():
+                    transport.resume_reading()
+        finally:
+            self._inbound = None
+            self._receiving = None
+
+    def _end(self) -> None:
+        """Take no more packets; write what is queued, then close the WebSocket (as the end of engineio's reader)."""
+        self._ended = True
+        self._inbound = None
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and not transport.is_reading():
+            transport.resume_reading()  # paused for a backlog, which is dropped: the client's close frame is read
+        if self._writing is not None and self.queue._writer is self:
+            self.queue.put_nowait(None)  # the writer finishes what is queued and closes
+        else:
+            self.close()
+
+    # -- the upgrade (python-engineio AsyncSocket._websocket_handler, its first part) ----------------------------
+
+    def _upgrade_step(self, packet: eio_packet.Packet | None) -> None:
+        socket = self.socket
+        self._cancel_timer()
+        if self._stage == _PROBE:
+            if packet is None or packet.packet_type != eio_packet.PING or packet.data != "probe":
+                log.info("%s: WebSocket upgrade failed, no ping probe", socket.sid)
+                self._upgrade_failed()
+                return
+            self.write(websocket_frame(eio_packet.Packet(eio_packet.PONG, data="probe").encode()))
+            # A no-op answers the poll the client still has open, so it can switch.
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+            self._stage = _CONFIRM
+            self._arm_timer()
+            return
+        if packet is None or packet.packet_type != eio_packet.UPGRADE:
+            log.info("%s: WebSocket upgrade failed, expected an upgrade packet", socket.sid)
+            socket.upgraded = False
+            self._upgrade_failed()
+            return
+        self._stage = 0
+        socket.upgraded = True
+        socket.upgrading = False
+        self._start_writer()
+
+    def _upgrade_failed(self) -> None:
+        self.socket.upgrading = False
+        self.close()  # the stage stays set: the socket lives on, long-polling
+
+    def _arm_timer(self) -> None:
+        # A client silent this long in the handshake is gone (python-engineio waits as long for each frame).
+        self._timer = self.loop.call_later(
+            self.server.ping_interval + self.server.ping_timeout, self._upgrade_timed_out
+        )
+
+    def _upgrade_timed_out(self) -> None:
+        self._timer = None
+        self._upgrade_failed()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- the writer ---------------------------------------------------------------------------------------------
+
+    def _start_writer(self) -> None:
         """Take over the queue, and send what is already on it."""
         queue = self.queue
-        queue.transport = self.out.transport
+        queue.transport = self.transport
         queue._writer = self
+        self._writing = True
         if queue._queue and not queue._writer_scheduled:
             queue._writer_scheduled = True
             self.loop.call_soon(self.flush)
+
+    def _stop_writer(self) -> None:
+        if self._writing is not None:
+            self._writing = None
+            if self.queue._writer is self:
+                self.queue._writer = None
 
     def flush(self) -> None:
         """Write what is queued (called by the loop, soon after a put)."""
         queue = self.queue
         queue._writer_scheduled = False
-        if self._draining or self._stopped:
+        if self._writing is not True:
             return
-        out = self.out
         try:
             while queue._queue:
                 frames: list[bytes] = []
@@ -495,56 +593,32 @@ class _FrameWriter:
                         break
                 slow_reader = False
                 if frames:
-                    if out.closing():
+                    if self.closing():
                         stop = True
                     else:
-                        slow_reader = out.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                        slow_reader = self.write(frames[0] if len(frames) == 1 else b"".join(frames))
                 if stop:
-                    self._stop()
+                    self._stop_writer()
+                    self.close()
                     return
                 if slow_reader:
-                    self._draining = True
-                    self._closing = asyncio.ensure_future(self._drain())
+                    self._writing = False
+                    self.server.run_soon(self._drain())
                     return
-        except Exception:  # the connection is gone; the reader sees it too and ends the session
-            log.debug("%s: WebSocket write failed", self.sid, exc_info=True)
-            self._stop()
+        except Exception:  # the connection is gone; connection_lost ends the session
+            log.debug("%s: WebSocket write failed", self.socket.sid, exc_info=True)
+            self._stop_writer()
+            self.abort()
 
     async def _drain(self) -> None:
         try:
-            await self.out.drain()
+            await self.drain()
         except Exception:
-            log.debug("%s: WebSocket write failed", self.sid, exc_info=True)
-            self._draining = False
-            self._stop()
+            log.debug("%s: WebSocket write failed", self.socket.sid, exc_info=True)
             return
-        self._draining = False
-        self.flush()
-
-    def _stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        self.queue._writer = None
-        self._closing = asyncio.ensure_future(self._close())
-
-    async def _close(self) -> None:
-        try:
-            await self.ws.close()
-        finally:
-            self._closed_now()
-
-    def _closed_now(self) -> None:
-        if self._closed is None:
-            self._closed = self.loop.create_future()
-        if not self._closed.done():
-            self._closed.set_result(None)
-
-    async def wait_closed(self) -> None:
-        """Wait until the writer has stopped and closed the WebSocket."""
-        if self._closed is None:
-            self._closed = self.loop.create_future()
-        await self._closed
+        if self._writing is False:
+            self._writing = True
+            self.flush()
 
 
 class ChatEngineServer(engineio.AsyncServer):
@@ -577,7 +651,10 @@ class ChatEngineServer(engineio.AsyncServer):
         self.sockets_cut_off = 0
         # The encoded Socket.IO packet a socket that is cut off hears last, telling the client why.
         self.cut_off_notice = None if cut_off_notice is None else SharedPacket(eio_packet.MESSAGE, cut_off_notice)
-        self._cut_offs: set[asyncio.Future[None]] = set()
+        # The WebSocket connections this server runs (taken over from aiohttp, which no longer closes them).
+        self.connections: set[WebSocketProtocol] = set()
+        self._all_closed: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     def queue_message(self, recipients: Iterable[tuple[str, str]], skip: Container[str], encoded: str) -> int:
         """Queue one encoded Socket.IO packet on each recipient's socket that is still open; how many got it.
@@ -624,6 +701,22 @@ class ChatEngineServer(engineio.AsyncServer):
             for flush in stuck:
                 flush.cancel()
         self.sockets.clear()
+        # aiohttp no longer knows these connections, so it would not close them on shutdown. Those that sent
+        # their close frame get a moment for the client's answer: closing with its data unread would reset
+        # the connection, and the client could lose the last packets.
+        if self.connections:
+            self._all_closed = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._all_closed), flush_timeout)
+            self._all_closed = None
+        for connection in list(self.connections):
+            connection.hang_up()
+
+    def connection_gone(self, connection: WebSocketProtocol) -> None:
+        """A WebSocket connection of this server has closed."""
+        self.connections.discard(connection)
+        if not self.connections and self._all_closed is not None and not self._all_closed.done():
+            self._all_closed.set_result(None)
 
     def create_queue(self, *args: Any, **kwargs: Any) -> Any:
         """A new socket's send queue, bounded (python-engineio calls this once per socket)."""
@@ -666,11 +759,15 @@ class ChatEngineServer(engineio.AsyncServer):
             return "unknown packet type"
         return None
 
+    def run_soon(self, work: Any) -> None:
+        """Run a coroutine in a task of its own, held until it is done."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _queue_overflowed(self, queue: SendQueue) -> None:
         # Called from inside a fan-out loop: the socket is cut off in a task of its own.
-        task = asyncio.ensure_future(self._cut_off(queue))
-        self._cut_offs.add(task)
-        task.add_done_callback(self._cut_offs.discard)
+        self.run_soon(self._cut_off(queue))
 
     async def _cut_off(self, queue: SendQueue) -> None:
         """Disconnect a socket whose client fell too far behind, and free what it held."""
