@@ -402,6 +402,7 @@ async def serve_websocket(socket: Any, ws: web.WebSocketResponse, request: web.R
 
     writer = _FrameWriter(socket, ws, request)
     writer.start()
+    inline = server.inline_message
     try:
         while True:
             # No timeout (a timer per frame): a client that misses a pong, or stays after its
@@ -410,6 +411,15 @@ async def serve_websocket(socket: Any, ws: web.WebSocketResponse, request: web.R
             data = await _read_frame(ws, None, limit)
             if data is None:
                 break
+            # A MESSAGE packet the Socket.IO server takes at once: no packet object, and none of the task
+            # AsyncSocket.receive would start for it (through AsyncServer._trigger_event, run_async).
+            if inline is not None and type(data) is str and data[:1] == "4":
+                try:
+                    if inline(socket.sid, data[1:]):
+                        continue
+                except Exception:
+                    log.exception("%s: error while handling a packet", socket.sid)
+                    continue
             packet = _decode(data)
             if packet is None:
                 server.malformed_input.warning(
@@ -559,9 +569,17 @@ class ChatEngineServer(engineio.AsyncServer):
     """
 
     def __init__(
-        self, *, socket_limits: SocketLimits | None = None, cut_off_notice: str | None = None, **kwargs: Any
+        self,
+        *,
+        socket_limits: SocketLimits | None = None,
+        cut_off_notice: str | None = None,
+        inline_message: Callable[[str, str], bool] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # Offered each message read from a WebSocket, as (sid, text), before python-engineio gets it: True if
+        # it was handled there and then (chatsvc/realtime/server.py ChatSocketServer._inline_message).
+        self.inline_message = inline_message
         if self.async_mode == "aiohttp":
             # A copy: python-engineio shares the driver table between servers in one process.
             self._async = {  # type: ignore[has-type]
