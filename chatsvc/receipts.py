@@ -34,6 +34,10 @@ V = TypeVar("V")
 
 # At most one read or typing notice per user and room per this many seconds (docs/protocol.md).
 NOTICE_INTERVAL = 1.0
+# Marks nobody waits for (a markRead without an ack) are stored at most this long after they came: what arrives
+# meanwhile joins them, and a client marking each message it receives costs one row per interval, not per message.
+# A mark that is waited for (an ack, the sidecar) starts the write at once, with whatever else waits.
+MARK_DELAY = 0.1
 
 
 @dataclass
@@ -114,12 +118,17 @@ class _Pending:
 class ReadPositions:
     """Stores read positions in batches and announces each one that moved."""
 
-    def __init__(self, db: Database, fanout: Fanout, *, notice_interval: float = NOTICE_INTERVAL) -> None:
+    def __init__(
+        self, db: Database, fanout: Fanout, *, notice_interval: float = NOTICE_INTERVAL, delay: float = MARK_DELAY
+    ) -> None:
         self._db = db
         self._fanout = fanout
+        self._delay = delay
         # Insertion order is arrival order, so a batch takes the marks that waited longest.
         self._pending: dict[tuple[int, int], _Pending] = {}
-        self._wake = asyncio.Event()
+        # Set when what is pending is to be written: at once for a mark someone waits for, else after the delay.
+        self._due = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._notices: NoticeThrottle[tuple[int, int], int] = NoticeThrottle(notice_interval, self._announce)
@@ -134,18 +143,22 @@ class ReadPositions:
     async def close(self) -> None:
         """Store what was accepted, then stop."""
         self._closed = True
-        self._wake.set()
+        self._due.set()
         if self._task is not None:
             await self._task
             self._task = None
         self._notices.close()
 
-    def mark_soon(self, user_id: int, chatroom_id: int, message_id: int, done: MarkDone | None = None) -> None:
+    def mark_soon(
+        self, user_id: int, chatroom_id: int, message_id: int, done: MarkDone | None = None, *, waited: bool = False
+    ) -> None:
         """Queue a move of a member's read position towards ``message_id``; ``done`` hears how it ended.
 
         Does not wait, so a socket event can hand its mark over without a task
         of its own. Marks of one member and room that wait together are one:
-        the furthest counts, and each ``done`` hears the position stored.
+        the furthest counts, and each ``done`` hears the position stored. A mark
+        is stored within MARK_DELAY seconds, or at once if ``waited`` (someone
+        waits for ``done``).
         """
         if self._closed:
             raise WriterClosed("The server is shutting down")
@@ -154,12 +167,15 @@ class ReadPositions:
         pending = self._pending.get(key)
         if pending is None:
             self._pending[key] = _Pending(message_id, [] if done is None else [done])
-            self._wake.set()
-            return
-        if message_id > pending.message_id:
-            pending.message_id = message_id
-        if done is not None:
-            pending.waiters.append(done)
+        else:
+            if message_id > pending.message_id:
+                pending.message_id = message_id
+            if done is not None:
+                pending.waiters.append(done)
+        if waited or self._delay <= 0:
+            self._due.set()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._delay, self._due.set)
 
     async def mark(self, user_id: int, chatroom_id: int, message_id: int) -> int:
         """Move a member's read position towards ``message_id``; the position it has once stored."""
@@ -173,24 +189,28 @@ class ReadPositions:
             else:
                 future.set_result(result)
 
-        self.mark_soon(user_id, chatroom_id, message_id, done)
+        self.mark_soon(user_id, chatroom_id, message_id, done, waited=True)
         return await future
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            # Marks that come in while a batch is stored wait for the next one (group commit).
-            while self._pending:
-                keys = list(islice(self._pending, MAX_MARKS_PER_STATEMENT))
-                batch = {key: self._pending.pop(key) for key in keys}
+            await self._due.wait()
+            self._due.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            # Marks that come in while these are stored wait for their own turn (group commit).
+            due, self._pending = self._pending, {}
+            while due:
+                keys = list(islice(due, MAX_MARKS_PER_STATEMENT))
+                batch = {key: due.pop(key) for key in keys}
                 try:
                     await self._store(batch)
                 except Exception as exc:
                     log.exception("storing %d read positions failed", len(batch))
                     for pending in batch.values():
                         _tell(pending.waiters, exc)
-            if self._closed:
+            if self._closed and not self._pending:
                 return
 
     async def _store(self, batch: dict[tuple[int, int], _Pending]) -> None:

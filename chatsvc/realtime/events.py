@@ -427,8 +427,12 @@ class ChatNamespace(socketio.AsyncNamespace):
             user_id = self._take_receipt_token(sid, mark.userId, "Marking read too fast: slow down")
             if user_id not in members:
                 raise Forbidden("You are not a member of this chatroom")
-            done = self._on_mark_failure(sid) if ack is None else self._on_mark_done(sid, room, ack)
-            self.state.reads.mark_soon(user_id, room, mark.messageId, done)
+            if ack is None:
+                self.state.reads.mark_soon(user_id, room, mark.messageId, self._on_mark_failure(sid))
+            else:
+                self.state.reads.mark_soon(
+                    user_id, room, mark.messageId, self._on_mark_done(sid, room, ack), waited=True
+                )
         except Exception as exc:
             self._answer_now(sid, ack, exc)
         return True
