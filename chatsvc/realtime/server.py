@@ -25,6 +25,11 @@ tests/test_upstream_contract.py (docs/performance.md has the table):
 * ``socketio.packet.Packet.data_is_binary``, ``reconstruct_binary`` and
   ``decode`` (overridden by ``ChatPacket``, installed through the public
   ``serializer=``), and ``Packet.json``.
+* ``AsyncServer._binary_packet`` (read), and ``socketio.packet.Packet.decode``,
+  ``AsyncServer._handle_eio_message``, ``_handle_event`` and
+  ``_handle_event_internal``, mirrored for the one packet shape that
+  ``ChatSocketServer._inline_message`` takes (``markRead`` and ``typing`` as
+  their frame is read, without python-socketio's dispatch).
 
 Public extension points come first: the manager through ``client_manager=``,
 the packet class through ``serializer=``, reserved event names through
@@ -260,6 +265,8 @@ class ChatSocketServer(socketio.AsyncServer):
         super().__init__(cut_off_notice=notice.encode(), inline_message=self._inline_message, **kwargs)
         # By '["<event>",', the start of the packet's JSON: the handlers of events taken as their frame is read.
         self._inline: dict[str, InlineHandler] = {}
+        # Events those handlers took; read by chatsvc/metrics.py when scraped.
+        self.inline_events = 0
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -366,12 +373,12 @@ class ChatSocketServer(socketio.AsyncServer):
         sid = self.manager.sid_from_eio_sid(eio_sid, "/")
         if sid is None or not self.manager.is_connected(sid, "/"):
             return False
-        if at == 1:
-            return handler(sid, data[1], None)
-        ack = _Ack(self, sid, eio_sid, int(text[1:at]))
+        ack = None if at == 1 else _Ack(self, sid, eio_sid, int(text[1:at]))
         if handler(sid, data[1], ack):
+            self.inline_events += 1
             return True
-        ack.drop()
+        if ack is not None:
+            ack.drop()
         return False
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
