@@ -112,7 +112,9 @@ class _Pending:
     """The furthest mark waiting for one member and room, and who wants to hear how it ended."""
 
     message_id: int
+    # Told the position stored (or why it failed) when ``answered``, else only of a failure to store.
     waiters: list[MarkDone]
+    answered: bool
 
 
 class ReadPositions:
@@ -157,8 +159,10 @@ class ReadPositions:
         Does not wait, so a socket event can hand its mark over without a task
         of its own. Marks of one member and room that wait together are one:
         the furthest counts, and each ``done`` hears the position stored. A mark
-        is stored within MARK_DELAY seconds, or at once if ``waited`` (someone
-        waits for ``done``).
+        is stored within MARK_DELAY seconds, or at once if ``waited``: someone
+        waits for ``done`` to hear the position. Without ``waited``, ``done``
+        only hears of a failure to store (not of a mark that moved nothing,
+        which needs no answer and costs no lookup).
         """
         if self._closed:
             raise WriterClosed("The server is shutting down")
@@ -166,12 +170,13 @@ class ReadPositions:
         key = (user_id, chatroom_id)
         pending = self._pending.get(key)
         if pending is None:
-            self._pending[key] = _Pending(message_id, [] if done is None else [done])
+            self._pending[key] = _Pending(message_id, [] if done is None else [done], waited)
         else:
             if message_id > pending.message_id:
                 pending.message_id = message_id
             if done is not None:
                 pending.waiters.append(done)
+            pending.answered = pending.answered or waited
         if waited or self._delay <= 0:
             self._due.set()
         elif self._timer is None:
@@ -218,11 +223,11 @@ class ReadPositions:
         moved = await self._db.write_statement(lambda conn: mark_read(conn, marks))
         self.statements += 1
         positions = {(row["userId"], row["chatroomId"]): int(row["lastReadId"]) for row in moved}
-        waiting = [key for key, pending in batch.items() if pending.waiters and key not in positions]
+        waiting = [key for key, pending in batch.items() if pending.answered and key not in positions]
         if waiting:  # a mark that moved nothing answers with where the position is (or that there is none)
             positions.update(await find_read_positions(self._db.reader, waiting))
         for key, pending in batch.items():
-            if pending.waiters:
+            if pending.answered:
                 position = positions.get(key)
                 _tell(
                     pending.waiters,

@@ -133,6 +133,8 @@ class SocketSession:
     # markRead and typing: an allowance of their own, so a client marking each message it receives in a busy room
     # neither runs out nor uses up what sending and joining need (docs/protocol.md#rate-limit).
     receipts: TokenBucket
+    # Told when a markRead without an ack could not be stored (made once, not per mark).
+    mark_failed: MarkDone
 
 
 class ChatNamespace(socketio.AsyncNamespace):
@@ -189,6 +191,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             user_id,
             TokenBucket(config.rate_limit, config.rate_burst),
             TokenBucket(config.receipt_rate, config.receipt_burst),
+            self._on_mark_failure(sid),
         )
         log_socket_event("connect", sid, user_id, environ)
         if user_id is not None:
@@ -416,7 +419,8 @@ class ChatNamespace(socketio.AsyncNamespace):
         for a socket without a session, or a room whose members are not in the
         cache (the full path loads them).
         """
-        if sid not in self._sessions:
+        session = self._sessions.get(sid)
+        if session is None:
             return False
         try:
             mark = validate(MarkRead, data)
@@ -428,7 +432,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             if user_id not in members:
                 raise Forbidden("You are not a member of this chatroom")
             if ack is None:
-                self.state.reads.mark_soon(user_id, room, mark.messageId, self._on_mark_failure(sid))
+                self.state.reads.mark_soon(user_id, room, mark.messageId, session.mark_failed)
             else:
                 self.state.reads.mark_soon(
                     user_id, room, mark.messageId, self._on_mark_done(sid, room, ack), waited=True
