@@ -72,6 +72,7 @@ SETUP_CONCURRENCY = 16
 SERVER_ENV = {
     "CHATSVC_SQLITE_SYNCHRONOUS": "FULL",
     "CHATSVC_RATE_LIMIT": "0",
+    "CHATSVC_RECEIPT_RATE": "0",
     "CHATSVC_SCRYPT_N": "16",
     "CHATSVC_REGISTER_RATE": "0",
 }
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--receipts",
         action="store_true",
         help="A-D: every socket also sends markRead for each message it receives and typing every 2 s (issue 15; "
-        "chatsvc only: use with --no-baseline --no-node)",
+        "chatsvc only: use with --no-baseline --no-node; --client sio-js too)",
     )
     p.add_argument(
         "--receipts-debounce",

@@ -61,6 +61,9 @@ class Config:
     # Per-connection token bucket for sendMessage: messages/s (0 = off) and burst.
     rate_limit: float = 20.0
     rate_burst: int = 40
+    # A bucket of its own for markRead and typing, so that marking every message received is not refused.
+    receipt_rate: float = 200.0
+    receipt_burst: int = 400
     max_connections_per_user: int = 20
     # Engine.IO keep-alive: a ping every interval; a client that has not answered within the timeout is dropped.
     ping_interval: int = 25
@@ -334,6 +337,8 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_SQLITE_SYNCHRONOUS": ("sqlite_synchronous", _choice("FULL", "NORMAL", case=str.upper)),
     "CHATSVC_RATE_LIMIT": ("rate_limit", _rate),
     "CHATSVC_RATE_BURST": ("rate_burst", _int(minimum=1)),
+    "CHATSVC_RECEIPT_RATE": ("receipt_rate", _rate),
+    "CHATSVC_RECEIPT_BURST": ("receipt_burst", _int(minimum=1)),
     "CHATSVC_MAX_CONNECTIONS_PER_USER": ("max_connections_per_user", _int(minimum=1)),
     "CHATSVC_RECOVERY_LIMIT": ("recovery_limit", _int(minimum=0)),
     "CHATSVC_EDIT_WINDOW": ("edit_window", _int(minimum=0)),

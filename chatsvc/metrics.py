@@ -109,6 +109,21 @@ class _StateCollector(Collector):
             "Socket.IO event packets queued to sockets of this instance (a broadcast counts once per recipient)",
             state.sio.deliveries,
         )
+        yield CounterMetricFamily(
+            "chatsvc_socket_events_inline",
+            "markRead and typing events handled as their WebSocket frame was read, without python-socketio's dispatch",
+            state.sio.inline_events,
+        )
+        yield CounterMetricFamily(
+            "chatsvc_read_marks",
+            "markRead events (and sidecar marks) handed to the read positions",
+            state.reads.marks_received,
+        )
+        yield CounterMetricFamily(
+            "chatsvc_read_mark_writes",
+            "UPDATE statements that stored read positions, one transaction each (marks waiting together are one)",
+            state.reads.statements,
+        )
         engine = state.sio.eio
         yield GaugeMetricFamily(
             "chatsvc_pending_sessions",

@@ -1,8 +1,10 @@
 """Read positions and typing notices: what members see of each other's reading and typing.
 
-:class:`ReadPositions` stores ``markRead`` with group commit (every mark that
-waits goes into one UPDATE statement, its own transaction) and announces a
-moved position as ``{type: 'read'}`` to the room and to the reader's own
+:class:`ReadPositions` stores ``markRead`` with group commit: marks wait in a
+dict keyed by member and room, where a later mark only raises the pending one
+(a client marking every message it receives adds no rows), and every key that
+waits goes into one UPDATE statement, its own transaction. A moved position
+is announced as ``{type: 'read'}`` to the room and to the reader's own
 sockets. :class:`TypingNotices` keeps who is typing where, in memory only,
 and announces ``{type: 'typing'}`` when that changes, ending it after a
 timeout. Both send through the fan-out, so notices reach every instance, and
@@ -16,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Generic, TypeVar
 
 from chatsvc.db import Database
@@ -31,6 +34,10 @@ V = TypeVar("V")
 
 # At most one read or typing notice per user and room per this many seconds (docs/protocol.md).
 NOTICE_INTERVAL = 1.0
+# Marks nobody waits for (a markRead without an ack) are stored at most this long after they came: what arrives
+# meanwhile joins them, and a client marking each message it receives costs one row per interval, not per message.
+# A mark that is waited for (an ack, the sidecar) starts the write at once, with whatever else waits.
+MARK_DELAY = 0.1
 
 
 @dataclass
@@ -61,6 +68,17 @@ class NoticeThrottle(Generic[K, V]):
         self._open(key, value)
         await self._send(key, value)
 
+    def offer_soon(self, key: K, value: V) -> None:
+        """As :meth:`offer`, from code that cannot wait: a notice due now goes out from a task of its own."""
+        if self._closed:
+            return
+        window = self._windows.get(key)
+        if window is not None:
+            window.pending[:] = [value]
+            return
+        self._open(key, value)
+        self._send_in_task(key, value)
+
     def _open(self, key: K, value: V) -> None:
         timer = asyncio.get_running_loop().call_later(self._interval, self._close, key)
         self._windows[key] = _Window(value, timer)
@@ -70,9 +88,12 @@ class NoticeThrottle(Generic[K, V]):
         if window.pending and window.pending[0] != window.sent:
             value = window.pending[0]
             self._open(key, value)
-            task = asyncio.create_task(self._send_logged(key, value))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._send_in_task(key, value)
+
+    def _send_in_task(self, key: K, value: V) -> None:
+        task = asyncio.create_task(self._send_logged(key, value))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _send_logged(self, key: K, value: V) -> None:
         try:
@@ -90,24 +111,40 @@ class NoticeThrottle(Generic[K, V]):
             task.cancel()
 
 
+# Told what became of a mark: the position it has once stored, or why it failed.
+MarkDone = Callable[[int | Exception], None]
+
+
 @dataclass
-class _Mark:
-    user_id: int
-    chatroom_id: int
+class _Pending:
+    """The furthest mark waiting for one member and room, and who wants to hear how it ended."""
+
     message_id: int
-    future: asyncio.Future[int]
+    # Told the position stored (or why it failed) when ``answered``, else only of a failure to store.
+    waiters: list[MarkDone]
+    answered: bool
 
 
 class ReadPositions:
     """Stores read positions in batches and announces each one that moved."""
 
-    def __init__(self, db: Database, fanout: Fanout, *, notice_interval: float = NOTICE_INTERVAL) -> None:
+    def __init__(
+        self, db: Database, fanout: Fanout, *, notice_interval: float = NOTICE_INTERVAL, delay: float = MARK_DELAY
+    ) -> None:
         self._db = db
         self._fanout = fanout
-        self._queue: asyncio.Queue[_Mark | None] = asyncio.Queue()
+        self._delay = delay
+        # Insertion order is arrival order, so a batch takes the marks that waited longest.
+        self._pending: dict[tuple[int, int], _Pending] = {}
+        # Set when what is pending is to be written: at once for a mark someone waits for, else after the delay.
+        self._due = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._notices: NoticeThrottle[tuple[int, int], int] = NoticeThrottle(notice_interval, self._announce)
+        # Read by tests and chatsvc/metrics.py: marks handed in, and UPDATE statements they took.
+        self.marks_received = 0
+        self.statements = 0
 
     def start(self) -> None:
         """Start the task that stores marks (on application startup)."""
@@ -116,61 +153,94 @@ class ReadPositions:
     async def close(self) -> None:
         """Store what was accepted, then stop."""
         self._closed = True
+        self._due.set()
         if self._task is not None:
-            self._queue.put_nowait(None)
             await self._task
             self._task = None
         self._notices.close()
 
-    async def mark(self, user_id: int, chatroom_id: int, message_id: int) -> int:
-        """Move a member's read position towards ``message_id``; the position it has once stored."""
+    def mark_soon(
+        self, user_id: int, chatroom_id: int, message_id: int, done: MarkDone | None = None, *, waited: bool = False
+    ) -> None:
+        """Queue a move of a member's read position towards ``message_id``; ``done`` hears how it ended.
+
+        Does not wait, so a socket event can hand its mark over without a task
+        of its own. Marks of one member and room that wait together are one:
+        the furthest counts, and each ``done`` hears the position stored. A mark
+        is stored within MARK_DELAY seconds, or at once if ``waited``: someone
+        waits for ``done`` to hear the position. Without ``waited``, ``done``
+        only hears of a failure to store (not of a mark that moved nothing,
+        which needs no answer and costs no lookup).
+        """
         if self._closed:
             raise WriterClosed("The server is shutting down")
+        self.marks_received += 1
+        key = (user_id, chatroom_id)
+        pending = self._pending.get(key)
+        if pending is None:
+            self._pending[key] = _Pending(message_id, [] if done is None else [done], waited)
+        else:
+            if message_id > pending.message_id:
+                pending.message_id = message_id
+            if done is not None:
+                pending.waiters.append(done)
+            pending.answered = pending.answered or waited
+        if waited or self._delay <= 0:
+            self._due.set()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._delay, self._due.set)
+
+    async def mark(self, user_id: int, chatroom_id: int, message_id: int) -> int:
+        """Move a member's read position towards ``message_id``; the position it has once stored."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Mark(user_id, chatroom_id, message_id, future))
+
+        def done(result: int | Exception) -> None:
+            if future.done():  # the caller was cancelled
+                return
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+        self.mark_soon(user_id, chatroom_id, message_id, done, waited=True)
         return await future
 
     async def _run(self) -> None:
         while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < MAX_MARKS_PER_STATEMENT and not self._queue.empty():
-                following = self._queue.get_nowait()
-                if following is None:
-                    stop = True
-                    break
-                batch.append(following)
-            try:
-                await self._store(batch)
-            except Exception as exc:
-                log.exception("storing %d read positions failed", len(batch))
-                for mark in batch:
-                    if not mark.future.done():
-                        mark.future.set_exception(exc)
-            if stop:
+            await self._due.wait()
+            self._due.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            # Marks that come in while these are stored wait for their own turn (group commit).
+            due, self._pending = self._pending, {}
+            while due:
+                keys = list(islice(due, MAX_MARKS_PER_STATEMENT))
+                batch = {key: due.pop(key) for key in keys}
+                try:
+                    await self._store(batch)
+                except Exception as exc:
+                    log.exception("storing %d read positions failed", len(batch))
+                    for pending in batch.values():
+                        _tell(pending.waiters, exc)
+            if self._closed and not self._pending:
                 return
 
-    async def _store(self, batch: list[_Mark]) -> None:
-        # Several marks of one member and room in a batch: the furthest counts.
-        furthest: dict[tuple[int, int], int] = {}
-        for mark in batch:
-            key = (mark.user_id, mark.chatroom_id)
-            furthest[key] = max(furthest.get(key, 0), mark.message_id)
-        marks = [(user_id, chatroom_id, message_id) for (user_id, chatroom_id), message_id in furthest.items()]
+    async def _store(self, batch: dict[tuple[int, int], _Pending]) -> None:
+        marks = [(user_id, chatroom_id, pending.message_id) for (user_id, chatroom_id), pending in batch.items()]
         moved = await self._db.write_statement(lambda conn: mark_read(conn, marks))
+        self.statements += 1
         positions = {(row["userId"], row["chatroomId"]): int(row["lastReadId"]) for row in moved}
-        positions.update(await find_read_positions(self._db.reader, [key for key in furthest if key not in positions]))
-        for mark in batch:
-            position = positions.get((mark.user_id, mark.chatroom_id))
-            if mark.future.done():  # its event was cancelled (the socket went away)
-                continue
-            if position is None:
-                mark.future.set_exception(Forbidden("You are not a member of this chatroom"))
-            else:
-                mark.future.set_result(position)
+        waiting = [key for key, pending in batch.items() if pending.answered and key not in positions]
+        if waiting:  # a mark that moved nothing answers with where the position is (or that there is none)
+            positions.update(await find_read_positions(self._db.reader, waiting))
+        for key, pending in batch.items():
+            if pending.answered:
+                position = positions.get(key)
+                _tell(
+                    pending.waiters,
+                    Forbidden("You are not a member of this chatroom") if position is None else position,
+                )
         for row in moved:
             await self._notices.offer((row["userId"], row["chatroomId"]), int(row["lastReadId"]))
 
@@ -179,6 +249,14 @@ class ReadPositions:
         notice = {"type": "read", "chatroomId": chatroom_id, "userId": user_id, "lastReadId": last_read_id}
         # The room's sockets and every socket of the reader (which may show the room's unread count elsewhere).
         await self._fanout.notify([room_name(chatroom_id), user_room(user_id)], notice)
+
+
+def _tell(waiters: list[MarkDone], result: int | Exception) -> None:
+    for done in waiters:
+        try:
+            done(result)
+        except Exception:
+            log.exception("answering a mark failed")
 
 
 @dataclass
@@ -199,14 +277,19 @@ class TypingNotices:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    async def update(self, sid: str, user_id: int, chatroom_id: int, typing: bool) -> None:
-        """A client's ``typing`` event: start (or keep up) or stop the user's typing in the room."""
+    def update(self, sid: str, user_id: int, chatroom_id: int, typing: bool) -> None:
+        """A client's ``typing`` event: start (or keep up) or stop the user's typing in the room.
+
+        Does not wait: a notice due now goes out from a task of its own (at
+        most one per user and room per interval), so the event needs none.
+        """
         if self._closed:  # its expiry timer would fire after shutdown
             return
-        if not typing:
-            await self.stop(user_id, chatroom_id)
-            return
         key = (user_id, chatroom_id)
+        if not typing:
+            if self._forget(key):
+                self._notices.offer_soon(key, False)
+            return
         current = self._typing.pop(key, None)
         if current is not None:
             current.expiry.cancel()
@@ -215,21 +298,26 @@ class TypingNotices:
         self._typing[key] = _Typing(sid, expiry)
         self._keys_of_sid.setdefault(sid, set()).add(key)
         if current is None:
-            await self._notices.offer(key, True)
+            self._notices.offer_soon(key, True)
 
     async def stop(self, user_id: int, chatroom_id: int) -> None:
         """The user no longer types in the room (they sent a message, left, or said so)."""
         key = (user_id, chatroom_id)
+        if self._forget(key):
+            await self._notices.offer(key, False)
+
+    def _forget(self, key: tuple[int, int]) -> bool:
+        """Forget that the user types in the room; whether they did."""
         current = self._typing.pop(key, None)
         if current is None:
-            return
+            return False
         current.expiry.cancel()
         keys = self._keys_of_sid.get(current.sid)
         if keys is not None:
             keys.discard(key)
             if not keys:
                 del self._keys_of_sid[current.sid]
-        await self._notices.offer(key, False)
+        return True
 
     async def forget_socket(self, sid: str, chatroom_id: int | None = None) -> None:
         """A socket disconnected (or left ``chatroom_id``): what its user was typing there ends."""

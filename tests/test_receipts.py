@@ -209,17 +209,27 @@ async def test_a_removed_member_can_no_longer_mark_read(api: Api, sockets, trio)
     assert_error(resp.status, resp.body, 403)
 
 
-async def test_mark_read_and_typing_take_tokens_from_the_rate_limit(tmp_path: Path) -> None:
-    async with serve(make_config(tmp_path / "limited", rate_limit=1, rate_burst=3)) as limited:
+async def test_mark_read_and_typing_take_tokens_from_an_allowance_of_their_own(tmp_path: Path) -> None:
+    # Refills too slowly to matter during the test.
+    config = make_config(tmp_path / "limited", rate_limit=0.001, rate_burst=2, receipt_rate=0.001, receipt_burst=3)
+    async with serve(config) as limited:
         alice = await limited.new_user()
         bob = await limited.new_user()
         room = await limited.one_to_one(alice, bob)
         a = await connect_socket(limited.base_url, alice.token)
         try:
+            # More than the sending burst: marks do not draw on it.
             acks = [await a.call("markRead", {"chatroomId": room, "messageId": 1}) for _ in range(3)]
             assert all("statusCode" not in ack for ack in acks), acks
             assert_ack_error(await a.call("markRead", {"chatroomId": room, "messageId": 1}), 429)
             assert_ack_error(await a.call("typing", {"chatroomId": room, "typing": True}), 429)
+            await a.emit("markRead", {"chatroomId": room, "messageId": 1})
+            refused = await asyncio.wait_for(a.exceptions.get(), EVENT_TIMEOUT)
+            assert refused == {"status": "error", "message": "Marking read too fast: slow down"}
+            # ...nor do sends draw on theirs.
+            await a.send(alice, room, "one")
+            await a.send(alice, room, "two")
+            assert_ack_error(await a.call("sendMessage", send_payload(alice, room, "three")), 429)
             assert a.sio.connected
         finally:
             await a.disconnect()

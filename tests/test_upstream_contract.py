@@ -356,6 +356,11 @@ def test_socketio_server_has_the_fields_chatsvc_reads_and_sets() -> None:
         "socketio.base_server.BaseServer.__init__ no longer sets eio/manager/packet_class/environ: "
         "chatsvc/realtime/server.py uses them"
     )
+    assert isinstance(getattr(sio, "_binary_packet", None), dict), (
+        "socketio.AsyncServer._binary_packet (eio_sid -> the binary packet waiting for its attachments) is gone: "
+        "chatsvc/realtime/server.py ChatSocketServer._inline_message reads it so that a frame which python-socketio "
+        "would take as an attachment is not taken as an event"
+    )
     assert sio.packet_class is ChatPacket, "socketio.AsyncServer(serializer=...) no longer sets packet_class"
     assert sio.manager.server is sio, (
         "socketio.base_manager.BaseManager.set_server no longer keeps the server: "
@@ -840,6 +845,25 @@ FORKS = [
         "22fe7e629b1a3a05",
     ),
     Fork(socketio.AsyncManager, "emit", "chatsvc/realtime/server.py LeanManager.emit", "065f7fc5f7e6a501"),
+    # ChatSocketServer._inline_message reads an EVENT packet as these do, and _Ack sends its ACK as the last does.
+    Fork(
+        sio_packet.Packet, "decode", "chatsvc/realtime/server.py ChatSocketServer._inline_message", "775aec33b3e6994e"
+    ),
+    Fork(
+        socketio.AsyncServer,
+        "_handle_eio_message",
+        "chatsvc/realtime/server.py ChatSocketServer._inline_message",
+        "25f43efd33db5a82",
+    ),
+    Fork(
+        socketio.AsyncServer,
+        "_handle_event",
+        "chatsvc/realtime/server.py ChatSocketServer._inline_message",
+        "bd95b5164077f357",
+    ),
+    Fork(socketio.AsyncServer, "_handle_event_internal", "chatsvc/realtime/server.py _Ack", "2caacc756eb32e5b"),
+    # serve_websocket skips AsyncSocket.receive for a MESSAGE taken inline: receive must do nothing else with one.
+    Fork(AsyncSocket, "receive", "chatsvc/realtime/engine.py serve_websocket (the inline branch)", "e7395ddf0f5b22c4"),
 ]
 
 

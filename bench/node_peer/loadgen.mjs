@@ -21,6 +21,8 @@ const ACK_WAIT_MS = 15_000;
 const CONNECT_TIMEOUT_MS = 30_000;
 const UPGRADE_TIMEOUT_MS = 10_000;
 const CONNECT_CONCURRENCY = 64;
+// --receipts (issue 15): every socket says it is typing this often, as bench/loadgen.py does.
+const TYPING_EVERY_NS = 2_000_000_000n;
 
 const now = () => process.hrtime.bigint();
 
@@ -174,7 +176,12 @@ class Worker {
     this.tEnd = BigInt(tEnd);
     const senders = this.members.filter((m) => m.spec.send_room !== null && m.socket !== null);
     const loop = this.plan.mode === "closed" ? this.closedLoop : this.plan.mode === "open" ? this.openLoop : null;
-    if (loop !== null) await Promise.all(senders.map((m) => loop.call(this, m, BigInt(tBegin))));
+    const tasks = loop === null ? [] : senders.map((m) => loop.call(this, m, BigInt(tBegin)));
+    if (this.plan.receipts) {
+      const typists = this.members.filter((m) => m.socket !== null && m.spec.rooms.length > 0);
+      tasks.push(...typists.map((m) => this.typingLoop(m, BigInt(tBegin))));
+    }
+    await Promise.all(tasks);
     await Promise.all(senders.map((m) => this.acksIn(m, ACK_WAIT_MS)));
     const finals = {};
     for (const m of senders) finals[m.spec.index] = [m.sent, m.failed];
@@ -238,11 +245,26 @@ class Worker {
     }
     member.delivered++;
     member.received.record(sender, seq);
+    if (this.plan.receipts) {
+      // Marks every message it receives, without an ack (--receipts-debounce is the raw generator's only).
+      member.socket.emit("markRead", { chatroomId: data.message.chatroomId, messageId: data.message.id });
+    }
     const waiting = member.waiting;
     if (waiting !== null && sender === member.spec.index && waiting.seq === seq) waiting.wake();
   }
 
   // -- sending ----------------------------------------------------------------
+
+  async typingLoop(member, tBegin) {
+    // typing: true in the socket's first room every 2 s, phase-shifted per socket (bench/loadgen.py _typing_loop).
+    const room = member.spec.rooms[0];
+    let at = tBegin + BigInt(Math.floor(Number(TYPING_EVERY_NS) * ((member.spec.index * 0.618) % 1)));
+    while (at < this.tEnd) {
+      await sleepUntil(at);
+      member.socket.emit("typing", { chatroomId: room, typing: true });
+      at += TYPING_EVERY_NS;
+    }
+  }
 
   send(member, seq) {
     const spec = member.spec;

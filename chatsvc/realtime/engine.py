@@ -445,6 +445,17 @@ class _WebSocketSession(WebSocketProtocol):
         """A message from the client: an upgrade step, or an Engine.IO packet for the socket."""
         if self._ended:
             return
+        # A MESSAGE packet the Socket.IO server takes at once: no packet object, and none of the task
+        # AsyncSocket.receive would start for it (through AsyncServer._trigger_event, run_async). Only when no
+        # earlier packet waits for Engine.IO, so that packets are still handled in the order they came.
+        inline = self.server.inline_message
+        if inline is not None and not self._stage and self._inbound is None and type(data) is str and data[:1] == "4":
+            try:
+                if inline(self.socket.sid, data[1:]):
+                    return
+            except Exception:
+                log.exception("%s: error while handling a packet", self.socket.sid)
+                return
         packet = _decode(data)
         if self._stage:
             self._upgrade_step(packet)
@@ -633,9 +644,17 @@ class ChatEngineServer(engineio.AsyncServer):
     """
 
     def __init__(
-        self, *, socket_limits: SocketLimits | None = None, cut_off_notice: str | None = None, **kwargs: Any
+        self,
+        *,
+        socket_limits: SocketLimits | None = None,
+        cut_off_notice: str | None = None,
+        inline_message: Callable[[str, str], bool] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # Offered each message read from a WebSocket, as (sid, text), before python-engineio gets it: True if
+        # it was handled there and then (chatsvc/realtime/server.py ChatSocketServer._inline_message).
+        self.inline_message = inline_message
         if self.async_mode == "aiohttp":
             # A copy: python-engineio shares the driver table between servers in one process.
             self._async = {  # type: ignore[has-type]

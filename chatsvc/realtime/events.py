@@ -36,7 +36,8 @@ from chatsvc.models import (
     send_message_model,
     validate,
 )
-from chatsvc.realtime.server import TRANSPORT_FLUSH_SECONDS, ChatSocketServer, ack_requested
+from chatsvc.realtime.server import TRANSPORT_FLUSH_SECONDS, ChatSocketServer, InlineAck, InlineHandler, ack_requested
+from chatsvc.receipts import MarkDone
 from chatsvc.state import AppState
 from chatsvc.store.messages import MESSAGE_TYPES, list_history
 from chatsvc.writer import Draft
@@ -129,6 +130,11 @@ class SocketSession:
     # None for a trusted-client socket that sent no token.
     user_id: int | None
     bucket: TokenBucket
+    # markRead and typing: an allowance of their own, so a client marking each message it receives in a busy room
+    # neither runs out nor uses up what sending and joining need (docs/protocol.md#rate-limit).
+    receipts: TokenBucket
+    # Told when a markRead without an ack could not be stored (made once, not per mark).
+    mark_failed: MarkDone
 
 
 class ChatNamespace(socketio.AsyncNamespace):
@@ -181,7 +187,12 @@ class ChatNamespace(socketio.AsyncNamespace):
                 )
             sids.add(sid)
             await self.enter_room(sid, user_room(user_id))
-        self._sessions[sid] = SocketSession(user_id, TokenBucket(config.rate_limit, config.rate_burst))
+        self._sessions[sid] = SocketSession(
+            user_id,
+            TokenBucket(config.rate_limit, config.rate_burst),
+            TokenBucket(config.receipt_rate, config.receipt_burst),
+            self._on_mark_failure(sid),
+        )
         log_socket_event("connect", sid, user_id, environ)
         if user_id is not None:
             await self.state.presence.socket_connected(user_id)
@@ -235,12 +246,24 @@ class ChatNamespace(socketio.AsyncNamespace):
         return await self._answer(sid, self._delete_message(sid, data))
 
     async def on_markRead(self, sid: str, data: Any = None) -> Any:
-        """Move the user's read position in a room; the room and the user's sockets hear ``read``."""
+        """Move the user's read position in a room; the room and the user's sockets hear ``read``.
+
+        Most ``markRead`` events never get here: :meth:`mark_read_now` takes them
+        as their frame is read. This is the path of the rest (long-polling
+        clients, a room whose members are not cached yet, binary packets).
+        """
         return await self._answer(sid, self._mark_read(sid, data))
 
     async def on_typing(self, sid: str, data: Any = None) -> Any:
-        """Start or stop the user's typing in a room; the room's other sockets hear ``typing``."""
+        """Start or stop the user's typing in a room; the room's other sockets hear ``typing``.
+
+        As with ``markRead``, most arrive through :meth:`typing_now` instead.
+        """
         return await self._answer(sid, self._typing(sid, data))
+
+    def inline_handlers(self) -> dict[str, InlineHandler]:
+        """The events the socket server hands over as their frame is read (ChatSocketServer.handle_inline)."""
+        return {"markRead": self.mark_read_now, "typing": self.typing_now}
 
     async def _answer(self, sid: str, work: Any) -> Any:
         """Run an event; a failure goes to the ack if there is one, else as ``exception``."""
@@ -360,23 +383,110 @@ class ChatNamespace(socketio.AsyncNamespace):
         return await change_delete(self.state, user_id, delete.messageId)
 
     # -- read positions and typing (chatsvc/receipts.py) --------------------
+    #
+    # Each is one check sequence, run by two callers: the full path (on_markRead / on_typing, a task per event
+    # and the usual answer) and the inline one (mark_read_now / typing_now, called by the socket server as the
+    # frame is read, without a task). A client marking every message it receives sends as many events as its
+    # rooms carry messages; through the full path each cost several times what delivering a message does.
 
     async def _mark_read(self, sid: str, data: Any) -> dict[str, Any]:
-        session = self._session(sid)
+        self._session(sid)
         mark = validate(MarkRead, data)
-        user_id = self._acting_user(sid, mark.userId, "userId")
-        if not session.bucket.take():
-            raise TooManyRequests("Marking read too fast: slow down")
+        user_id = self._take_receipt_token(sid, mark.userId, "Marking read too fast: slow down")
         await self._require_member(user_id, mark.chatroomId)
         last_read_id = await self.state.reads.mark(user_id, mark.chatroomId, mark.messageId)
         return {"chatroomId": mark.chatroomId, "lastReadId": last_read_id}
 
     async def _typing(self, sid: str, data: Any) -> dict[str, Any]:
-        session = self._session(sid)
+        self._session(sid)
         typing = validate(Typing, data)
-        user_id = self._acting_user(sid, typing.userId, "userId")
-        if not session.bucket.take():
-            raise TooManyRequests("Typing notices too fast: slow down")
+        user_id = self._take_receipt_token(sid, typing.userId, "Typing notices too fast: slow down")
         await self._require_member(user_id, typing.chatroomId)
-        await self.state.typing.update(sid, user_id, typing.chatroomId, typing.typing)
+        self.state.typing.update(sid, user_id, typing.chatroomId, typing.typing)
         return {}
+
+    def _take_receipt_token(self, sid: str, claimed: int | None, refusal: str) -> int:
+        """The acting user of a markRead or typing, once it has taken a token from the socket's receipt allowance."""
+        user_id = self._acting_user(sid, claimed, "userId")
+        if not self._session(sid).receipts.take():
+            raise TooManyRequests(refusal)
+        return user_id
+
+    def mark_read_now(self, sid: str, data: Any, ack: InlineAck | None) -> bool:
+        """``markRead`` as its frame is read: the full path's checks and answers, without a task; False = not here.
+
+        Declined, for the full path to handle, only before anything happened:
+        for a socket without a session, or a room whose members are not in the
+        cache (the full path loads them).
+        """
+        session = self._sessions.get(sid)
+        if session is None:
+            return False
+        try:
+            mark = validate(MarkRead, data)
+            room = mark.chatroomId
+            members = self.state.members.cached(room)
+            if members is None:
+                return False
+            user_id = self._take_receipt_token(sid, mark.userId, "Marking read too fast: slow down")
+            if user_id not in members:
+                raise Forbidden("You are not a member of this chatroom")
+            if ack is None:
+                self.state.reads.mark_soon(user_id, room, mark.messageId, session.mark_failed)
+            else:
+                self.state.reads.mark_soon(
+                    user_id, room, mark.messageId, self._on_mark_done(sid, room, ack), waited=True
+                )
+        except Exception as exc:
+            self._answer_now(sid, ack, exc)
+        return True
+
+    def typing_now(self, sid: str, data: Any, ack: InlineAck | None) -> bool:
+        """``typing`` as its frame is read, as :meth:`mark_read_now` takes ``markRead``."""
+        if sid not in self._sessions:
+            return False
+        try:
+            typing = validate(Typing, data)
+            members = self.state.members.cached(typing.chatroomId)
+            if members is None:
+                return False
+            user_id = self._take_receipt_token(sid, typing.userId, "Typing notices too fast: slow down")
+            if user_id not in members:
+                raise Forbidden("You are not a member of this chatroom")
+            self.state.typing.update(sid, user_id, typing.chatroomId, typing.typing)
+        except Exception as exc:
+            self._answer_now(sid, ack, exc)
+        else:
+            self._answer_now(sid, ack, {})
+        return True
+
+    def _on_mark_done(self, sid: str, chatroom_id: int, ack: InlineAck) -> MarkDone:
+        def done(result: int | Exception) -> None:
+            self._answer_now(
+                sid, ack, result if isinstance(result, Exception) else {"chatroomId": chatroom_id, "lastReadId": result}
+            )
+
+        return done
+
+    def _on_mark_failure(self, sid: str) -> MarkDone:
+        def done(result: int | Exception) -> None:
+            if isinstance(result, Exception):
+                self._answer_now(sid, None, result)
+
+        return done
+
+    def _answer_now(self, sid: str, ack: InlineAck | None, result: Any) -> None:
+        """What ``_answer`` does, without waiting: the result or error to the ack, else an error as ``exception``."""
+        if not isinstance(result, Exception):
+            if ack is not None:
+                ack(result)
+            return
+        if isinstance(result, ChatError):
+            error = result
+        else:
+            log.error("unhandled error in socket event from %s", sid, exc_info=result)
+            error = ChatError("Internal server error")
+        if ack is not None:
+            ack(error.body())
+        else:
+            self.server.emit_now("exception", {"status": "error", "message": error.message}, to=sid)

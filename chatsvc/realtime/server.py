@@ -25,6 +25,11 @@ tests/test_upstream_contract.py (docs/performance.md has the table):
 * ``socketio.packet.Packet.data_is_binary``, ``reconstruct_binary`` and
   ``decode`` (overridden by ``ChatPacket``, installed through the public
   ``serializer=``), and ``Packet.json``.
+* ``AsyncServer._binary_packet`` (read), and ``socketio.packet.Packet.decode``,
+  ``AsyncServer._handle_eio_message``, ``_handle_event`` and
+  ``_handle_event_internal``, mirrored for the one packet shape that
+  ``ChatSocketServer._inline_message`` takes (``markRead`` and ``typing`` as
+  their frame is read, without python-socketio's dispatch).
 
 Public extension points come first: the manager through ``client_manager=``,
 the packet class through ``serializer=``, reserved event names through
@@ -167,9 +172,14 @@ class LeanManager(socketio.AsyncManager):
         if callback is not None:
             await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, to=to, **kwargs)
             return
-        room = to or room
+        if not self.queue_event(event, data, namespace, to or room, skip_sid):
+            # binary attachments: leave them to the stock path
+            await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, to=to, **kwargs)
+
+    def queue_event(self, event: str, data: Any, namespace: str, room: Any, skip_sid: Any = None) -> bool:
+        """``emit`` without waiting (it never waits for anything else); False, queueing nothing, if binary."""
         if namespace not in self.rooms:
-            return
+            return True
         if isinstance(data, tuple):
             args = list(data)
         elif data is not None:
@@ -177,11 +187,11 @@ class LeanManager(socketio.AsyncManager):
         else:
             args = []
         encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args]).encode()
-        if isinstance(encoded, list):  # binary attachments: leave them to the stock path
-            await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, **kwargs)
-            return
+        if isinstance(encoded, list):
+            return False
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
         self.deliveries += self.server.eio.queue_message(self.get_participants(namespace, room), skip, encoded)
+        return True
 
 
 # Whether the event being handled came with an acknowledgement callback.
@@ -192,6 +202,41 @@ _ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar("ack_reque
 def ack_requested() -> bool:
     """Whether the client wants an acknowledgement for the event being handled."""
     return _ack_requested.get()
+
+
+# The ack of an event handled inline: called once with what the client is to get.
+InlineAck = Callable[[Any], None]
+# An event handled as its frame is read (ChatSocketServer.handle_inline): called with the socket's sid, the event's
+# one argument, and its ack (None if the client asked for none); returns False to leave the event to the full path.
+InlineHandler = Callable[[str, Any, InlineAck | None], bool]
+# Longest ack id taken inline; python-socketio reads up to 100 digits, and the full path still does.
+_INLINE_ACK_DIGITS = 15
+
+
+class _Ack:
+    """The ack of one inline event: the ACK packet queued on the socket, as python-socketio's
+    ``AsyncServer._handle_event_internal`` sends it through ``_send_packet``; counted in flight until then."""
+
+    __slots__ = ("_eio_sid", "_id", "_open", "_server", "_sid")
+
+    def __init__(self, server: ChatSocketServer, sid: str, eio_sid: str, ack_id: int) -> None:
+        self._server, self._sid, self._eio_sid, self._id = server, sid, eio_sid, ack_id
+        self._open = True
+        server._event_started()
+
+    def __call__(self, result: Any) -> None:
+        if not self._open:
+            return
+        server = self._server
+        packet = server.packet_class(sio_packet.ACK, namespace="/", id=self._id, data=[result])
+        server.eio.queue_message(((self._sid, self._eio_sid),), (), packet.encode())
+        self.drop()
+
+    def drop(self) -> None:
+        """Stop counting the event in flight without answering (it went to the full path, which answers)."""
+        if self._open:
+            self._open = False
+            self._server._event_ended()
 
 
 # What a Socket.IO session keeps of the request that opened it: what the connect handler reads (the token may
@@ -217,7 +262,11 @@ class ChatSocketServer(socketio.AsyncServer):
             sio_packet.EVENT, namespace="/", data=["exception", {"status": "error", "message": CUT_OFF_MESSAGE}]
         )
         # python-socketio hands the keyword arguments it does not know to the Engine.IO server.
-        super().__init__(cut_off_notice=notice.encode(), **kwargs)
+        super().__init__(cut_off_notice=notice.encode(), inline_message=self._inline_message, **kwargs)
+        # By '["<event>",', the start of the packet's JSON: the handlers of events taken as their frame is read.
+        self._inline: dict[str, InlineHandler] = {}
+        # Events those handlers took; read by chatsvc/metrics.py when scraped.
+        self.inline_events = 0
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -260,18 +309,77 @@ class ChatSocketServer(socketio.AsyncServer):
         self, server, sid, eio_sid, data, namespace, id
     ):
         _ack_requested.set(id is not None)
-        self._in_flight += 1
-        self._idle.clear()
+        self._event_started()
         started = time.perf_counter()
         try:
             # The ack is sent inside this call, so "idle" means every ack went out.
             return await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
         finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+            self._event_ended()
             if self._event_observer is not None and data:
                 self._event_observer(data[0], time.perf_counter() - started)
+
+    def _event_started(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+
+    def _event_ended(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    def handle_inline(self, event: str, handler: InlineHandler) -> None:
+        """Hand ``event`` of the default namespace to ``handler`` as its WebSocket frame is read.
+
+        No packet object, no task, no trip through the namespace's dispatch: for
+        events clients send for every message they receive (``markRead``) or
+        every few seconds (``typing``), that dispatch cost several times the
+        event's own work. What the handler declines, and every other shape of
+        the event (long-polling, binary, another namespace, a second argument),
+        takes the full path. The event observer does not see these events.
+        """
+        self._inline[SocketJSON.dumps([event])[:-1] + ","] = handler
+
+    def _inline_message(self, eio_sid: str, text: str) -> bool:
+        """Handle a Socket.IO packet (an Engine.IO message's text) inline if it is one of those events; else False.
+
+        Mirrors what python-socketio does with such a packet, for the one shape
+        taken here: ``socketio.packet.Packet.decode`` (type 2 EVENT, no
+        attachment count, no namespace, an optional ack id of digits, a JSON
+        list), ``AsyncServer._handle_eio_message`` (a text frame that follows a
+        binary packet is its attachment, not a packet: ``_binary_packet``),
+        ``_handle_event`` (only for a socket connected to the namespace) and
+        ``_handle_event_internal`` (the ack packet, see ``_Ack``).
+        """
+        if text[:1] != "2" or eio_sid in self._binary_packet:
+            return False
+        at, end = 1, len(text)
+        while at < end and "0" <= text[at] <= "9":
+            at += 1
+        if at - 1 > _INLINE_ACK_DIGITS:
+            return False
+        for prefix, candidate in self._inline.items():
+            if text.startswith(prefix, at):
+                handler = candidate
+                break
+        else:
+            return False
+        try:
+            data = SocketJSON.loads(text[at:])
+        except ValueError:
+            return False  # the full path logs it
+        if type(data) is not list or len(data) != 2:
+            return False
+        sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is None or not self.manager.is_connected(sid, "/"):
+            return False
+        ack = None if at == 1 else _Ack(self, sid, eio_sid, int(text[1:at]))
+        if handler(sid, data[1], ack):
+            self.inline_events += 1
+            return True
+        if ack is not None:
+            ack.drop()
+        return False
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
         self.eio.answer_goodbye(eio_sid, reason)
@@ -313,6 +421,11 @@ class ChatSocketServer(socketio.AsyncServer):
         """Disconnect every socket of this instance in a room."""
         for sid in self.participants(room, namespace):
             await self.disconnect(sid, namespace)
+
+    def emit_now(self, event: str, data: Any, to: str, namespace: str = "/") -> None:
+        """``emit(event, data, to=sid)`` without waiting, for code that cannot (inline handlers); no binary data."""
+        queued = self.manager.queue_event(event, data, namespace, to)
+        assert queued, "emit_now sends no binary data"
 
     def is_connected(self, sid: str, namespace: str = "/") -> bool:
         """Whether python-socketio counts the socket as connected (not before connect, nor after disconnect)."""
