@@ -16,6 +16,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 Params = Sequence[Any] | dict[str, Any]
+# No message id is as large: the upper bound of "every message of the room" (SQLite's and PostgreSQL's largest
+# 64-bit integer).
+NO_ID_ABOVE = 2**63 - 1
 
 
 class Dialect(Protocol):
@@ -49,6 +52,13 @@ class Dialect(Protocol):
 
     def fraction_from_now(self, param: str) -> str:
         """The time ``param`` (a placeholder holding seconds, possibly fractional) from now."""
+
+    def in_room(self, room: str, after: str, before: str) -> str:
+        """A condition on messages ``h``: of room ``room``, with ``after < h.id < before`` (SQL expressions).
+
+        Written so that only the (chatroom_id, id) index can serve it, whatever the planner believes of the
+        rooms' sizes; order such messages by ``h.chatroom_id, h.id`` to read them in index order.
+        """
 
 
 class Connection(Protocol):

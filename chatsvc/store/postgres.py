@@ -81,6 +81,15 @@ class PostgresDialect:
         """The time ``param`` seconds from now, fractions kept (seconds_from_now rounds to whole seconds)."""
         return f"(now() + CAST({param} AS double precision) * interval '1 second')"
 
+    def in_room(self, room: str, after: str, before: str) -> str:
+        """Two row comparisons on (chatroom_id, id): only that index can seek them.
+
+        With ``h.chatroom_id = room AND h.id < before`` the planner may pick the primary key (a walk from
+        ``before`` down, filtered by room) whenever its statistics say one room holds most messages, and
+        that walk crosses every other room's messages: seconds where the index takes microseconds.
+        """
+        return f"(h.chatroom_id, h.id) > ({room}, {after}) AND (h.chatroom_id, h.id) < ({room}, {before})"
+
 
 DIALECT = PostgresDialect()
 

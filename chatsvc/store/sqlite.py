@@ -72,6 +72,10 @@ class SqliteDialect:
         """The time ``param`` seconds from now; SQLite's modifier takes fractions as they are."""
         return self.seconds_from_now(param)
 
+    def in_room(self, room: str, after: str, before: str) -> str:
+        """The room by equality and the id range: SQLite seeks (chatroom_id, id) to the range's end."""
+        return f"h.chatroom_id = {room} AND h.id > {after} AND h.id < {before}"
+
 
 DIALECT = SqliteDialect()
 
