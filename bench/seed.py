@@ -262,7 +262,8 @@ async def seed_history_postgres(url: str, rows: int, members: list[int], log: Lo
         # session_replication_role=replica skipped the triggers too: set the room's newest message, as the trigger
         # that keeps it would have.
         await conn.execute(
-            "UPDATE chatroom SET last_message_id = (SELECT max(id) FROM chat_history WHERE chatroom_id = $1) WHERE id = $1",
+            "UPDATE chatroom SET last_message_id = (SELECT max(id) FROM chat_history WHERE chatroom_id = $1) "
+            "WHERE id = $1",
             room_id,
         )
         # What autovacuum would do soon after a real load: statistics for the planner, hint bits and the visibility
