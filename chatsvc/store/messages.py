@@ -249,16 +249,20 @@ async def search_messages(
         "h.deleted = 0",
         "h.chatroom_id IN (SELECT chatroom_id FROM user_chatroom WHERE user_id = :user)",
     ]
+    newest_first = f"{order} DESC"
     if chatroom_id is not None:
-        conditions.append("h.chatroom_id = :room")
-    if before_id is not None:
+        # One room: a seek into (chatroom_id, id), never a walk of the whole history by id (list_history).
+        conditions.append(conn.dialect.in_room(":room", "0", ":before"))
+        newest_first = f"h.chatroom_id DESC, {newest_first}"
+        before_id = NO_ID_ABOVE if before_id is None else before_id
+    elif before_id is not None:
         conditions.append("h.id < :before")
     rows = await fetch_all(
         conn,
         f"""
         SELECT {MESSAGE_WITH_SENDER} FROM {source} JOIN "user" AS u ON u.id = h.sender_id
         WHERE {" AND ".join(conditions)}
-        ORDER BY {order} DESC LIMIT :limit
+        ORDER BY {newest_first} LIMIT :limit
         """,
         {**params, "user": user_id, "room": chatroom_id, "before": before_id, "limit": limit},
     )
