@@ -149,8 +149,8 @@ async def test_room_list_counts_unread_messages_by_others_and_shows_the_newest(j
     assert (item["lastReadId"], item["unreadCount"], item["lastMessage"]) == (0, 0, None)
 
 
-async def test_each_rooms_newest_message_is_kept_on_its_row(joined, api: Api, db_rows, trio) -> None:
-    alice, bob, room, a, b = joined
+async def test_each_rooms_newest_message_is_kept_on_its_row(joined, api: Api, db_rows) -> None:
+    alice, bob, room, _, b = joined
     other = (await api.get("/chatroom/create-group", alice.token, name="other")).body
 
     def newest(chatroom: int) -> int:
@@ -178,7 +178,7 @@ async def test_each_rooms_newest_message_is_kept_on_its_row(joined, api: Api, db
 
 
 async def test_unread_count_stops_at_the_cap_and_is_exact_below_it(joined, api: Api, db_rows) -> None:
-    alice, bob, room, a, b = joined
+    alice, bob, room, a, _ = joined
     total = UNREAD_COUNT_CAP + 5
     db_rows(
         "INSERT INTO chat_history (content, type, chatroom_id, sender_id) VALUES "
