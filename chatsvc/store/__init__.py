@@ -60,6 +60,10 @@ class Dialect(Protocol):
         rooms' sizes; order such messages by ``h.chatroom_id, h.id`` to read them in index order.
         """
 
+    def search_in_room(self, room: str, before: str | None) -> tuple[str, str]:
+        """For a search within one room: the condition on ``h`` (with ``h.id < before`` unless None) and what goes
+        before the search's order key in ORDER BY (``h.chatroom_id DESC, `` where :meth:`in_room` is used)."""
+
 
 class Connection(Protocol):
     """A connection of either engine, as the store uses it; errors of lost storage raise StorageUnavailable."""

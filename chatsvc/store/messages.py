@@ -251,10 +251,10 @@ async def search_messages(
     ]
     newest_first = f"{order} DESC"
     if chatroom_id is not None:
-        # One room: a seek into (chatroom_id, id), never a walk of the whole history by id (list_history).
-        conditions.append(conn.dialect.in_room(":room", "0", ":before"))
-        newest_first = f"h.chatroom_id DESC, {newest_first}"
-        before_id = NO_ID_ABOVE if before_id is None else before_id
+        # One room: never a walk of the whole history by id (list_history).
+        in_room, order_first = conn.dialect.search_in_room(":room", ":before" if before_id is not None else None)
+        conditions.append(in_room)
+        newest_first = order_first + newest_first
     elif before_id is not None:
         conditions.append("h.id < :before")
     rows = await fetch_all(

@@ -25,7 +25,7 @@ import asyncpg
 from chatsvc.config import url_without_password
 from chatsvc.errors import BadRequest, StartupError, StorageUnavailable
 from chatsvc.order_lock import OrderLock
-from chatsvc.store import Connection, Params
+from chatsvc.store import NO_ID_ABOVE, Connection, Params
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,10 @@ class PostgresDialect:
         that walk crosses every other room's messages: seconds where the index takes microseconds.
         """
         return f"(h.chatroom_id, h.id) > ({room}, {after}) AND (h.chatroom_id, h.id) < ({room}, {before})"
+
+    def search_in_room(self, room: str, before: str | None) -> tuple[str, str]:
+        """The room's range as :meth:`in_room` gives it, read newest first: never a walk of the primary key."""
+        return self.in_room(room, "0", before if before is not None else str(NO_ID_ABOVE)), "h.chatroom_id DESC, "
 
 
 DIALECT = PostgresDialect()

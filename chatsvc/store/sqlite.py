@@ -76,6 +76,10 @@ class SqliteDialect:
         """The room by equality and the id range: SQLite seeks (chatroom_id, id) to the range's end."""
         return f"h.chatroom_id = {room} AND h.id > {after} AND h.id < {before}"
 
+    def search_in_room(self, room: str, before: str | None) -> tuple[str, str]:
+        """The room by equality, the cursor only if given: the full-text index drives the search."""
+        return f"h.chatroom_id = {room}" + (f" AND h.id < {before}" if before is not None else ""), ""
+
 
 DIALECT = SqliteDialect()
 
