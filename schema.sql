@@ -35,7 +35,9 @@ CREATE TABLE IF NOT EXISTS chatroom (
     -- groups: the unique index makes find-or-create safe under races.
     pair_key    TEXT,
     create_time TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    update_time TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    update_time TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    -- The room's newest message (kept by a trigger on chat_history); 0 if none.
+    last_message_id INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS chatroom_pair_key ON chatroom (pair_key) WHERE pair_key IS NOT NULL;
 
@@ -118,6 +120,10 @@ END;
 CREATE TRIGGER IF NOT EXISTS chat_history_moves_sender_read AFTER INSERT ON chat_history BEGIN
     UPDATE user_chatroom SET last_read_id = NEW.id
     WHERE user_id = NEW.sender_id AND chatroom_id = NEW.chatroom_id AND last_read_id < NEW.id;
+END;
+-- Storing a message makes it its room's newest, in the statement that stores it.
+CREATE TRIGGER IF NOT EXISTS chat_history_moves_room_last AFTER INSERT ON chat_history BEGIN
+    UPDATE chatroom SET last_message_id = NEW.id WHERE id = NEW.chatroom_id AND last_message_id < NEW.id;
 END;
 
 CREATE TABLE IF NOT EXISTS friendship (

@@ -259,6 +259,13 @@ async def seed_history_postgres(url: str, rows: int, members: list[int], log: Lo
             )
             done += count
             log(f"  history (PostgreSQL): {done:,}/{rows:,} messages ({time.monotonic() - started:.1f} s)")
+        # session_replication_role=replica skipped the triggers too: set the room's newest message, as the trigger
+        # that keeps it would have.
+        await conn.execute(
+            "UPDATE chatroom SET last_message_id = (SELECT max(id) FROM chat_history WHERE chatroom_id = $1) "
+            "WHERE id = $1",
+            room_id,
+        )
         # What autovacuum would do soon after a real load: statistics for the planner, hint bits and the visibility
         # map set, so that the first reads of each page do not write it.
         await conn.execute("VACUUM (ANALYZE) chat_history")

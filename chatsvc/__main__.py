@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import logging
 import sys
 from typing import Any
@@ -105,16 +106,28 @@ def _run(argv: list[str] | None) -> int:
         print(demo_banner(config, seed, page), flush=True)
         if not args.no_browser:
             on_ready = functools.partial(_announce_and_open, config, urls, page)
+    app = create_app(config)
+    app.on_startup.append(_freeze_startup_objects)
     # access_log=None: chatsvc/http/observe.py writes the one line per request.
     # print: run_app calls it once every socket listens, which is when the start-up line is true.
     web.run_app(
-        create_app(config),
+        app,
         sock=sockets,
         print=on_ready,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         access_log=None,
     )
     return 0
+
+
+async def _freeze_startup_objects(_app: web.Application) -> None:
+    """Keep what start-up made (modules, classes, the app) out of every later collection of the oldest generation.
+
+    Those objects live as long as the process; without this each full collection walks them all again while
+    messages wait (docs/performance.md, "Stalls in D"). Runs before the first socket listens.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _announce(config: Config, urls: list[str], _aiohttp_banner: str = "") -> None:

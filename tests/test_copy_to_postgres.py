@@ -74,6 +74,8 @@ async def test_copy_to_postgres_round_trips_a_demo_database(tmp_path: Path, post
             sender,
         )
         assert new_id == max(row[0][1] for row in before["chat_history"]) + 1
+        # The copied rooms keep their newest message (compared above), and the trigger moves it on from there.
+        assert await conn.fetchval("SELECT last_message_id FROM chatroom WHERE id = $1", room) == new_id
     finally:
         await conn.close()
 

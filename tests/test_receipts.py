@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chatsvc.config import Config
+from chatsvc.store.reads import UNREAD_COUNT_CAP
 from tests.conftest import make_config
 from tests.helpers import (
     EVENT_TIMEOUT,
@@ -146,6 +147,48 @@ async def test_room_list_counts_unread_messages_by_others_and_shows_the_newest(j
     group = (await api.get("/chatroom/create-group", alice.token, name="quiet")).body
     item = await listed(api, alice, group)
     assert (item["lastReadId"], item["unreadCount"], item["lastMessage"]) == (0, 0, None)
+
+
+async def test_each_rooms_newest_message_is_kept_on_its_row(joined, api: Api, db_rows) -> None:
+    alice, bob, room, _, b = joined
+    other = (await api.get("/chatroom/create-group", alice.token, name="other")).body
+
+    def newest(chatroom: int) -> int:
+        return int(db_rows("SELECT last_message_id FROM chatroom WHERE id = ?", (chatroom,))[0][0])
+
+    assert (newest(room), newest(other)) == (0, 0)
+    sent = [await b.send(bob, room, f"m{i}") for i in range(3)]
+    assert (newest(room), newest(other)) == (sent[-1]["id"], 0)
+    # One statement storing into two rooms (as a batch of the writer does) moves each room to its own newest.
+    rows = [("x", 0, room, bob.id), ("y", 0, other, alice.id), ("z", 0, room, bob.id), ("w", 0, other, alice.id)]
+    db_rows(
+        "INSERT INTO chat_history (content, type, chatroom_id, sender_id) VALUES "
+        + ", ".join(["(?, ?, ?, ?)"] * len(rows)),
+        tuple(value for row in rows for value in row),
+    )
+    stored = db_rows("SELECT chatroom_id, max(id) FROM chat_history GROUP BY chatroom_id")
+    assert {newest(room), newest(other)} == {int(high) for _, high in stored}
+    assert (await listed(api, alice, other))["lastMessage"]["id"] == newest(other)
+    # A deleted message keeps its place: it is still the room's newest, shown deleted.
+    last = (await listed(api, alice, room))["lastMessage"]
+    assert (await b.call("deleteMessage", {"messageId": last["id"]}))["id"] == last["id"]
+    assert newest(room) == last["id"]
+    item = await listed(api, alice, room)
+    assert (item["lastMessage"]["id"], item["lastMessage"]["deleted"]) == (last["id"], True)
+
+
+async def test_unread_count_stops_at_the_cap_and_is_exact_below_it(joined, api: Api, db_rows) -> None:
+    alice, bob, room, a, _ = joined
+    total = UNREAD_COUNT_CAP + 5
+    db_rows(
+        "INSERT INTO chat_history (content, type, chatroom_id, sender_id) VALUES "
+        + ", ".join([f"('unread', 0, {int(room)}, {int(bob.id)})"] * total)
+    )
+    assert (await listed(api, alice, room))["unreadCount"] == UNREAD_COUNT_CAP
+    ids = [int(row[0]) for row in db_rows("SELECT id FROM chat_history WHERE chatroom_id = ? ORDER BY id", (room,))]
+    # Read up to the sixth: 999 left, counted exactly.
+    await a.call("markRead", {"chatroomId": room, "messageId": ids[5]})
+    assert (await listed(api, alice, room))["unreadCount"] == total - 6 == UNREAD_COUNT_CAP - 1
 
 
 async def test_room_list_by_activity_puts_the_room_with_the_newest_message_first(api: Api, sockets, trio) -> None:

@@ -16,6 +16,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 Params = Sequence[Any] | dict[str, Any]
+# No message id is as large: the upper bound of "every message of the room" (SQLite's and PostgreSQL's largest
+# 64-bit integer).
+NO_ID_ABOVE = 2**63 - 1
 
 
 class Dialect(Protocol):
@@ -41,9 +44,11 @@ class Dialect(Protocol):
         """The parameter value for a list placeholder of :meth:`in_list`."""
 
     def search(self, text: str, one_room: bool) -> tuple[str, str, str, dict[str, Any]]:
-        """Messages ``h`` holding ``text`` (any case) in rooms of memberships ``m``: FROM, condition, order key, params.
+        """Messages ``h`` holding ``text`` (any case) in rooms of memberships ``m``: FROM, condition, newest-first
+        ORDER BY, params.
 
-        The FROM clause may use ``:top`` (the highest message id wanted); ``one_room``: ``m`` is one membership.
+        The FROM clause and the condition may use ``:top`` (the highest message id wanted); ``one_room``: ``m`` is
+        one membership, of room ``:room``.
         """
 
     # Appended to a SELECT that claims rows, so that concurrent claimers pass over each other's rows
@@ -52,6 +57,13 @@ class Dialect(Protocol):
 
     def fraction_from_now(self, param: str) -> str:
         """The time ``param`` (a placeholder holding seconds, possibly fractional) from now."""
+
+    def in_room(self, room: str, after: str, before: str) -> str:
+        """A condition on messages ``h``: of room ``room``, with ``after < h.id < before`` (SQL expressions).
+
+        Written so that only the (chatroom_id, id) index can serve it, whatever the planner believes of the
+        rooms' sizes; order such messages by ``h.chatroom_id, h.id`` to read them in index order.
+        """
 
 
 class Connection(Protocol):

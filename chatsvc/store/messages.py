@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatsvc.store import Connection, fetch_all, fetch_one
+from chatsvc.store import NO_ID_ABOVE, Connection, fetch_all, fetch_one
 from chatsvc.store.settings import SYSTEM_USER_SETTING
 
 TEXT, IMAGE, FILE = 0, 1, 2
@@ -102,24 +102,32 @@ async def list_history(
 
     With ``after_id``: the oldest ``limit`` messages after it (catching up).
     Otherwise the newest ``limit`` messages, before ``before_id`` if given.
-    Either way one indexed range scan on (chatroom_id, id).
+    Either way one indexed range scan on (chatroom_id, id), also on a
+    PostgreSQL whose statistics say one room holds nearly every message.
     """
-    # Conditions are added only when present: "(:x IS NULL OR id < :x)" would
-    # hide the range from the planner and scan the room from its newest end.
-    conditions = ["h.chatroom_id = :room"]
-    if before_id is not None:
-        conditions.append("h.id < :before")
-    if after_id is not None:
-        conditions.append("h.id > :after")
+    # The range is always bounded (ids start at 1; NO_ID_ABOVE is past every id), so one statement serves every
+    # page as a seek into (chatroom_id, id): the dialect writes it so that no planner can prefer the primary key.
+    # The page is cut before the senders are joined: PostgreSQL misjudges how many rows a row comparison keeps,
+    # and would otherwise join (and sort) the whole room before the LIMIT.
     order = "ASC" if after_id is not None else "DESC"
     rows = await fetch_all(
         conn,
         f"""
-        SELECT {MESSAGE_WITH_SENDER} FROM chat_history AS h JOIN "user" AS u ON u.id = h.sender_id
-        WHERE {" AND ".join(conditions)}
-        ORDER BY h.id {order} LIMIT :limit
+        SELECT {MESSAGE_WITH_SENDER}
+        FROM (
+            SELECT * FROM chat_history AS h
+            WHERE {conn.dialect.in_room(":room", ":after", ":before")}
+            ORDER BY h.chatroom_id {order}, h.id {order} LIMIT :limit
+        ) AS h
+        JOIN "user" AS u ON u.id = h.sender_id
+        ORDER BY h.id {order}
         """,
-        {"room": chatroom_id, "limit": limit, "before": before_id, "after": after_id},
+        {
+            "room": chatroom_id,
+            "limit": limit,
+            "before": NO_ID_ABOVE if before_id is None else before_id,
+            "after": 0 if after_id is None else after_id,
+        },
     )
     if order == "DESC":
         rows.reverse()
@@ -236,7 +244,7 @@ async def search_messages(
     apart, so a search in one room reads that room's only; ``text`` is always
     a bound parameter and matched literally.
     """
-    source, condition, order, params = conn.dialect.search(text, chatroom_id is not None)
+    source, condition, newest_first, params = conn.dialect.search(text, chatroom_id is not None)
     conditions = ["m.user_id = :user", condition, "h.type = 0", "h.deleted = 0"]
     if chatroom_id is not None:
         conditions.append("m.chatroom_id = :room")
@@ -248,7 +256,7 @@ async def search_messages(
         f"""
         SELECT {MESSAGE_WITH_SENDER} FROM {source} JOIN "user" AS u ON u.id = h.sender_id
         WHERE {" AND ".join(conditions)}
-        ORDER BY {order} DESC LIMIT :limit
+        ORDER BY {newest_first} LIMIT :limit
         """,
         {**params, "user": user_id, "room": chatroom_id, "before": before_id, "top": top, "limit": limit},
     )

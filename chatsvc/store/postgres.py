@@ -76,21 +76,38 @@ class PostgresDialect:
 
         The query's own terms (three characters or more, or a CJK pair) are
         looked up among the room's in the GIN index; two characters that are
-        not both CJK have none, and the room is scanned.
+        not both CJK have none, and the room is scanned. In one room, the
+        messages are not joined to the membership by room: that equality
+        would let the planner walk the primary key filtered by room (see
+        :meth:`in_room`), so the room's range is given as :meth:`in_room`'s.
         """
         escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         condition = "h.content ILIKE :pattern ESCAPE '\\'"
+        params = {"pattern": f"%{escaped}%", "part": text}
+        room = ":room" if one_room else "m.chatroom_id"
         if len(text) >= 3 or is_cjk_pair(text):
-            terms = "chat_search_terms(h.chatroom_id, h.content) @> chat_search_terms(m.chatroom_id, :part)"
+            terms = f"chat_search_terms(h.chatroom_id, h.content) @> chat_search_terms({room}, :part)"
             condition = f"{terms} AND {condition}"
+        if one_room:
+            condition = f"{self.in_room(':room', '0', 'CAST(:top AS bigint) + 1')} AND {condition}"
+            return "user_chatroom AS m CROSS JOIN chat_history AS h", condition, "h.chatroom_id DESC, h.id DESC", params
         source = "user_chatroom AS m JOIN chat_history AS h ON h.chatroom_id = m.chatroom_id"
-        return source, condition, "h.id", {"pattern": f"%{escaped}%", "part": text}
+        return source, condition, "h.id DESC", params
 
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def fraction_from_now(self, param: str) -> str:
         """The time ``param`` seconds from now, fractions kept (seconds_from_now rounds to whole seconds)."""
         return f"(now() + CAST({param} AS double precision) * interval '1 second')"
+
+    def in_room(self, room: str, after: str, before: str) -> str:
+        """Two row comparisons on (chatroom_id, id): only that index can seek them.
+
+        With ``h.chatroom_id = room AND h.id < before`` the planner may pick the primary key (a walk from
+        ``before`` down, filtered by room) whenever its statistics say one room holds most messages, and
+        that walk crosses every other room's messages: seconds where the index takes microseconds.
+        """
+        return f"(h.chatroom_id, h.id) > ({room}, {after}) AND (h.chatroom_id, h.id) < ({room}, {before})"
 
 
 DIALECT = PostgresDialect()
@@ -174,6 +191,18 @@ async def _init_connection(raw: asyncpg.Connection) -> None:
     await raw.set_type_codec(
         "timestamptz", schema="pg_catalog", encoder=_encode_time, decoder=_decode_time, format="tuple"
     )
+
+
+async def _keep_session(raw: asyncpg.Connection) -> None:
+    """What a pooled connection needs undone when it comes back: nothing, so no round trip per statement.
+
+    asyncpg's default reset (``RESET ALL``, ``UNLISTEN *``, ``CLOSE ALL``, ``pg_advisory_unlock_all()``) is
+    one more round trip after every statement. The store changes no session state on pooled connections:
+    settings are given at connect (``server_settings``, which ``RESET ALL`` would keep anyway), migrations
+    lock with ``pg_advisory_xact_lock`` (released at commit), and the advisory locks held for the whole
+    session (the serving claim, the order lock) live on connections of their own. An open transaction is
+    still rolled back by the pool before this is called.
+    """
 
 
 class PostgresConnection:
@@ -315,6 +344,7 @@ class PostgresDatabase:
                 min_size=1,
                 max_size=self.pool_size,
                 init=_init_connection,
+                reset=_keep_session,
                 timeout=CONNECT_TIMEOUT_SECONDS,
                 command_timeout=STATEMENT_TIMEOUT_SECONDS,
                 # An acknowledged message is on the server's disk; times are UTC whatever the server's zone.

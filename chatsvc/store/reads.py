@@ -10,6 +10,9 @@ from chatsvc.store.rooms import list_rooms_of_user
 
 # Most read positions one statement moves (three bound values each; SQLite allows 32766).
 MAX_MARKS_PER_STATEMENT = 1000
+# Unread messages are counted up to this many (docs/http-api.md): a room never read, of millions of messages,
+# costs no more than this to count, and a client shows "999+" as chat apps do.
+UNREAD_COUNT_CAP = 1000
 
 
 async def mark_read(conn: Connection, marks: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
@@ -23,17 +26,23 @@ async def mark_read(conn: Connection, marks: list[tuple[int, int, int]]) -> list
     """
     assert 0 < len(marks) <= MAX_MARKS_PER_STATEMENT
     values = ", ".join(["(CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS BIGINT))"] * len(marks))
-    # VALUES columns are column1.. on both engines. The room's newest message at or before the mark is
-    # one descending step of the (chatroom_id, id) index.
+    # VALUES columns are column1.. on both engines. A mark at or past the room's newest message (what a client
+    # that shows the room sends) reads the room's row; only an older mark looks for the message at or before it,
+    # one descending step of the (chatroom_id, id) index. A room that does not exist gives NULL: nothing moves.
     return await fetch_all(
         conn,
         f"""
         UPDATE user_chatroom
         SET last_read_id = target.position
         FROM (
-            SELECT mark.column1 AS reader, mark.column2 AS room, coalesce((
-                SELECT max(h.id) FROM chat_history AS h WHERE h.chatroom_id = mark.column2 AND h.id <= mark.column3
-            ), 0) AS position
+            SELECT mark.column1 AS reader, mark.column2 AS room, (
+                SELECT CASE WHEN mark.column3 >= c.last_message_id THEN c.last_message_id ELSE coalesce((
+                    SELECT h.id FROM chat_history AS h
+                    WHERE {conn.dialect.in_room("mark.column2", "0", "mark.column3 + 1")}
+                    ORDER BY h.chatroom_id DESC, h.id DESC LIMIT 1
+                ), 0) END
+                FROM chatroom AS c WHERE c.id = mark.column2
+            ) AS position
             FROM (VALUES {values}) AS mark
         ) AS target
         WHERE user_id = target.reader AND chatroom_id = target.room AND last_read_id < target.position
@@ -73,20 +82,29 @@ async def list_unread_of_user(conn: Connection, user_id: int) -> dict[int, dict[
     """For each room of the user: ``lastReadId``, ``unreadCount`` and ``lastMessage`` (with sender, or None).
 
     Two statements whatever the number of rooms: the positions with counts and
-    the newest message ids (index range scans from the read position on), then
-    those messages with their senders. A count costs what is unread.
+    the rooms' newest message ids (kept on each room's row), then those
+    messages with their senders. A count is made only for a room with
+    something after the read position, and stops at UNREAD_COUNT_CAP: it
+    costs what is unread, at most that many index entries (and those of the
+    reader's own messages among them).
     """
+    in_room = conn.dialect.in_room("m.chatroom_id", "m.last_read_id", "c.last_message_id + 1")
     rows = await fetch_all(
         conn,
-        """
+        f"""
         SELECT
             m.chatroom_id AS "chatroomId",
             m.last_read_id AS "lastReadId",
-            (SELECT count(*) FROM chat_history AS h
-             WHERE h.chatroom_id = m.chatroom_id AND h.id > m.last_read_id AND h.sender_id != m.user_id
-            ) AS "unreadCount",
-            (SELECT max(h.id) FROM chat_history AS h WHERE h.chatroom_id = m.chatroom_id) AS "lastMessageId"
+            CASE WHEN c.last_message_id > m.last_read_id THEN (
+                SELECT count(*) FROM (
+                    SELECT 1 FROM chat_history AS h
+                    WHERE {in_room} AND h.sender_id != m.user_id
+                    LIMIT {UNREAD_COUNT_CAP}
+                ) AS unread
+            ) ELSE 0 END AS "unreadCount",
+            nullif(c.last_message_id, 0) AS "lastMessageId"
         FROM user_chatroom AS m
+        JOIN chatroom AS c ON c.id = m.chatroom_id
         WHERE m.user_id = ?
         """,
         (user_id,),

@@ -72,14 +72,14 @@ class SqliteDialect:
             pair = "user_chatroom AS m JOIN chat_history AS h ON h.chatroom_id = m.chatroom_id"
             if not one_room:
                 pair = "chat_history AS h CROSS JOIN user_chatroom AS m ON m.chatroom_id = h.chatroom_id"
-            return pair, "instr(lower(h.content), lower(:part)) > 0", "h.id", {"part": text}
+            return pair, "instr(lower(h.content), lower(:part)) > 0", "h.id DESC", {"part": text}
         room = f"m.chatroom_id * {ROOM_STRIDE}"
         # CROSS JOIN fixes the order (SQLite does not reorder it): the room, then its range of the index.
         if one_room:
             source = f"""user_chatroom AS m
                 CROSS JOIN {table} AS s ON s.{table} MATCH :match AND s.rowid BETWEEN {room} AND {room} + :top
                 JOIN chat_history AS h ON h.id = s.rowid - {room}"""
-            return source, "1", "s.rowid", {"match": match}
+            return source, "1", "s.rowid DESC", {"match": match}
         # Across rooms: the index once, each match's room (its rowid's high half) checked against the caller's
         # rooms, and only the newest ``limit`` of them (by the rowid's low half, the id) read from the history.
         source = f"""(
@@ -90,7 +90,7 @@ class SqliteDialect:
             ) AS hit
             JOIN user_chatroom AS m ON m.user_id = :user AND m.chatroom_id = hit.room
             JOIN chat_history AS h ON h.id = hit.id"""
-        return source, "1", "h.id", {"match": match}
+        return source, "1", "h.id DESC", {"match": match}
 
     # The write lock makes a claiming UPDATE exclusive already.
     skip_locked = ""
@@ -98,6 +98,10 @@ class SqliteDialect:
     def fraction_from_now(self, param: str) -> str:
         """The time ``param`` seconds from now; SQLite's modifier takes fractions as they are."""
         return self.seconds_from_now(param)
+
+    def in_room(self, room: str, after: str, before: str) -> str:
+        """The room by equality and the id range: SQLite seeks (chatroom_id, id) to the range's end."""
+        return f"h.chatroom_id = {room} AND h.id > {after} AND h.id < {before}"
 
 
 DIALECT = SqliteDialect()
