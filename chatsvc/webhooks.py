@@ -31,7 +31,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -93,9 +93,11 @@ def delivery_id(message_id: int) -> str:
 class OnlineLog:
     """Which members had a socket of this instance in the room when each message was delivered here."""
 
-    def __init__(self, size: int = ONLINE_LOG_SIZE) -> None:
+    def __init__(self, size: int = ONLINE_LOG_SIZE, *, relay: bool = False) -> None:
         self._online: OrderedDict[int, frozenset[int]] = OrderedDict()
         self._size = size
+        # With the sender in a process of its own: what was recorded since it was last passed on to it.
+        self._relay: dict[int, frozenset[int]] | None = {} if relay else None
         # The newest message delivered to this instance's sockets: the sender waits for it.
         self.delivered_up_to = 0
         self.delivered = asyncio.Event()
@@ -113,9 +115,24 @@ class OnlineLog:
             self._online[message_id] = online
             if len(self._online) > self._size:
                 self._online.popitem(last=False)
+            if self._relay is not None:
+                self._relay[message_id] = online
+        self.advance(message_id)
+
+    def advance(self, message_id: int) -> None:
+        """Count every message up to ``message_id`` as delivered here."""
         if message_id > self.delivered_up_to:
             self.delivered_up_to = message_id
         self.delivered.set()
+
+    def take_relayed(self) -> dict[int, frozenset[int]]:
+        """What was recorded (with someone online) since the last call; only with ``relay``."""
+        taken, self._relay = self._relay or {}, {}
+        return taken
+
+    def remembered(self) -> dict[int, frozenset[int]]:
+        """Every message's online members still remembered (what a restarted sender process is told)."""
+        return dict(self._online)
 
     async def settled_up_to(self) -> int:
         """The newest message every instance has delivered: who was online is known up to it."""
@@ -145,8 +162,12 @@ class RedisOnlineLog(OnlineLog):
     sockets, and members online elsewhere may be notified.
     """
 
-    def __init__(self, url: str, channel: str, size: int = ONLINE_LOG_SIZE) -> None:
-        super().__init__(size)
+    def __init__(
+        self, url: str, channel: str, size: int = ONLINE_LOG_SIZE, *, relay: bool = False, report: bool = True
+    ) -> None:
+        super().__init__(size, relay=relay)
+        # False in a sender process: the server process it serves reports what its fan-out records.
+        self._reporting = report
         self._url = url
         self._prefix = f"{channel}:webhook"
         self._host = uuid.uuid4().hex
@@ -159,7 +180,8 @@ class RedisOnlineLog(OnlineLog):
         """Connect and start reporting."""
         await super().start(delivered_up_to)
         self._redis = aioredis.Redis.from_url(self._url, socket_connect_timeout=2.0, socket_timeout=2.0)
-        self._task = asyncio.create_task(self._reporter(), name="chatsvc-webhook-online-log")
+        if self._reporting:
+            self._task = asyncio.create_task(self._reporter(), name="chatsvc-webhook-online-log")
 
     async def close(self) -> None:
         """Stop reporting and leave the set of live instances."""
@@ -168,13 +190,16 @@ class RedisOnlineLog(OnlineLog):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._redis is not None:
-            with contextlib.suppress(Exception):
-                await self._redis.hdel(f"{self._prefix}:delivered", self._host)
+            if self._reporting:
+                with contextlib.suppress(Exception):
+                    await self._redis.hdel(f"{self._prefix}:delivered", self._host)
             await self._redis.aclose()
 
     def record(self, message_id: int, online: frozenset[int]) -> None:
         """Remember here, and report to the other instances soon."""
         super().record(message_id, online)
+        if not self._reporting:
+            return
         if online:
             self._unreported[message_id] = online
         self._report.set()
@@ -248,7 +273,9 @@ class RedisOnlineLog(OnlineLog):
 class WebhookSender:
     """Drains the webhook outbox: one signed POST per message, retried with backoff, one instance at a time."""
 
-    def __init__(self, config: Config, db: Database, online: OnlineLog) -> None:
+    def __init__(
+        self, config: Config, db: Database, online: OnlineLog, on_round: Callable[[list[int]], None] | None = None
+    ) -> None:
         assert config.webhook_url is not None and config.webhook_secret is not None
         self._url = config.webhook_url
         self._secret = config.webhook_secret
@@ -258,6 +285,8 @@ class WebhookSender:
         self._timeout = config.webhook_timeout
         self._db = db
         self._online = online
+        # Told, after each round, the messages whose deliveries it settled (a sender process reports them).
+        self._on_round = on_round
         # Other instances use the database too (they share rooms through Redis): claims take leases.
         self._shared = config.redis_url is not None
         self._task: asyncio.Task[None] | None = None
@@ -271,10 +300,13 @@ class WebhookSender:
         # Deliveries with no one to tell: every member but the sender was online (or the message is gone).
         self.unneeded = 0
 
-    async def start(self) -> None:
-        """Start sending (after the database is open): messages stored before now count as delivered."""
+    async def start(self, delivered_up_to: int | None = None) -> None:
+        """Start sending (after the database is open): messages stored before now, or up to
+        ``delivered_up_to`` (what the server process counted so), count as delivered."""
         # Rows left by an earlier process are due at once: their messages were delivered (or never will be).
-        await self._online.start(await newest_message_id(self._db.reader))
+        if delivered_up_to is None:
+            delivered_up_to = await newest_message_id(self._db.reader)
+        await self._online.start(delivered_up_to)
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._timeout), connector=aiohttp.TCPConnector(limit=CONNECTIONS)
         )
@@ -326,6 +358,7 @@ class WebhookSender:
             )
 
         rows = await (self._db.write_statement(claim) if lease is not None else claim(self._db.reader))
+        done: list[int] = []
         if rows:
             ids = [int(row["messageId"]) for row in rows]
             messages = await list_messages_with_members(self._db.reader, ids)
@@ -350,6 +383,8 @@ class WebhookSender:
             self.failed += outcomes.count(FAILED)
             self.unneeded += outcomes.count(UNNEEDED)
         self.pending = await count_pending(self._db.reader)
+        if self._on_round is not None:
+            self._on_round(done)
         return len(rows)
 
     async def _attempt(

@@ -26,6 +26,7 @@ from chatsvc.app import create_app
 from chatsvc.config import Config
 from chatsvc.state import STATE
 from chatsvc.testing import ChatsvcServer, run_chatsvc
+from chatsvc.webhook_process import WebhookProcess
 from chatsvc.webhooks import WebhookSender, sign
 from tests.conftest import make_config
 from tests.helpers import Api, SocketClient, User, connect_socket, send_payload, until
@@ -142,9 +143,17 @@ def config(tmp_path: Path, receiver: Receiver) -> Config:
     return make_config(tmp_path, **webhook_settings(receiver))
 
 
-def sender_of(server: ChatsvcServer) -> WebhookSender:
+def sender_of(server: ChatsvcServer) -> WebhookSender | WebhookProcess:
     webhooks = server.state.webhooks
     assert webhooks is not None
+    return webhooks
+
+
+async def sending(server: ChatsvcServer) -> WebhookSender | WebhookProcess:
+    """The sender, once it makes rounds (a sender process takes a moment to start)."""
+    webhooks = sender_of(server)
+    if isinstance(webhooks, WebhookProcess):
+        await asyncio.wait_for(webhooks.ready.wait(), DEADLINE)
     return webhooks
 
 
@@ -229,6 +238,8 @@ async def test_webhook_gives_up_after_the_retry_window(
         alice, bob = await api.new_user(), await api.new_user()
         room = await api.one_to_one(alice, bob)
         a = await connect_socket(server.base_url, alice.token)
+        # The retry window runs from the message's time: the first attempt must come within it.
+        await sending(server)
         try:
             await a.send(alice, room)
             await settled(server, 1)
