@@ -35,7 +35,6 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-import aiohttp
 import orjson
 from redis import asyncio as aioredis
 
@@ -50,11 +49,11 @@ from chatsvc.store.webhooks import (
     newest_message_id,
     postpone_deliveries,
 )
+from chatsvc.webhook_client import WebhookClient
 
 log = logging.getLogger(__name__)
 
 EVENT_TYPE = "message.unseen"
-SIGNATURE_HEADER = "X-Chatsvc-Signature"
 # Deliveries claimed (and sent concurrently) per round, and the shortest time from one round to the next.
 CLAIM_BATCH = 256
 # Calls under way at once.
@@ -290,7 +289,7 @@ class WebhookSender:
         # Other instances use the database too (they share rooms through Redis): claims take leases.
         self._shared = config.redis_url is not None
         self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._client: WebhookClient | None = None
         self._next_retry = POLL_SECONDS
         # Read by chatsvc/metrics.py when scraped.
         self.pending = 0
@@ -307,9 +306,7 @@ class WebhookSender:
         if delivered_up_to is None:
             delivered_up_to = await newest_message_id(self._db.reader)
         await self._online.start(delivered_up_to)
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._timeout), connector=aiohttp.TCPConnector(limit=CONNECTIONS)
-        )
+        self._client = WebhookClient(self._url, connections=CONNECTIONS, timeout=self._timeout)
         self._task = asyncio.create_task(self._run(), name="chatsvc-webhook-sender")
 
     async def close(self) -> None:
@@ -319,9 +316,9 @@ class WebhookSender:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
         await self._online.close()
 
     async def _run(self) -> None:
@@ -422,16 +419,11 @@ class WebhookSender:
 
     async def _post(self, body: bytes) -> str | None:
         """POST a signed body; None on a 2xx answer, else what went wrong."""
-        assert self._session is not None
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self._secret, int(time.time()), body)}
-        try:
-            async with self._session.post(self._url, data=body, headers=headers, allow_redirects=False) as response:
-                await response.read()
-                return None if 200 <= response.status < 300 else f"HTTP {response.status}"
-        except TimeoutError:
-            return f"no answer within {self._timeout:g}s"
-        except aiohttp.ClientError as exc:
-            return f"{type(exc).__name__}: {exc}"
+        assert self._client is not None
+        answer = await self._client.post(body, sign(self._secret, int(time.time()), body))
+        if isinstance(answer, str):
+            return answer
+        return None if 200 <= answer < 300 else f"HTTP {answer}"
 
 
 def _unix_time(stored: str) -> float:
