@@ -85,6 +85,8 @@ class WebhookProcess(SenderCounts):
         # The running child's process id (None between children), and how many were started.
         self.pid: int | None = None
         self.starts = 0
+        # How the last child ended (0: it stopped by itself once its stdin closed; -9: it was killed).
+        self.exit_status: int | None = None
         # Set once a child has made its first round (it is sending); cleared when it exits.
         self.ready = asyncio.Event()
 
@@ -109,6 +111,7 @@ class WebhookProcess(SenderCounts):
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
+            self.exit_status = process.returncode
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -173,6 +176,7 @@ class WebhookProcess(SenderCounts):
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
             self._process, self.pid = None, None
+            self.exit_status = process.returncode
 
     async def _feed(self, stdin: asyncio.StreamWriter) -> None:
         """Pass the fan-out's records on to the child as they come, one line per burst."""
@@ -256,6 +260,7 @@ async def _serve() -> None:
                 online.record(message_id, frozenset(users))
             online.advance(delivered_up_to)
         # End of input: the server closed it, or is gone.
+        log.debug("webhook sender process stopping: its server closed the pipe")
     finally:
         await sender.close()
         await db.close()

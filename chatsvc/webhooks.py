@@ -206,7 +206,8 @@ class RedisOnlineLog(OnlineLog):
     async def _reporter(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._report.wait(), REPORT_SECONDS)
+                async with asyncio.timeout(REPORT_SECONDS):  # not wait_for: see WebhookSender._run
+                    await self._report.wait()
             self._report.clear()
             batch, self._unreported = self._unreported, {}
             up_to = self.delivered_up_to
@@ -336,8 +337,11 @@ class WebhookSender:
                 claimed = 0
             if claimed < CLAIM_BATCH:
                 self._online.delivered.clear()
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancel that comes as the event is
+                # set (the last records before shutdown), and close() would then wait for ever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._online.delivered.wait(), self._next_retry)
+                    async with asyncio.timeout(self._next_retry):
+                        await self._online.delivered.wait()
             # Rounds are spaced so that, under load, each takes many deliveries: the round's disk syncs
             # then stay few beside the writer's, whose batches they would otherwise match one for one.
             await asyncio.sleep(max(0.0, began + ROUND_SECONDS - loop.time()))

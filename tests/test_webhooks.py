@@ -385,12 +385,21 @@ async def test_sender_process_is_started_again_after_being_killed_and_is_told_wh
 
 async def test_shutdown_stops_the_sender_process(tmp_path: Path, receiver: Receiver, database_url: str | None) -> None:
     config = make_config(tmp_path, **webhook_settings(receiver), database_url=database_url)
-    async with run_chatsvc(config) as server:
+    async with run_chatsvc(config) as server, aiohttp.ClientSession() as session:
         webhooks = await sending(server)
         assert isinstance(webhooks, WebhookProcess) and webhooks.pid is not None
         pid = webhooks.pid
-        assert not gone(pid)
-    # Waited for, so reaped: no process by that id is left.
+        api = Api(server.base_url, session)
+        alice, bob = await api.new_user(), await api.new_user()
+        room = await api.one_to_one(alice, bob)
+        a = await connect_socket(server.base_url, alice.token)
+        try:
+            await a.send(alice, room)
+            await settled(server, 1)
+        finally:
+            await a.disconnect()
+    # It stopped by itself once told (not killed after the wait), and was waited for: no process is left.
+    assert webhooks.exit_status == 0
     assert process_state(pid) is None
 
 
