@@ -271,7 +271,12 @@ def main() -> int:
     """``python -m chatsvc.webhook_process``: the sender process the server starts (not to be run by hand)."""
     # Ctrl-C reaches the whole process group: the server stops this child itself, after its last records.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(_serve())
+    try:
+        import uvloop  # as the server does (chatsvc/__main__.py): less CPU per call
+    except ImportError:
+        asyncio.run(_serve())
+    else:
+        uvloop.run(_serve())
     return 0
 
 
