@@ -83,21 +83,26 @@ class WebhookBench(Bench):
         self.calls += 1
         return web.Response(status=204)
 
-    async def _pending(self) -> float | None:
-        """chatsvc's ``chatsvc_webhook_pending`` gauge."""
+    async def _gauge(self, name: str) -> float | None:
+        """One of chatsvc's gauges (``chatsvc_webhook_pending``, ``chatsvc_webhook_sender_up``)."""
         assert self.http is not None and self.chatsvc is not None
         async with self.http.get(self.chatsvc.url + "/metrics") as resp:
             for line in (await resp.text()).splitlines():
-                if line.startswith("chatsvc_webhook_pending "):
+                if line.startswith(name + " "):
                     return float(line.split()[1])
         return None
 
-    async def _drain(self, calls_before: int) -> dict[str, Any]:
-        """Wait (bounded) until the outbox is empty; what the receiver got."""
+    async def _pending(self) -> float | None:
+        """chatsvc's ``chatsvc_webhook_pending`` gauge."""
+        return await self._gauge("chatsvc_webhook_pending")
+
+    async def _drain(self, calls_before: int, stored: int) -> dict[str, Any]:
+        """Wait (bounded) until the outbox is empty and a call came for each message stored; what the receiver got."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_S
         pending = await self._pending()
-        while pending and loop.time() < deadline:
+        # The gauge is as of the sender's last round: the calls tell whether it has seen the last messages.
+        while (pending or self.calls - calls_before < stored) and loop.time() < deadline:
             await asyncio.sleep(0.2)
             pending = await self._pending()
         return {"calls": self.calls - calls_before, "pending_after_drain": pending}
@@ -121,10 +126,15 @@ class WebhookBench(Bench):
             await asyncio.sleep(0.1)
         if self.sender is None:
             self.log("no webhook sender process (inline sender)")
-            return
-        if self.gen_cores:
-            os.sched_setaffinity(self.sender, self.gen_cores)
-        self.log(f"webhook sender pid {self.sender} on cores {self.gen_cores or 'any'}")
+        else:
+            if self.gen_cores:
+                os.sched_setaffinity(self.sender, self.gen_cores)
+            self.log(f"webhook sender pid {self.sender} on cores {self.gen_cores or 'any'}")
+        # The run starts once the sender makes rounds: a process still starting would leave the outbox to fill.
+        while await self._gauge("chatsvc_webhook_sender_up") != 1:
+            if loop.time() > deadline:
+                raise RuntimeError(f"chatsvc's webhook sender was not up within {SENDER_START_S:g}s")
+            await asyncio.sleep(0.1)
 
     async def run(self) -> dict[str, Any]:
         """Per repetition: A (senders only) plain, then with webhooks; the report as a dict."""
@@ -159,7 +169,7 @@ class WebhookBench(Bench):
                     sender_cpu = cpu_seconds(self.sender) if on and self.sender is not None else None
                     result = await self.socket_workload("A", Target(label, [self.chatsvc]), senders_only, mode, rate)
                     if on:
-                        result["webhook"] = await self._drain(calls_before)
+                        result["webhook"] = await self._drain(calls_before, result["messages_sent"])
                         if sender_cpu is not None and self.sender is not None:
                             result["webhook"]["sender_cpu_s"] = round(cpu_seconds(self.sender) - sender_cpu, 2)
                     pair[label] = result

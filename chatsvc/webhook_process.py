@@ -90,6 +90,11 @@ class WebhookProcess(SenderCounts):
         # Set once a child has made its first round (it is sending); cleared when it exits.
         self.ready = asyncio.Event()
 
+    @property
+    def up(self) -> bool:
+        """Whether a sender process runs and has made its first round."""
+        return self.ready.is_set()
+
     async def start(self) -> None:
         """Start the sender process (after the database is open, before the writer)."""
         # What is stored before now counts as delivered, as for a sender on the server's loop.

@@ -310,6 +310,11 @@ class WebhookSender:
         self._client = WebhookClient(self._url, connections=CONNECTIONS, timeout=self._timeout)
         self._task = asyncio.create_task(self._run(), name="chatsvc-webhook-sender")
 
+    @property
+    def up(self) -> bool:
+        """Whether it is sending (started and not stopped)."""
+        return self._task is not None and not self._task.done()
+
     async def close(self) -> None:
         """Stop; deliveries under way are abandoned and their leases expire, so another round sends them."""
         if self._task is not None:

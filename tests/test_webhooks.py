@@ -188,6 +188,7 @@ async def test_webhook_posts_a_signed_message_unseen_for_the_offline_member(
     metrics = await (await server.http.get(server.base_url + "/metrics")).text()
     assert "chatsvc_webhook_sent_total 1.0" in metrics
     assert "chatsvc_webhook_pending 0.0" in metrics
+    assert "chatsvc_webhook_sender_up 1.0" in metrics
 
 
 async def test_webhook_leaves_out_members_online_in_the_room(
