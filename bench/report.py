@@ -386,6 +386,7 @@ def render_webhook(report: dict[str, Any]) -> str:
         parts += [
             f"webhook on / plain: sends/s {ratio:.3f}x (cost {100 * (1 - ratio):.1f} %); "
             f"calls received {hook.get('calls')}, outbox pending after the drain {hook.get('pending_after_drain')}",
+            f"{meta['webhook'].get('sender', 'sender: on the server')}; sender CPU {hook.get('sender_cpu_s', '-')} s",
             "",
         ]
         check = {"target": "A sends/s webhook on / plain", "value": ratio, "op": ">=", "bound": 0.9, "unit": "x"}

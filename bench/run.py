@@ -177,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(a receiver on loopback), and what webhooks cost (issue 16)",
     )
     p.add_argument(
+        "--webhook-sender",
+        choices=("process", "inline"),
+        default="process",
+        help="with --webhook: CHATSVC_WEBHOOK_SENDER, the sender in a process of its own or on the server's loop "
+        "(process)",
+    )
+    p.add_argument(
         "--skip-without-redis",
         action="store_true",
         help="with --cluster: if redis-server is not installed, say the mode was skipped and exit 0",

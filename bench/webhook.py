@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,6 +28,31 @@ SECRET = "bench-webhook-secret-0123456789abcdef"
 PLAIN, WITH_WEBHOOK = "plain", "webhook on"
 # How long the outbox may take to drain after a run before the figures are taken.
 DRAIN_S = 30.0
+# How long chatsvc may take to start its webhook sender process.
+SENDER_START_S = 30.0
+SENDER_MODULE = b"chatsvc.webhook_process"
+
+
+def sender_pid(server_pid: int) -> int | None:
+    """The webhook sender process chatsvc started (chatsvc/webhook_process.py), if it runs (Linux)."""
+    for task in Path(f"/proc/{server_pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                if SENDER_MODULE in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+            except OSError:
+                continue
+    return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class WebhookBench(Bench):
@@ -37,11 +64,18 @@ class WebhookBench(Bench):
         self.calls = 0
         self.receiver_url = ""
         self.drained: list[dict[str, Any]] = []
+        self.sender: int | None = None
 
     def _server_env(self) -> dict[str, str]:
         env = super()._server_env()
         if self.webhook_on:
-            env.update({"CHATSVC_WEBHOOK_URL": self.receiver_url, "CHATSVC_WEBHOOK_SECRET": SECRET})
+            env.update(
+                {
+                    "CHATSVC_WEBHOOK_URL": self.receiver_url,
+                    "CHATSVC_WEBHOOK_SECRET": SECRET,
+                    "CHATSVC_WEBHOOK_SENDER": self.args.webhook_sender,
+                }
+            )
         return env
 
     async def _receive(self, request: web.Request) -> web.Response:
@@ -49,24 +83,58 @@ class WebhookBench(Bench):
         self.calls += 1
         return web.Response(status=204)
 
-    async def _pending(self) -> float | None:
-        """chatsvc's ``chatsvc_webhook_pending`` gauge."""
+    async def _gauge(self, name: str) -> float | None:
+        """One of chatsvc's gauges (``chatsvc_webhook_pending``, ``chatsvc_webhook_sender_up``)."""
         assert self.http is not None and self.chatsvc is not None
         async with self.http.get(self.chatsvc.url + "/metrics") as resp:
             for line in (await resp.text()).splitlines():
-                if line.startswith("chatsvc_webhook_pending "):
+                if line.startswith(name + " "):
                     return float(line.split()[1])
         return None
 
-    async def _drain(self, calls_before: int) -> dict[str, Any]:
-        """Wait (bounded) until the outbox is empty; what the receiver got."""
+    async def _pending(self) -> float | None:
+        """chatsvc's ``chatsvc_webhook_pending`` gauge."""
+        return await self._gauge("chatsvc_webhook_pending")
+
+    async def _drain(self, calls_before: int, stored: int) -> dict[str, Any]:
+        """Wait (bounded) until the outbox is empty and a call came for each message stored; what the receiver got."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_S
         pending = await self._pending()
-        while pending and loop.time() < deadline:
+        # The gauge is as of the sender's last round: the calls tell whether it has seen the last messages.
+        while (pending or self.calls - calls_before < stored) and loop.time() < deadline:
             await asyncio.sleep(0.2)
             pending = await self._pending()
         return {"calls": self.calls - calls_before, "pending_after_drain": pending}
+
+    async def _place_sender(self) -> None:
+        """Find chatsvc's webhook sender process and, when pinning, put it on the load generator's cores.
+
+        chatsvc runs on one core here to stand for a busy server; its sender
+        process inherits that core, where a real host's scheduler would run it
+        on any other. It goes with the generator and the receiver instead, and
+        its CPU is reported. With CHATSVC_WEBHOOK_SENDER=inline there is none.
+        """
+        assert self.chatsvc is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SENDER_START_S
+        self.sender = None
+        while self.args.webhook_sender == "process" and loop.time() < deadline:
+            self.sender = sender_pid(self.chatsvc.pid)
+            if self.sender is not None:
+                break
+            await asyncio.sleep(0.1)
+        if self.sender is None:
+            self.log("no webhook sender process (inline sender)")
+        else:
+            if self.gen_cores:
+                os.sched_setaffinity(self.sender, self.gen_cores)
+            self.log(f"webhook sender pid {self.sender} on cores {self.gen_cores or 'any'}")
+        # The run starts once the sender makes rounds: a process still starting would leave the outbox to fill.
+        while await self._gauge("chatsvc_webhook_sender_up") != 1:
+            if loop.time() > deadline:
+                raise RuntimeError(f"chatsvc's webhook sender was not up within {SENDER_START_S:g}s")
+            await asyncio.sleep(0.1)
 
     async def run(self) -> dict[str, Any]:
         """Per repetition: A (senders only) plain, then with webhooks; the report as a dict."""
@@ -94,11 +162,16 @@ class WebhookBench(Bench):
                         await self.chatsvc.stop()
                         self.webhook_on = on
                         await self.start_chatsvc()
+                        if on:
+                            await self._place_sender()
                     assert self.chatsvc is not None
                     calls_before = self.calls
+                    sender_cpu = cpu_seconds(self.sender) if on and self.sender is not None else None
                     result = await self.socket_workload("A", Target(label, [self.chatsvc]), senders_only, mode, rate)
                     if on:
-                        result["webhook"] = await self._drain(calls_before)
+                        result["webhook"] = await self._drain(calls_before, result["messages_sent"])
+                        if sender_cpu is not None and self.sender is not None:
+                            result["webhook"]["sender_cpu_s"] = round(cpu_seconds(self.sender) - sender_cpu, 2)
                     pair[label] = result
                 runs.append(pair)
             self.results["A"] = report.median_run("A", runs)
@@ -118,5 +191,7 @@ class WebhookBench(Bench):
             "labels": [PLAIN, WITH_WEBHOOK],
             "layout": "workload A with only the senders connected: every other member offline",
             "receiver": "aiohttp on loopback in the coordinator, 204 at once",
+            "sender": f"CHATSVC_WEBHOOK_SENDER={self.args.webhook_sender}; a sender process is pinned to the load "
+            "generator's cores (its CPU: sender_cpu_s)",
         }
         return meta

@@ -34,6 +34,7 @@ from chatsvc.realtime.server import ChatSocketServer, build_socket_server
 from chatsvc.receipts import ReadPositions, TypingNotices
 from chatsvc.state import STATE, AppState
 from chatsvc.throttle import Throttle
+from chatsvc.webhook_process import WebhookProcess
 from chatsvc.webhooks import OnlineLog, RedisOnlineLog, WebhookSender
 from chatsvc.writer import MessageWriter
 
@@ -57,12 +58,18 @@ def create_app(config: Config) -> web.Application:
     members, profiles = MembershipCache(), ProfileCache()
     metrics = Metrics()
     sio = build_socket_server(config, event_observer=metrics.observe_socket_event)
-    # Webhooks for unseen messages: the fan-out records who was online, the sender drains the outbox.
+    # Webhooks for unseen messages: the fan-out records who was online, the sender drains the outbox
+    # (in a process of its own, fed the records, unless CHATSVC_WEBHOOK_SENDER=inline).
     online_log: OnlineLog | None = None
+    webhooks: WebhookSender | WebhookProcess | None = None
     if config.webhook_url is not None:
-        redis_url = config.redis_url
-        online_log = OnlineLog() if redis_url is None else RedisOnlineLog(redis_url, config.redis_channel)
-    webhooks = WebhookSender(config, db, online_log) if online_log is not None else None
+        redis_url, relay = config.redis_url, config.webhook_sender == "process"
+        online_log = (
+            OnlineLog(relay=relay)
+            if redis_url is None
+            else RedisOnlineLog(redis_url, config.redis_channel, relay=relay)
+        )
+        webhooks = WebhookProcess(config, db, online_log) if relay else WebhookSender(config, db, online_log)
     fanout: Fanout
     if config.redis_url is not None:
         fanout = RedisFanout(sio, members, profiles, config.redis_url, config.redis_channel, online_log=online_log)

@@ -16,6 +16,7 @@ from chatsvc.files.sniff import KNOWN_TYPES as KNOWN_UPLOAD_TYPES
 
 SocketAuthMode = Literal["token", "trust-client"]
 LogFormat = Literal["text", "json"]
+WebhookSenderMode = Literal["process", "inline"]
 
 
 def _default_hash_concurrency() -> int:
@@ -118,6 +119,9 @@ class Config:
     webhook_backoff: float = 1.0
     webhook_backoff_max: float = 3600.0
     webhook_timeout: float = 10.0
+    # "process": the calls are made by a child process of their own (chatsvc/webhook_process.py), off the
+    # server's event loop and core; "inline": by a task on the server's event loop.
+    webhook_sender: WebhookSenderMode = "process"
     # --- presence (chatsvc/presence.py) ---
     # Seconds a user stays online after their last socket went, so a page reload does not flicker.
     presence_grace: float = 5.0
@@ -372,6 +376,7 @@ ENVIRONMENT: dict[str, tuple[str, Parse]] = {
     "CHATSVC_WEBHOOK_BACKOFF": ("webhook_backoff", _positive),
     "CHATSVC_WEBHOOK_BACKOFF_MAX": ("webhook_backoff_max", _positive),
     "CHATSVC_WEBHOOK_TIMEOUT": ("webhook_timeout", _positive),
+    "CHATSVC_WEBHOOK_SENDER": ("webhook_sender", _choice("process", "inline", case=str.lower)),
     "CHATSVC_PRESENCE_GRACE": ("presence_grace", _rate),
     "CHATSVC_PRESENCE_TTL": ("presence_ttl", _int(minimum=3, maximum=86400)),
 }

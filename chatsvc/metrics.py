@@ -152,6 +152,11 @@ class _StateCollector(Collector):
                 "Webhook deliveries in the outbox (all instances), as of this instance's last round",
                 webhooks.pending,
             )
+            yield GaugeMetricFamily(
+                "chatsvc_webhook_sender_up",
+                "1 while the webhook sender runs (with CHATSVC_WEBHOOK_SENDER=process: its process has made a round)",
+                1 if webhooks.up else 0,
+            )
             yield CounterMetricFamily(
                 "chatsvc_webhook_sent", "Webhook deliveries answered with 2xx by this instance", webhooks.sent
             )

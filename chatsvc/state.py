@@ -21,6 +21,7 @@ from chatsvc.realtime.server import ChatSocketServer
 from chatsvc.receipts import ReadPositions, TypingNotices
 from chatsvc.store.users import find_user_by_id
 from chatsvc.throttle import Throttle
+from chatsvc.webhook_process import WebhookProcess
 from chatsvc.webhooks import WebhookSender
 from chatsvc.writer import MessageWriter
 
@@ -63,7 +64,8 @@ class AppState:
     # Who is online, over every instance (chatsvc/presence.py).
     presence: Presence
     # Webhooks for unseen messages (chatsvc/webhooks.py); None when CHATSVC_WEBHOOK_URL is not set.
-    webhooks: WebhookSender | None = None
+    # The sender on this process's loop, or the process it runs in (chatsvc/webhook_process.py).
+    webhooks: WebhookSender | WebhookProcess | None = None
 
     async def authenticate(self, token: str) -> Caller:
         """The user a token belongs to; Unauthorized if the token or its user is no longer valid."""

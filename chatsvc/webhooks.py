@@ -31,11 +31,10 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-import aiohttp
 import orjson
 from redis import asyncio as aioredis
 
@@ -50,11 +49,11 @@ from chatsvc.store.webhooks import (
     newest_message_id,
     postpone_deliveries,
 )
+from chatsvc.webhook_client import WebhookClient
 
 log = logging.getLogger(__name__)
 
 EVENT_TYPE = "message.unseen"
-SIGNATURE_HEADER = "X-Chatsvc-Signature"
 # Deliveries claimed (and sent concurrently) per round, and the shortest time from one round to the next.
 CLAIM_BATCH = 256
 # Calls under way at once.
@@ -93,9 +92,11 @@ def delivery_id(message_id: int) -> str:
 class OnlineLog:
     """Which members had a socket of this instance in the room when each message was delivered here."""
 
-    def __init__(self, size: int = ONLINE_LOG_SIZE) -> None:
+    def __init__(self, size: int = ONLINE_LOG_SIZE, *, relay: bool = False) -> None:
         self._online: OrderedDict[int, frozenset[int]] = OrderedDict()
         self._size = size
+        # With the sender in a process of its own: what was recorded since it was last passed on to it.
+        self._relay: dict[int, frozenset[int]] | None = {} if relay else None
         # The newest message delivered to this instance's sockets: the sender waits for it.
         self.delivered_up_to = 0
         self.delivered = asyncio.Event()
@@ -113,9 +114,24 @@ class OnlineLog:
             self._online[message_id] = online
             if len(self._online) > self._size:
                 self._online.popitem(last=False)
+            if self._relay is not None:
+                self._relay[message_id] = online
+        self.advance(message_id)
+
+    def advance(self, message_id: int) -> None:
+        """Count every message up to ``message_id`` as delivered here."""
         if message_id > self.delivered_up_to:
             self.delivered_up_to = message_id
         self.delivered.set()
+
+    def take_relayed(self) -> dict[int, frozenset[int]]:
+        """What was recorded (with someone online) since the last call; only with ``relay``."""
+        taken, self._relay = self._relay or {}, {}
+        return taken
+
+    def remembered(self) -> dict[int, frozenset[int]]:
+        """Every message's online members still remembered (what a restarted sender process is told)."""
+        return dict(self._online)
 
     async def settled_up_to(self) -> int:
         """The newest message every instance has delivered: who was online is known up to it."""
@@ -145,8 +161,12 @@ class RedisOnlineLog(OnlineLog):
     sockets, and members online elsewhere may be notified.
     """
 
-    def __init__(self, url: str, channel: str, size: int = ONLINE_LOG_SIZE) -> None:
-        super().__init__(size)
+    def __init__(
+        self, url: str, channel: str, size: int = ONLINE_LOG_SIZE, *, relay: bool = False, report: bool = True
+    ) -> None:
+        super().__init__(size, relay=relay)
+        # False in a sender process: the server process it serves reports what its fan-out records.
+        self._reporting = report
         self._url = url
         self._prefix = f"{channel}:webhook"
         self._host = uuid.uuid4().hex
@@ -159,7 +179,8 @@ class RedisOnlineLog(OnlineLog):
         """Connect and start reporting."""
         await super().start(delivered_up_to)
         self._redis = aioredis.Redis.from_url(self._url, socket_connect_timeout=2.0, socket_timeout=2.0)
-        self._task = asyncio.create_task(self._reporter(), name="chatsvc-webhook-online-log")
+        if self._reporting:
+            self._task = asyncio.create_task(self._reporter(), name="chatsvc-webhook-online-log")
 
     async def close(self) -> None:
         """Stop reporting and leave the set of live instances."""
@@ -168,13 +189,16 @@ class RedisOnlineLog(OnlineLog):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._redis is not None:
-            with contextlib.suppress(Exception):
-                await self._redis.hdel(f"{self._prefix}:delivered", self._host)
+            if self._reporting:
+                with contextlib.suppress(Exception):
+                    await self._redis.hdel(f"{self._prefix}:delivered", self._host)
             await self._redis.aclose()
 
     def record(self, message_id: int, online: frozenset[int]) -> None:
         """Remember here, and report to the other instances soon."""
         super().record(message_id, online)
+        if not self._reporting:
+            return
         if online:
             self._unreported[message_id] = online
         self._report.set()
@@ -182,7 +206,8 @@ class RedisOnlineLog(OnlineLog):
     async def _reporter(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._report.wait(), REPORT_SECONDS)
+                async with asyncio.timeout(REPORT_SECONDS):  # not wait_for: see WebhookSender._run
+                    await self._report.wait()
             self._report.clear()
             batch, self._unreported = self._unreported, {}
             up_to = self.delivered_up_to
@@ -248,7 +273,9 @@ class RedisOnlineLog(OnlineLog):
 class WebhookSender:
     """Drains the webhook outbox: one signed POST per message, retried with backoff, one instance at a time."""
 
-    def __init__(self, config: Config, db: Database, online: OnlineLog) -> None:
+    def __init__(
+        self, config: Config, db: Database, online: OnlineLog, on_round: Callable[[list[int]], None] | None = None
+    ) -> None:
         assert config.webhook_url is not None and config.webhook_secret is not None
         self._url = config.webhook_url
         self._secret = config.webhook_secret
@@ -258,10 +285,12 @@ class WebhookSender:
         self._timeout = config.webhook_timeout
         self._db = db
         self._online = online
+        # Told, after each round, the messages whose deliveries it settled (a sender process reports them).
+        self._on_round = on_round
         # Other instances use the database too (they share rooms through Redis): claims take leases.
         self._shared = config.redis_url is not None
         self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._client: WebhookClient | None = None
         self._next_retry = POLL_SECONDS
         # Read by chatsvc/metrics.py when scraped.
         self.pending = 0
@@ -271,14 +300,20 @@ class WebhookSender:
         # Deliveries with no one to tell: every member but the sender was online (or the message is gone).
         self.unneeded = 0
 
-    async def start(self) -> None:
-        """Start sending (after the database is open): messages stored before now count as delivered."""
+    async def start(self, delivered_up_to: int | None = None) -> None:
+        """Start sending (after the database is open): messages stored before now, or up to
+        ``delivered_up_to`` (what the server process counted so), count as delivered."""
         # Rows left by an earlier process are due at once: their messages were delivered (or never will be).
-        await self._online.start(await newest_message_id(self._db.reader))
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._timeout), connector=aiohttp.TCPConnector(limit=CONNECTIONS)
-        )
+        if delivered_up_to is None:
+            delivered_up_to = await newest_message_id(self._db.reader)
+        await self._online.start(delivered_up_to)
+        self._client = WebhookClient(self._url, connections=CONNECTIONS, timeout=self._timeout)
         self._task = asyncio.create_task(self._run(), name="chatsvc-webhook-sender")
+
+    @property
+    def up(self) -> bool:
+        """Whether it is sending (started and not stopped)."""
+        return self._task is not None and not self._task.done()
 
     async def close(self) -> None:
         """Stop; deliveries under way are abandoned and their leases expire, so another round sends them."""
@@ -287,9 +322,9 @@ class WebhookSender:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
         await self._online.close()
 
     async def _run(self) -> None:
@@ -307,8 +342,11 @@ class WebhookSender:
                 claimed = 0
             if claimed < CLAIM_BATCH:
                 self._online.delivered.clear()
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancel that comes as the event is
+                # set (the last records before shutdown), and close() would then wait for ever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._online.delivered.wait(), self._next_retry)
+                    async with asyncio.timeout(self._next_retry):
+                        await self._online.delivered.wait()
             # Rounds are spaced so that, under load, each takes many deliveries: the round's disk syncs
             # then stay few beside the writer's, whose batches they would otherwise match one for one.
             await asyncio.sleep(max(0.0, began + ROUND_SECONDS - loop.time()))
@@ -326,6 +364,7 @@ class WebhookSender:
             )
 
         rows = await (self._db.write_statement(claim) if lease is not None else claim(self._db.reader))
+        done: list[int] = []
         if rows:
             ids = [int(row["messageId"]) for row in rows]
             messages = await list_messages_with_members(self._db.reader, ids)
@@ -350,6 +389,8 @@ class WebhookSender:
             self.failed += outcomes.count(FAILED)
             self.unneeded += outcomes.count(UNNEEDED)
         self.pending = await count_pending(self._db.reader)
+        if self._on_round is not None:
+            self._on_round(done)
         return len(rows)
 
     async def _attempt(
@@ -387,16 +428,11 @@ class WebhookSender:
 
     async def _post(self, body: bytes) -> str | None:
         """POST a signed body; None on a 2xx answer, else what went wrong."""
-        assert self._session is not None
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self._secret, int(time.time()), body)}
-        try:
-            async with self._session.post(self._url, data=body, headers=headers, allow_redirects=False) as response:
-                await response.read()
-                return None if 200 <= response.status < 300 else f"HTTP {response.status}"
-        except TimeoutError:
-            return f"no answer within {self._timeout:g}s"
-        except aiohttp.ClientError as exc:
-            return f"{type(exc).__name__}: {exc}"
+        assert self._client is not None
+        answer = await self._client.post(body, sign(self._secret, int(time.time()), body))
+        if isinstance(answer, str):
+            return answer
+        return None if 200 <= answer < 300 else f"HTTP {answer}"
 
 
 def _unix_time(stored: str) -> float:

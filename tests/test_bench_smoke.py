@@ -275,6 +275,8 @@ def test_bench_webhook_mode_compares_plain_and_webhook_runs_and_drains_the_outbo
     hook = results["webhook on"]["webhook"]
     # Every member but the sender was offline: one call per message, none left in the outbox.
     assert hook["pending_after_drain"] == 0 and hook["calls"] >= results["webhook on"]["messages_sent"], hook
+    # The sender process (CHATSVC_WEBHOOK_SENDER=process, the default) was found, placed and measured.
+    assert hook["sender_cpu_s"] >= 0, hook
     assert "webhook on / plain: sends/s" in proc.stdout
 
 

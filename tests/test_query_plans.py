@@ -238,6 +238,8 @@ async def test_query_plans_of_the_webhook_outbox_use_indexes(tmp_path, database_
         webhook_secret="s" * 32,
         webhook_backoff=0.05,
         webhook_retry_window=1,
+        # On this process's loop, so that its statements are traced with the server's.
+        webhook_sender="inline",
         database_url=database_url,
     )
     statements: set[str] = set()

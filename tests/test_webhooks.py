@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import time
@@ -22,10 +23,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bench.servers import RedisServer
+from bench.webhook import sender_pid
 from chatsvc.app import create_app
 from chatsvc.config import Config
 from chatsvc.state import STATE
 from chatsvc.testing import ChatsvcServer, run_chatsvc
+from chatsvc.webhook_process import WebhookProcess
 from chatsvc.webhooks import WebhookSender, sign
 from tests.conftest import make_config
 from tests.helpers import Api, SocketClient, User, connect_socket, send_payload, until
@@ -142,9 +145,17 @@ def config(tmp_path: Path, receiver: Receiver) -> Config:
     return make_config(tmp_path, **webhook_settings(receiver))
 
 
-def sender_of(server: ChatsvcServer) -> WebhookSender:
+def sender_of(server: ChatsvcServer) -> WebhookSender | WebhookProcess:
     webhooks = server.state.webhooks
     assert webhooks is not None
+    return webhooks
+
+
+async def sending(server: ChatsvcServer) -> WebhookSender | WebhookProcess:
+    """The sender, once it makes rounds (a sender process takes a moment to start)."""
+    webhooks = sender_of(server)
+    if isinstance(webhooks, WebhookProcess):
+        await asyncio.wait_for(webhooks.ready.wait(), DEADLINE)
     return webhooks
 
 
@@ -177,6 +188,7 @@ async def test_webhook_posts_a_signed_message_unseen_for_the_offline_member(
     metrics = await (await server.http.get(server.base_url + "/metrics")).text()
     assert "chatsvc_webhook_sent_total 1.0" in metrics
     assert "chatsvc_webhook_pending 0.0" in metrics
+    assert "chatsvc_webhook_sender_up 1.0" in metrics
 
 
 async def test_webhook_leaves_out_members_online_in_the_room(
@@ -229,6 +241,8 @@ async def test_webhook_gives_up_after_the_retry_window(
         alice, bob = await api.new_user(), await api.new_user()
         room = await api.one_to_one(alice, bob)
         a = await connect_socket(server.base_url, alice.token)
+        # The retry window runs from the message's time: the first attempt must come within it.
+        await sending(server)
         try:
             await a.send(alice, room)
             await settled(server, 1)
@@ -334,3 +348,98 @@ async def test_webhooks_with_two_instances_send_each_delivery_once_and_count_soc
                     await client.disconnect()
             for server in servers:
                 await server.close()
+
+
+def process_state(pid: int) -> str | None:
+    """A process's state letter (``R``, ``S``, ``Z``…), None once it is gone (Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (reaped, or a zombie waiting for its new parent to reap it)."""
+    return process_state(pid) in (None, "Z", "X")
+
+
+async def test_sender_process_is_started_again_after_being_killed_and_is_told_who_is_online(
+    server: ChatsvcServer, receiver: Receiver, api: Api, trio: tuple[User, User, User], sockets
+) -> None:
+    alice, bob, carol = trio
+    room = await api.group(alice, bob, carol)
+    webhooks = await sending(server)
+    assert isinstance(webhooks, WebhookProcess) and webhooks.pid is not None
+    first = webhooks.pid
+    os.kill(first, signal.SIGKILL)
+    await until(lambda: webhooks.starts == 2 and webhooks.ready.is_set(), "a second sender process", DEADLINE)
+    assert webhooks.pid != first and gone(first)
+    a = await sockets(alice.token)
+    b = await sockets(bob.token)
+    await b.join(bob, room)
+    # Bob's socket is recorded by the server's fan-out: the new process must be told, and leave him out.
+    message = await a.send(alice, room, "after the restart")
+    await settled(server, 1)
+    assert [call.payload["recipientIds"] for call in receiver.by_message()[message["id"]]] == [[carol.id]]
+    assert webhooks.sent == 1
+
+
+async def test_shutdown_stops_the_sender_process(tmp_path: Path, receiver: Receiver, database_url: str | None) -> None:
+    config = make_config(tmp_path, **webhook_settings(receiver), database_url=database_url)
+    async with run_chatsvc(config) as server, aiohttp.ClientSession() as session:
+        webhooks = await sending(server)
+        assert isinstance(webhooks, WebhookProcess) and webhooks.pid is not None
+        pid = webhooks.pid
+        api = Api(server.base_url, session)
+        alice, bob = await api.new_user(), await api.new_user()
+        room = await api.one_to_one(alice, bob)
+        a = await connect_socket(server.base_url, alice.token)
+        try:
+            await a.send(alice, room)
+            await settled(server, 1)
+        finally:
+            await a.disconnect()
+    # It stopped by itself once told (not killed after the wait), and was waited for: no process is left.
+    assert webhooks.exit_status == 0
+    assert process_state(pid) is None
+
+
+async def test_sender_process_exits_when_chatsvc_is_killed(
+    tmp_path: Path, receiver: Receiver, database_url: str | None
+) -> None:
+    env = {
+        "CHATSVC_WEBHOOK_URL": receiver.url,
+        "CHATSVC_WEBHOOK_SECRET": SECRET,
+        **({"CHATSVC_DATABASE_URL": database_url} if database_url else {}),
+    }
+    chatsvc = ChatsvcProcess(tmp_path / "data" / "chat.db", env=env)
+    await chatsvc.start()
+    try:
+        assert chatsvc.proc is not None
+        server_pid = chatsvc.proc.pid
+        await until(lambda: sender_pid(server_pid) is not None, "the sender process", DEADLINE)
+        child = sender_pid(server_pid)
+        assert child is not None
+        chatsvc.terminate(signal.SIGKILL)
+        assert await chatsvc.wait(DEADLINE) == -signal.SIGKILL
+        await until(lambda: gone(child), "the sender process to exit with its server", DEADLINE)
+    finally:
+        chatsvc.kill()
+
+
+async def test_inline_sender_posts_from_the_server_process(
+    tmp_path: Path, receiver: Receiver, database_url: str | None
+) -> None:
+    config = make_config(tmp_path, **webhook_settings(receiver), webhook_sender="inline", database_url=database_url)
+    async with run_chatsvc(config) as server, aiohttp.ClientSession() as session:
+        assert isinstance(server.state.webhooks, WebhookSender)
+        api = Api(server.base_url, session)
+        alice, bob = await api.new_user(), await api.new_user()
+        room = await api.one_to_one(alice, bob)
+        a = await connect_socket(server.base_url, alice.token)
+        try:
+            message = await a.send(alice, room)
+            await settled(server, 1)
+        finally:
+            await a.disconnect()
+        assert [call.payload["recipientIds"] for call in receiver.by_message()[message["id"]]] == [[bob.id]]
