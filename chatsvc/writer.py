@@ -25,7 +25,7 @@ from chatsvc.errors import ServiceUnavailable, StorageUnavailable
 from chatsvc.fanout import Fanout
 from chatsvc.order_lock import OrderLock
 from chatsvc.store.messages import MAX_ROWS_PER_INSERT, find_messages_by_client_ids, insert_messages
-from chatsvc.store.webhooks import enqueue_deliveries
+from chatsvc.store.webhooks import enqueue_deliveries, queue_deliveries_with_each_insert
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ class MessageWriter:
         self._max_batch = min(max_batch, MAX_ROWS_PER_INSERT)
         # Webhooks on (chatsvc/webhooks.py): each batch also queues its deliveries, in its own transaction.
         self._webhook_outbox = webhook_outbox
+        # Set when the engine queues them inside the INSERT itself (an SQLite TEMP trigger): no transaction needed.
+        self._outbox_in_insert = False
         self._queue: asyncio.Queue[_Submitted | _Barrier | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -129,6 +131,11 @@ class MessageWriter:
         return await future
 
     async def _run(self) -> None:
+        if self._webhook_outbox:
+            try:
+                self._outbox_in_insert = await self._db.write_statement(queue_deliveries_with_each_insert)
+            except Exception:
+                log.exception("webhook deliveries will be queued in each batch's transaction instead")
         pending: _Submitted | _Barrier | None = None
         while True:
             item = pending if pending is not None else await self._queue.get()
@@ -192,8 +199,11 @@ class MessageWriter:
                 log.exception("publishing %d messages failed", len(new_messages))
 
     async def _insert(self, drafts: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-        """The batch's INSERT; with webhooks on, one transaction with the outbox rows of its new messages."""
-        if not self._webhook_outbox:
+        """The batch's INSERT; with webhooks on, its new messages' outbox rows in the same transaction.
+
+        On SQLite the INSERT queues them itself (store/webhooks.py queue_deliveries_with_each_insert).
+        """
+        if not self._webhook_outbox or self._outbox_in_insert:
             return await self._db.write_statement(lambda conn: insert_messages(conn, drafts))
         # One more statement in the same transaction: the deliveries are durable exactly when the messages are.
         async with self._db.transaction() as conn:

@@ -24,6 +24,26 @@ async def enqueue_deliveries(conn: Connection, message_ids: list[int]) -> None:
     )
 
 
+async def queue_deliveries_with_each_insert(conn: Connection) -> bool:
+    """Have this connection's message INSERTs queue their deliveries themselves, where the engine allows it.
+
+    On SQLite a TEMP trigger, which lives on this one connection (the
+    writer's, opened with webhooks on), adds each message's outbox row inside
+    the INSERT statement: a batch stays one statement, one trip to the
+    database thread, instead of four (BEGIN, INSERT, the outbox INSERT,
+    COMMIT), and the writer's batches follow each other as fast as without
+    webhooks. PostgreSQL has no trigger of one connection: False, and the
+    writer calls :func:`enqueue_deliveries` in the batch's transaction.
+    """
+    if conn.dialect.name != "sqlite":
+        return False
+    await conn.execute(
+        "CREATE TEMP TRIGGER IF NOT EXISTS webhook_outbox_follows_messages AFTER INSERT ON main.chat_history "
+        "BEGIN INSERT INTO main.webhook_outbox (message_id) VALUES (NEW.id); END"
+    )
+    return True
+
+
 async def claim_deliveries(
     conn: Connection, *, limit: int, lease_seconds: float | None, up_to_id: int, stale_seconds: float
 ) -> list[dict[str, Any]]:
