@@ -443,3 +443,24 @@ async def test_inline_sender_posts_from_the_server_process(
         finally:
             await a.disconnect()
         assert [call.payload["recipientIds"] for call in receiver.by_message()[message["id"]]] == [[bob.id]]
+
+
+async def test_on_sqlite_a_batch_queues_its_deliveries_in_its_one_insert_statement(
+    server: ChatsvcServer, receiver: Receiver, pair: tuple[User, User, int], sockets, database_url: str | None
+) -> None:
+    """No BEGIN, no second INSERT: the writer's TEMP trigger writes the outbox row (PostgreSQL uses a transaction)."""
+    if database_url is not None:
+        pytest.skip("PostgreSQL has no trigger of one connection: its batch is a transaction of two statements")
+    alice, bob, room = pair
+    a = await sockets(alice.token)
+    await a.join(alice, room)
+    statements: list[str] = []
+    await server.state.db.set_trace(statements.append)
+    try:
+        message = await a.send(alice, room, "one statement")
+    finally:
+        await server.state.db.set_trace(None)
+    await settled(server, 1)
+    assert [call.payload["recipientIds"] for call in receiver.by_message()[message["id"]]] == [[bob.id]]
+    writes = [s.strip().split(None, 3)[:3] for s in statements if re.match(r"\s*(BEGIN|INSERT|COMMIT)", s, re.I)]
+    assert [w for w in writes if w[0].upper() != "INSERT" or w[2] != "chat_history"] == [], statements

@@ -39,7 +39,7 @@ async def queue_deliveries_with_each_insert(conn: Connection) -> bool:
         return False
     await conn.execute(
         "CREATE TEMP TRIGGER IF NOT EXISTS webhook_outbox_follows_messages AFTER INSERT ON main.chat_history "
-        "BEGIN INSERT INTO main.webhook_outbox (message_id) VALUES (NEW.id); END"
+        "BEGIN INSERT INTO webhook_outbox (message_id) VALUES (NEW.id); END"
     )
     return True
 
