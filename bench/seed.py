@@ -131,6 +131,23 @@ def _pairs(keys: Any) -> set[tuple[int, int]]:
     return {tuple(sorted(map(int, key.split(":")))) for key in keys}  # type: ignore[misc]
 
 
+def room_and_member_rows(
+    next_id: int, one_to_one: list[tuple[int, int]], groups: list[list[int]]
+) -> tuple[list[tuple[int, str, int, str | None]], list[tuple[int, int]]]:
+    """The planned rooms as chatroom rows (ids from ``next_id``) and user_chatroom rows, for either engine."""
+    room_rows: list[tuple[int, str, int, str | None]] = []
+    member_rows: list[tuple[int, int]] = []
+    for a, b in one_to_one:
+        room_rows.append((next_id, f"Seeded {a} & Seeded {b}", 0, f"{a}:{b}"))
+        member_rows += [(a, next_id), (b, next_id)]
+        next_id += 1
+    for index, members in enumerate(groups):
+        room_rows.append((next_id, f"group {index}", 1, None))
+        member_rows += [(m, next_id) for m in set(members)]
+        next_id += 1
+    return room_rows, member_rows
+
+
 def plan_rooms(
     rng: random.Random, user_ids: list[int], pairs: set[tuple[int, int]], callers: list[int], rooms: int
 ) -> tuple[dict[int, list[int]], list[tuple[int, int]], list[list[int]]]:
@@ -191,16 +208,7 @@ def seed_population(path: Path, users: int, rooms: int, callers: list[int], log:
         partners, one_to_one, groups = plan_rooms(rng, user_ids, pairs, callers, rooms)
         conn.execute("BEGIN IMMEDIATE")
         next_id = (conn.execute("SELECT max(id) FROM chatroom").fetchone()[0] or 0) + 1
-        room_rows: list[tuple[int, str, int, str | None]] = []
-        member_rows = []
-        for a, b in one_to_one:
-            room_rows.append((next_id, f"Seeded {a} & Seeded {b}", 0, f"{a}:{b}"))
-            member_rows += [(a, next_id), (b, next_id)]
-            next_id += 1
-        for index, members in enumerate(groups):
-            room_rows.append((next_id, f"group {index}", 1, None))
-            member_rows += [(m, next_id) for m in set(members)]
-            next_id += 1
+        room_rows, member_rows = room_and_member_rows(next_id, one_to_one, groups)
         conn.executemany("INSERT INTO chatroom (id, name, type, pair_key) VALUES (?, ?, ?, ?)", room_rows)
         conn.executemany("INSERT INTO user_chatroom (user_id, chatroom_id) VALUES (?, ?)", member_rows)
         conn.execute("COMMIT")
@@ -305,16 +313,7 @@ async def seed_population_postgres(
         pairs = _pairs(row[0] for row in await conn.fetch("SELECT pair_key FROM chatroom WHERE pair_key IS NOT NULL"))
         partners, one_to_one, groups = plan_rooms(rng, user_ids, pairs, callers, rooms)
         next_id = (await conn.fetchval("SELECT max(id) FROM chatroom") or 0) + 1
-        room_rows: list[tuple[int, str, int, str | None]] = []
-        member_rows: list[tuple[int, int]] = []
-        for a, b in one_to_one:
-            room_rows.append((next_id, f"Seeded {a} & Seeded {b}", 0, f"{a}:{b}"))
-            member_rows += [(a, next_id), (b, next_id)]
-            next_id += 1
-        for index, members in enumerate(groups):
-            room_rows.append((next_id, f"group {index}", 1, None))
-            member_rows += [(m, next_id) for m in set(members)]
-            next_id += 1
+        room_rows, member_rows = room_and_member_rows(next_id, one_to_one, groups)
         async with conn.transaction():
             await conn.copy_records_to_table("chatroom", records=room_rows, columns=["id", "name", "type", "pair_key"])
             await conn.copy_records_to_table("user_chatroom", records=member_rows, columns=["user_id", "chatroom_id"])
