@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from chatsvc.auth import PasswordHasher, TokenService
-from chatsvc.cache import MembershipCache, ProfileCache
+from chatsvc.cache import AccountCache, MembershipCache, ProfileCache
 from chatsvc.config import Config
 from chatsvc.db import open_database
 from chatsvc.errors import error_middleware
@@ -55,7 +55,7 @@ def create_app(config: Config) -> web.Application:
         handler_args={"keepalive_timeout": config.header_timeout},
     )
     db = open_database(config)
-    members, profiles = MembershipCache(), ProfileCache()
+    members, profiles, accounts = MembershipCache(), ProfileCache(), AccountCache()
     metrics = Metrics()
     sio = build_socket_server(config, event_observer=metrics.observe_socket_event)
     # Webhooks for unseen messages: the fan-out records who was online, the sender drains the outbox
@@ -72,10 +72,12 @@ def create_app(config: Config) -> web.Application:
         webhooks = WebhookProcess(config, db, online_log) if relay else WebhookSender(config, db, online_log)
     fanout: Fanout
     if config.redis_url is not None:
-        fanout = RedisFanout(sio, members, profiles, config.redis_url, config.redis_channel, online_log=online_log)
+        fanout = RedisFanout(
+            sio, members, profiles, accounts, config.redis_url, config.redis_channel, online_log=online_log
+        )
         host_id = fanout.host_id
     else:
-        fanout = LocalFanout(sio, members, profiles, online_log=online_log)
+        fanout = LocalFanout(sio, members, profiles, accounts, online_log=online_log)
         host_id = "local"
     order_lock = order_lock_for(config)
     writer = MessageWriter(
@@ -90,6 +92,7 @@ def create_app(config: Config) -> web.Application:
         tokens=TokenService(config.token_ttl_seconds, config.session_max_age_seconds),
         members=members,
         profiles=profiles,
+        accounts=accounts,
         sio=sio,
         fanout=fanout,
         writer=writer,

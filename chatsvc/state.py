@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from chatsvc.auth import Identity, PasswordHasher, TokenService
-from chatsvc.cache import MembershipCache, ProfileCache
+from chatsvc.cache import AccountCache, MembershipCache, ProfileCache
 from chatsvc.config import Config
 from chatsvc.db import Database
 from chatsvc.errors import Unauthorized
@@ -19,7 +19,6 @@ from chatsvc.membership import Membership
 from chatsvc.presence import Presence
 from chatsvc.realtime.server import ChatSocketServer
 from chatsvc.receipts import ReadPositions, TypingNotices
-from chatsvc.store.users import find_user_by_id
 from chatsvc.throttle import Throttle
 from chatsvc.webhook_process import WebhookProcess
 from chatsvc.webhooks import WebhookSender
@@ -51,6 +50,7 @@ class AppState:
     tokens: TokenService
     members: MembershipCache
     profiles: ProfileCache
+    accounts: AccountCache
     sio: ChatSocketServer
     fanout: Fanout
     writer: MessageWriter
@@ -70,7 +70,7 @@ class AppState:
     async def authenticate(self, token: str) -> Caller:
         """The user a token belongs to; Unauthorized if the token or its user is no longer valid."""
         identity: Identity = self.tokens.verify(token)
-        user = await find_user_by_id(self.db.reader, identity.user_id)
+        user = await self.accounts.account(self.db.reader, identity.user_id)
         if user is None or user.pop("tokenVersion") != identity.token_version:
             raise Unauthorized("Token is no longer valid, please log in again")
         return Caller(user, identity.token_version, identity.auth_time)

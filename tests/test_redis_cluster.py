@@ -32,7 +32,16 @@ from chatsvc.realtime.server import LeanManager
 from chatsvc.state import STATE, AppState
 from chatsvc.store import captchas
 from tests.conftest import make_config
-from tests.helpers import Api, SocketClient, User, assert_ack_error, connect_socket, send_payload, until
+from tests.helpers import (
+    Api,
+    SocketClient,
+    User,
+    assert_ack_error,
+    assert_error,
+    connect_socket,
+    send_payload,
+    until,
+)
 from tests.process import ChatsvcProcess, free_port
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -271,6 +280,40 @@ async def test_cluster_password_reset_disconnects_sockets_on_every_instance(clus
     body = {"username": bob.username, "email": email, "password": "another123", "captcha": code}
     assert (await a.api.post("/user/update_password", body)).status == 201
     await asyncio.wait_for(gone.wait(), DEADLINE)
+
+
+async def test_cluster_logout_on_one_instance_ends_the_token_on_the_other_before_it_answers(cluster) -> None:
+    a, b = cluster
+    bob = await a.api.new_user()
+    # B has checked bob's token, so B caches his account now.
+    assert (await b.api.get("/user/info", bob.token)).status == 200
+
+    assert (await a.api.post("/user/logout", token=bob.token)).status == 201
+    refused = await b.api.get("/user/info", bob.token)
+    assert_error(refused.status, refused.body, 401)
+
+
+async def test_cluster_instance_cut_off_from_redis_checks_every_token_in_the_database(
+    cluster, redis_server: RedisServer
+) -> None:
+    a, b = cluster
+    bob = await a.api.new_user()
+    assert (await b.api.get("/user/info", bob.token)).status == 200
+    await redis_server.stop()
+    await until(lambda: not a.fanout.ordered() and not b.fanout.ordered(), "both instances to notice", DEADLINE)
+
+    # The revocation cannot reach B through Redis; B must not trust what it cached.
+    assert (await a.api.post("/user/logout", token=bob.token)).status == 201
+    refused = await b.api.get("/user/info", bob.token)
+    assert_error(refused.status, refused.body, 401)
+
+    await redis_server.start(None)
+    await until(lambda: a.fanout.ordered() and b.fanout.ordered(), "fan-out to resume", DEADLINE)
+    again = await a.api.login(bob.username)
+    assert (await b.api.get("/user/info", again.token)).status == 200
+    assert (await a.api.post("/user/logout", token=again.token)).status == 201
+    refused = await b.api.get("/user/info", again.token)
+    assert_error(refused.status, refused.body, 401)
 
 
 async def test_cluster_redis_outage_keeps_local_delivery_and_fan_out_resumes(

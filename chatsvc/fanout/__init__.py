@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from chatsvc.cache import MembershipCache, ProfileCache
+from chatsvc.cache import AccountCache, MembershipCache, ProfileCache
 from chatsvc.realtime.server import ChatSocketServer
 
 if TYPE_CHECKING:
@@ -63,12 +63,14 @@ class Fanout(ABC):
         sockets: ChatSocketServer,
         members: MembershipCache,
         profiles: ProfileCache,
+        accounts: AccountCache,
         *,
         online_log: OnlineLog | None = None,
     ) -> None:
         self._sockets = sockets
         self._members = members
         self._profiles = profiles
+        self._accounts = accounts
         # Set when webhooks are on: who had a socket here in the room as each message was delivered.
         self._online_log = online_log
 
@@ -125,8 +127,8 @@ class Fanout(ABC):
         await self.control(MEMBERS_CHANGED, {"chatroomId": chatroom_id})
 
     async def forget_profile(self, user_id: int) -> None:
-        """Drop a user's cached profile everywhere (it changed)."""
-        self._profiles.forget(user_id)
+        """Drop a user's cached profile and account everywhere (they changed)."""
+        self._forget_user(user_id)
         await self.control(PROFILE_CHANGED, {"userId": user_id})
 
     async def remove_from_room(self, user_id: int, chatroom_id: int) -> None:
@@ -135,15 +137,20 @@ class Fanout(ABC):
         await self.control(MEMBER_LEFT, {"userId": user_id, "chatroomId": chatroom_id})
 
     async def disconnect_user(self, user_id: int) -> None:
-        """Disconnect every socket of a user, everywhere (e.g. after a password change)."""
+        """Disconnect every socket of a user and forget their account, everywhere (their tokens were revoked)."""
+        self._accounts.forget(user_id)  # here at once; the others before this returns
         await self.control(DISCONNECT_USER, {"userId": user_id})
+
+    def _forget_user(self, user_id: int) -> None:
+        self._profiles.forget(user_id)
+        self._accounts.forget(user_id)
 
     async def apply_here(self, op: str, args: dict[str, Any]) -> None:
         """What this instance does for a control message."""
         if op == MEMBERS_CHANGED:
             self._members.forget(int(args["chatroomId"]))
         elif op == PROFILE_CHANGED:
-            self._profiles.forget(int(args["userId"]))
+            self._forget_user(int(args["userId"]))
         elif op == MEMBER_LEFT:
             chatroom_id = int(args["chatroomId"])
             self._members.forget(chatroom_id)
@@ -151,6 +158,7 @@ class Fanout(ABC):
             # trust-client mode a socket's user is known per event, not per socket.
             await self._sockets.leave_room_of(user_room(int(args["userId"])), room_name(chatroom_id))
         elif op == DISCONNECT_USER:
+            self._accounts.forget(int(args["userId"]))
             await self._sockets.disconnect_room(user_room(int(args["userId"])))
         else:
             raise ValueError(f"unknown control message {op!r}")

@@ -46,7 +46,7 @@ from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from chatsvc.cache import MembershipCache, ProfileCache
+from chatsvc.cache import AccountCache, MembershipCache, ProfileCache
 from chatsvc.fanout import CONTROL_OPS, MESSAGE_EVENT, Fanout, message_event, room_name
 from chatsvc.jsonutil import SocketJSON
 from chatsvc.realtime.server import ChatSocketServer
@@ -107,12 +107,15 @@ class RedisFanout(Fanout):
         sockets: ChatSocketServer,
         members: MembershipCache,
         profiles: ProfileCache,
+        accounts: AccountCache,
         url: str,
         channel: str,
         *,
         online_log: OnlineLog | None = None,
     ) -> None:
-        super().__init__(sockets, members, profiles, online_log=online_log)
+        super().__init__(sockets, members, profiles, accounts, online_log=online_log)
+        # Until this instance's probe comes back, another instance's token revocation could pass it by.
+        accounts.suspend()
         self.url = url
         self.channel = channel
         self.host_id = uuid.uuid4().hex
@@ -307,6 +310,7 @@ class RedisFanout(Fanout):
                 self._fault("subscribe", exc)
             finally:
                 self._in_stream = False
+                self._accounts.suspend()
                 for closable in (pubsub, subscriber):
                     if closable is not None:
                         with contextlib.suppress(Exception):
@@ -330,6 +334,7 @@ class RedisFanout(Fanout):
             elif op == PROBE:
                 if origin == self.host_id and token == self._probe:
                     self._in_stream = True
+                    self._accounts.resume()
                     self._publish_paused_until = 0.0
                     self._publish_pause = PUBLISH_PAUSE
                     log.info("Redis fan-out ready on channel %r", self.channel)
