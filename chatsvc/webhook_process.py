@@ -53,6 +53,8 @@ RESTART_MAX_SECONDS = 10.0
 STABLE_SECONDS = 30.0
 # How long shutdown waits for the child to exit after its stdin closed, before killing it.
 STOP_SECONDS = 10.0
+# The shortest time from one line of records to the child to the next.
+FEED_SECONDS = 0.05
 # The child's connections: one reader and one writer are all a sender uses.
 CHILD_POOL_SIZE = 2
 LENGTH_BYTES = 8
@@ -184,13 +186,17 @@ class WebhookProcess(SenderCounts):
             self.exit_status = process.returncode
 
     async def _feed(self, stdin: asyncio.StreamWriter) -> None:
-        """Pass the fan-out's records on to the child as they come, one line per burst."""
+        """Pass the fan-out's records on to the child, at most one line per FEED_SECONDS."""
         delivered = self._online.delivered
         while True:
             await delivered.wait()
             delivered.clear()
             stdin.write(self._records_line())
             await stdin.drain()
+            # The writer's batches come hundreds of times a second under load; the child makes a round at
+            # most every ROUND_SECONDS. Waiting here gathers their records into one line: one write and one
+            # wake-up of each process per interval instead of per batch, at most this much later.
+            await asyncio.sleep(FEED_SECONDS)
 
     def _records_line(self) -> bytes:
         records = [[message_id, sorted(users)] for message_id, users in self._online.take_relayed().items()]
@@ -252,7 +258,12 @@ async def _serve() -> None:
     )
     for message_id, users in settings["online"].items():
         online.record(message_id, frozenset(users))
-    db = open_database(config.with_changes(database_pool_size=CHILD_POOL_SIZE))
+    # synchronous=NORMAL on this process's own SQLite connections: its writes (deleting what was sent,
+    # postponing retries, leases) then commit without waiting for the disk, so it holds the write lock the
+    # server's writer needs for less time. A power loss may undo its last rounds: their deliveries are sent
+    # again (at-least-once) and a lease is lost only with the machine whose instances held it. The server's
+    # own connections keep CHATSVC_SQLITE_SYNCHRONOUS: messages and their outbox rows are as durable as ever.
+    db = open_database(config.with_changes(database_pool_size=CHILD_POOL_SIZE, sqlite_synchronous="NORMAL"))
     await db.open()
     reporter = _Reporter(channel)
     sender = WebhookSender(config, db, online, on_round=reporter)
