@@ -53,6 +53,8 @@ RESTART_MAX_SECONDS = 10.0
 STABLE_SECONDS = 30.0
 # How long shutdown waits for the child to exit after its stdin closed, before killing it.
 STOP_SECONDS = 10.0
+# The child's niceness above the server's: its calls are background work.
+SENDER_NICE = 10
 # The shortest time from one line of records to the child to the next.
 FEED_SECONDS = 0.05
 # The child's connections: one reader and one writer are all a sender uses.
@@ -287,6 +289,9 @@ def main() -> int:
     """``python -m chatsvc.webhook_process``: the sender process the server starts (not to be run by hand)."""
     # Ctrl-C reaches the whole process group: the server stops this child itself, after its last records.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Below the server in the scheduler's eyes: on a core it shares with the server (or the server's clients),
+    # the calls wait for the send path, never the reverse; idle cores still run them at full speed.
+    os.nice(SENDER_NICE)
     try:
         import uvloop  # as the server does (chatsvc/__main__.py): less CPU per call
     except ImportError:
