@@ -10,8 +10,9 @@ Between the two, over the child's stdin and stdout:
 
 - server → sender: first the settings, the mark up to which messages count as
   delivered and the online members the server still remembers (a pickle,
-  8-byte length first); then one JSON line per burst of the fan-out's records:
-  ``[delivered_up_to, [[message_id, [user_id, ...]], ...]]``.
+  8-byte length first); then, at most every FEED_SECONDS, one JSON line of
+  the fan-out's records since the last (members online other than the
+  sender): ``[delivered_up_to, [[message_id, [user_id, ...]], ...]]``.
 - sender → server: one JSON line per round, ``{"sent", "failed", "unneeded",
   "attemptsFailed"}`` (increments), ``"pending"`` and ``"done"`` (the messages
   whose deliveries it settled), so the server's metrics stay right.
