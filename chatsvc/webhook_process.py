@@ -10,8 +10,9 @@ Between the two, over the child's stdin and stdout:
 
 - server → sender: first the settings, the mark up to which messages count as
   delivered and the online members the server still remembers (a pickle,
-  8-byte length first); then one JSON line per burst of the fan-out's records:
-  ``[delivered_up_to, [[message_id, [user_id, ...]], ...]]``.
+  8-byte length first); then, at most every FEED_SECONDS, one JSON line of
+  the fan-out's records since the last (members online other than the
+  sender): ``[delivered_up_to, [[message_id, [user_id, ...]], ...]]``.
 - sender → server: one JSON line per round, ``{"sent", "failed", "unneeded",
   "attemptsFailed"}`` (increments), ``"pending"`` and ``"done"`` (the messages
   whose deliveries it settled), so the server's metrics stay right.
@@ -53,6 +54,10 @@ RESTART_MAX_SECONDS = 10.0
 STABLE_SECONDS = 30.0
 # How long shutdown waits for the child to exit after its stdin closed, before killing it.
 STOP_SECONDS = 10.0
+# The child's niceness above the server's: its calls are background work.
+SENDER_NICE = 10
+# The shortest time from one line of records to the child to the next.
+FEED_SECONDS = 0.05
 # The child's connections: one reader and one writer are all a sender uses.
 CHILD_POOL_SIZE = 2
 LENGTH_BYTES = 8
@@ -184,13 +189,17 @@ class WebhookProcess(SenderCounts):
             self.exit_status = process.returncode
 
     async def _feed(self, stdin: asyncio.StreamWriter) -> None:
-        """Pass the fan-out's records on to the child as they come, one line per burst."""
+        """Pass the fan-out's records on to the child, at most one line per FEED_SECONDS."""
         delivered = self._online.delivered
         while True:
             await delivered.wait()
             delivered.clear()
             stdin.write(self._records_line())
             await stdin.drain()
+            # The writer's batches come hundreds of times a second under load; the child makes a round at
+            # most every ROUND_SECONDS. Waiting here gathers their records into one line: one write and one
+            # wake-up of each process per interval instead of per batch, at most this much later.
+            await asyncio.sleep(FEED_SECONDS)
 
     def _records_line(self) -> bytes:
         records = [[message_id, sorted(users)] for message_id, users in self._online.take_relayed().items()]
@@ -252,7 +261,12 @@ async def _serve() -> None:
     )
     for message_id, users in settings["online"].items():
         online.record(message_id, frozenset(users))
-    db = open_database(config.with_changes(database_pool_size=CHILD_POOL_SIZE))
+    # synchronous=NORMAL on this process's own SQLite connections: its writes (deleting what was sent,
+    # postponing retries, leases) then commit without waiting for the disk, so it holds the write lock the
+    # server's writer needs for less time. A power loss may undo its last rounds: their deliveries are sent
+    # again (at-least-once) and a lease is lost only with the machine whose instances held it. The server's
+    # own connections keep CHATSVC_SQLITE_SYNCHRONOUS: messages and their outbox rows are as durable as ever.
+    db = open_database(config.with_changes(database_pool_size=CHILD_POOL_SIZE, sqlite_synchronous="NORMAL"))
     await db.open()
     reporter = _Reporter(channel)
     sender = WebhookSender(config, db, online, on_round=reporter)
@@ -276,6 +290,9 @@ def main() -> int:
     """``python -m chatsvc.webhook_process``: the sender process the server starts (not to be run by hand)."""
     # Ctrl-C reaches the whole process group: the server stops this child itself, after its last records.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Below the server in the scheduler's eyes: on a core it shares with the server (or the server's clients),
+    # the calls wait for the send path, never the reverse; idle cores still run them at full speed.
+    os.nice(SENDER_NICE)
     try:
         import uvloop  # as the server does (chatsvc/__main__.py): less CPU per call
     except ImportError:

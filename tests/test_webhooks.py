@@ -464,3 +464,37 @@ async def test_on_sqlite_a_batch_queues_its_deliveries_in_its_one_insert_stateme
     assert [call.payload["recipientIds"] for call in receiver.by_message()[message["id"]]] == [[bob.id]]
     writes = [s.strip().split(None, 3)[:3] for s in statements if re.match(r"\s*(BEGIN|INSERT|COMMIT)", s, re.I)]
     assert [w for w in writes if w[0].upper() != "INSERT" or w[2] != "chat_history"] == [], statements
+
+
+async def test_sender_process_runs_at_a_lower_priority_than_its_server(server: ChatsvcServer) -> None:
+    """On a core it shares with the server, the scheduler lets the send path go before the webhook calls."""
+    webhooks = await sending(server)
+    assert isinstance(webhooks, WebhookProcess) and webhooks.pid is not None
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, webhooks.pid) == min(19, own + 10)
+
+
+async def test_a_round_without_retries_settles_its_deliveries_in_one_statement(
+    tmp_path: Path, receiver: Receiver, database_url: str | None
+) -> None:
+    """No BEGIN anywhere: the sender deletes what it delivered in one autocommit DELETE (the writer's batch is
+    one INSERT), so it holds the database's write lock for one statement."""
+    if database_url is not None:
+        pytest.skip("the statement trace is SQLite's")
+    config = make_config(tmp_path, **webhook_settings(receiver), webhook_sender="inline")
+    async with run_chatsvc(config) as server, aiohttp.ClientSession() as session:
+        api = Api(server.base_url, session)
+        alice, bob = await api.new_user(), await api.new_user()
+        room = await api.one_to_one(alice, bob)
+        a = await connect_socket(server.base_url, alice.token)
+        statements: list[str] = []
+        await server.state.db.set_trace(statements.append)
+        try:
+            message = await a.send(alice, room)
+            await settled(server, 1)
+        finally:
+            await server.state.db.set_trace(None)
+            await a.disconnect()
+        assert [call.payload["recipientIds"] for call in receiver.by_message()[message["id"]]] == [[bob.id]]
+    assert [s for s in statements if re.match(r"\s*(BEGIN|COMMIT)", s, re.I)] == [], statements
+    assert any(re.match(r"\s*DELETE FROM webhook_outbox", s) for s in statements), statements

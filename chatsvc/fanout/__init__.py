@@ -38,6 +38,8 @@ PROFILE_CHANGED = "profile_changed"  # userId: drop the user's cached profile
 MEMBER_LEFT = "member_left"  # userId, chatroomId: drop the room's cached members, the user's sockets leave it
 DISCONNECT_USER = "disconnect_user"  # userId: disconnect every socket of the user
 CONTROL_OPS = frozenset({MEMBERS_CHANGED, PROFILE_CHANGED, MEMBER_LEFT, DISCONNECT_USER})
+# Rooms whose members' user rooms the webhooks' online record keeps at once (it starts over past this).
+HOLDERS_CACHED = 10_000
 
 
 def room_name(chatroom_id: int) -> str:
@@ -73,6 +75,8 @@ class Fanout(ABC):
         self._accounts = accounts
         # Set when webhooks are on: who had a socket here in the room as each message was delivered.
         self._online_log = online_log
+        # Per room, its cached members and their user rooms, built once per membership rather than per message.
+        self._holders: dict[int, tuple[frozenset[int], dict[str, int]]] = {}
 
     @abstractmethod
     async def start(self) -> None:
@@ -117,9 +121,20 @@ class Fanout(ABC):
         # Members are cached by the send's check and by every joinRoom here; a room no socket here joined
         # since its membership changed is not, and then no one here was in it.
         members = self._members.cached(chatroom_id) or frozenset()
-        holders = {user_room(uid): uid for uid in members}
+        # The membership cache hands out a new set after every change: the same object means the same members.
+        known = self._holders.get(chatroom_id)
+        if known is None or known[0] is not members:
+            if len(self._holders) >= HOLDERS_CACHED:
+                self._holders.clear()
+            known = self._holders[chatroom_id] = (members, {user_room(uid): uid for uid in members})
+        holders = known[1]
         present = self._sockets.holders_in(room_name(chatroom_id), holders)
-        self._online_log.record(int(message["id"]), frozenset(holders[holder] for holder in present))
+        # The sender is never a recipient: leaving them out keeps the record (and what is relayed to a
+        # sender process) empty for the usual message, whose only member online is the one who sent it.
+        sender_id = message["senderId"]
+        self._online_log.record(
+            int(message["id"]), frozenset([uid for uid in map(holders.__getitem__, present) if uid != sender_id])
+        )
 
     async def forget_members(self, chatroom_id: int) -> None:
         """Drop a room's cached members everywhere (its membership changed)."""

@@ -410,7 +410,16 @@ class ChatSocketServer(socketio.AsyncServer):
         in_room = rooms.get(room)
         if not in_room:
             return []
-        return [holder for holder in holders if any(sid in in_room for sid in rooms.get(holder, ()))]
+        # Called for every stored message with webhooks on: a plain loop, no generator per holder.
+        found = []
+        for holder in holders:
+            sids = rooms.get(holder)
+            if sids:
+                for sid in sids:
+                    if sid in in_room:
+                        found.append(holder)
+                        break
+        return found
 
     async def leave_room_of(self, holder: str, room: str, namespace: str = "/") -> None:
         """Take every socket in room ``holder`` (a user's sockets) out of ``room``."""

@@ -39,7 +39,10 @@ async def queue_deliveries_with_each_insert(conn: Connection) -> bool:
         return False
     await conn.execute(
         "CREATE TEMP TRIGGER IF NOT EXISTS webhook_outbox_follows_messages AFTER INSERT ON main.chat_history "
-        "BEGIN INSERT INTO webhook_outbox (message_id) VALUES (NEW.id); END"
+        # The message's own create_time is "now" for both times: SQLite's 'now' is one value for the whole
+        # statement, so this equals the columns' defaults without two more strftime calls per row.
+        "BEGIN INSERT INTO webhook_outbox (message_id, next_attempt_at, create_time) "
+        "VALUES (NEW.id, NEW.create_time, NEW.create_time); END"
     )
     return True
 
