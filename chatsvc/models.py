@@ -997,8 +997,9 @@ def validate(model: type[T], data: Any, what: str = "payload") -> T:
     return obj
 
 
-# A JSON decoder per model, made on first use (validate_json runs for every event taken as its frame is read).
-_DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+# A JSON decoder per model and whether the model has text rules for _post_check, made on first use
+# (validate_json runs for every event taken as its frame is read).
+_DECODERS: dict[type[Any], tuple[msgspec.json.Decoder[Any], bool]] = {}
 
 
 def validate_json(model: type[T], text: str, loads: Callable[[str], Any]) -> T | None:
@@ -1011,9 +1012,10 @@ def validate_json(model: type[T], text: str, loads: Callable[[str], Any]) -> T |
     the same annotations); any other goes through ``loads`` and
     :func:`validate`, so refusals keep their texts exactly.
     """
-    decoder = _DECODERS.get(model)
-    if decoder is None:
-        decoder = _DECODERS[model] = msgspec.json.Decoder(model)
+    found = _DECODERS.get(model)
+    if found is None:
+        found = _DECODERS[model] = (msgspec.json.Decoder(model), bool(_post_plan(model)))
+    decoder, has_text_rules = found
     try:
         obj = decoder.decode(text)
     except msgspec.DecodeError:  # ValidationError too
@@ -1022,7 +1024,8 @@ def validate_json(model: type[T], text: str, loads: Callable[[str], Any]) -> T |
         except ValueError:
             return None
         return validate(model, data)
-    _post_check(model, obj)
+    if has_text_rules:
+        _post_check(model, obj)
     return obj
 
 

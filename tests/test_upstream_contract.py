@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import json
 import contextlib
 import hashlib
 import inspect
 import io
+import json
 import logging
 import pathlib
 import re
