@@ -711,13 +711,19 @@ class ChatEngineServer(engineio.AsyncServer):
         return sent
 
     def queue_one(self, eio_sid: str, encoded: str) -> None:
-        """Queue one encoded Socket.IO packet on one socket, if it is still open (an inline event's ack)."""
+        """Queue one encoded Socket.IO packet on one socket, if it is still open (an inline event's ack).
+
+        A plain packet, as python-socketio's ``send`` queues one: it counts
+        against the queue's byte bound once, where a broadcast's shared packet
+        also counts its frame.
+        """
         socket = self.sockets.get(eio_sid)
         if socket is not None and not socket.closed:
-            socket.queue.put_nowait(SharedPacket(_MESSAGE, encoded))
+            socket.queue.put_nowait(eio_packet.Packet(_MESSAGE, encoded))
 
     def full_path_started(self, eio_sid: str) -> None:
-        """A WebSocket's MESSAGE packet goes to python-socketio's dispatch (counted until ``full_path_done``)."""
+        """A WebSocket's MESSAGE packet goes to python-socketio's dispatch, or an inline send waits for the
+        writer (counted until ``full_path_done``): the socket's next packets take python-socketio's path."""
         self.full_path[eio_sid] = self.full_path.get(eio_sid, 0) + 1
 
     def full_path_done(self, eio_sid: str) -> None:

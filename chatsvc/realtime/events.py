@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -454,7 +454,9 @@ class ChatNamespace(socketio.AsyncNamespace):
             self._answer_now(sid, ack, exc)
             self.server.observe_event(SEND_MESSAGE, time.perf_counter() - started)
             return True
-        stored.add_done_callback(partial(self._message_stored, sid, user_id, chatroom_id, ack, started))
+        # Until it is answered, the socket's next events wait their turn, as on python-socketio's path.
+        release = self.server.hold_in_order(sid)
+        stored.add_done_callback(partial(self._message_stored, sid, user_id, chatroom_id, ack, started, release))
         return True
 
     def _message_stored(
@@ -464,6 +466,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         chatroom_id: int,
         ack: InlineAck | None,
         started: float,
+        release: Callable[[], None],
         stored: asyncio.Future[tuple[dict[str, Any], bool]],
     ) -> None:
         """The writer has stored (or failed to store) a message sent inline: what the full path does after submit."""
@@ -474,19 +477,32 @@ class ChatNamespace(socketio.AsyncNamespace):
             result = error if error is not None else stored.result()[0]
         if not isinstance(result, Exception) and self.state.typing.is_typing(user_id, chatroom_id):
             # The full path announces that the sender stopped typing before it acks: so does this, from a task.
-            self.server.run_soon(self._stop_typing_and_answer(sid, user_id, chatroom_id, ack, started, result))
+            self.server.run_soon(self._stop_typing_and_answer(sid, user_id, chatroom_id, ack, started, release, result))
             return
-        self._answer_now(sid, ack, result)
+        try:
+            self._answer_now(sid, ack, result)
+        finally:
+            release()
         self.server.observe_event(SEND_MESSAGE, time.perf_counter() - started)
 
     async def _stop_typing_and_answer(
-        self, sid: str, user_id: int, chatroom_id: int, ack: InlineAck | None, started: float, result: Any
+        self,
+        sid: str,
+        user_id: int,
+        chatroom_id: int,
+        ack: InlineAck | None,
+        started: float,
+        release: Callable[[], None],
+        result: Any,
     ) -> None:
         try:
             await self.state.typing.stop(user_id, chatroom_id)
         except Exception as exc:
             result = exc
-        self._answer_now(sid, ack, result)
+        try:
+            self._answer_now(sid, ack, result)
+        finally:
+            release()
         self.server.observe_event(SEND_MESSAGE, time.perf_counter() - started)
 
     def mark_read_now(self, sid: str, text: str, ack: InlineAck | None) -> bool:
