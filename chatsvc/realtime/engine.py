@@ -722,8 +722,7 @@ class ChatEngineServer(engineio.AsyncServer):
             socket.queue.put_nowait(eio_packet.Packet(_MESSAGE, encoded))
 
     def full_path_started(self, eio_sid: str) -> None:
-        """A WebSocket's MESSAGE packet goes to python-socketio's dispatch, or an inline send waits for the
-        writer (counted until ``full_path_done``): the socket's next packets take python-socketio's path."""
+        """A WebSocket's MESSAGE packet goes to python-socketio's dispatch (counted until ``full_path_done``)."""
         self.full_path[eio_sid] = self.full_path.get(eio_sid, 0) + 1
 
     def full_path_done(self, eio_sid: str) -> None:

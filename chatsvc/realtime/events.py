@@ -150,6 +150,8 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.state = state
         self._sessions: dict[str, SocketSession] = {}
         self._sids_of_user: dict[int, set[str]] = {}
+        # Sockets with a sendMessage taken inline and not answered yet (send_message_now).
+        self._sending: set[str] = set()
         self.recovery_limit = recovery_limit(state.config)
         self._send_model = send_message_model(state.config.message_max_length)
         self.server: ChatSocketServer
@@ -425,11 +427,16 @@ class ChatNamespace(socketio.AsyncNamespace):
         writer has stored it, from a callback on the writer's future instead
         of a task per event. Declined, for the full path to handle, only before
         anything happened: for a socket without a session, a payload that is no
-        JSON, or a room whose members are not in the cache (the full path loads
-        them).
+        JSON, a room whose members are not in the cache (the full path loads
+        them), or while an earlier send of the socket taken here waits for its
+        ack. python-socketio's path handles a socket's events one after the
+        other, each once the one before is answered; so a client that sends
+        without waiting still has its sends stored one or two at a time, not in
+        one burst that could fill a slow reader's queue at once.
         """
         session = self._sessions.get(sid)
-        if session is None:
+        sending = self._sending
+        if session is None or sid in sending:
             return False
         started = time.perf_counter()
         try:
@@ -454,8 +461,8 @@ class ChatNamespace(socketio.AsyncNamespace):
             self._answer_now(sid, ack, exc)
             self.server.observe_event(SEND_MESSAGE, time.perf_counter() - started)
             return True
-        # Until it is answered, the socket's next events wait their turn, as on python-socketio's path.
-        release = self.server.hold_in_order(sid)
+        sending.add(sid)
+        release = partial(sending.discard, sid)
         stored.add_done_callback(partial(self._message_stored, sid, user_id, chatroom_id, ack, started, release))
         return True
 

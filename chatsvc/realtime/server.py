@@ -50,7 +50,6 @@ import contextvars
 import re
 import time
 from collections.abc import Callable, Iterable
-from functools import partial
 from typing import Any
 
 import socketio
@@ -71,10 +70,6 @@ CUT_OFF_MESSAGE = (
 
 
 _BINARY = (bytes, bytearray)
-
-
-def _nothing() -> None:
-    pass
 
 
 class MalformedPacket(ValueError):
@@ -377,20 +372,6 @@ class ChatSocketServer(socketio.AsyncServer):
         """Tell the event observer that an event handled inline was answered after ``seconds``."""
         if self._event_observer is not None:
             self._event_observer(event, seconds)
-
-    def hold_in_order(self, sid: str) -> Callable[[], None]:
-        """Keep the socket's next packets on python-socketio's path until the returned function is called.
-
-        python-socketio handles a socket's events one after the other, each
-        once the one before is answered; an inline ``sendMessage`` holds the
-        socket the same way until its ack, so that a client sending without
-        waiting gets its sends handled one by one, as before, and in order.
-        """
-        eio_sid = self.manager.eio_sid_from_sid(sid, "/")
-        if eio_sid is None:
-            return _nothing
-        self.eio.full_path_started(eio_sid)
-        return partial(self.eio.full_path_done, eio_sid)
 
     def run_soon(self, work: Any) -> None:
         """Run a coroutine in a task of its own, held until it is done (for inline handlers that must wait)."""
