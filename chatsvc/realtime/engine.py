@@ -447,19 +447,12 @@ class _WebSocketSession(WebSocketProtocol):
         if self._ended:
             return
         server = self.server
-        # A MESSAGE packet the Socket.IO server takes at once: no packet object, and none of the task
-        # AsyncSocket.receive would start for it (through AsyncServer._trigger_event, run_async). Only when none
-        # of the socket's earlier packets waits for Engine.IO or is still being handled through python-socketio's
-        # dispatch, so that a client's events still start in the order they came (its sends are stored in it).
+        # A MESSAGE packet the Socket.IO server takes at once: no packet object, and none of the work
+        # AsyncSocket.receive would do for it. Only when no earlier packet waits for Engine.IO, so that packets
+        # are still handled in the order they came (the server also keeps a send behind one of the socket's
+        # packets still on python-socketio's path: ChatEngineServer.full_path).
         inline = server.inline_message
-        if (
-            inline is not None
-            and not self._stage
-            and self._inbound is None
-            and type(data) is str
-            and data[:1] == "4"
-            and self.socket.sid not in server.full_path
-        ):
+        if inline is not None and not self._stage and self._inbound is None and type(data) is str and data[:1] == "4":
             try:
                 if inline(self.socket.sid, data):
                     return

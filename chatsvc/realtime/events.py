@@ -269,9 +269,14 @@ class ChatNamespace(socketio.AsyncNamespace):
         """
         return await self._answer(sid, self._typing(sid, data))
 
-    def inline_handlers(self) -> dict[str, InlineHandler]:
-        """The events the socket server hands over as their frame is read (ChatSocketServer.handle_inline)."""
-        return {"sendMessage": self.send_message_now, "markRead": self.mark_read_now, "typing": self.typing_now}
+    def inline_handlers(self) -> dict[str, tuple[InlineHandler, bool]]:
+        """The events the socket server hands over as their frame is read, and whether each waits its turn
+        behind the socket's events on the full path (ChatSocketServer.handle_inline)."""
+        return {
+            "sendMessage": (self.send_message_now, True),
+            "markRead": (self.mark_read_now, False),
+            "typing": (self.typing_now, False),
+        }
 
     async def _answer(self, sid: str, work: Any) -> Any:
         """Run an event; a failure goes to the ack if there is one, else as ``exception``."""

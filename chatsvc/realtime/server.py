@@ -286,8 +286,9 @@ class ChatSocketServer(socketio.AsyncServer):
         )
         # python-socketio hands the keyword arguments it does not know to the Engine.IO server.
         super().__init__(cut_off_notice=notice.encode(), inline_message=self._inline_message, **kwargs)
-        # By event name: the handlers of events taken as their frame is read.
-        self._inline: dict[str, InlineHandler] = {}
+        # By event name: the handlers of events taken as their frame is read, and whether each waits its turn
+        # behind the socket's packets still on python-socketio's path (see handle_inline).
+        self._inline: dict[str, tuple[InlineHandler, bool]] = {}
         # Events those handlers took; read by chatsvc/metrics.py when scraped.
         self.inline_events = 0
         self._in_flight = 0
@@ -355,7 +356,7 @@ class ChatSocketServer(socketio.AsyncServer):
         if self._in_flight == 0:
             self._idle.set()
 
-    def handle_inline(self, event: str, handler: InlineHandler) -> None:
+    def handle_inline(self, event: str, handler: InlineHandler, *, in_turn: bool = False) -> None:
         """Hand ``event`` of the default namespace to ``handler`` as its WebSocket frame is read.
 
         No packet object, no task, no trip through the namespace's dispatch: for
@@ -364,9 +365,15 @@ class ChatSocketServer(socketio.AsyncServer):
         (``sendMessage``), that dispatch cost several times the event's own
         work. What the handler declines, and every other shape of the event
         (long-polling, binary, another namespace, a second argument), takes the
-        full path.
+        full path. With ``in_turn``, the event is also left to the full path
+        while one of the socket's packets is still there (python-socketio
+        handles a socket's packets one after the other): a send read meanwhile
+        is then stored after the one before it. Marks and typing notices need
+        no turn (nothing they do depends on the order of other events), and
+        must not wait for one: a client marking each message it receives
+        would otherwise queue its marks behind one another on the full path.
         """
-        self._inline[event] = handler
+        self._inline[event] = (handler, in_turn)
 
     def observe_event(self, event: str, seconds: float) -> None:
         """Tell the event observer that an event handled inline was answered after ``seconds``."""
@@ -395,8 +402,11 @@ class ChatSocketServer(socketio.AsyncServer):
         match = _INLINE_EVENT.match(text)
         if match is None or text[-1] != "]":
             return False
-        handler = self._inline.get(match[2])
-        if handler is None or eio_sid in self._binary_packet:
+        found = self._inline.get(match[2])
+        if found is None or eio_sid in self._binary_packet:
+            return False
+        handler, in_turn = found
+        if in_turn and eio_sid in self.eio.full_path:
             return False
         manager = self.manager
         sid = manager.sid_from_eio_sid(eio_sid, "/")
