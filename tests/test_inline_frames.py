@@ -209,8 +209,9 @@ async def test_frames_in_one_tcp_write_are_all_answered_and_sends_stored_in_thei
         assert [message["content"] for message in sent] == ["one", "two", "three"]
         assert sent[0]["id"] < sent[1]["id"] < sent[2]["id"]
         assert acks[4]["chatroomId"] == room
-        # The typing and the first send were taken as read; the send holds the socket until it is answered,
-        # as python-socketio's path would, so the frames after it took that path, in turn.
+        # The typing and the first send were taken as read; the second send, read while the first waits for its
+        # ack, took python-socketio's path (which handles a socket's sends one at a time), and the frames after it
+        # followed it there, in turn.
         assert await metric(api, INLINE) == before + 2
         assert [(await b.next_chat())["message"]["id"] for _ in sent] == [message["id"] for message in sent]
     finally:
