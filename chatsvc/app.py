@@ -113,8 +113,8 @@ def create_app(config: Config) -> web.Application:
     )
     namespace = ChatNamespace(state)
     sio.register_namespace(namespace)
-    for event, handler in namespace.inline_handlers().items():
-        sio.handle_inline(event, handler)
+    for event, (handler, in_turn) in namespace.inline_handlers().items():
+        sio.handle_inline(event, handler, in_turn=in_turn)
     sio.attach(app)
     metrics.bind(state)
     app[STATE] = state

@@ -111,7 +111,8 @@ class _StateCollector(Collector):
         )
         yield CounterMetricFamily(
             "chatsvc_socket_events_inline",
-            "markRead and typing events handled as their WebSocket frame was read, without python-socketio's dispatch",
+            "sendMessage, markRead and typing events handled as their WebSocket frame was read, "
+            "without python-socketio's dispatch",
             state.sio.inline_events,
         )
         yield CounterMetricFamily(

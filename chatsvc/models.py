@@ -997,6 +997,38 @@ def validate(model: type[T], data: Any, what: str = "payload") -> T:
     return obj
 
 
+# A JSON decoder per model and whether the model has text rules for _post_check, made on first use
+# (validate_json runs for every event taken as its frame is read).
+_DECODERS: dict[type[Any], tuple[msgspec.json.Decoder[Any], bool]] = {}
+
+
+def validate_json(model: type[T], text: str, loads: Callable[[str], Any]) -> T | None:
+    """A payload's JSON text as an instance of ``model``: what ``validate(model, loads(text))`` answers, in one step.
+
+    Returns None, checking nothing, if ``text`` is not JSON (``loads`` raises
+    ValueError); otherwise the instance, or BadRequest with ``validate``'s text.
+    A payload that fits the model is decoded and checked in one call of
+    msgspec's decoder, without a dict in between (the same limits, read from
+    the same annotations); any other goes through ``loads`` and
+    :func:`validate`, so refusals keep their texts exactly.
+    """
+    found = _DECODERS.get(model)
+    if found is None:
+        found = _DECODERS[model] = (msgspec.json.Decoder(model), bool(_post_plan(model)))
+    decoder, has_text_rules = found
+    try:
+        obj = decoder.decode(text)
+    except msgspec.DecodeError:  # ValidationError too
+        try:
+            data = loads(text)
+        except ValueError:
+            return None
+        return validate(model, data)
+    if has_text_rules:
+        _post_check(model, obj)
+    return obj
+
+
 _DIGITS_RE = re.compile(r"^[+-]?[0-9]{1,19}$")
 
 

@@ -184,7 +184,11 @@ class ReadPositions:
                 pending.message_id = message_id
             if done is not None:
                 pending.waiters.append(done)
-            pending.answered = pending.answered or waited
+            if not waited:
+                # Most marks of a client marking each message it receives end here: the write that takes this
+                # one is already due (a pending mark always has its timer or the due event set).
+                return
+            pending.answered = True
         if waited or self._delay <= 0:
             self._due.set()
         elif self._timer is None:
@@ -299,6 +303,10 @@ class TypingNotices:
         self._keys_of_sid.setdefault(sid, set()).add(key)
         if current is None:
             self._notices.offer_soon(key, True)
+
+    def is_typing(self, user_id: int, chatroom_id: int) -> bool:
+        """Whether the user is typing in the room (so that :meth:`stop` would announce something)."""
+        return (user_id, chatroom_id) in self._typing
 
     async def stop(self, user_id: int, chatroom_id: int) -> None:
         """The user no longer types in the room (they sent a message, left, or said so)."""

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import inspect
 import io
+import json
 import logging
 import pathlib
 import re
@@ -52,7 +53,7 @@ from socketio.base_manager import BaseManager
 import chatsvc
 from chatsvc.realtime import engine as transport
 from chatsvc.realtime.engine import ChatEngineServer, LeanWebSocket, SharedPacket, SocketLimits
-from chatsvc.realtime.server import ChatPacket, ChatSocketServer, LeanManager, ack_requested
+from chatsvc.realtime.server import ChatPacket, ChatSocketServer, LeanManager, ack_requested, encode_ack
 from chatsvc.realtime.websocket import WebSocketProtocol, take_over, websocket_frame
 from tests.helpers import EVENT_TIMEOUT, connect_socket
 
@@ -619,6 +620,33 @@ def test_socketio_builds_its_engineio_server_from_engineio_server_class() -> Non
     )
 
 
+def test_socketio_acks_an_event_with_the_packet_chatsvc_encode_ack_builds() -> None:
+    result = {"id": 7, "content": "héllo \u2028", "sender": {"id": 1, "nickName": None}, "n": [1, 2.5, True]}
+    for ack_id in (0, 7, 10**15 - 1):
+        stock = sio_packet.Packet(sio_packet.ACK, namespace="/", id=ack_id, data=[result]).encode()
+        chat = ChatPacket(sio_packet.ACK, namespace="/", id=ack_id, data=[result]).encode()
+        assert encode_ack(ack_id, result) == chat and json.loads(chat[1 + len(str(ack_id)) :]) == [result], (
+            "socketio.packet.Packet.encode no longer encodes an ACK of the default namespace as "
+            f"'3' + id + JSON ({stock!r}): chatsvc/realtime/server.py encode_ack builds the ack of every event "
+            "taken inline that way"
+        )
+        assert json.loads(stock[1 + len(str(ack_id)) :]) == [result] and stock.startswith(f"3{ack_id}[")
+
+
+def test_socketio_has_engineio_handle_each_sockets_messages_in_order_through_handle_eio_message() -> None:
+    sio = ChatSocketServer(async_mode="aiohttp", async_handlers=False)
+    assert sio.eio.async_handlers is False, (
+        "socketio.base_server.BaseServer.__init__ no longer sets async_handlers=False on its Engine.IO server, so "
+        "a socket's messages would each run in a task: chatsvc/realtime/engine.py _WebSocketSession relies on its "
+        "packets that take python-socketio's path being handled one after the other (ChatEngineServer.full_path)"
+    )
+    assert sio.eio.handlers.get("message") == sio._handle_eio_message, (
+        "socketio.base_server.BaseServer.__init__ no longer registers self._handle_eio_message as Engine.IO's "
+        "message handler: chatsvc/realtime/server.py counts each handled packet there (full_path_done), and a "
+        "socket would never be taken inline again"
+    )
+
+
 class CountingManager(socketio.AsyncManager):
     """python-socketio's in-process manager, counting initialize() calls."""
 
@@ -728,7 +756,7 @@ def test_aiohttp_websocket_mask_unmasks_in_place() -> None:
     websocket_mask(b"\x01\x02\x03\x04", data)
     assert data == bytearray(b"\x01\x02\x03\x04\xfe"), (
         "aiohttp._websocket.helpers.websocket_mask(mask, data) no longer XORs data in place with the repeated "
-        "4-byte key: chatsvc/realtime/websocket.py _unmask uses it on every client frame"
+        "4-byte key: chatsvc/realtime/websocket.py WebSocketProtocol.data_received uses it on every client frame"
     )
 
 
@@ -862,6 +890,7 @@ FORKS = [
         "bd95b5164077f357",
     ),
     Fork(socketio.AsyncServer, "_handle_event_internal", "chatsvc/realtime/server.py _Ack", "2caacc756eb32e5b"),
+    Fork(sio_packet.Packet, "encode", "chatsvc/realtime/server.py encode_ack", "16bf0b83017f63f5"),
     # serve_websocket skips AsyncSocket.receive for a MESSAGE taken inline: receive must do nothing else with one.
     Fork(AsyncSocket, "receive", "chatsvc/realtime/engine.py serve_websocket (the inline branch)", "e7395ddf0f5b22c4"),
 ]

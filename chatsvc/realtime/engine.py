@@ -427,6 +427,7 @@ class _WebSocketSession(WebSocketProtocol):
     def connection_closed(self) -> None:
         """The connection is gone: end the upgrade, or close the Engine.IO socket (its session ends)."""
         self.server.connection_gone(self)
+        self.server.full_path.pop(self.socket.sid, None)
         self._cancel_timer()
         self._stop_writer()
         self.queue.transport = None
@@ -445,13 +446,15 @@ class _WebSocketSession(WebSocketProtocol):
         """A message from the client: an upgrade step, or an Engine.IO packet for the socket."""
         if self._ended:
             return
-        # A MESSAGE packet the Socket.IO server takes at once: no packet object, and none of the task
-        # AsyncSocket.receive would start for it (through AsyncServer._trigger_event, run_async). Only when no
-        # earlier packet waits for Engine.IO, so that packets are still handled in the order they came.
-        inline = self.server.inline_message
+        server = self.server
+        # A MESSAGE packet the Socket.IO server takes at once: no packet object, and none of the work
+        # AsyncSocket.receive would do for it. Only when no earlier packet waits for Engine.IO, so that packets
+        # are still handled in the order they came (the server also keeps a send behind one of the socket's
+        # packets still on python-socketio's path: ChatEngineServer.full_path).
+        inline = server.inline_message
         if inline is not None and not self._stage and self._inbound is None and type(data) is str and data[:1] == "4":
             try:
-                if inline(self.socket.sid, data[1:]):
+                if inline(self.socket.sid, data):
                     return
             except Exception:
                 log.exception("%s: error while handling a packet", self.socket.sid)
@@ -461,7 +464,7 @@ class _WebSocketSession(WebSocketProtocol):
             self._upgrade_step(packet)
             return
         if packet is None:
-            self.server.malformed_input.warning(
+            server.malformed_input.warning(
                 "%s: not an Engine.IO packet from %s (%d bytes), closing the connection",
                 self.socket.sid,
                 self.peer(),
@@ -469,6 +472,8 @@ class _WebSocketSession(WebSocketProtocol):
             )
             self._end()
             return
+        if packet.packet_type == _MESSAGE:
+            server.full_path_started(self.socket.sid)
         inbound = self._inbound
         if inbound is None:
             self._inbound = [packet]
@@ -672,6 +677,9 @@ class ChatEngineServer(engineio.AsyncServer):
         self.cut_off_notice = None if cut_off_notice is None else SharedPacket(eio_packet.MESSAGE, cut_off_notice)
         # The WebSocket connections this server runs (taken over from aiohttp, which no longer closes them).
         self.connections: set[WebSocketProtocol] = set()
+        # By Engine.IO sid: how many MESSAGE packets of a WebSocket went to python-socketio's dispatch and are not
+        # handled yet. While a socket has any, its next packets go the same way (see message_received).
+        self.full_path: dict[str, int] = {}
         self._all_closed: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
 
@@ -694,6 +702,31 @@ class ChatEngineServer(engineio.AsyncServer):
                 socket.queue.put_nowait(packet)
                 sent += 1
         return sent
+
+    def queue_one(self, eio_sid: str, encoded: str) -> None:
+        """Queue one encoded Socket.IO packet on one socket, if it is still open (an inline event's ack).
+
+        A plain packet, as python-socketio's ``send`` queues one: it counts
+        against the queue's byte bound once, where a broadcast's shared packet
+        also counts its frame.
+        """
+        socket = self.sockets.get(eio_sid)
+        if socket is not None and not socket.closed:
+            socket.queue.put_nowait(eio_packet.Packet(_MESSAGE, encoded))
+
+    def full_path_started(self, eio_sid: str) -> None:
+        """A WebSocket's MESSAGE packet goes to python-socketio's dispatch (counted until ``full_path_done``)."""
+        self.full_path[eio_sid] = self.full_path.get(eio_sid, 0) + 1
+
+    def full_path_done(self, eio_sid: str) -> None:
+        """python-socketio's dispatch has handled a MESSAGE packet of the socket (called for every one)."""
+        count = self.full_path.get(eio_sid)
+        if count is None:
+            return  # long-polling, or its connection is gone
+        if count <= 1:
+            del self.full_path[eio_sid]
+        else:
+            self.full_path[eio_sid] = count - 1
 
     def answer_goodbye(self, eio_sid: str, reason: Any) -> None:
         """Answer the waiting GET of a long-polling client that said goodbye (from Socket.IO's disconnect handler).

@@ -10,10 +10,12 @@ what it lacks is in chatsvc/realtime/server.py.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -23,6 +25,7 @@ from chatsvc.auth import bearer_token
 from chatsvc.config import Config
 from chatsvc.errors import BadRequest, ChatError, Forbidden, TooManyRequests, Unauthorized
 from chatsvc.fanout import MESSAGE_EVENT, message_event, room_name, user_room
+from chatsvc.jsonutil import SocketJSON
 from chatsvc.logs import log_socket_event
 from chatsvc.membership import join_notice
 from chatsvc.message_changes import change_delete, change_edit
@@ -35,12 +38,13 @@ from chatsvc.models import (
     edit_message_model,
     send_message_model,
     validate,
+    validate_json,
 )
 from chatsvc.realtime.server import TRANSPORT_FLUSH_SECONDS, ChatSocketServer, InlineAck, InlineHandler, ack_requested
 from chatsvc.receipts import MarkDone
 from chatsvc.state import AppState
 from chatsvc.store.messages import MESSAGE_TYPES, list_history
-from chatsvc.writer import Draft
+from chatsvc.writer import Draft, WriterClosed
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,7 @@ RESERVED_EVENTS = frozenset(
     }
 )
 _LIFECYCLE_EVENTS = frozenset({"connect", "disconnect"})
+SEND_MESSAGE = "sendMessage"
 
 
 def recovery_limit(config: Config) -> int:
@@ -145,7 +150,10 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.state = state
         self._sessions: dict[str, SocketSession] = {}
         self._sids_of_user: dict[int, set[str]] = {}
+        # Sockets with a sendMessage taken inline and not answered yet (send_message_now).
+        self._sending: set[str] = set()
         self.recovery_limit = recovery_limit(state.config)
+        self._send_model = send_message_model(state.config.message_max_length)
         self.server: ChatSocketServer
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
@@ -261,9 +269,14 @@ class ChatNamespace(socketio.AsyncNamespace):
         """
         return await self._answer(sid, self._typing(sid, data))
 
-    def inline_handlers(self) -> dict[str, InlineHandler]:
-        """The events the socket server hands over as their frame is read (ChatSocketServer.handle_inline)."""
-        return {"markRead": self.mark_read_now, "typing": self.typing_now}
+    def inline_handlers(self) -> dict[str, tuple[InlineHandler, bool]]:
+        """The events the socket server hands over as their frame is read, and whether each waits its turn
+        behind the socket's events on the full path (ChatSocketServer.handle_inline)."""
+        return {
+            "sendMessage": (self.send_message_now, True),
+            "markRead": (self.mark_read_now, False),
+            "typing": (self.typing_now, False),
+        }
 
     async def _answer(self, sid: str, work: Any) -> Any:
         """Run an event; a failure goes to the ack if there is one, else as ``exception``."""
@@ -354,7 +367,7 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def _send_message(self, sid: str, data: Any) -> dict[str, Any]:
         session = self._session(sid)
-        send: Any = validate(send_message_model(self.state.config.message_max_length), data)
+        send: Any = validate(self._send_model, data)
         chatroom_id, kind, content = send.chatroomId, MESSAGE_TYPES[send.message.type], send.message.content
         client_msg_id = send.clientMsgId
         user_id = self._acting_user(sid, send.sendUserId, "sendUserId")
@@ -412,23 +425,121 @@ class ChatNamespace(socketio.AsyncNamespace):
             raise TooManyRequests(refusal)
         return user_id
 
-    def mark_read_now(self, sid: str, data: Any, ack: InlineAck | None) -> bool:
+    def send_message_now(self, sid: str, text: str, ack: InlineAck | None) -> bool:
+        """``sendMessage`` as its frame is read: the full path's checks in its order and its answers; False = not here.
+
+        The message goes to the writer at once and the ack follows when the
+        writer has stored it, from a callback on the writer's future instead
+        of a task per event. Declined, for the full path to handle, only before
+        anything happened: for a socket without a session, a payload that is no
+        JSON, a room whose members are not in the cache (the full path loads
+        them), or while an earlier send of the socket taken here waits for its
+        ack. python-socketio's path handles a socket's events one after the
+        other, each once the one before is answered; so a client that sends
+        without waiting still has its sends stored one or two at a time, not in
+        one burst that could fill a slow reader's queue at once.
+        """
+        session = self._sessions.get(sid)
+        sending = self._sending
+        if session is None or sid in sending:
+            return False
+        started = time.perf_counter()
+        try:
+            send: Any = validate_json(self._send_model, text, SocketJSON.loads)
+            if send is None:
+                return False
+            chatroom_id = send.chatroomId
+            members = self.state.members.cached(chatroom_id)
+            if members is None:
+                return False
+            message = send.message
+            kind = MESSAGE_TYPES[message.type]
+            user_id = session.user_id
+            if user_id is None or (send.sendUserId is not None and send.sendUserId != user_id):
+                user_id = self._acting_user(sid, send.sendUserId, "sendUserId")  # trust-client mode, or a claim
+            if not session.bucket.take():
+                raise TooManyRequests("Sending too fast: slow down")
+            if user_id not in members:
+                raise Forbidden("You are not a member of this chatroom")
+            stored = self.state.writer.submit_soon(Draft(chatroom_id, user_id, kind, message.content, send.clientMsgId))
+        except Exception as exc:
+            self._answer_now(sid, ack, exc)
+            self.server.observe_event(SEND_MESSAGE, time.perf_counter() - started)
+            return True
+        sending.add(sid)
+        release = partial(sending.discard, sid)
+        stored.add_done_callback(partial(self._message_stored, sid, user_id, chatroom_id, ack, started, release))
+        return True
+
+    def _message_stored(
+        self,
+        sid: str,
+        user_id: int,
+        chatroom_id: int,
+        ack: InlineAck | None,
+        started: float,
+        release: Callable[[], None],
+        stored: asyncio.Future[tuple[dict[str, Any], bool]],
+    ) -> None:
+        """The writer has stored (or failed to store) a message sent inline: what the full path does after submit."""
+        if stored.cancelled():
+            result: Any = WriterClosed("The server is shutting down")
+        else:
+            error = stored.exception()
+            result = error if error is not None else stored.result()[0]
+        if not isinstance(result, Exception) and self.state.typing.is_typing(user_id, chatroom_id):
+            # The full path announces that the sender stopped typing before it acks: so does this, from a task.
+            self.server.run_soon(self._stop_typing_and_answer(sid, user_id, chatroom_id, ack, started, release, result))
+            return
+        try:
+            self._answer_now(sid, ack, result)
+        finally:
+            release()
+        self.server.observe_event(SEND_MESSAGE, time.perf_counter() - started)
+
+    async def _stop_typing_and_answer(
+        self,
+        sid: str,
+        user_id: int,
+        chatroom_id: int,
+        ack: InlineAck | None,
+        started: float,
+        release: Callable[[], None],
+        result: Any,
+    ) -> None:
+        try:
+            await self.state.typing.stop(user_id, chatroom_id)
+        except Exception as exc:
+            result = exc
+        try:
+            self._answer_now(sid, ack, result)
+        finally:
+            release()
+        self.server.observe_event(SEND_MESSAGE, time.perf_counter() - started)
+
+    def mark_read_now(self, sid: str, text: str, ack: InlineAck | None) -> bool:
         """``markRead`` as its frame is read: the full path's checks and answers, without a task; False = not here.
 
         Declined, for the full path to handle, only before anything happened:
-        for a socket without a session, or a room whose members are not in the
-        cache (the full path loads them).
+        for a socket without a session, a payload that is no JSON, or a room
+        whose members are not in the cache (the full path loads them).
         """
         session = self._sessions.get(sid)
         if session is None:
             return False
         try:
-            mark = validate(MarkRead, data)
+            mark = validate_json(MarkRead, text, SocketJSON.loads)
+            if mark is None:
+                return False
             room = mark.chatroomId
             members = self.state.members.cached(room)
             if members is None:
                 return False
-            user_id = self._take_receipt_token(sid, mark.userId, "Marking read too fast: slow down")
+            user_id = session.user_id
+            if user_id is None or (mark.userId is not None and mark.userId != user_id):
+                user_id = self._acting_user(sid, mark.userId, "userId")  # trust-client mode, or a claim
+            if not session.receipts.take():
+                raise TooManyRequests("Marking read too fast: slow down")
             if user_id not in members:
                 raise Forbidden("You are not a member of this chatroom")
             if ack is None:
@@ -441,16 +552,23 @@ class ChatNamespace(socketio.AsyncNamespace):
             self._answer_now(sid, ack, exc)
         return True
 
-    def typing_now(self, sid: str, data: Any, ack: InlineAck | None) -> bool:
+    def typing_now(self, sid: str, text: str, ack: InlineAck | None) -> bool:
         """``typing`` as its frame is read, as :meth:`mark_read_now` takes ``markRead``."""
-        if sid not in self._sessions:
+        session = self._sessions.get(sid)
+        if session is None:
             return False
         try:
-            typing = validate(Typing, data)
+            typing = validate_json(Typing, text, SocketJSON.loads)
+            if typing is None:
+                return False
             members = self.state.members.cached(typing.chatroomId)
             if members is None:
                 return False
-            user_id = self._take_receipt_token(sid, typing.userId, "Typing notices too fast: slow down")
+            user_id = session.user_id
+            if user_id is None or (typing.userId is not None and typing.userId != user_id):
+                user_id = self._acting_user(sid, typing.userId, "userId")  # trust-client mode, or a claim
+            if not session.receipts.take():
+                raise TooManyRequests("Typing notices too fast: slow down")
             if user_id not in members:
                 raise Forbidden("You are not a member of this chatroom")
             self.state.typing.update(sid, user_id, typing.chatroomId, typing.typing)

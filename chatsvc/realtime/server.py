@@ -28,8 +28,13 @@ tests/test_upstream_contract.py (docs/performance.md has the table):
 * ``AsyncServer._binary_packet`` (read), and ``socketio.packet.Packet.decode``,
   ``AsyncServer._handle_eio_message``, ``_handle_event`` and
   ``_handle_event_internal``, mirrored for the one packet shape that
-  ``ChatSocketServer._inline_message`` takes (``markRead`` and ``typing`` as
-  their frame is read, without python-socketio's dispatch).
+  ``ChatSocketServer._inline_message`` takes (``sendMessage``, ``markRead``
+  and ``typing`` as their frame is read, without python-socketio's dispatch);
+  ``socketio.packet.Packet.encode`` for an ACK, mirrored by ``encode_ack``;
+  and the Engine.IO server's ``async_handlers`` being off (set by
+  ``BaseServer.__init__``): a socket's packets on python-socketio's path are
+  handled one after the other, which the inline path keeps
+  (``ChatEngineServer.full_path``).
 
 Public extension points come first: the manager through ``client_manager=``,
 the packet class through ``serializer=``, reserved event names through
@@ -42,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -206,21 +212,35 @@ def ack_requested() -> bool:
 
 # The ack of an event handled inline: called once with what the client is to get.
 InlineAck = Callable[[Any], None]
-# An event handled as its frame is read (ChatSocketServer.handle_inline): called with the socket's sid, the event's
-# one argument, and its ack (None if the client asked for none); returns False to leave the event to the full path.
-InlineHandler = Callable[[str, Any, InlineAck | None], bool]
-# Longest ack id taken inline; python-socketio reads up to 100 digits, and the full path still does.
-_INLINE_ACK_DIGITS = 15
+# An event handled as its frame is read (ChatSocketServer.handle_inline): called with the socket's sid, the JSON
+# text of the event's one argument, and its ack (None if the client asked for none); returns False to leave the
+# event to the full path.
+InlineHandler = Callable[[str, str, InlineAck | None], bool]
+# An Engine.IO message's text as the inline path takes it (socketio.packet.Packet.decode, for one shape): "4" (MESSAGE),
+# "2" (EVENT), no attachment count, no namespace, an optional ack id of at most 15 digits (python-socketio reads up
+# to 100; the full path still does), then a JSON list whose first item is the event's name, unescaped.
+_INLINE_EVENT = re.compile(r'42([0-9]{0,15})\["([A-Za-z]+)",')
+
+
+def encode_ack(ack_id: int, result: dict[str, Any]) -> str:
+    """The Socket.IO ACK packet of the default namespace answering ``ack_id`` with one object.
+
+    What ``ChatPacket(ACK, namespace="/", id=ack_id, data=[result]).encode()``
+    gives (``socketio.packet.Packet.encode``: the type, the id, the JSON of the
+    data; a dict is never binary), without a packet object and its binary check:
+    an inline event's ack is built for every ``sendMessage``.
+    """
+    return "3" + str(ack_id) + SocketJSON.dumps([result])
 
 
 class _Ack:
     """The ack of one inline event: the ACK packet queued on the socket, as python-socketio's
     ``AsyncServer._handle_event_internal`` sends it through ``_send_packet``; counted in flight until then."""
 
-    __slots__ = ("_eio_sid", "_id", "_open", "_server", "_sid")
+    __slots__ = ("_eio_sid", "_id", "_open", "_server")
 
-    def __init__(self, server: ChatSocketServer, sid: str, eio_sid: str, ack_id: int) -> None:
-        self._server, self._sid, self._eio_sid, self._id = server, sid, eio_sid, ack_id
+    def __init__(self, server: ChatSocketServer, eio_sid: str, ack_id: int) -> None:
+        self._server, self._eio_sid, self._id = server, eio_sid, ack_id
         self._open = True
         server._event_started()
 
@@ -228,8 +248,11 @@ class _Ack:
         if not self._open:
             return
         server = self._server
-        packet = server.packet_class(sio_packet.ACK, namespace="/", id=self._id, data=[result])
-        server.eio.queue_message(((self._sid, self._eio_sid),), (), packet.encode())
+        if type(result) is dict:
+            encoded = encode_ack(self._id, result)
+        else:
+            encoded = server.packet_class(sio_packet.ACK, namespace="/", id=self._id, data=[result]).encode()
+        server.eio.queue_one(self._eio_sid, encoded)
         self.drop()
 
     def drop(self) -> None:
@@ -263,8 +286,9 @@ class ChatSocketServer(socketio.AsyncServer):
         )
         # python-socketio hands the keyword arguments it does not know to the Engine.IO server.
         super().__init__(cut_off_notice=notice.encode(), inline_message=self._inline_message, **kwargs)
-        # By '["<event>",', the start of the packet's JSON: the handlers of events taken as their frame is read.
-        self._inline: dict[str, InlineHandler] = {}
+        # By event name: the handlers of events taken as their frame is read, and whether each waits its turn
+        # behind the socket's packets still on python-socketio's path (see handle_inline).
+        self._inline: dict[str, tuple[InlineHandler, bool]] = {}
         # Events those handlers took; read by chatsvc/metrics.py when scraped.
         self.inline_events = 0
         self._in_flight = 0
@@ -304,6 +328,10 @@ class ChatSocketServer(socketio.AsyncServer):
                 remote_address(self.environ.get(eio_sid) or {}),
                 describe_error(exc),
             )
+        finally:
+            # Handled (and answered) through python-socketio's dispatch: the socket's later events may be taken
+            # inline again once none of its earlier ones is still on this path (ChatEngineServer.full_path_done).
+            self.eio.full_path_done(eio_sid)
 
     async def _handle_event_internal(  # type: ignore[no-untyped-def]
         self, server, sid, eio_sid, data, namespace, id
@@ -328,53 +356,65 @@ class ChatSocketServer(socketio.AsyncServer):
         if self._in_flight == 0:
             self._idle.set()
 
-    def handle_inline(self, event: str, handler: InlineHandler) -> None:
+    def handle_inline(self, event: str, handler: InlineHandler, *, in_turn: bool = False) -> None:
         """Hand ``event`` of the default namespace to ``handler`` as its WebSocket frame is read.
 
         No packet object, no task, no trip through the namespace's dispatch: for
-        events clients send for every message they receive (``markRead``) or
-        every few seconds (``typing``), that dispatch cost several times the
-        event's own work. What the handler declines, and every other shape of
-        the event (long-polling, binary, another namespace, a second argument),
-        takes the full path. The event observer does not see these events.
+        events clients send for every message they receive (``markRead``), every
+        few seconds (``typing``) or for every message they write
+        (``sendMessage``), that dispatch cost several times the event's own
+        work. What the handler declines, and every other shape of the event
+        (long-polling, binary, another namespace, a second argument), takes the
+        full path. With ``in_turn``, the event is also left to the full path
+        while one of the socket's packets is still there (python-socketio
+        handles a socket's packets one after the other): a send read meanwhile
+        is then stored after the one before it. Marks and typing notices need
+        no turn (nothing they do depends on the order of other events), and
+        must not wait for one: a client marking each message it receives
+        would otherwise queue its marks behind one another on the full path.
         """
-        self._inline[SocketJSON.dumps([event])[:-1] + ","] = handler
+        self._inline[event] = (handler, in_turn)
+
+    def observe_event(self, event: str, seconds: float) -> None:
+        """Tell the event observer that an event handled inline was answered after ``seconds``."""
+        if self._event_observer is not None:
+            self._event_observer(event, seconds)
+
+    def run_soon(self, work: Any) -> None:
+        """Run a coroutine in a task of its own, held until it is done (for inline handlers that must wait)."""
+        self.eio.run_soon(work)
 
     def _inline_message(self, eio_sid: str, text: str) -> bool:
-        """Handle a Socket.IO packet (an Engine.IO message's text) inline if it is one of those events; else False.
+        """Handle an Engine.IO message (its text, ``4`` first) inline if it is one of those events; else False.
 
         Mirrors what python-socketio does with such a packet, for the one shape
         taken here: ``socketio.packet.Packet.decode`` (type 2 EVENT, no
         attachment count, no namespace, an optional ack id of digits, a JSON
-        list), ``AsyncServer._handle_eio_message`` (a text frame that follows a
-        binary packet is its attachment, not a packet: ``_binary_packet``),
-        ``_handle_event`` (only for a socket connected to the namespace) and
-        ``_handle_event_internal`` (the ack packet, see ``_Ack``).
+        list of the name and one argument), ``AsyncServer._handle_eio_message``
+        (a text frame that follows a binary packet is its attachment, not a
+        packet: ``_binary_packet``), ``_handle_event`` (only for a socket
+        connected to the namespace) and ``_handle_event_internal`` (the ack
+        packet, see ``_Ack``). The argument's JSON text is the list's text
+        between the name's comma and the closing bracket: if it is one JSON
+        value, the list is exactly the name and it; if not, the handler finds
+        it is no JSON and the full path answers the packet as it always has.
         """
-        if text[:1] != "2" or eio_sid in self._binary_packet:
+        match = _INLINE_EVENT.match(text)
+        if match is None or text[-1] != "]":
             return False
-        at, end = 1, len(text)
-        while at < end and "0" <= text[at] <= "9":
-            at += 1
-        if at - 1 > _INLINE_ACK_DIGITS:
+        found = self._inline.get(match[2])
+        if found is None or eio_sid in self._binary_packet:
             return False
-        for prefix, candidate in self._inline.items():
-            if text.startswith(prefix, at):
-                handler = candidate
-                break
-        else:
+        handler, in_turn = found
+        if in_turn and eio_sid in self.eio.full_path:
             return False
-        try:
-            data = SocketJSON.loads(text[at:])
-        except ValueError:
-            return False  # the full path logs it
-        if type(data) is not list or len(data) != 2:
+        manager = self.manager
+        sid = manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is None or not manager.is_connected(sid, "/"):
             return False
-        sid = self.manager.sid_from_eio_sid(eio_sid, "/")
-        if sid is None or not self.manager.is_connected(sid, "/"):
-            return False
-        ack = None if at == 1 else _Ack(self, sid, eio_sid, int(text[1:at]))
-        if handler(sid, data[1], ack):
+        digits = match[1]
+        ack = _Ack(self, eio_sid, int(digits)) if digits else None
+        if handler(sid, text[match.end() : -1], ack):
             self.inline_events += 1
             return True
         if ack is not None:

@@ -87,13 +87,6 @@ def _frame(opcode: int, payload: bytes | bytearray) -> bytes:
     return header + payload
 
 
-def _unmask(mask: bytes | bytearray, payload: bytes | bytearray) -> bytearray:
-    # aiohttp's own unmasking (in C where its extension is built): XOR with the 4-byte key, in place.
-    data = bytearray(payload)
-    websocket_mask(bytes(mask), data)
-    return data
-
-
 class WebSocketProtocol(asyncio.Protocol):
     """One WebSocket connection after the handshake: frames in (to ``message_received``), frames out.
 
@@ -212,11 +205,19 @@ class WebSocketProtocol(asyncio.Protocol):
                 drained.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        """Cut complete frames from what arrived; keep the rest of an incomplete one."""
+        """Cut every complete frame from what arrived, in one pass; keep the rest of an incomplete one.
+
+        A client marking each message it reads sends a small text frame per
+        message it receives, so this runs for every one of them: a complete,
+        unfragmented text frame is unmasked, decoded and handed to
+        ``message_received`` right here, without a call per step; the rest
+        (control frames, fragments, binary, a connection that is closing)
+        takes ``_frame_received``.
+        """
         buffer: bytes | bytearray = data
         tail = self._tail
         if tail:
-            tail += data
+            tail += data  # rare: a frame split across reads
             buffer = tail
         size = len(buffer)
         at = 0
@@ -225,20 +226,21 @@ class WebSocketProtocol(asyncio.Protocol):
             second = buffer[at + 1]
             length = second & 0x7F
             start = at + 2
-            if length == 126:
-                if size - at < 4:
-                    break
-                length = int.from_bytes(buffer[at + 2 : at + 4], "big")
-                start = at + 4
-            elif length == 127:
-                if size - at < 10:
-                    break
-                length = int.from_bytes(buffer[at + 2 : at + 10], "big")
-                start = at + 10
-            opcode = first & 0x0F
+            if length > 125:
+                if length == 126:
+                    if size - at < 4:
+                        break
+                    length = int.from_bytes(buffer[at + 2 : at + 4], "big")
+                    start = at + 4
+                else:
+                    if size - at < 10:
+                        break
+                    length = int.from_bytes(buffer[at + 2 : at + 10], "big")
+                    start = at + 10
             if not second & 0x80 or first & 0x70:
                 self._fail(CLOSE_PROTOCOL_ERROR)  # a client's frame must be masked; no extension is agreed
                 return
+            opcode = first & 0x0F
             if opcode >= _CLOSE:
                 if not first & _FIN or length > 125:
                     self._fail(CLOSE_PROTOCOL_ERROR)
@@ -251,9 +253,19 @@ class WebSocketProtocol(asyncio.Protocol):
             end = start + 4 + length
             if end > size:
                 break
-            payload = _unmask(buffer[start : start + 4], buffer[start + 4 : end])
+            # aiohttp's own unmasking (in C where its extension is built): XOR with the 4-byte key, in place.
+            payload = bytearray(buffer[start + 4 : end])
+            mask = buffer[start : start + 4]
+            websocket_mask(mask if type(mask) is bytes else bytes(mask), payload)
             at = end
-            if not self._frame_received(opcode, bool(first & _FIN), payload):
+            if first == _FIN | _TEXT and self._fragments is None and not self._close_sent:
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError:
+                    self._fail(CLOSE_INVALID_DATA)
+                    return
+                self.message_received(text)
+            elif not self._frame_received(opcode, bool(first & _FIN), payload):
                 return
         if self.transport is None:
             return
