@@ -425,6 +425,30 @@ class ChatNamespace(socketio.AsyncNamespace):
             raise TooManyRequests(refusal)
         return user_id
 
+    def _inline_member(
+        self,
+        sid: str,
+        session_user: int | None,
+        claimed: int | None,
+        field: str,
+        members: frozenset[int],
+        allowance: TokenBucket,
+        too_fast: str,
+    ) -> int:
+        """The acting user of an event taken inline, after the full path's checks in its order.
+
+        Who acts (the socket's user, or a claim: trust-client mode), then the
+        socket's allowance, then membership of the room.
+        """
+        user_id = session_user
+        if user_id is None or (claimed is not None and claimed != user_id):
+            user_id = self._acting_user(sid, claimed, field)  # trust-client mode, or a claim
+        if not allowance.take():
+            raise TooManyRequests(too_fast)
+        if user_id not in members:
+            raise Forbidden("You are not a member of this chatroom")
+        return user_id
+
     def send_message_now(self, sid: str, text: str, ack: InlineAck | None) -> bool:
         """``sendMessage`` as its frame is read: the full path's checks in its order and its answers; False = not here.
 
@@ -454,13 +478,15 @@ class ChatNamespace(socketio.AsyncNamespace):
                 return False
             message = send.message
             kind = MESSAGE_TYPES[message.type]
-            user_id = session.user_id
-            if user_id is None or (send.sendUserId is not None and send.sendUserId != user_id):
-                user_id = self._acting_user(sid, send.sendUserId, "sendUserId")  # trust-client mode, or a claim
-            if not session.bucket.take():
-                raise TooManyRequests("Sending too fast: slow down")
-            if user_id not in members:
-                raise Forbidden("You are not a member of this chatroom")
+            user_id = self._inline_member(
+                sid,
+                session.user_id,
+                send.sendUserId,
+                "sendUserId",
+                members,
+                session.bucket,
+                "Sending too fast: slow down",
+            )
             stored = self.state.writer.submit_soon(Draft(chatroom_id, user_id, kind, message.content, send.clientMsgId))
         except Exception as exc:
             self._answer_now(sid, ack, exc)
@@ -535,13 +561,15 @@ class ChatNamespace(socketio.AsyncNamespace):
             members = self.state.members.cached(room)
             if members is None:
                 return False
-            user_id = session.user_id
-            if user_id is None or (mark.userId is not None and mark.userId != user_id):
-                user_id = self._acting_user(sid, mark.userId, "userId")  # trust-client mode, or a claim
-            if not session.receipts.take():
-                raise TooManyRequests("Marking read too fast: slow down")
-            if user_id not in members:
-                raise Forbidden("You are not a member of this chatroom")
+            user_id = self._inline_member(
+                sid,
+                session.user_id,
+                mark.userId,
+                "userId",
+                members,
+                session.receipts,
+                "Marking read too fast: slow down",
+            )
             if ack is None:
                 self.state.reads.mark_soon(user_id, room, mark.messageId, session.mark_failed)
             else:
@@ -564,13 +592,15 @@ class ChatNamespace(socketio.AsyncNamespace):
             members = self.state.members.cached(typing.chatroomId)
             if members is None:
                 return False
-            user_id = session.user_id
-            if user_id is None or (typing.userId is not None and typing.userId != user_id):
-                user_id = self._acting_user(sid, typing.userId, "userId")  # trust-client mode, or a claim
-            if not session.receipts.take():
-                raise TooManyRequests("Typing notices too fast: slow down")
-            if user_id not in members:
-                raise Forbidden("You are not a member of this chatroom")
+            user_id = self._inline_member(
+                sid,
+                session.user_id,
+                typing.userId,
+                "userId",
+                members,
+                session.receipts,
+                "Typing notices too fast: slow down",
+            )
             self.state.typing.update(sid, user_id, typing.chatroomId, typing.typing)
         except Exception as exc:
             self._answer_now(sid, ack, exc)
