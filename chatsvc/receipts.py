@@ -59,25 +59,24 @@ class NoticeThrottle(Generic[K, V]):
 
     async def offer(self, key: K, value: V) -> None:
         """Announce ``value`` for ``key`` now, or at the end of the key's current interval (nothing once closed)."""
-        if self._closed:  # a timer opened now would fire after the fan-out closed
-            return
-        window = self._windows.get(key)
-        if window is not None:
-            window.pending[:] = [value]
-            return
-        self._open(key, value)
-        await self._send(key, value)
+        if self._due_now(key, value):
+            await self._send(key, value)
 
     def offer_soon(self, key: K, value: V) -> None:
         """As :meth:`offer`, from code that cannot wait: a notice due now goes out from a task of its own."""
-        if self._closed:
-            return
+        if self._due_now(key, value):
+            self._send_in_task(key, value)
+
+    def _due_now(self, key: K, value: V) -> bool:
+        """Whether ``value`` goes out now (its interval opens); if not, it waits for the interval's end."""
+        if self._closed:  # a timer opened now would fire after the fan-out closed
+            return False
         window = self._windows.get(key)
         if window is not None:
             window.pending[:] = [value]
-            return
+            return False
         self._open(key, value)
-        self._send_in_task(key, value)
+        return True
 
     def _open(self, key: K, value: V) -> None:
         timer = asyncio.get_running_loop().call_later(self._interval, self._close, key)
