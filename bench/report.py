@@ -7,6 +7,8 @@ from array import array
 from collections.abc import Iterable
 from typing import Any
 
+from bench import steadiness
+
 SOCKET_WORKLOADS = "ABCD"
 SATURATED_PCT = 90.0
 # chatsvc on PostgreSQL: its row in A-D, and its part of H and R.
@@ -492,6 +494,7 @@ def render(report: dict[str, Any]) -> str:
         node_peer_line(meta),
         postgres_line(meta),
         client_line(meta),
+        *([steadiness.describe(meta["steadiness"])] if meta.get("steadiness") else []),
         "",
     ]
     table = socket_table(results)

@@ -37,7 +37,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import report
+from bench import report, steadiness
 from bench.loadgen import Mode, Plan, SocketSpec, WorkerPool
 from bench.node import NodeUnavailable, NodeWorkerPool, ensure_node_packages, node_peer
 from bench.pg import BENCH_SETTINGS, copy_from_sqlite, server_version, start_postgres
@@ -156,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--baseline-uvloop", action="store_true", help="run the baseline on uvloop too")
     p.add_argument("--no-pin", action="store_true", help="do not pin server and load generator to cores")
+    p.add_argument(
+        "--steadiness",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="time the machine's own pauses on every core before the workloads (bench/steadiness.py; 0: skip) (3)",
+    )
     p.add_argument(
         "--json",
         type=Path,
@@ -291,6 +298,7 @@ class Bench:
         self.pg_chatsvc: ServerProcess | None = None
         self.pg_version: str | None = None
         self.pg_skipped: str | None = None
+        self.steadiness: dict[str, Any] | None = None
         # Seconds the PostgreSQL seeding took, per part (history, population).
         self.pg_seed_s: dict[str, float] = {}
         # The Node peer's and socket.io-client's versions once installed, or why the Node peer was skipped.
@@ -841,6 +849,11 @@ class Bench:
         self.pool = self.make_pool(workers)
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         try:
+            if args.steadiness > 0:
+                # Before any server starts: what the cores lose to the host and to other processes.
+                cores = list(range(os.cpu_count() or 1))
+                self.steadiness = await asyncio.to_thread(steadiness.probe, cores, args.steadiness)
+                self.log(steadiness.describe(self.steadiness))
             await self.start_chatsvc()
             socket_loads = [w for w in args.only if w in report.SOCKET_WORKLOADS]
             wants_pg = not args.no_postgres and any(w in POSTGRES_WORKLOADS for w in args.only)
@@ -964,6 +977,7 @@ class Bench:
             "postgres_settings": dict(BENCH_SETTINGS) if self.pg_version else None,
             "postgres_seed_s": self.pg_seed_s,
             "postgres_skipped": self.pg_skipped,
+            "steadiness": self.steadiness,
             "options": options,
         }
 

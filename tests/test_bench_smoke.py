@@ -16,6 +16,7 @@ from bench.loadgen import Received, parse_stamp
 from bench.node import ensure_node_packages, node_peer
 from bench.report import PG_LABEL
 from bench.servers import free_port
+from bench.steadiness import describe, probe
 from chatsvc.jsonutil import SocketJSON
 from chatsvc.testing_postgres import find_bindir
 from tests.helpers import User, connect_socket
@@ -326,3 +327,13 @@ def test_bench_files_small_run_reports_throughput_and_memory(tmp_path: Path) -> 
     for figure in ("upload_mib_s", "download_mib_s", "concurrent_upload_mib_s", "rss_peak_mib"):
         assert result[figure] > 0, figure
     assert "download" in proc.stdout and "memory check" in proc.stdout
+
+
+def test_steadiness_probe_times_every_chunk_and_counts_the_stretched_ones() -> None:
+    result = probe([0], 0.3)
+    core = result["per_core"][0]
+    assert core["chunks"] > 10
+    assert 0 < core["chunk_median_ms"] <= core["chunk_p99_ms"] <= core["longest_ms"] == result["longest_ms"]
+    assert 0 <= core["stretched"] < core["chunks"]
+    assert 0 <= result["lost_pct"] <= 100
+    assert "longest" in describe(result)
