@@ -3,18 +3,21 @@
 The send path pays almost nothing: the writer and the fan-out only add to
 plain integers, which a collector reads when ``/metrics`` is scraped; gauges
 of sockets and rooms are counted at scrape time from the Socket.IO manager.
-Only HTTP requests and acknowledged sends are observed as they happen.
+The time to each send's ack goes into a histogram of plain integers too
+(:class:`PlainHistogram`); only HTTP requests use prometheus_client's own.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from chatsvc.state import AppState
@@ -45,12 +48,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.send_ack = Histogram(
+        self.send_ack = PlainHistogram(
             "chatsvc_send_ack_seconds",
             "sendMessage: time from receiving the event to sending its acknowledgement (stored durably)",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            LATENCY_BUCKETS,
         )
+        self.registry.register(self.send_ack)
 
     def bind(self, state: AppState) -> None:
         """Also report what the application's writer and Socket.IO server count."""
@@ -70,6 +73,38 @@ class Metrics:
     def render(self) -> bytes:
         """Every metric in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class PlainHistogram(Collector):
+    """A histogram without labels or locks, for an observation on every send.
+
+    prometheus_client's ``Histogram.observe`` walks the buckets and takes a
+    lock twice; the event loop is the only writer here, so a list of counts
+    and a bisection do, and the cumulative buckets are summed when scraped.
+    """
+
+    def __init__(self, name: str, documentation: str, bounds: tuple[float, ...]) -> None:
+        self.name, self.documentation, self.bounds = name, documentation, bounds
+        # counts[i]: observations above bounds[i - 1] and at most bounds[i]; the last one above every bound.
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front, like the other collectors here."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The cumulative buckets, their count and sum."""
+        buckets, seen = [], 0
+        for bound, count in zip((*map(floatToGoString, self.bounds), "+Inf"), self.counts, strict=True):
+            seen += count
+            buckets.append((bound, seen))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=self.total)
 
 
 class _StateCollector(Collector):

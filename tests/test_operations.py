@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chatsvc.config import Config
 from chatsvc.logs import JsonFormatter
+from chatsvc.metrics import LATENCY_BUCKETS, Metrics
 from chatsvc.state import STATE
 from chatsvc.testing import ChatsvcServer, run_chatsvc
 from tests.helpers import Api, assert_error, send_payload
@@ -214,3 +215,22 @@ async def test_request_id_is_readable_by_browser_clients_on_other_origins(api: A
     resp = await api.request("GET", "/healthz", headers={"Origin": "http://app.example"})
     exposed = {v.strip().lower() for v in resp.headers["Access-Control-Expose-Headers"].split(",")}
     assert {"token", "x-request-id"} <= exposed
+
+
+def test_send_ack_histogram_counts_each_observation_in_its_bucket_and_every_one_above() -> None:
+    metrics = Metrics()
+    for seconds in (0.0005, 0.0007, 0.003, 20.0):  # a bound itself belongs to its bucket (le: at most)
+        metrics.send_ack.observe(seconds)
+    samples = {
+        (sample.name, sample.labels.get("le")): sample.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for sample in family.samples
+    }
+    assert samples[("chatsvc_send_ack_seconds_bucket", "0.0005")] == 1
+    assert samples[("chatsvc_send_ack_seconds_bucket", "0.001")] == 2
+    assert samples[("chatsvc_send_ack_seconds_bucket", "0.0025")] == 2
+    assert samples[("chatsvc_send_ack_seconds_bucket", "0.005")] == 3
+    assert samples[("chatsvc_send_ack_seconds_bucket", str(float(LATENCY_BUCKETS[-1])))] == 3
+    assert samples[("chatsvc_send_ack_seconds_bucket", "+Inf")] == 4
+    assert samples[("chatsvc_send_ack_seconds_count", None)] == 4
+    assert samples[("chatsvc_send_ack_seconds_sum", None)] == pytest.approx(20.0042)
