@@ -143,8 +143,9 @@ async def test_the_index_stays_consistent_through_sends_edits_and_deletes(api: A
     await found_ids(api, bob, "zebra")  # indexes everything so far
     late = [store_as_another_instance(db_rows, room, alice, text) for text in texts]
     for ids in (sent[::2], others, late):
-        await a.call("editMessage", {"messageId": ids[0], "content": "draft zebra 你好 again"})
-        await a.call("deleteMessage", {"messageId": ids[2]})
+        edit = await a.call("editMessage", {"messageId": ids[0], "content": "draft zebra 你好 again"})
+        assert edit["id"] == ids[0], edit
+        assert (await a.call("deleteMessage", {"messageId": ids[2]}))["deleted"] is True
     await b.call("editMessage", {"messageId": sent[1], "content": "bob's wording"})
     assert await found_ids(api, bob, "draft zebra") == [late[0], others[0], sent[0]]
     assert_index_consistent(db_rows)
