@@ -165,7 +165,7 @@ def _database_ctx(state: AppState, order_lock: OrderLock) -> CleanupContext:
         if state.webhooks is not None:
             # Before the writer: what is stored before this counts as delivered, what is stored after does not.
             await state.webhooks.start()
-        await state.writer.start()
+        state.writer.start()
         state.reads.start()
         log.debug("database ready at %s", state.db.describe())
         yield

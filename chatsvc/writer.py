@@ -129,15 +129,11 @@ class MessageWriter:
         self.batches_written = 0
         self.messages_stored = 0
 
-    async def start(self) -> None:
-        """Finish the idle work a previous run left, then start the writer task (on application startup)."""
+    def start(self) -> None:
+        """Start the writer task (on application startup)."""
         if self._idle_work is not None:
-            try:
-                await self._idle_work.finish()
-            except Exception:
-                # The writer's idle time and the next catch_up try again.
-                log.exception("finishing the work left by the previous run failed")
-                self._idle_backlog = 1
+            # A previous run may have left idle work: the first idle moment does a piece and learns how much.
+            self._idle_backlog = 1
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="chatsvc-message-writer")
 
