@@ -232,9 +232,12 @@ class MessageWriter:
         assert self._idle_work is not None
         try:
             self._idle_backlog = await self._idle_work.step()
-        except Exception:
+        except Exception as exc:
             # Not again until more messages are stored; catch_up still finishes it when it is needed.
-            log.exception("the writer's idle work failed")
+            if isinstance(exc, StorageUnavailable):  # expected while the disk is full: one line, no traceback
+                log.error("the writer's idle work failed: %s", exc.__cause__ or exc)
+            else:
+                log.exception("the writer's idle work failed")
             self._idle_backlog = 0
 
     async def _run_barrier(self, barrier: _Barrier) -> None:
