@@ -92,25 +92,40 @@ SELECT h.id AS id, h.chatroom_id * 4294967296 + h.id AS entry, (
 ) AS pairs
 FROM chat_history AS h
 WHERE h.type = 0 AND h.deleted = 0 AND h.content GLOB '*[⺀-鿿가-힯豈-﫿＀-￯ᄀ-ᇿ𠀀-𿿿][⺀-鿿가-힯豈-﫿＀-￯ᄀ-ᇿ𠀀-𿿿]*';
+-- The index holds every live text message up to indexed_id (with its current text), and none above it: storing
+-- a message does not index it (FTS5 writes a segment per transaction, which cost more than the INSERT); the
+-- writer indexes new messages in chunks when idle, and before each search (chatsvc/search_index.py).
+-- Its own one-row table, not the setting table: the triggers compare an INTEGER without a cast, and
+-- copy-to-postgres (which copies setting) carries no SQLite index state to an engine without this index.
+CREATE TABLE IF NOT EXISTS chat_search_watermark (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    indexed_id INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO chat_search_watermark (id, indexed_id) VALUES (1, 0);
 -- A message leaves the index before its row changes (BEFORE: the pairs are read from the row as it was) and
--- comes back after (AFTER); SQLite runs BEFORE triggers first. Only an entry the index holds may be taken out.
-CREATE TRIGGER IF NOT EXISTS chat_search_insert AFTER INSERT ON chat_history WHEN new.type = 0 AND new.deleted = 0 BEGIN
+-- comes back after (AFTER); SQLite runs BEFORE triggers first. Only an entry the index holds may be taken out (a
+-- 'delete' of one it does not hold corrupts a contentless table): a message above the watermark is left to the
+-- indexer, which indexes the text it has then. A new message is indexed at once only when its id is at or below
+-- the watermark: ids are reused once the newest message is deleted, and the indexer looks above the watermark.
+CREATE TRIGGER IF NOT EXISTS chat_search_insert AFTER INSERT ON chat_history
+WHEN new.type = 0 AND new.deleted = 0 AND new.id <= (SELECT indexed_id FROM chat_search_watermark) BEGIN
     INSERT INTO chat_search (rowid, content) VALUES (new.chatroom_id * 4294967296 + new.id, new.content);
     INSERT INTO chat_search_pairs (rowid, pairs) SELECT entry, pairs FROM chat_search_pairs_source WHERE id = new.id;
 END;
 CREATE TRIGGER IF NOT EXISTS chat_search_unindex BEFORE UPDATE OF content, deleted, type, chatroom_id ON chat_history
-WHEN old.type = 0 AND old.deleted = 0 BEGIN
+WHEN old.type = 0 AND old.deleted = 0 AND old.id <= (SELECT indexed_id FROM chat_search_watermark) BEGIN
     INSERT INTO chat_search (chat_search, rowid, content)
     VALUES ('delete', old.chatroom_id * 4294967296 + old.id, old.content);
     INSERT INTO chat_search_pairs (chat_search_pairs, rowid, pairs)
     SELECT 'delete', entry, pairs FROM chat_search_pairs_source WHERE id = old.id;
 END;
 CREATE TRIGGER IF NOT EXISTS chat_search_reindex AFTER UPDATE OF content, deleted, type, chatroom_id ON chat_history
-WHEN new.type = 0 AND new.deleted = 0 BEGIN
+WHEN new.type = 0 AND new.deleted = 0 AND new.id <= (SELECT indexed_id FROM chat_search_watermark) BEGIN
     INSERT INTO chat_search (rowid, content) VALUES (new.chatroom_id * 4294967296 + new.id, new.content);
     INSERT INTO chat_search_pairs (rowid, pairs) SELECT entry, pairs FROM chat_search_pairs_source WHERE id = new.id;
 END;
-CREATE TRIGGER IF NOT EXISTS chat_search_delete BEFORE DELETE ON chat_history WHEN old.type = 0 AND old.deleted = 0 BEGIN
+CREATE TRIGGER IF NOT EXISTS chat_search_delete BEFORE DELETE ON chat_history
+WHEN old.type = 0 AND old.deleted = 0 AND old.id <= (SELECT indexed_id FROM chat_search_watermark) BEGIN
     INSERT INTO chat_search (chat_search, rowid, content)
     VALUES ('delete', old.chatroom_id * 4294967296 + old.id, old.content);
     INSERT INTO chat_search_pairs (chat_search_pairs, rowid, pairs)

@@ -10,6 +10,7 @@ touched.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 import time
@@ -18,7 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatsvc.db import SqliteDatabase
+from chatsvc.search_index import SearchIndexer
+
 HISTORY_BATCH = 1_000_000
+# Messages per transaction when the seeded history is indexed for search (fewer, larger FTS5 segments).
+INDEX_CHUNK = 500_000
 SEED_TIME = "2024-01-01T00:00:00.000Z"
 Log = Callable[[str], None]
 
@@ -105,6 +111,9 @@ def seed_history(path: Path, rows: int, members: list[int], log: Log) -> History
             conn.execute("COMMIT")
             done += count
             log(f"  history: {done:,}/{rows:,} messages ({time.monotonic() - started:.1f} s)")
+        # Indexed for search as the server's writer indexes new messages, so it need not when it starts again.
+        asyncio.run(_index_for_search(path))
+        log(f"  history: indexed for search ({time.monotonic() - started:.1f} s)")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         first_id, last_id = conn.execute(
             "SELECT min(id), max(id) FROM chat_history WHERE chatroom_id = ?", (room_id,)
@@ -112,6 +121,17 @@ def seed_history(path: Path, rows: int, members: list[int], log: Log) -> History
         return HistoryRoom(room_id, members[0], first_id or 0, last_id or 0, rows)
     finally:
         conn.close()
+
+
+async def _index_for_search(path: Path) -> None:
+    db = SqliteDatabase(path, synchronous="OFF")
+    await db.open()
+    try:
+        indexer = SearchIndexer(db, INDEX_CHUNK)
+        while await indexer.step():
+            pass
+    finally:
+        await db.close()
 
 
 @dataclass

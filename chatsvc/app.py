@@ -15,7 +15,7 @@ from aiohttp import web
 from chatsvc.auth import PasswordHasher, TokenService
 from chatsvc.cache import AccountCache, MembershipCache, ProfileCache
 from chatsvc.config import Config
-from chatsvc.db import open_database
+from chatsvc.db import SqliteDatabase, open_database
 from chatsvc.errors import error_middleware
 from chatsvc.fanout import Fanout
 from chatsvc.fanout.local import LocalFanout
@@ -32,6 +32,7 @@ from chatsvc.presence import Presence, make_counter
 from chatsvc.realtime.events import ChatNamespace
 from chatsvc.realtime.server import ChatSocketServer, build_socket_server
 from chatsvc.receipts import ReadPositions, TypingNotices
+from chatsvc.search_index import SearchIndexer
 from chatsvc.state import STATE, AppState
 from chatsvc.throttle import Throttle
 from chatsvc.webhook_process import WebhookProcess
@@ -81,7 +82,14 @@ def create_app(config: Config) -> web.Application:
         host_id = "local"
     order_lock = order_lock_for(config)
     writer = MessageWriter(
-        db, profiles, fanout, order_lock, max_batch=config.write_batch_max, webhook_outbox=webhooks is not None
+        db,
+        profiles,
+        fanout,
+        order_lock,
+        max_batch=config.write_batch_max,
+        webhook_outbox=webhooks is not None,
+        # SQLite's search index is filled by the writer when it has time; PostgreSQL keeps its own.
+        idle_work=SearchIndexer(db) if isinstance(db, SqliteDatabase) else None,
     )
     file_store = make_file_store(config)
     state = AppState(

@@ -9,6 +9,12 @@ which sends the ack, and hands the new messages to the fan-out
 (chatsvc/order_lock.py). Work that must not interleave with deliveries, such
 as a recovering join or a member's removal, runs between batches through
 :meth:`MessageWriter.run_between_batches`.
+
+Work that may wait, such as indexing new messages for search on SQLite
+(chatsvc/search_index.py), is the writer's idle work: it runs on the same
+connection between batches, so it never contends with their commits; a piece
+of it when the queue has stayed empty a moment or the backlog has grown, and
+all of it when someone needs it done (:meth:`MessageWriter.catch_up`).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from chatsvc.cache import ProfileCache
 from chatsvc.db import Database
@@ -30,6 +36,11 @@ from chatsvc.store.webhooks import enqueue_deliveries, queue_deliveries_with_eac
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Idle work waits this long for the queue to stay empty (so that a busy writer does a piece per many messages),
+# and is done between batches anyway once this many messages wait (so that a saturated writer keeps up).
+IDLE_WORK_DELAY = 0.1
+IDLE_WORK_BACKLOG = 256
 
 
 class WriterClosed(ServiceUnavailable):
@@ -65,6 +76,21 @@ class _Submitted:
 class _Barrier:
     work: Callable[[], Awaitable[Any]]
     future: asyncio.Future[Any]
+    # Held under the order lock: the work must not interleave with any instance's deliveries.
+    ordered: bool = True
+
+
+class IdleWork(Protocol):
+    """Work that may wait, done on the writer's connection when it has time (chatsvc/search_index.py)."""
+
+    async def pending(self) -> int:
+        """How much of it waits (0: none), read without the writer."""
+
+    async def step(self) -> int:
+        """Do one short piece of it; how much still waits."""
+
+    async def finish(self) -> None:
+        """Do all of it that waits."""
 
 
 class MessageWriter:
@@ -79,6 +105,7 @@ class MessageWriter:
         *,
         max_batch: int = 512,
         webhook_outbox: bool = False,
+        idle_work: IdleWork | None = None,
     ) -> None:
         self._db = db
         self._profiles = profiles
@@ -90,6 +117,9 @@ class MessageWriter:
         self._webhook_outbox = webhook_outbox
         # Set when the engine queues them inside the INSERT itself (an SQLite TEMP trigger): no transaction needed.
         self._outbox_in_insert = False
+        self._idle_work = idle_work
+        # What the idle work last said waited, plus the messages stored since.
+        self._idle_backlog = 0
         self._queue: asyncio.Queue[_Submitted | _Barrier | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         # Known once started: asyncio.get_running_loop() costs a system call per message on Python 3.11.
@@ -101,6 +131,9 @@ class MessageWriter:
 
     def start(self) -> None:
         """Start the writer task (on application startup)."""
+        if self._idle_work is not None:
+            # A previous run may have left idle work: the first idle moment does a piece and learns how much.
+            self._idle_backlog = 1
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="chatsvc-message-writer")
 
@@ -138,6 +171,22 @@ class MessageWriter:
         self._queue.put_nowait(_Barrier(work, future))
         return await future
 
+    async def catch_up(self) -> None:
+        """Finish the idle work if any waits, between batches: e.g. a search then finds every stored message."""
+        if self._idle_work is None or not await self._idle_work.pending():
+            return
+        if self._closed:
+            raise WriterClosed("The server is shutting down")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Not under the order lock: it stores and delivers nothing, and the write transaction orders it.
+        self._queue.put_nowait(_Barrier(self._finish_idle_work, future, ordered=False))
+        await future
+
+    async def _finish_idle_work(self) -> None:
+        assert self._idle_work is not None
+        await self._idle_work.finish()
+        self._idle_backlog = 0
+
     async def _run(self) -> None:
         if self._webhook_outbox:
             try:
@@ -146,7 +195,7 @@ class MessageWriter:
                 log.exception("webhook deliveries will be queued in each batch's transaction instead")
         pending: _Submitted | _Barrier | None = None
         while True:
-            item = pending if pending is not None else await self._queue.get()
+            item = pending if pending is not None else await self._next_item()
             pending = None
             if item is None:
                 return
@@ -161,12 +210,42 @@ class MessageWriter:
                     break
                 batch.append(following)
             await self._write_batch(batch)
+            if self._idle_backlog >= IDLE_WORK_BACKLOG:
+                await self._idle_step()
             if pending is None and self._closed and self._queue.empty():
                 return
 
+    async def _next_item(self) -> _Submitted | _Barrier | None:
+        """The next queued item; if none comes within IDLE_WORK_DELAY, the idle work meanwhile, piece by piece."""
+        if self._idle_backlog and self._queue.empty():
+            try:
+                async with asyncio.timeout(IDLE_WORK_DELAY):
+                    return await self._queue.get()
+            except TimeoutError:
+                pass
+            # One short piece at a time: an item queued meanwhile waits for one piece at most.
+            while self._idle_backlog and self._queue.empty():
+                await self._idle_step()
+        return await self._queue.get()
+
+    async def _idle_step(self) -> None:
+        assert self._idle_work is not None
+        try:
+            self._idle_backlog = await self._idle_work.step()
+        except Exception as exc:
+            # Not again until more messages are stored; catch_up still finishes it when it is needed.
+            if isinstance(exc, StorageUnavailable):  # expected while the disk is full: one line, no traceback
+                log.error("the writer's idle work failed: %s", exc.__cause__ or exc)
+            else:
+                log.exception("the writer's idle work failed")
+            self._idle_backlog = 0
+
     async def _run_barrier(self, barrier: _Barrier) -> None:
         try:
-            async with self._order_lock.held():
+            if barrier.ordered:
+                async with self._order_lock.held():
+                    result = await barrier.work()
+            else:
                 result = await barrier.work()
         except Exception as exc:
             if not barrier.future.done():
@@ -181,6 +260,8 @@ class MessageWriter:
                 results, new_messages = await self._store(batch)
                 self.batches_written += 1
                 self.messages_stored += len(new_messages)
+                if self._idle_work is not None:
+                    self._idle_backlog += len(new_messages)
                 # Resolved before the broadcast is queued, but the senders' handlers only run once this
                 # task yields: each sender's ack and the broadcast then reach its socket's queue in the
                 # same loop turn and leave in one write.
@@ -232,10 +313,6 @@ class MessageWriter:
                     continue
                 first_of_key[key] = item
             to_insert.append(item)
-        # Room by room (a stable sort: each room's messages keep their order, the only order promised): the
-        # SQLite search index keys its entries by room, then id, and starts a new segment whenever a key is
-        # not above the previous one, so a batch in room order is one segment instead of nearly one per row.
-        to_insert.sort(key=lambda item: item.draft.chatroom_id)
         drafts = [item.draft.row() for item in to_insert]
         rows = await self._insert(drafts)
         # Rows come back in draft order; a draft with no row hit a stored client id.

@@ -1,4 +1,4 @@
-"""Migration 008 (issue 15): the search index by room is filled for the messages stored before it, on both engines.
+"""Migrations 008 (issue 15) and 010: the search index by room is filled for the messages stored before it.
 
 Each test makes a database at the schema before the step (SQLite: version 1,
 the schema before migrations, whose steps include the old trigram index of
@@ -13,16 +13,19 @@ from contextlib import closing
 from pathlib import Path
 
 import aiohttp
+import aiosqlite
 import asyncpg
 
 from chatsvc.auth import hash_password
-from chatsvc.migrate import load_migrations, migrate_postgres, postgres_migrations_folder
+from chatsvc.migrate import load_migrations, migrate, migrate_postgres, postgres_migrations_folder
 from chatsvc.testing import TEST_SCRYPT_N, run_chatsvc
 from tests.conftest import make_config
-from tests.helpers import Api, User
+from tests.helpers import Api, User, connect_socket
 from tests.test_migrations import PASSWORD, build_v1_database
 
 SEARCH_STEP = 8
+# The search index off the write path (SQLite only): the watermark.
+WATERMARK_STEP = 10
 
 # Room 1 is alice and bob's, room 2 the group of all three, room 3 carol's alone (ids as the rows below make them).
 MESSAGES = [
@@ -104,3 +107,36 @@ async def test_postgres_migration_indexes_the_messages_stored_before_it(
         assert await conn.fetchval("SELECT max(version) FROM schema_migration") >= SEARCH_STEP
     finally:
         await conn.close()
+
+
+async def test_sqlite_migration_010_keeps_the_messages_indexed_before_it_found(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    build_v1_database(config.db_path, await hash_password(PASSWORD, n=TEST_SCRYPT_N))
+    async with aiosqlite.connect(config.db_path, isolation_level=None) as conn:
+        steps = [step for step in load_migrations() if step.version < WATERMARK_STEP]
+        # The schema the step before left: no more of schema.sql than those steps make.
+        await migrate(conn, config.db_path, "", steps)
+    with closing(sqlite3.connect(config.db_path)) as conn, conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (WATERMARK_STEP - 1,)
+        conn.execute("INSERT INTO chatroom (id, name, type) VALUES (3, 'Carol alone', 1)")
+        conn.execute("INSERT INTO user_chatroom (user_id, chatroom_id) VALUES (3, 3)")
+        # Indexed as they are stored, by the triggers of that version.
+        conn.executemany(
+            "INSERT INTO chat_history (id, content, type, chatroom_id, sender_id) VALUES (?, ?, ?, ?, ?)", MESSAGES
+        )
+    async with run_chatsvc(config) as server, aiohttp.ClientSession() as session:
+        api = Api(server.base_url, session)
+        await check_found(api)
+        # Edited after the step: its entry leaves the index (it was there once, not twice) and comes back.
+        bob = await api.login("bob", PASSWORD)
+        socket = await connect_socket(server.base_url, bob.token)
+        try:
+            ack = await socket.call("editMessage", {"messageId": 12, "content": "rewritten"})
+            assert ack["content"] == "rewritten", ack
+        finally:
+            await socket.disconnect()
+        assert await search(api, bob, "report") == [10]
+        assert await search(api, bob, "你好") == [11]
+        assert await search(api, bob, "rewritten") == [12]
+    with closing(sqlite3.connect(config.db_path)) as conn:
+        assert conn.execute("SELECT indexed_id FROM chat_search_watermark").fetchone() == (14,)

@@ -42,6 +42,8 @@ async def search_chat_history(request: web.Request) -> web.Response:
     user_id = caller(request).id
     if query.chatroomId is not None and not await state.members.is_member(reader, user_id, query.chatroomId):
         raise Forbidden("You are not a member of this chatroom")
+    # The index first takes in every message stored so far: nothing acknowledged before this search is missed.
+    await state.writer.catch_up()
     messages = await search_messages(
         reader,
         user_id,
