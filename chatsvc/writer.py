@@ -80,6 +80,13 @@ class _Barrier:
     ordered: bool = True
 
 
+class _Idle:
+    """Queued by the idle timer when the queue has stayed empty IDLE_WORK_DELAY: time for the idle work."""
+
+
+_IDLE = _Idle()
+
+
 class IdleWork(Protocol):
     """Work that may wait, done on the writer's connection when it has time (chatsvc/search_index.py)."""
 
@@ -120,7 +127,10 @@ class MessageWriter:
         self._idle_work = idle_work
         # What the idle work last said waited, plus the messages stored since.
         self._idle_backlog = 0
-        self._queue: asyncio.Queue[_Submitted | _Barrier | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Submitted | _Barrier | _Idle | None] = asyncio.Queue()
+        # One timer per quiet spell, not one per wait: when the writer began waiting (None while it works).
+        self._waiting_since: float | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         # Known once started: asyncio.get_running_loop() costs a system call per message on Python 3.11.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -142,6 +152,8 @@ class MessageWriter:
         if self._closed:
             return
         self._closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         self._queue.put_nowait(None)
         if self._task is not None:
             await self._task
@@ -193,12 +205,17 @@ class MessageWriter:
                 self._outbox_in_insert = await self._db.write_statement(queue_deliveries_with_each_insert)
             except Exception:
                 log.exception("webhook deliveries will be queued in each batch's transaction instead")
-        pending: _Submitted | _Barrier | None = None
+        pending: _Submitted | _Barrier | _Idle | None = None
         while True:
             item = pending if pending is not None else await self._next_item()
             pending = None
             if item is None:
                 return
+            if isinstance(item, _Idle):
+                # One short piece at a time: an item queued meanwhile waits for one piece at most.
+                while self._idle_backlog and self._queue.empty():
+                    await self._idle_step()
+                continue
             if isinstance(item, _Barrier):
                 await self._run_barrier(item)
                 continue
@@ -215,18 +232,28 @@ class MessageWriter:
             if pending is None and self._closed and self._queue.empty():
                 return
 
-    async def _next_item(self) -> _Submitted | _Barrier | None:
-        """The next queued item; if none comes within IDLE_WORK_DELAY, the idle work meanwhile, piece by piece."""
+    async def _next_item(self) -> _Submitted | _Barrier | _Idle | None:
+        """The next queued item; _IDLE if the queue stays empty IDLE_WORK_DELAY while idle work waits."""
         if self._idle_backlog and self._queue.empty():
-            try:
-                async with asyncio.timeout(IDLE_WORK_DELAY):
-                    return await self._queue.get()
-            except TimeoutError:
-                pass
-            # One short piece at a time: an item queued meanwhile waits for one piece at most.
-            while self._idle_backlog and self._queue.empty():
-                await self._idle_step()
-        return await self._queue.get()
+            assert self._loop is not None
+            self._waiting_since = self._loop.time()
+            if self._idle_timer is None:
+                self._idle_timer = self._loop.call_at(self._waiting_since + IDLE_WORK_DELAY, self._idle_timer_fired)
+        item = await self._queue.get()
+        self._waiting_since = None
+        return item
+
+    def _idle_timer_fired(self) -> None:
+        self._idle_timer = None
+        since = self._waiting_since
+        if since is None or not self._queue.empty():
+            return  # the writer is at work: its next wait arms the timer again
+        assert self._loop is not None
+        due = since + IDLE_WORK_DELAY
+        if self._loop.time() >= due:
+            self._queue.put_nowait(_IDLE)
+        else:  # it worked and waits again since the timer was set
+            self._idle_timer = self._loop.call_at(due, self._idle_timer_fired)
 
     async def _idle_step(self) -> None:
         assert self._idle_work is not None
