@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from chatsvc.config import Config, database_label
 from chatsvc.errors import StartupError
 from chatsvc.migrate import latest_version, load_migrations, migrate_postgres, postgres_migrations_folder
 from chatsvc.store import transfer
-from chatsvc.store.postgres import PostgresDatabase, translate
+from chatsvc.store.postgres import PostgresDatabase, decode_time, translate
 from chatsvc.testing import TEST_SCRYPT_N, run_chatsvc
 from chatsvc.testing_postgres import PostgresServer, free_port
 from tests.conftest import make_config
@@ -234,3 +237,22 @@ async def test_a_second_process_without_redis_on_one_postgres_database_is_refuse
     # Once the first has stopped, the database is free again.
     async with run_chatsvc(second) as server, aiohttp.ClientSession() as session:
         assert (await Api(server.base_url, session).get("/readyz")).status == 200
+
+
+# Microseconds from PostgreSQL's epoch (2000-01-01) to the first and the last instant a datetime holds.
+FIRST_INSTANT = (datetime(1, 1, 1) - datetime(2000, 1, 1)) // timedelta(microseconds=1)
+LAST_INSTANT = (datetime(9999, 12, 31, 23, 59, 59, 999999) - datetime(2000, 1, 1)) // timedelta(microseconds=1)
+
+
+@given(st.lists(st.integers(FIRST_INSTANT, LAST_INSTANT), min_size=1, max_size=50))
+def test_decoded_time_is_the_iso_text_of_the_instant_to_the_millisecond(instants: list[int]) -> None:
+    for microseconds in instants + instants:  # the second time through, from the text kept of each second
+        expected = (datetime(2000, 1, 1) + timedelta(microseconds=microseconds)).isoformat(timespec="milliseconds")
+        assert decode_time((microseconds,)) == expected + "Z"
+
+
+def test_decoded_times_stay_right_past_the_number_of_seconds_kept() -> None:
+    seconds = [n * 1_000_003 for n in range(10_000)]  # more distinct seconds than are kept, each one again later
+    first = [decode_time((s,)) for s in seconds]
+    assert [decode_time((s,)) for s in seconds] == first
+    assert first[1] == "2000-01-01T00:00:01.000Z" and first[-1] == "2000-01-01T02:46:39.029Z"

@@ -173,10 +173,23 @@ def storage_failure(exc: BaseException) -> StorageUnavailable | None:
     return None
 
 
-def _decode_time(value: tuple[int]) -> str:
-    # Every row read carries two or three times: isoformat on a naive datetime costs half of strftime.
-    moment = _PG_EPOCH_NAIVE + timedelta(microseconds=value[0])
-    return moment.isoformat(timespec="milliseconds") + "Z"
+# The text of each whole second decoded lately, and of each millisecond: a page of history carries two or three
+# times per row, mostly within a few seconds of each other (a message's creation and update, its sender's
+# creation), and building the text from a datetime costs several times a lookup (docs/performance.md).
+_SECOND_TEXT: dict[int, str] = {}
+_SECOND_TEXT_MAX = 4096
+_MILLISECOND_TEXT = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
+def decode_time(value: tuple[int]) -> str:
+    """PostgreSQL's timestamptz (microseconds since 2000-01-01 UTC) as the API's text: ISO 8601, milliseconds, Z."""
+    second, microseconds = divmod(value[0], 1_000_000)
+    text = _SECOND_TEXT.get(second)
+    if text is None:
+        if len(_SECOND_TEXT) >= _SECOND_TEXT_MAX:
+            _SECOND_TEXT.clear()
+        text = _SECOND_TEXT[second] = (_PG_EPOCH_NAIVE + timedelta(seconds=second)).isoformat()
+    return text + _MILLISECOND_TEXT[microseconds // 1000]
 
 
 def _encode_time(value: str | datetime) -> tuple[int]:
@@ -189,7 +202,7 @@ def _encode_time(value: str | datetime) -> tuple[int]:
 
 async def _init_connection(raw: asyncpg.Connection) -> None:
     await raw.set_type_codec(
-        "timestamptz", schema="pg_catalog", encoder=_encode_time, decoder=_decode_time, format="tuple"
+        "timestamptz", schema="pg_catalog", encoder=_encode_time, decoder=decode_time, format="tuple"
     )
 
 
