@@ -13,7 +13,9 @@ import jwt
 import pytest
 import socketio
 
+from chatsvc.auth import TokenService
 from chatsvc.config import Config
+from chatsvc.errors import Unauthorized
 from tests.conftest import make_config
 from tests.helpers import EVENT_TIMEOUT, Api, User, assert_error
 
@@ -122,3 +124,43 @@ def test_session_max_age_setting() -> None:
     assert Config.from_env({"CHATSVC_SESSION_MAX_AGE": "3600"}).session_max_age_seconds == 3600
     with pytest.raises(ValueError, match="CHATSVC_SESSION_MAX_AGE"):
         Config.from_env({"CHATSVC_SESSION_MAX_AGE": "0"})
+
+
+SECRET = "a-signing-secret-of-at-least-32-bytes"
+
+
+def test_a_token_verified_once_still_expires_and_still_ends_with_its_session() -> None:
+    clock = [time.time()]
+    tokens = TokenService(60, 3600, secret=SECRET, clock=lambda: clock[0])
+    token = tokens.issue(7, "alice", 0)
+    assert tokens.verify(token).user_id == 7  # checked by PyJWT, then kept
+    clock[0] += 59
+    assert tokens.verify(token).user_id == 7
+    clock[0] += 1  # its exp second: expired, as PyJWT has it
+    with pytest.raises(Unauthorized, match="Token expired"):
+        tokens.verify(token)
+
+    # A token from a service with a longer session age, kept by one with a shorter: the session still ends.
+    login = int(time.time()) - 100
+    long_lived = TokenService(3600, 10 * 3600, secret=SECRET).issue(7, "alice", 0, auth_time=login)
+    clock[0] = time.time()
+    short = TokenService(3600, 120, secret=SECRET, clock=lambda: clock[0])
+    assert short.verify(long_lived).auth_time == login
+    clock[0] = login + 120
+    with pytest.raises(Unauthorized, match="Session expired"):
+        short.verify(long_lived)
+
+
+def test_a_session_gets_one_token_per_second_and_a_new_one_for_a_new_token_version() -> None:
+    clock = [float(int(time.time()))]
+    tokens = TokenService(60, 3600, secret=SECRET, clock=lambda: clock[0])
+    login = int(clock[0])
+    first = tokens.issue(7, "alice", 0, auth_time=login)
+    clock[0] += 0.5
+    assert tokens.issue(7, "alice", 0, auth_time=login) == first
+    renewed = tokens.issue(7, "alice", 1, auth_time=login)
+    assert renewed != first and tokens.verify(renewed).token_version == 1
+    clock[0] += 0.5
+    later = tokens.issue(7, "alice", 0, auth_time=login)
+    claims = jwt.decode(later, SECRET, algorithms=["HS256"], options={"verify_iat": False})  # a second ahead
+    assert claims["iat"] == int(clock[0]) == login + 1
