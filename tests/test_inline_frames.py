@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -168,27 +170,28 @@ async def next_ack(reader: asyncio.StreamReader, acks: dict[int, Any], events: l
         events.append(json.loads(text[2:]))
 
 
-async def connected_by_hand(base_url: str, user: Any, room: int) -> Any:
-    """A hand-framed WebSocket connected as ``user`` and joined to ``room`` (the context manager, entered)."""
-    context = websocket_by_hand(base_url)
-    reader, writer = await context.__aenter__()
-    writer.write(masked_frame(0x1, ("40" + json.dumps({"token": user.token})).encode()))
-    _opcode, connected = await read_frame(reader)
-    assert connected.startswith(b"40{"), connected
-    writer.write(event_frame(0, "joinRoom", {"chatroomId": room}))
-    acks: dict[int, Any] = {}
-    while 0 not in acks:
-        await next_ack(reader, acks, [])
-    assert acks[0] == {"chatroomId": room}
-    return context, reader, writer
+@asynccontextmanager
+async def connected_by_hand(
+    base_url: str, user: Any, room: int
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A hand-framed WebSocket connected as ``user`` and joined to ``room``: its reader and writer."""
+    async with websocket_by_hand(base_url) as (reader, writer):
+        writer.write(masked_frame(0x1, ("40" + json.dumps({"token": user.token})).encode()))
+        _opcode, connected = await read_frame(reader)
+        assert connected.startswith(b"40{"), connected
+        writer.write(event_frame(0, "joinRoom", {"chatroomId": room}))
+        acks: dict[int, Any] = {}
+        while 0 not in acks:
+            await next_ack(reader, acks, [])
+        assert acks[0] == {"chatroomId": room}
+        yield reader, writer
 
 
 async def test_frames_in_one_tcp_write_are_all_answered_and_sends_stored_in_their_order(
     base_url: str, api: Api, joined
 ) -> None:
     alice, _bob, room, _a, b = joined
-    context, reader, writer = await connected_by_hand(base_url, alice, room)
-    try:
+    async with connected_by_hand(base_url, alice, room) as (reader, writer):
         before = await metric(api, INLINE)
         frames = [
             event_frame(1, "typing", {"chatroomId": room, "typing": True}),
@@ -214,16 +217,13 @@ async def test_frames_in_one_tcp_write_are_all_answered_and_sends_stored_in_thei
         # followed it there, in turn.
         assert await metric(api, INLINE) == before + 2
         assert [(await b.next_chat())["message"]["id"] for _ in sent] == [message["id"] for message in sent]
-    finally:
-        await context.__aexit__(None, None, None)
 
 
 async def test_a_frame_split_across_reads_and_one_sharing_its_last_read_are_both_answered(
     base_url: str, joined
 ) -> None:
     alice, _bob, room, _a, b = joined
-    context, reader, writer = await connected_by_hand(base_url, alice, room)
-    try:
+    async with connected_by_hand(base_url, alice, room) as (reader, writer):
         first = event_frame(1, "sendMessage", send_payload(None, room, "split " + "x" * 300))
         second = event_frame(2, "sendMessage", send_payload(None, room, "after"))
         for part in (first[:1], first[1:3], first[3:40]):
@@ -236,16 +236,13 @@ async def test_a_frame_split_across_reads_and_one_sharing_its_last_read_are_both
         assert acks[1]["content"].startswith("split ") and acks[2]["content"] == "after"
         assert acks[1]["id"] < acks[2]["id"]
         assert (await b.next_chat())["message"]["id"] == acks[1]["id"]
-    finally:
-        await context.__aexit__(None, None, None)
 
 
 async def test_frames_before_a_broken_one_in_the_same_write_are_answered_then_the_connection_closes(
     base_url: str, joined
 ) -> None:
     alice, _bob, room, _a, b = joined
-    context, reader, writer = await connected_by_hand(base_url, alice, room)
-    try:
+    async with connected_by_hand(base_url, alice, room) as (reader, writer):
         writer.write(event_frame(1, "sendMessage", send_payload(None, room, "kept")) + masked_frame(0x1, b"42\xff\xfe"))
         frames = []
         while True:
@@ -256,16 +253,13 @@ async def test_frames_before_a_broken_one_in_the_same_write_are_answered_then_th
         assert frames[-1] == (0x8, (1007).to_bytes(2, "big"))  # text that is not UTF-8
         # The send before it was accepted, stored and broadcast (its ack may or may not have left first).
         assert (await b.next_chat())["message"]["content"] == "kept"
-    finally:
-        await context.__aexit__(None, None, None)
 
 
 async def test_a_clients_sends_are_stored_in_its_order_when_some_take_the_full_path(
     base_url: str, api: Api, joined
 ) -> None:
     alice, bob, room, _a, _b = joined
-    context, reader, writer = await connected_by_hand(base_url, alice, room)
-    try:
+    async with connected_by_hand(base_url, alice, room) as (reader, writer):
         # A 16-digit ack id is past what is taken inline: those sends go through python-socketio's dispatch,
         # a task each; the others are taken as read. Each frame is its own write, as a client sends them.
         # 30 sends and the join stay within the default burst of the send rate limit (40).
@@ -283,8 +277,6 @@ async def test_a_clients_sends_are_stored_in_its_order_when_some_take_the_full_p
         ids = [acks[ack_id]["id"] for ack_id in ack_ids]
         assert ids == sorted(ids), "a later send was stored before an earlier one"
         assert await history_ids(api, bob, room) == ids
-    finally:
-        await context.__aexit__(None, None, None)
 
 
 async def test_a_send_read_while_an_earlier_one_waits_in_python_socketios_path_is_handled_after_it(
@@ -295,8 +287,7 @@ async def test_a_send_read_while_an_earlier_one_waits_in_python_socketios_path_i
     other = await api.one_to_one(alice, carol)  # nobody has used it: its members are not cached
     eio = server.state.sio.eio
     others = set(eio.connections)
-    context, reader, _writer = await connected_by_hand(base_url, alice, room)
-    try:
+    async with connected_by_hand(base_url, alice, room) as (reader, _writer):
         (session,) = set(eio.connections) - others  # this connection, as the server reads it
         # As if the kernel handed over two reads, one loop turn apart. The first send takes python-socketio's
         # path, which handles a socket's packets one after the other and waits here for the members of `other`
@@ -310,8 +301,6 @@ async def test_a_send_read_while_an_earlier_one_waits_in_python_socketios_path_i
             await next_ack(reader, acks, [])
         assert acks[1]["content"] == "earlier" and acks[2]["content"] == "later"
         assert acks[1]["id"] < acks[2]["id"], "the later send was stored first"
-    finally:
-        await context.__aexit__(None, None, None)
 
 
 payload_texts = st.one_of(
