@@ -274,17 +274,6 @@ class SqliteDatabase:
         assert self._reader_conn is not None, "database is not open"
         return self._reader_conn
 
-    @asynccontextmanager
-    async def single_statement(self) -> AsyncIterator[SqliteConnection]:
-        """The write connection for one statement, which autocommit makes its own transaction.
-
-        Cheaper than :meth:`transaction` (no BEGIN and COMMIT round trips), for
-        a write that is one statement, such as a batch of messages.
-        """
-        assert self._writer_conn is not None, "database is not open"
-        async with self._write_lock:
-            yield self._writer_conn
-
     async def write_statement(self, statement: Callable[[Connection], Awaitable[T]]) -> T:
         """Run one writing statement in autocommit mode, retried while another process holds the lock.
 
