@@ -26,10 +26,6 @@ class PendingSessions:
     def __len__(self) -> int:
         return len(self._address_of)
 
-    def from_address(self, address: str) -> int:
-        """How many sessions from one address are waiting."""
-        return self._count_of.get(address, 0)
-
     def refusal(self, address: str) -> ChatError | None:
         """Why a new session from this address must be refused now, or None if it may open."""
         if self.max_per_address and self._count_of.get(address, 0) >= self.max_per_address:

@@ -195,16 +195,6 @@ async def add_member(conn: Connection, chatroom_id: int, user_id: int) -> bool:
     return added is not None
 
 
-async def remove_member(conn: Connection, chatroom_id: int, user_id: int) -> bool:
-    """End the user's membership of the room; False if they were not a member."""
-    removed = await fetch_value(
-        conn,
-        "DELETE FROM user_chatroom WHERE user_id = ? AND chatroom_id = ? RETURNING 1",
-        (user_id, chatroom_id),
-    )
-    return removed is not None
-
-
 async def add_members(conn: Connection, chatroom_id: int, user_ids: list[int]) -> list[int]:
     """Make users members of a room with one statement; the ids that were not members before."""
     # WHERE true: without it SQLite would read ON CONFLICT as part of the SELECT's join.
